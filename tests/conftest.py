@@ -1,0 +1,68 @@
+"""Shared test set-up: a wall-clock limit for every trio test, and environment switches."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import threading
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
+
+import pytest
+import trio
+
+# A trio test that runs longer than this (wall clock, so autojump_clock tests are unaffected)
+# is cancelled and fails, instead of hanging the whole run. Slow tests may ask for more with
+# @pytest.mark.wall_limit(seconds).
+TEST_WALL_LIMIT = float(os.environ.get("LLM_TEST_WALL_LIMIT", "30"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "wall_limit(seconds): wall-clock limit of a trio test")
+
+
+def _guarded(
+    fn: Callable[..., Coroutine[Any, Any, None]], limit: float
+) -> Callable[..., Coroutine[Any, Any, None]]:
+    @functools.wraps(fn)
+    async def run(*args: Any, **kwargs: Any) -> None:
+        token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as scope:
+
+            def expire() -> None:
+                try:
+                    token.run_sync_soon(scope.cancel)
+                except trio.RunFinishedError:
+                    pass
+
+            timer = threading.Timer(limit, expire)
+            timer.daemon = True
+            timer.start()
+            try:
+                await fn(*args, **kwargs)
+            finally:
+                timer.cancel()
+        if scope.cancelled_caught:
+            pytest.fail(f"test still running after {limit:g}s of wall-clock time: cancelled")
+
+    return run
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    if isinstance(item, pytest.Function):
+        marker = item.get_closest_marker("wall_limit")
+        limit = float(marker.args[0]) if marker else TEST_WALL_LIMIT
+        hypothesis = getattr(item.obj, "hypothesis", None)
+        if hypothesis is not None and inspect.iscoroutinefunction(hypothesis.inner_test):
+            hypothesis.inner_test = _guarded(hypothesis.inner_test, limit)
+        elif inspect.iscoroutinefunction(item.obj):
+            item.obj = _guarded(item.obj, limit)
+    yield
+
+
+def conformance_dir() -> str | None:
+    """Where the recorded provider responses are, from ``LLM_CONFORMANCE_DIR``."""
+    path = os.environ.get("LLM_CONFORMANCE_DIR")
+    return path if path and os.path.isdir(path) else None
