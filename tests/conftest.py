@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
 import threading
 from collections.abc import Callable, Coroutine, Generator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,7 +64,24 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     yield
 
 
-def conformance_dir() -> str | None:
-    """Where the recorded provider responses are, from ``LLM_CONFORMANCE_DIR``."""
+@pytest.fixture
+def conformance_dir() -> Path:
+    """The folder of recorded provider responses named by ``LLM_CONFORMANCE_DIR``.
+
+    Tests that use it skip, saying why, when the variable is unset; they fail when it names
+    a folder that does not exist (a broken CI set-up must not pass silently).
+    """
     path = os.environ.get("LLM_CONFORMANCE_DIR")
-    return path if path and os.path.isdir(path) else None
+    if not path:
+        pytest.skip("LLM_CONFORMANCE_DIR is not set: recorded provider responses unavailable")
+    folder = Path(path)
+    if not folder.is_dir():
+        pytest.fail(f"LLM_CONFORMANCE_DIR={path!r} is not a directory")
+    return folder
+
+
+def load_index(folder: Path) -> list[dict[str, Any]]:
+    """The ``fixtures`` list of a conformance folder's ``index.json``."""
+    data = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+    fixtures: list[dict[str, Any]] = data["fixtures"]
+    return fixtures

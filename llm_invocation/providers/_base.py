@@ -1,0 +1,347 @@
+"""The sans-I/O provider codec interface, and the helpers every codec shares.
+
+A codec turns a `Request` into an `HttpRequest`, and bytes from the provider into
+`StreamChunk`s, a `Response`, a typed `LLMError` or `RateLimitInfo`. It never does I/O: the
+provider session actor sends what `encode` returns and feeds what comes back, so every codec
+is tested on bytes alone.
+
+Conventions every codec follows:
+
+* ``request.model`` is the provider's own model id (the registry strips ``"provider:"``).
+* Header mappings passed in have lower-case names (the session guarantees it).
+* Errors inside a 200 stream become a `StreamChunk` whose ``error`` is set; the decoder keeps
+  going only if the provider does.
+* Usage is normalised as in WIRE-FORMATS 6.2: prompt tokens include cached ones, completion
+  tokens include reasoning ones.
+"""
+
+from __future__ import annotations
+
+import abc
+import email.utils
+import math
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Final, Literal
+
+import msgspec
+
+from ..errors import (
+    AuthenticationError,
+    InvalidRequest,
+    InvocationTimeout,
+    LLMError,
+    ModelNotSupported,
+    ProviderError,
+    ProviderOverloaded,
+    RateLimited,
+)
+from ..types import Feature, ModelInfo, Request, Response, StreamChunk
+
+__all__ = [
+    "HttpRequest",
+    "ProviderCodec",
+    "RateLimitInfo",
+    "RetryAdvice",
+    "StreamDecoder",
+    "error_for_status",
+    "parse_duration_header",
+    "parse_retry_after",
+    "unix_to_datetime",
+]
+
+
+class HttpRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """An HTTP request a codec wants sent. ``stream`` says the answer is read incrementally."""
+
+    method: Literal["GET", "POST"]
+    url: str
+    headers: dict[str, str]
+    body: bytes | None = None
+    stream: bool = False
+
+    def __repr__(self) -> str:
+        # Headers carry credentials: never show their values.
+        return f"HttpRequest({self.method} {self.url}, headers={sorted(self.headers)})"
+
+
+class RateLimitInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a response's rate-limit headers said. Resets are seconds from receipt."""
+
+    requests_limit: int | None = None
+    requests_remaining: int | None = None
+    requests_reset: float | None = None
+    tokens_limit: int | None = None
+    tokens_remaining: int | None = None
+    tokens_reset: float | None = None
+    input_tokens_limit: int | None = None
+    input_tokens_remaining: int | None = None
+    input_tokens_reset: float | None = None
+    output_tokens_limit: int | None = None
+    output_tokens_remaining: int | None = None
+    output_tokens_reset: float | None = None
+    retry_after: float | None = None
+
+
+class RetryAdvice(msgspec.Struct, frozen=True, kw_only=True):
+    """Whether a failed attempt may be retried and after how long (None: use backoff)."""
+
+    retryable: bool
+    delay: float | None = None
+
+
+class StreamDecoder(abc.ABC):
+    """Stateful decoder of one streamed response body."""
+
+    @abc.abstractmethod
+    def feed(self, data: bytes) -> list[StreamChunk]:
+        """Decode the chunks completed by ``data`` (one network read)."""
+
+    @abc.abstractmethod
+    def close(self) -> list[StreamChunk]:
+        """End of body: return the last chunks; a truncated stream yields an error chunk."""
+
+    @property
+    @abc.abstractmethod
+    def done(self) -> bool:
+        """Whether the provider's terminal event was seen."""
+
+
+_MAX_HONOURED_DELAY: Final = 60.0 * 60
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            value = float(raw_ms) / 1000
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        value = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, value)
+    if not math.isfinite(value) or value < 0:
+        return None
+    return min(value, _MAX_HONOURED_DELAY)
+
+
+_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration_header(text: str) -> float | None:
+    """Parse Go-style durations from rate-limit headers: ``12ms``, ``1s``, ``6m0s``, ``1h2m3.5s``.
+
+    Also accepts a bare number of seconds and an RFC 3339 timestamp (Anthropic's resets),
+    returned as seconds from now. Returns None when the text is none of these.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    if "T" in text and ("-" in text or ":" in text):
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, when.timestamp() - time.time())
+    total = 0.0
+    number = ""
+    i = 0
+    matched = False
+    while i < len(text):
+        ch = text[i]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            i += 1
+            continue
+        unit = "ms" if text.startswith("ms", i) else ch
+        if unit not in _UNITS or not number:
+            return None
+        try:
+            total += float(number) * _UNITS[unit]
+        except ValueError:
+            return None
+        matched = True
+        number = ""
+        i += len(unit)
+    if number or not matched:
+        return None
+    return total
+
+
+def unix_to_datetime(value: float | None) -> datetime:
+    """A provider's unix timestamp as an aware UTC datetime (now when missing)."""
+    if value is None or value <= 0:
+        return datetime.now(UTC)
+    return datetime.fromtimestamp(value, UTC)
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    *,
+    provider: str,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> LLMError:
+    """The default mapping of an HTTP status to a typed error (WIRE-FORMATS 6.3)."""
+    kwargs: dict[str, Any] = {
+        "provider": provider,
+        "status": status,
+        "request_id": request_id,
+        "retry_after": retry_after,
+        "details": details,
+    }
+    if status in (401, 403):
+        return AuthenticationError(message, **kwargs)
+    if status == 404:
+        return ModelNotSupported(message, **kwargs)
+    if status == 429:
+        return RateLimited(message, **kwargs)
+    if status in (408, 504):
+        return InvocationTimeout(message, **kwargs)
+    if status == 409:
+        return ProviderError(message, retryable=True, **kwargs)
+    if status in (503, 529):
+        return ProviderOverloaded(message, **kwargs)
+    if status >= 500:
+        return ProviderError(message, retryable=True, **kwargs)
+    if 400 <= status < 500:
+        return InvalidRequest(message, **kwargs)
+    return ProviderError(message, **kwargs)
+
+
+class ProviderCodec(abc.ABC):
+    """One provider's wire format. Subclasses set ``kind`` and implement the methods.
+
+    An instance is configured for one provider entry (its name, base URL, extra headers and
+    options); it holds no connection and no key. The key is passed to `encode` and friends.
+    """
+
+    kind: ClassVar[str]
+    default_base_url: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        base_url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name or self.kind
+        self.base_url = (base_url or self.default_base_url).rstrip("/")
+        self.extra_headers = dict(headers or {})
+        self.options: dict[str, Any] = dict(options or {})
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.base_url}>"
+
+    # -- capabilities ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def known_models(self) -> list[ModelInfo]:
+        """Models this codec knows without asking the provider (may be empty)."""
+
+    @abc.abstractmethod
+    def supports(self, feature: Feature, model: str | None = None) -> bool:
+        """Whether the provider (and ``model``, when given) has ``feature``."""
+
+    @abc.abstractmethod
+    def validate(self, request: Request) -> None:
+        """Reject a request the provider cannot serve, before anything is sent.
+
+        Raises:
+            InvalidRequest: the request is malformed for this provider.
+            ModelNotSupported: the model lacks a feature the request needs.
+        """
+
+    # -- invocations ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def encode(self, request: Request, api_key: str | None) -> HttpRequest:
+        """The HTTP request for ``request`` (streamed when ``request.stream``)."""
+
+    @abc.abstractmethod
+    def stream_decoder(self, request: Request) -> StreamDecoder:
+        """A fresh decoder for the streamed body of ``encode(request)``."""
+
+    @abc.abstractmethod
+    def decode_response(self, request: Request, body: bytes) -> Response:
+        """Decode a non-streamed body.
+
+        Raises:
+            ProviderError: the body is not what the provider documents.
+        """
+
+    # -- errors and limits ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def map_error(self, status: int, headers: Mapping[str, str], body: bytes) -> LLMError:
+        """The typed error for a non-2xx response."""
+
+    def parse_rate_limits(self, headers: Mapping[str, str]) -> RateLimitInfo | None:
+        """The rate-limit state the response headers tell (None when they tell nothing)."""
+        return None
+
+    def retry_advice(self, error: LLMError, headers: Mapping[str, str]) -> RetryAdvice:
+        """Whether to retry after ``error`` and how long to wait.
+
+        ``x-should-retry`` wins when present; otherwise the error's own ``retryable`` flag,
+        with the delay from ``retry-after-ms`` / ``retry-after`` or the error's
+        ``retry_after`` (set from the body by providers that put it there).
+        """
+        override = headers.get("x-should-retry")
+        if override == "true":
+            retryable = True
+        elif override == "false":
+            retryable = False
+        else:
+            retryable = error.retryable
+        delay = parse_retry_after(headers)
+        if delay is None:
+            delay = error.retry_after
+        return RetryAdvice(retryable=retryable, delay=delay)
+
+    # -- models and tokens ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def list_models_request(self, api_key: str | None) -> HttpRequest:
+        """The request listing the provider's models."""
+
+    @abc.abstractmethod
+    def decode_models(self, body: bytes) -> list[ModelInfo]:
+        """Decode the model list."""
+
+    def count_tokens_request(self, request: Request, api_key: str | None) -> HttpRequest | None:
+        """The provider's token-counting request, or None if it has no such endpoint."""
+        return None
+
+    def decode_count_tokens(self, body: bytes) -> int:
+        """Decode a token count.
+
+        Raises:
+            ProviderError: this provider has no count endpoint, or the body is malformed.
+        """
+        raise ProviderError("this provider has no token-counting endpoint", provider=self.name)
