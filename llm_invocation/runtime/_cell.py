@@ -1,0 +1,280 @@
+"""An actor's cell: its mailbox (which survives restarts) and the loop of one incarnation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import msgspec
+import trio
+
+from ._actor import Actor, Context
+from ._envelope import Envelope, ReplyHandle
+from ._errors import ActorCrashed, ActorDead, ReplyError, UsageError
+from ._util import unwrap
+
+if TYPE_CHECKING:
+    from ._ref import ActorRef
+    from ._runtime import Runtime
+
+__all__ = ["ActorState", "ActorStatistics", "Cell"]
+
+log = logging.getLogger("llm_invocation.runtime")
+
+ActorState = Literal["starting", "running", "stopping", "restarting", "dead"]
+StopReason = Literal["normal", "restart", "shutdown"]
+
+# How long a lifespan may take to close once the actor is stopping, even when cancelled.
+LIFESPAN_CLOSE_LIMIT: Final = 5.0
+
+
+class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of one actor, from `ActorRef.statistics` or `Runtime.statistics`."""
+
+    name: str
+    state: ActorState
+    mailbox_used: int
+    mailbox_capacity: float
+    senders_waiting: int
+    in_flight: int
+    deferred: int
+    handled: int
+    dropped: int
+    restarts: int
+    crashes: int
+    max_concurrency: int
+
+
+class _Incarnation:
+    __slots__ = ("deferred", "in_flight", "rx", "stop_reason", "task")
+
+    def __init__(self, rx: trio.MemoryReceiveChannel[Envelope]) -> None:
+        self.rx = rx
+        self.in_flight: set[Envelope] = set()
+        self.deferred: set[ReplyHandle[Any]] = set()
+        self.stop_reason: StopReason | None = None
+        self.task = trio.lowlevel.current_task()
+
+
+class Cell:
+    """Mailbox and bookkeeping of one actor, owned by its supervisor."""
+
+    def __init__(
+        self,
+        name: str,
+        factory: Callable[[], Actor[Any]],
+        capacity: float,
+        runtime: Runtime,
+    ) -> None:
+        from ._ref import ActorRef
+
+        self.name = name
+        self.factory = factory
+        self.runtime = runtime
+        self.capacity = capacity
+        self.send_ch, self.recv_ch = trio.open_memory_channel[Envelope](capacity)
+        self.ref: ActorRef[Any] = ActorRef(self)
+        self.state: ActorState = "starting"
+        self.max_concurrency = 1
+        self.busy_task: trio.lowlevel.Task | None = None
+        self.actor_type: type[Actor[Any]] | None = None
+        self.handled = 0
+        self.dropped = 0
+        self.restarts = 0
+        self.crashes = 0
+        self._inc: _Incarnation | None = None
+
+    # -- supervisor side -------------------------------------------------------------------
+
+    def request_stop(self, *, normal: bool = False, reason: StopReason = "shutdown") -> None:
+        """Stop taking messages; the incarnation ends once those in hand are handled."""
+        inc = self._inc
+        if inc is None:
+            return
+        if inc.stop_reason is None:
+            inc.stop_reason = "normal" if normal else reason
+        if not normal:
+            self.state = "stopping"
+        inc.rx.close()
+
+    def close(self, detail: str = "was stopped") -> None:
+        """The actor is gone for good: refuse new messages and fail the queued ones."""
+        self.state = "dead"
+        self.send_ch.close()
+        while True:
+            try:
+                envelope = self.recv_ch.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            envelope.fail(ActorDead(self.name, f"{detail} before handling the message"))
+        self.recv_ch.close()
+
+    def statistics(self) -> ActorStatistics:
+        stats = self.send_ch.statistics()
+        inc = self._inc
+        return ActorStatistics(
+            name=self.name,
+            state=self.state,
+            mailbox_used=stats.current_buffer_used,
+            mailbox_capacity=self.capacity,
+            senders_waiting=stats.tasks_waiting_send,
+            in_flight=len(inc.in_flight) if inc else 0,
+            deferred=len(inc.deferred) if inc else 0,
+            handled=self.handled,
+            dropped=self.dropped,
+            restarts=self.restarts,
+            crashes=self.crashes,
+            max_concurrency=self.max_concurrency,
+        )
+
+    async def run(self, task_status: trio.TaskStatus[None], grace: float) -> None:
+        """Run one incarnation until it is stopped, stops itself or crashes."""
+        inc = _Incarnation(self.recv_ch.clone())
+        self._inc = inc
+        failure: BaseException | None = None
+        try:
+            actor = self.factory()
+            if not isinstance(actor, Actor):  # pyright: ignore[reportUnnecessaryIsInstance]
+                raise UsageError(f"factory of {self.name!r} returned {actor!r}, not an Actor")
+            concurrency = actor.max_concurrency
+            if concurrency < 1:
+                raise UsageError(f"{type(actor).__name__}.max_concurrency must be >= 1")
+            self.actor_type = type(actor)
+            self.max_concurrency = concurrency
+            async with trio.open_nursery() as background:
+                lifespan = actor.lifespan(Context(self, background, None))
+                await lifespan.__aenter__()
+                try:
+                    self.state = "running"
+                    task_status.started()
+                    if concurrency == 1:
+                        await self._serve_one(actor, background, inc)
+                    else:
+                        await self._serve_many(actor, background, inc, concurrency)
+                except BaseException as exc:
+                    background.cancel_scope.cancel()
+                    with trio.move_on_after(min(grace, LIFESPAN_CLOSE_LIMIT), shield=True):
+                        await lifespan.__aexit__(type(exc), exc, exc.__traceback__)
+                    raise
+                background.cancel_scope.cancel()
+                with trio.move_on_after(min(grace, LIFESPAN_CLOSE_LIMIT), shield=True):
+                    await lifespan.__aexit__(None, None, None)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            inc.rx.close()
+            self._inc = None
+            self.busy_task = None
+            self._settle(inc, failure)
+
+    def _settle(self, inc: _Incarnation, failure: BaseException | None) -> None:
+        """Answer every call still in the incarnation's hands when it ended."""
+        if not inc.in_flight and not inc.deferred:
+            return
+        cause = unwrap(failure) if failure is not None else None
+        error: ActorCrashed | ActorDead
+        if isinstance(cause, Exception):
+            error = ActorCrashed(self.name)
+            error.__cause__ = cause
+        elif inc.stop_reason == "restart":
+            error = ActorCrashed(self.name, "was restarted")
+        else:
+            error = ActorDead(self.name, "stopped before answering")
+        for envelope in list(inc.in_flight):
+            envelope.fail(error)
+        inc.in_flight.clear()
+        for handle in list(inc.deferred):
+            handle.fail(error)
+        inc.deferred.clear()
+
+    def track_deferred(self, envelope: Envelope) -> ReplyHandle[Any]:
+        inc = self._inc
+        assert inc is not None
+        assert envelope.reply is not None
+        handle: ReplyHandle[Any] = ReplyHandle(envelope.reply, envelope.deadline, _forget(inc))
+        inc.deferred.add(handle)
+        return handle
+
+    # -- the incarnation's loops -----------------------------------------------------------
+
+    async def _serve_one(self, actor: Actor[Any], nursery: trio.Nursery, inc: _Incarnation) -> None:
+        receive = inc.rx.receive
+        task = inc.task
+        while True:
+            try:
+                envelope = await receive()
+            except (trio.ClosedResourceError, trio.EndOfChannel):
+                return
+            self.busy_task = task
+            try:
+                await self._dispatch(actor, nursery, inc, envelope)
+            finally:
+                self.busy_task = None
+
+    async def _serve_many(
+        self, actor: Actor[Any], nursery: trio.Nursery, inc: _Incarnation, concurrency: int
+    ) -> None:
+        slots = trio.Semaphore(concurrency)
+
+        async def run(envelope: Envelope) -> None:
+            try:
+                await self._dispatch(actor, nursery, inc, envelope)
+            finally:
+                slots.release()
+
+        async with trio.open_nursery() as handlers:
+            while True:
+                await slots.acquire()
+                try:
+                    envelope = await inc.rx.receive()
+                except (trio.ClosedResourceError, trio.EndOfChannel):
+                    slots.release()
+                    return
+                handlers.start_soon(run, envelope)
+
+    async def _dispatch(
+        self, actor: Actor[Any], nursery: trio.Nursery, inc: _Incarnation, envelope: Envelope
+    ) -> None:
+        reply_errors = (ReplyError, *actor.reply_errors)
+        if envelope.reply is None and envelope.stream is None:
+            # A cast: nobody waits, nothing to cancel.
+            try:
+                await actor.handle(envelope.msg, Context(self, nursery, envelope))
+            except reply_errors as exc:
+                log.warning(
+                    "actor %r answered a cast of %s with an error: %s",
+                    self.name,
+                    type(envelope.msg).__name__,
+                    exc,
+                )
+            self.handled += 1
+            return
+        if envelope.abandoned:
+            self.dropped += 1
+            return
+        inc.in_flight.add(envelope)
+        ctx = Context(self, nursery, envelope)
+        with trio.CancelScope(deadline=envelope.deadline) as scope:
+            envelope.attach_scope(scope)
+            try:
+                result = await actor.handle(envelope.msg, ctx)
+            except reply_errors as exc:
+                envelope.fail(exc)
+            except Exception as exc:
+                crashed = ActorCrashed(self.name)
+                crashed.__cause__ = exc
+                envelope.fail(crashed)
+                raise
+            else:
+                if not ctx.deferred:
+                    envelope.succeed(result)
+        if scope.cancelled_caught and not envelope.answered:
+            envelope.fail(trio.TooSlowError(f"deadline passed while {self.name!r} handled it"))
+        inc.in_flight.discard(envelope)
+        self.handled += 1
+
+
+def _forget(inc: _Incarnation) -> Callable[[ReplyHandle[Any]], None]:
+    return inc.deferred.discard

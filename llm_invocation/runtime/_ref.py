@@ -1,0 +1,194 @@
+"""`ActorRef`: how everyone else talks to an actor."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING, Generic, TypeVar, final
+
+import trio
+
+from ._envelope import Envelope, Overrun, ReplySlot, StreamReceiver, StreamState, waiting_on
+from ._errors import ActorDead, CallCycle, MailboxFull
+from ._messages import Call, Msg, Stream
+
+if TYPE_CHECKING:
+    from ._cell import ActorStatistics, Cell
+
+__all__ = ["ActorRef", "StreamContext"]
+
+M = TypeVar("M", bound=Msg, contravariant=True)
+R = TypeVar("R")
+Y = TypeVar("Y")
+
+# Longest wait-for chain followed when looking for a call cycle.
+_MAX_CHAIN = 256
+
+
+def _check_cycle(target: Cell, task: trio.lowlevel.Task) -> None:
+    """Raise `CallCycle` if waiting on ``target`` would close a wait-for loop back to
+    ``task``: the target handles one message at a time and is (transitively) busy waiting on
+    the caller."""
+    cell: Cell | None = target
+    chain: list[str] = []
+    while cell is not None and len(chain) < _MAX_CHAIN:
+        busy = cell.busy_task
+        if busy is None:
+            return
+        chain.append(cell.name)
+        if busy is task:
+            # chain = target, then whom it waits on, ... back to the caller's own actor.
+            raise CallCycle(tuple(reversed(chain[1:])) or (chain[0],), target.name)
+        cell = waiting_on.get(busy)
+
+
+@final
+class ActorRef(Generic[M]):
+    """A handle to an actor's mailbox; it stays valid across the actor's restarts.
+
+    ``M`` is the actor's protocol (a union of its messages). Refs are cheap to copy and safe
+    to share between tasks.
+    """
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: Cell) -> None:
+        self._cell = cell
+
+    @property
+    def name(self) -> str:
+        """The actor's name, unique in its runtime."""
+        return self._cell.name
+
+    def __repr__(self) -> str:
+        return f"<ActorRef {self._cell.name!r} {self._cell.state}>"
+
+    async def send(self, msg: M) -> None:
+        """Cast ``msg``: enqueue it and return, waiting while the mailbox is full.
+
+        Raises:
+            ActorDead: the actor is stopped for good.
+        """
+        try:
+            await self._cell.send_ch.send(Envelope(msg))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ActorDead(self._cell.name) from None
+
+    def send_nowait(self, msg: M) -> None:
+        """Cast ``msg`` without waiting.
+
+        Raises:
+            MailboxFull: the mailbox is at capacity.
+            ActorDead: the actor is stopped for good.
+        """
+        cell = self._cell
+        try:
+            cell.send_ch.send_nowait(Envelope(msg))
+        except trio.WouldBlock:
+            raise MailboxFull(cell.name, int(cell.capacity)) from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ActorDead(cell.name) from None
+
+    async def call(self, msg: Call[R]) -> R:
+        """Send ``msg`` and wait for its reply, typed by the message.
+
+        There is no timeout parameter: wrap the call in `trio.fail_after` or
+        `trio.move_on_after`. The caller's deadline travels with the message and applies to
+        the handler too; a caller that is cancelled or times out cancels the handler.
+
+        Raises:
+            ReplyError: (or the actor's ``reply_errors``) as raised by the handler.
+            ActorCrashed: the actor crashed or restarted while handling the message.
+            ActorDead: the actor is stopped for good.
+            CallCycle: the call would deadlock; raised at once, nothing is sent.
+        """
+        cell = self._cell
+        task = trio.lowlevel.current_task()
+        if cell.busy_task is not None:
+            _check_cycle(cell, task)
+        slot = ReplySlot()
+        envelope = Envelope(msg, reply=slot, deadline=trio.current_effective_deadline())
+        previous = waiting_on.get(task)
+        waiting_on[task] = cell
+        try:
+            try:
+                await cell.send_ch.send(envelope)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise ActorDead(cell.name) from None
+            return await slot.wait()
+        finally:
+            if previous is None:
+                del waiting_on[task]
+            else:
+                waiting_on[task] = previous
+
+    def stream(
+        self, msg: Stream[Y], *, buffer: int = 16, overrun: Overrun = "block"
+    ) -> StreamContext[Y]:
+        """Open a stream: ``async with ref.stream(msg) as items: async for item in items``.
+
+        The items arrive on a bounded receive channel of ``buffer`` slots. With
+        ``overrun="block"`` a full buffer makes the producer wait; with ``"error"`` it ends
+        the stream with `StreamOverrun`. Leaving the block early (or being cancelled) cancels
+        the producer. Errors raised by the producer are raised from the channel after the
+        items sent before them.
+
+        Raises:
+            ActorDead: (on entry) the actor is stopped for good.
+            CallCycle: (on entry) waiting on this stream would deadlock.
+            UsageError: a negative buffer or an unknown overrun policy.
+        """
+        return StreamContext(self._cell, msg, buffer, overrun)
+
+    def statistics(self) -> ActorStatistics:
+        """A snapshot of the actor: state, mailbox depth, work in hand, restarts."""
+        return self._cell.statistics()
+
+
+@final
+class StreamContext(Generic[Y]):
+    """The async context manager `ActorRef.stream` returns."""
+
+    __slots__ = ("_buffer", "_cell", "_msg", "_overrun", "_previous", "_state", "_task")
+
+    def __init__(self, cell: Cell, msg: Stream[Y], buffer: int, overrun: Overrun) -> None:
+        self._cell = cell
+        self._msg = msg
+        self._buffer = buffer
+        self._overrun: Overrun = overrun
+        self._state: StreamState | None = None
+        self._task: trio.lowlevel.Task | None = None
+        self._previous: Cell | None = None
+
+    async def __aenter__(self) -> StreamReceiver[Y]:
+        if self._state is not None:
+            raise RuntimeError("a stream context can be entered only once")
+        cell = self._cell
+        task = trio.lowlevel.current_task()
+        if cell.busy_task is not None:
+            _check_cycle(cell, task)
+        state = StreamState(cell.name, self._buffer, self._overrun)
+        deadline = trio.current_effective_deadline()
+        envelope = Envelope(self._msg, stream=state, deadline=deadline)
+        try:
+            await cell.send_ch.send(envelope)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ActorDead(cell.name) from None
+        self._state = state
+        self._task = task
+        self._previous = waiting_on.get(task)
+        waiting_on[task] = cell
+        return StreamReceiver(state)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            if self._previous is None:
+                waiting_on.pop(self._task, None)
+            else:
+                waiting_on[self._task] = self._previous
+        if self._state is not None:
+            self._state.abandon()
