@@ -15,7 +15,7 @@ def test_the_runtime_demo_shows_a_crash_a_restart_and_a_clean_shutdown() -> None
     text = out.getvalue()
     assert results["restarts"] == 1
     assert results["ok"] + results["refused"] + results["crashed"] == 60
-    assert results["refused"] == 2
+    assert results["refused"] <= 2  # the two negative inputs, unless in hand at the crash
     assert results["crashed"] >= 1
     assert "1 crash, 1 restart" in text
     assert "shut down cleanly" in text
