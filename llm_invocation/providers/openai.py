@@ -1,0 +1,643 @@
+"""The OpenAI Chat Completions codec (and the legacy completions endpoint).
+
+`OpenAICodec` turns a `Request` into ``POST {base}/chat/completions`` (``/completions`` when
+``request.metadata["endpoint"] == "completions"``) and decodes what comes back: streamed
+chunks (`OpenAIStreamDecoder`), whole bodies, errors, rate-limit headers and the model list.
+It never does I/O. See WIRE-FORMATS sections 1, 5 and 6.
+
+Encoding rules worth knowing:
+
+* ``max_tokens`` goes out as ``max_completion_tokens`` for reasoning models (o1, o3, o4,
+  GPT-5) and whenever ``provider_options["use_max_completion_tokens"]`` is true (false forces
+  ``max_tokens``); that key is consumed, every other ``provider_options`` key is merged into
+  the body last and so wins;
+* `ReasoningPart` content is not sent (OpenAI keeps reasoning server-side); images are only
+  allowed in user messages;
+* a streamed request asks for ``stream_options: {"include_usage": true}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final
+
+import msgspec
+
+from ..errors import InvalidRequest, LLMError, ModelNotSupported, ProviderError
+from ..types import (
+    Choice,
+    Feature,
+    ImagePart,
+    Message,
+    ModelInfo,
+    NamedToolChoice,
+    Part,
+    ReasoningPart,
+    Request,
+    Response,
+    TextPart,
+    ToolCall,
+    ToolSpec,
+)
+from ._base import (
+    HttpRequest,
+    ProviderCodec,
+    RateLimitInfo,
+    RetryAdvice,
+    parse_duration_header,
+    parse_retry_after,
+    unix_to_datetime,
+)
+from ._openai_errors import (
+    classify_error,
+    classify_stream_error,
+    is_quota_error,
+    parse_error_body,
+)
+from ._openai_models import (
+    CHAT_FEATURES,
+    guess_features,
+    is_reasoning_model,
+    known_context_window,
+    known_openai_models,
+)
+from ._openai_stream import OpenAIStreamDecoder
+from ._openai_wire import (
+    COMPLETION_DECODER,
+    MODELS_DECODER,
+    CompletionChoice,
+    normalise_finish,
+    usage_from_wire,
+)
+
+__all__ = ["OpenAICodec", "OpenAIStreamDecoder"]
+
+_ENCODER: Final = msgspec.json.Encoder()
+
+_CONSUMED_OPTIONS: Final = frozenset({"use_max_completion_tokens"})
+_PROVIDER_FEATURES: Final = CHAT_FEATURES
+
+
+def _is_legacy(request: Request) -> bool:
+    metadata = request.metadata
+    return metadata is not None and metadata.get("endpoint") == "completions"
+
+
+def _text_of(parts: list[Part], role: str) -> str:
+    """The text of non-user content; images there are refused, reasoning is left out.
+
+    Raises:
+        InvalidRequest: a part is an image.
+    """
+    texts: list[str] = []
+    for part in parts:
+        if isinstance(part, TextPart):
+            texts.append(part.text)
+        elif isinstance(part, ImagePart):
+            raise InvalidRequest(
+                f"OpenAI Chat Completions takes images only in user messages, not in a "
+                f"{role} message",
+                details={"field": "messages", "role": role},
+            )
+    return "".join(texts)
+
+
+def _user_parts(parts: list[Part]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for part in parts:
+        if isinstance(part, TextPart):
+            out.append({"type": "text", "text": part.text})
+        elif isinstance(part, ImagePart):
+            image: dict[str, Any] = {"url": part.as_url()}
+            if part.detail is not None:
+                image["detail"] = part.detail
+            out.append({"type": "image_url", "image_url": image})
+    return out
+
+
+def _int_header(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return int(float(value))
+        except ValueError:
+            return None
+
+
+def _duration_header(value: str | None) -> float | None:
+    return parse_duration_header(value) if value else None
+
+
+class OpenAICodec(ProviderCodec):
+    """OpenAI Chat Completions, sans I/O.
+
+    Args:
+        name: the provider entry's name (default ``"openai"``).
+        base_url: the API root (default ``https://api.openai.com/v1``).
+        headers: extra headers sent with every request (they win over ours).
+        options: provider options of the configuration entry.
+        organization: sent as ``OpenAI-Organization``.
+        project: sent as ``OpenAI-Project``.
+        max_retry_after: a ``retry-after`` longer than this many seconds means do not retry.
+    """
+
+    kind: ClassVar[str] = "openai"
+    default_base_url: ClassVar[str] = "https://api.openai.com/v1"
+
+    # Wire quirks; the compatible-server presets change them.
+    send_stream_options: bool = True
+    auto_max_completion_tokens: bool = True
+    send_top_k: bool = False
+    seed_field: str = "seed"
+    reasoning_field: str | None = None
+    retry_after_on_success: bool = False
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        base_url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        options: Mapping[str, Any] | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        max_retry_after: float = 60.0,
+    ) -> None:
+        super().__init__(name=name, base_url=base_url, headers=headers, options=options)
+        self.organization = organization
+        self.project = project
+        self.max_retry_after = max_retry_after
+
+    # -- capabilities -------------------------------------------------------------------------
+
+    def known_models(self) -> list[ModelInfo]:
+        """Current OpenAI chat models with their context windows."""
+        return known_openai_models(self.name)
+
+    def model_features(self, model: str) -> frozenset[Feature]:
+        """The features of ``model``, guessed from its id (every chat feature when unknown)."""
+        features = guess_features(model)
+        return _PROVIDER_FEATURES if features is None else features
+
+    def supports(self, feature: Feature, model: str | None = None) -> bool:
+        """Whether the provider (or ``model``, by its id's family) has ``feature``."""
+        if model is None:
+            return feature in _PROVIDER_FEATURES
+        return feature in self.model_features(model)
+
+    def validate(self, request: Request) -> None:
+        """Refuse what the model cannot take, before anything is sent.
+
+        Raises:
+            InvalidRequest: an image outside a user message, or a legacy-completions request
+                that is not a single user text message or uses tools or a response format.
+            ModelNotSupported: images to a model without vision, tools to a model without
+                function calling, or a JSON schema to a model without structured output.
+        """
+        if _is_legacy(request):
+            self._prompt(request)
+        needs: list[Feature] = []
+        for message in request.messages:
+            content = message.content
+            if content is None or isinstance(content, str):
+                continue
+            if any(isinstance(part, ImagePart) for part in content):
+                if message.role != "user":
+                    _text_of(content, message.role)  # raises
+                if Feature.VISION not in needs:
+                    needs.append(Feature.VISION)
+        if request.tools:
+            needs.append(Feature.FUNCTION_CALLING)
+        if request.response_format is not None and request.response_format.type == "json_schema":
+            needs.append(Feature.STRUCTURED_OUTPUT)
+        for feature in needs:
+            if not self.supports(feature, request.model):
+                raise ModelNotSupported(
+                    f"model {request.model!r} does not support {feature.value.replace('_', ' ')}",
+                    provider=self.name,
+                    details={"model": request.model, "feature": feature.value},
+                )
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    def encode(self, request: Request, api_key: str | None) -> HttpRequest:
+        """The ``POST`` for ``request``: chat completions, or legacy completions.
+
+        Raises:
+            InvalidRequest: an image outside a user message, a legacy-completions request
+                that is not a single user text message, or ``provider_options`` that cannot
+                be encoded as JSON.
+        """
+        legacy = _is_legacy(request)
+        body = self.completions_body(request) if legacy else self.chat_body(request)
+        try:
+            encoded = _ENCODER.encode(body)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidRequest(
+                f"the request body cannot be encoded as JSON: {exc}",
+                provider=self.name,
+                details={"field": "options.provider_options"},
+            ) from exc
+        headers = self._headers(api_key)
+        headers["content-type"] = "application/json"
+        headers["accept"] = "text/event-stream" if request.stream else "application/json"
+        headers.update(self.extra_headers)
+        return HttpRequest(
+            method="POST",
+            url=self._endpoint(request, "completions" if legacy else "chat/completions"),
+            headers=headers,
+            body=encoded,
+            stream=request.stream,
+        )
+
+    def chat_body(self, request: Request) -> dict[str, Any]:
+        """The JSON body of a chat completion, as plain data.
+
+        Raises:
+            InvalidRequest: an image outside a user message.
+        """
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": [self._message(m) for m in request.messages],
+        }
+        provider_options = self._options(request, body, legacy=False)
+        if request.tools:
+            body["tools"] = [self._tool(tool) for tool in request.tools]
+        choice = request.tool_choice
+        if choice is not None:
+            body["tool_choice"] = (
+                {"type": "function", "function": {"name": choice.name}}
+                if isinstance(choice, NamedToolChoice)
+                else choice
+            )
+        fmt = request.response_format
+        if fmt is not None:
+            if fmt.type == "json_schema":
+                schema: dict[str, Any] = {"name": fmt.name or "response", "schema": fmt.json_schema}
+                if fmt.description is not None:
+                    schema["description"] = fmt.description
+                if fmt.strict is not None:
+                    schema["strict"] = fmt.strict
+                body["response_format"] = {"type": "json_schema", "json_schema": schema}
+            else:
+                body["response_format"] = {"type": fmt.type}
+        self._stream_fields(request, body)
+        body.update(provider_options)
+        return body
+
+    def completions_body(self, request: Request) -> dict[str, Any]:
+        """The JSON body of a legacy completion (``POST /completions``), as plain data.
+
+        Raises:
+            InvalidRequest: the request is not a single user text message, or it has tools,
+                a tool choice or a response format.
+        """
+        body: dict[str, Any] = {"model": request.model, "prompt": self._prompt(request)}
+        provider_options = self._options(request, body, legacy=True)
+        self._stream_fields(request, body)
+        body.update(provider_options)
+        return body
+
+    def _prompt(self, request: Request) -> str:
+        if request.tools or request.tool_choice is not None or request.response_format:
+            raise InvalidRequest(
+                "the legacy completions endpoint takes no tools, tool choice or response format",
+                provider=self.name,
+                details={"field": "metadata.endpoint"},
+            )
+        messages = request.messages
+        if len(messages) != 1 or messages[0].role != "user":
+            raise InvalidRequest(
+                "the legacy completions endpoint takes exactly one user message as its prompt",
+                provider=self.name,
+                details={"field": "messages"},
+            )
+        content = messages[0].content
+        if content is None or isinstance(content, str):
+            return content or ""
+        if any(isinstance(part, ImagePart) for part in content):
+            raise InvalidRequest(
+                "the legacy completions endpoint takes a text prompt, not images",
+                provider=self.name,
+                details={"field": "messages"},
+            )
+        return messages[0].text
+
+    def _message(self, message: Message) -> dict[str, Any]:
+        role = message.role
+        content = message.content
+        out: dict[str, Any] = {"role": role}
+        if role == "user":
+            if isinstance(content, list):
+                out["content"] = _user_parts(content)
+            else:
+                out["content"] = content or ""
+        else:
+            text = content if isinstance(content, str) else _text_of(content or [], role)
+            if role == "assistant":
+                calls = message.tool_calls
+                if calls:
+                    out["content"] = text or None
+                    out["tool_calls"] = [self._tool_call(call) for call in calls]
+                else:
+                    out["content"] = text
+                field = self.reasoning_field
+                if field is not None and isinstance(content, list):
+                    reasoning = [p.text for p in content if isinstance(p, ReasoningPart)]
+                    if reasoning:
+                        out[field] = "".join(reasoning)
+            elif role == "tool":
+                out["tool_call_id"] = message.tool_call_id
+                out["content"] = text
+            else:
+                out["content"] = text
+        if message.name is not None and role != "tool":
+            out["name"] = message.name
+        metadata = message.metadata
+        if metadata is not None and "extra_content" in metadata:
+            out["extra_content"] = metadata["extra_content"]
+        return out
+
+    @staticmethod
+    def _tool_call(call: ToolCall) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+        metadata = call.metadata
+        if metadata is not None and "extra_content" in metadata:
+            out["extra_content"] = metadata["extra_content"]
+        return out
+
+    @staticmethod
+    def _tool(tool: ToolSpec) -> dict[str, Any]:
+        function: dict[str, Any] = {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.parameters,
+        }
+        if tool.strict is not None:
+            function["strict"] = tool.strict
+        return {"type": "function", "function": function}
+
+    def _options(self, request: Request, body: dict[str, Any], *, legacy: bool) -> dict[str, Any]:
+        """Put the sampling options in ``body``; return the provider options to merge last."""
+        options = request.options
+        extra = options.provider_options
+        provider_options: dict[str, Any] = {}
+        use_mct: Any = None
+        if extra:
+            use_mct = extra.get("use_max_completion_tokens")
+            provider_options = {k: v for k, v in extra.items() if k not in _CONSUMED_OPTIONS}
+        if options.temperature is not None:
+            body["temperature"] = options.temperature
+        if options.top_p is not None:
+            body["top_p"] = options.top_p
+        if options.top_k is not None and self.send_top_k:
+            body["top_k"] = options.top_k
+        if options.frequency_penalty is not None:
+            body["frequency_penalty"] = options.frequency_penalty
+        if options.presence_penalty is not None:
+            body["presence_penalty"] = options.presence_penalty
+        if options.stop:
+            body["stop"] = list(options.stop)
+        if options.seed is not None:
+            body[self.seed_field] = options.seed
+        if options.max_tokens is not None:
+            if use_mct is None:
+                use_mct = self.auto_max_completion_tokens and is_reasoning_model(request.model)
+            key = "max_completion_tokens" if use_mct and not legacy else "max_tokens"
+            body[key] = options.max_tokens
+        return provider_options
+
+    def _stream_fields(self, request: Request, body: dict[str, Any]) -> None:
+        if request.stream:
+            body["stream"] = True
+            if self.send_stream_options:
+                body["stream_options"] = {"include_usage": True}
+
+    def _endpoint(self, request: Request, path: str) -> str:
+        """The URL of ``path`` for ``request`` (Azure puts the deployment in it)."""
+        return f"{self.base_url}/{path}"
+
+    def _headers(self, api_key: str | None) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        if self.organization:
+            headers["openai-organization"] = self.organization
+        if self.project:
+            headers["openai-project"] = self.project
+        return headers
+
+    # -- decoding -----------------------------------------------------------------------------
+
+    def stream_decoder(self, request: Request) -> OpenAIStreamDecoder:
+        """A fresh decoder for the streamed body of ``encode(request)``."""
+        return OpenAIStreamDecoder(provider=self.name, map_error=self.map_stream_error)
+
+    def decode_response(self, request: Request, body: bytes) -> Response:
+        """Decode a ``chat.completion`` or ``text_completion`` body.
+
+        The refusal of the first choice that has one is in ``metadata["refusal"]``, the first
+        choice's own finish reason in ``metadata["native_finish_reason"]``; reasoning
+        (``reasoning_content`` or ``reasoning``) comes first in the content as a
+        `ReasoningPart`.
+
+        Raises:
+            ProviderError: the body is not JSON of the documented shape.
+            LLMError: the typed error, when the body is an error object (``map_stream_error``).
+        """
+        try:
+            completion = COMPLETION_DECODER.decode(body)
+        except msgspec.DecodeError as exc:
+            raise ProviderError(
+                f"malformed response body: {exc}", provider=self.name, retryable=False
+            ) from exc
+        if completion.error:
+            raise self.map_stream_error({"error": completion.error})
+        metadata: dict[str, Any] = {}
+        choices = [self._choice(wire_choice, metadata) for wire_choice in completion.choices]
+        if completion.service_tier is not None:
+            metadata["service_tier"] = completion.service_tier
+        wire_usage = completion.usage
+        if wire_usage is None and completion.x_groq is not None:
+            wire_usage = completion.x_groq.usage
+        return Response(
+            id=completion.id,
+            provider=self.name,
+            model=completion.model or request.model,
+            created=unix_to_datetime(completion.created),
+            choices=choices,
+            usage=usage_from_wire(wire_usage) if wire_usage is not None else None,
+            metadata=metadata or None,
+            system_fingerprint=completion.system_fingerprint,
+        )
+
+    @staticmethod
+    def _choice(wire: CompletionChoice, metadata: dict[str, Any]) -> Choice:
+        message = wire.message
+        tool_calls: list[ToolCall] | None = None
+        message_metadata: dict[str, Any] | None = None
+        content: str | list[Part] | None
+        if message is None:
+            content = wire.text or None
+        else:
+            text = message.content or ""
+            reasoning = message.reasoning_content or message.reasoning
+            if reasoning:
+                parts: list[Part] = [ReasoningPart(text=reasoning)]
+                if text:
+                    parts.append(TextPart(text=text))
+                content = parts
+            else:
+                content = text or None
+            if message.tool_calls:
+                tool_calls = []
+                for n, call in enumerate(message.tool_calls):
+                    function = call.function
+                    arguments = (function.arguments or "") if function is not None else ""
+                    tool_calls.append(
+                        ToolCall(
+                            id=call.id or f"call_{n}",
+                            name=(function.name or "") if function is not None else "",
+                            arguments=arguments if arguments.strip() else "{}",
+                            metadata={"extra_content": call.extra_content}
+                            if call.extra_content
+                            else None,
+                        )
+                    )
+            if message.refusal:
+                metadata.setdefault("refusal", message.refusal)
+            if message.extra_content:
+                message_metadata = {"extra_content": message.extra_content}
+        native = wire.finish_reason
+        if native is not None:
+            metadata.setdefault("native_finish_reason", native)
+            finish = normalise_finish(native)
+            if finish == "stop" and tool_calls:
+                finish = "tool_calls"  # a forced tool (OpenAI) or Gemini's endpoint
+        else:
+            finish = "tool_calls" if tool_calls else None
+        return Choice(
+            index=wire.index,
+            message=Message(
+                role="assistant",
+                content=content,
+                tool_calls=tool_calls,
+                metadata=message_metadata,
+            ),
+            finish_reason=finish,
+        )
+
+    # -- errors and limits --------------------------------------------------------------------
+
+    def map_error(self, status: int, headers: Mapping[str, str], body: bytes) -> LLMError:
+        """The typed error for a non-2xx response.
+
+        The message is the provider's; ``details`` keep its ``type``, ``param`` and ``code``.
+        Beyond `error_for_status`: ``model_not_found`` (404, or 400 as the Responses API
+        sends it) is `ModelNotSupported`, and a 429 ``insufficient_quota`` is a `RateLimited`
+        that is not retryable.
+        """
+        message, details = parse_error_body(body)
+        return classify_error(
+            status,
+            message or f"HTTP {status} from {self.name}",
+            details,
+            provider=self.name,
+            request_id=headers.get("x-request-id") or headers.get("request-id"),
+            retry_after=parse_retry_after(headers),
+        )
+
+    def map_stream_error(self, payload: Any) -> LLMError:
+        """The typed error for an error inside a stream (or a 200 body): ``{"error": ...}``.
+
+        A status in the payload (Groq's ``status_code``, OpenRouter's numeric ``code``) is
+        classified as `map_error` would; otherwise the ``type`` or ``code`` decides, and an
+        unknown error is a `ProviderError`.
+        """
+        return classify_stream_error(payload, provider=self.name)
+
+    def retry_advice(self, error: LLMError, headers: Mapping[str, str]) -> RetryAdvice:
+        """The base advice, except: ``insufficient_quota`` is never retried, and a delay above
+        ``max_retry_after`` means do not retry."""
+        advice = super().retry_advice(error, headers)
+        if is_quota_error(error):
+            return RetryAdvice(retryable=False, delay=advice.delay)
+        if advice.retryable and advice.delay is not None and advice.delay > self.max_retry_after:
+            return RetryAdvice(retryable=False, delay=advice.delay)
+        return advice
+
+    def parse_rate_limits(self, headers: Mapping[str, str]) -> RateLimitInfo | None:
+        """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` and ``retry-after``.
+
+        The unsuffixed ``x-ratelimit-limit|remaining|reset`` (Together) count requests.
+        Returns None when no such header is present.
+        """
+        get = headers.get
+        info = RateLimitInfo(
+            requests_limit=_int_header(
+                get("x-ratelimit-limit-requests") or get("x-ratelimit-limit")
+            ),
+            requests_remaining=_int_header(
+                get("x-ratelimit-remaining-requests") or get("x-ratelimit-remaining")
+            ),
+            requests_reset=_duration_header(
+                get("x-ratelimit-reset-requests") or get("x-ratelimit-reset")
+            ),
+            tokens_limit=_int_header(get("x-ratelimit-limit-tokens")),
+            tokens_remaining=_int_header(get("x-ratelimit-remaining-tokens")),
+            tokens_reset=_duration_header(get("x-ratelimit-reset-tokens")),
+            retry_after=None if self.retry_after_on_success else parse_retry_after(headers),
+        )
+        if info == _NO_LIMITS:
+            return None
+        return info
+
+    # -- models -------------------------------------------------------------------------------
+
+    def list_models_request(self, api_key: str | None) -> HttpRequest:
+        """``GET {base}/models``."""
+        headers = self._headers(api_key)
+        headers["accept"] = "application/json"
+        headers.update(self.extra_headers)
+        return HttpRequest(method="GET", url=self._models_url(), headers=headers)
+
+    def _models_url(self) -> str:
+        return f"{self.base_url}/models"
+
+    def decode_models(self, body: bytes) -> list[ModelInfo]:
+        """Decode ``{"data": [{"id", "created", "owned_by"}]}``, guessing features by id.
+
+        Raises:
+            ProviderError: the body is not a model list.
+        """
+        try:
+            listing = MODELS_DECODER.decode(body)
+        except msgspec.DecodeError as exc:
+            raise ProviderError(
+                f"malformed model list: {exc}", provider=self.name, retryable=False
+            ) from exc
+        models: list[ModelInfo] = []
+        for entry in listing.data:
+            window = known_context_window(entry.id)
+            models.append(
+                ModelInfo(
+                    id=entry.id,
+                    provider=self.name,
+                    context_window=window[0] if window else None,
+                    max_output_tokens=window[1] if window else None,
+                    features=self.model_features(entry.id),
+                    created=unix_to_datetime(entry.created) if entry.created else None,
+                    metadata={"owned_by": entry.owned_by} if entry.owned_by else None,
+                )
+            )
+        return models
+
+
+_NO_LIMITS: Final = RateLimitInfo()
