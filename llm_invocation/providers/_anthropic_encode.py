@@ -1,0 +1,393 @@
+"""Building Anthropic Messages request bodies from a `Request` (WIRE-FORMATS 3.2).
+
+* ``system`` and ``developer`` messages are lifted to the top-level ``system``: the string of
+  a lone string message, text blocks otherwise;
+* tool messages become ``tool_result`` blocks of a user message;
+* consecutive messages of one role are merged into one message of several blocks (the API
+  wants user and assistant to alternate), ``tool_result`` blocks first in a user message;
+* an assistant message's signed reasoning is echoed first, as ``thinking`` (or
+  ``redacted_thinking``) blocks, then its text, then its ``tool_use`` blocks. Reasoning
+  without a signature (another provider's) cannot be verified by Anthropic and is left out;
+* ``provider_options`` are merged last (one level deep for objects such as
+  ``output_config``), except the codec's own keys ``betas`` / ``anthropic_beta`` (the
+  ``anthropic-beta`` header) and ``disable_parallel_tool_use`` (put on ``tool_choice``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, cast
+
+from ..errors import InvalidRequest
+from ..types import (
+    ImagePart,
+    Message,
+    NamedToolChoice,
+    Part,
+    ReasoningPart,
+    Request,
+    TextPart,
+    ToolChoice,
+    ToolSpec,
+)
+
+__all__ = [
+    "COUNT_TOKENS_KEYS",
+    "UNSUPPORTED_OPTIONS",
+    "build_body",
+    "convert_messages",
+    "pop_betas",
+]
+
+UNSUPPORTED_OPTIONS: Final = ("seed", "frequency_penalty", "presence_penalty")
+"""`ModelOptions` fields the Messages API has no equivalent for."""
+
+COUNT_TOKENS_KEYS: Final = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "output_config",
+        "cache_control",
+        "speed",
+    }
+)
+"""The body fields ``/v1/messages/count_tokens`` accepts (the SDK's count-tokens params)."""
+
+Block = dict[str, Any]
+
+
+def _text_block(text: str) -> Block:
+    return {"type": "text", "text": text}
+
+
+def _image_block(part: ImagePart) -> Block:
+    if part.data is not None:
+        source: Block = {"type": "base64", "media_type": part.media_type, "data": part.data}
+    else:
+        source = {"type": "url", "url": part.url}
+    return {"type": "image", "source": source}
+
+
+def _reasoning_block(part: ReasoningPart) -> Block | None:
+    if part.signature is None:
+        return None  # unsigned reasoning (another provider's): the API would reject it
+    if part.redacted:
+        return {"type": "redacted_thinking", "data": part.signature}
+    return {"type": "thinking", "thinking": part.text, "signature": part.signature}
+
+
+def _bad_part(part: Part, where: str, index: int) -> InvalidRequest:
+    kind = "reasoning" if isinstance(part, ReasoningPart) else "image"
+    return InvalidRequest(
+        f"Anthropic does not accept {kind} content in {where} (message {index})",
+        details={"field": f"messages[{index}].content", "part": kind},
+    )
+
+
+def _system_blocks(message: Message, index: int) -> list[Block]:
+    content = message.content
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [_text_block(content)] if content else []
+    blocks: list[Block] = []
+    for part in content:
+        if not isinstance(part, TextPart):
+            raise _bad_part(part, f"a {message.role} message", index)
+        if part.text:
+            blocks.append(_text_block(part.text))
+    return blocks
+
+
+def _user_content(message: Message, index: int) -> str | list[Block]:
+    content = message.content
+    if isinstance(content, str):
+        if content:
+            return content
+    elif content:
+        blocks: list[Block] = []
+        for part in content:
+            if isinstance(part, TextPart):
+                if part.text:
+                    blocks.append(_text_block(part.text))
+            elif isinstance(part, ImagePart):
+                blocks.append(_image_block(part))
+            else:
+                raise _bad_part(part, "a user message", index)
+        if blocks:
+            return blocks
+    raise InvalidRequest(
+        f"user message {index} has no content; Anthropic rejects empty messages",
+        details={"field": f"messages[{index}].content"},
+    )
+
+
+def _assistant_content(message: Message, index: int) -> str | list[Block]:
+    content = message.content
+    calls = message.tool_calls
+    if isinstance(content, str) and not calls:
+        return content  # plain text, or a prefill the model continues
+    blocks: list[Block] = []
+    if isinstance(content, str):
+        if content:
+            blocks.append(_text_block(content))
+    elif content:
+        for part in content:  # signed reasoning first, as the API requires
+            if isinstance(part, ReasoningPart):
+                block = _reasoning_block(part)
+                if block is not None:
+                    blocks.append(block)
+        for part in content:
+            if isinstance(part, TextPart):
+                if part.text:
+                    blocks.append(_text_block(part.text))
+            elif isinstance(part, ImagePart):
+                raise _bad_part(part, "an assistant message", index)
+    blocks.extend(
+        {"type": "tool_use", "id": call.id, "name": call.name, "input": call.parsed_arguments()}
+        for call in calls or ()
+    )
+    return blocks
+
+
+def _tool_result(message: Message, index: int) -> Block:
+    block: Block = {"type": "tool_result", "tool_use_id": message.tool_call_id}
+    content = message.content
+    if isinstance(content, str):
+        if content:
+            block["content"] = content
+    elif content:
+        parts: list[Block] = []
+        for part in content:
+            if isinstance(part, TextPart):
+                if part.text:
+                    parts.append(_text_block(part.text))
+            elif isinstance(part, ImagePart):
+                parts.append(_image_block(part))
+            else:
+                raise _bad_part(part, "a tool result", index)
+        block["content"] = parts
+    if message.is_error:
+        block["is_error"] = True
+    return block
+
+
+def _as_blocks(content: str | list[Block]) -> list[Block]:
+    if isinstance(content, str):
+        return [_text_block(content)] if content else []
+    return content
+
+
+def convert_messages(
+    messages: Sequence[Message],
+) -> tuple[str | list[Block] | None, list[Block]]:
+    """Split a conversation into Anthropic's ``system`` and alternating ``messages``.
+
+    Returns:
+        The ``system`` value (None when there is none) and the ``messages`` list.
+
+    Raises:
+        InvalidRequest: a part Anthropic cannot take where it is (an image in a system or
+            assistant message, reasoning in a user or tool message), a user message without
+            content, a tool call with malformed arguments, or no user or assistant message.
+    """
+    system: list[Message] = []
+    system_index: list[int] = []
+    turns: list[Block] = []
+    merged_users: list[Block] = []
+    for index, message in enumerate(messages):
+        role = message.role
+        content: str | list[Block]
+        if role == "system" or role == "developer":
+            system.append(message)
+            system_index.append(index)
+            continue
+        if role == "tool":
+            wire_role = "user"
+            content = [_tool_result(message, index)]
+        elif role == "user":
+            wire_role = "user"
+            content = _user_content(message, index)
+        else:
+            wire_role = "assistant"
+            content = _assistant_content(message, index)
+            if not content and not isinstance(content, str):
+                continue  # nothing Anthropic can take (only unsigned reasoning)
+        if turns and turns[-1]["role"] == wire_role:
+            last = turns[-1]
+            last["content"] = _as_blocks(last["content"]) + _as_blocks(content)
+            if wire_role == "user":
+                merged_users.append(last)
+        else:
+            turns.append({"role": wire_role, "content": content})
+    for turn in merged_users:
+        # tool_result blocks must open the user message that answers the tool calls
+        blocks: list[Block] = turn["content"]
+        results = [b for b in blocks if b["type"] == "tool_result"]
+        if results and blocks[: len(results)] != results:
+            turn["content"] = results + [b for b in blocks if b["type"] != "tool_result"]
+    if not turns:
+        raise InvalidRequest(
+            "Anthropic needs at least one user or assistant message besides system messages",
+            details={"field": "messages"},
+        )
+    system_value: str | list[Block] | None = None
+    if len(system) == 1 and isinstance(system[0].content, str):
+        system_value = system[0].content or None
+    elif system:
+        blocks = []
+        for message, index in zip(system, system_index, strict=True):
+            blocks.extend(_system_blocks(message, index))
+        system_value = blocks or None
+    return system_value, turns
+
+
+def _tool(spec: ToolSpec) -> Block:
+    tool: Block = {
+        "name": spec.name,
+        "description": spec.description,
+        "input_schema": spec.parameters,
+    }
+    if spec.strict is not None:
+        tool["strict"] = spec.strict
+    return tool
+
+
+def _tool_choice(choice: ToolChoice) -> Block:
+    if isinstance(choice, NamedToolChoice):
+        return {"type": "tool", "name": choice.name}
+    if choice == "required":
+        return {"type": "any"}
+    return {"type": choice}
+
+
+def pop_betas(extra: dict[str, Any]) -> list[str]:
+    """Remove the ``betas`` / ``anthropic_beta`` keys from ``extra``; return their flags.
+
+    Raises:
+        InvalidRequest: a value is neither a string nor a list of strings.
+    """
+    flags: list[str] = []
+    for key in ("betas", "anthropic_beta"):
+        value: Any = extra.pop(key, None)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            items: list[Any] = value.split(",")
+        elif isinstance(value, list | tuple):
+            items = list(value)  # pyright: ignore[reportUnknownArgumentType]
+        else:
+            items = [value]
+        for item in items:
+            if not isinstance(item, str):
+                raise InvalidRequest(
+                    f"provider_options[{key!r}] must be a string or a list of strings",
+                    details={"field": f"options.provider_options.{key}"},
+                )
+            flag = item.strip()
+            if flag and flag not in flags:
+                flags.append(flag)
+    return flags
+
+
+def _merge(body: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        current = body.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            body[key] = {**current, **value}
+        else:
+            body[key] = value
+
+
+def build_body(
+    request: Request, *, default_max_tokens: int, count_tokens: bool = False
+) -> tuple[dict[str, Any], list[str]]:
+    """The JSON body for ``request`` and the ``anthropic-beta`` flags it asks for.
+
+    Args:
+        request: the invocation.
+        default_max_tokens: ``max_tokens`` when the request sets none (raised above a
+            ``thinking.budget_tokens`` that reaches it, which the API requires).
+        count_tokens: build a ``/v1/messages/count_tokens`` body instead (only the fields that
+            endpoint accepts).
+
+    Raises:
+        InvalidRequest: the request uses something Anthropic cannot express (see
+            `convert_messages`, ``seed``, penalties, a JSON object format without a schema).
+    """
+    options = request.options
+    if not count_tokens:
+        for name in UNSUPPORTED_OPTIONS:
+            if getattr(options, name) is not None:
+                raise InvalidRequest(
+                    f"Anthropic does not support the {name!r} option; remove it",
+                    details={"field": f"options.{name}", "option": name},
+                )
+    extra: dict[str, Any] = dict(options.provider_options or {})
+    betas = pop_betas(extra)
+    disable_parallel: Any = extra.pop("disable_parallel_tool_use", None)
+
+    system, messages = convert_messages(request.messages)
+    body: dict[str, Any] = {"model": request.model}
+    if not count_tokens:
+        max_tokens = options.max_tokens
+        if max_tokens is None:
+            max_tokens = default_max_tokens
+            thinking: Any = extra.get("thinking")
+            budget: Any = None
+            if isinstance(thinking, dict):
+                budget = cast("dict[str, Any]", thinking).get("budget_tokens")
+            if isinstance(budget, int) and budget >= max_tokens:
+                max_tokens = budget + default_max_tokens
+        body["max_tokens"] = max_tokens
+    body["messages"] = messages
+    if system is not None:
+        body["system"] = system
+    if not count_tokens:
+        if options.temperature is not None:
+            body["temperature"] = options.temperature
+        if options.top_p is not None:
+            body["top_p"] = options.top_p
+        if options.top_k is not None:
+            body["top_k"] = options.top_k
+        if options.stop:
+            body["stop_sequences"] = list(options.stop)
+    has_tools = bool(request.tools) or "tools" in extra
+    if request.tools:
+        body["tools"] = [_tool(spec) for spec in request.tools]
+    choice = request.tool_choice
+    if choice is not None and has_tools:
+        body["tool_choice"] = _tool_choice(choice)
+    elif choice == "required":
+        raise InvalidRequest(
+            "tool_choice 'required' needs at least one tool", details={"field": "tool_choice"}
+        )
+    if disable_parallel is not None and has_tools:
+        tool_choice: Block = body.setdefault("tool_choice", {"type": "auto"})
+        if tool_choice["type"] != "none":
+            tool_choice["disable_parallel_tool_use"] = bool(disable_parallel)
+    fmt = request.response_format
+    if fmt is not None and fmt.type != "text":
+        if fmt.type == "json_schema":
+            body["output_config"] = {"format": {"type": "json_schema", "schema": fmt.json_schema}}
+        elif not _has_format(extra):
+            raise InvalidRequest(
+                "Anthropic has no JSON mode without a schema: use ResponseFormat.schema(...) "
+                "(sent as output_config.format), or force a tool with tool_choice",
+                details={"field": "response_format", "type": fmt.type},
+            )
+    if request.stream and not count_tokens:
+        body["stream"] = True
+    _merge(body, extra)
+    if count_tokens:
+        body = {key: value for key, value in body.items() if key in COUNT_TOKENS_KEYS}
+    return body, betas
+
+
+def _has_format(extra: Mapping[str, Any]) -> bool:
+    config: Any = extra.get("output_config")
+    return (isinstance(config, dict) and "format" in config) or "output_format" in extra
