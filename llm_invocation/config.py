@@ -99,7 +99,22 @@ _Name = Annotated[str, msgspec.Meta(min_length=1)]
 _Threshold = Annotated[float, msgspec.Meta(gt=0, le=1)]
 _Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
 
-ProviderKind = Literal["openai", "anthropic", "gemini", "openai-compatible", "azure", "mock"]
+ProviderKind = Literal[
+    "openai",
+    "anthropic",
+    "gemini",
+    "openai-compatible",
+    "azure",
+    "mock",
+    # OpenAI-compatible presets (llm_invocation.providers.compatible.PRESETS)
+    "ollama",
+    "vllm",
+    "groq",
+    "together",
+    "openrouter",
+    "deepseek",
+    "mistral",
+]
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True):

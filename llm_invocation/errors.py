@@ -78,6 +78,8 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     code: ErrorCode
     message: str
+    kind: str | None = None
+    """The error's class name when it is more precise than the code (``ProviderOverloaded``)."""
     provider: str | None = None
     status: int | None = None
     retry_after: float | None = None
@@ -141,9 +143,11 @@ class LLMError(Exception):
 
     def info(self) -> ErrorInfo:
         """Return the wire form of this error."""
+        kind = type(self).__name__
         return ErrorInfo(
             code=self.code,
             message=self.message,
+            kind=None if _BY_CODE.get(self.code) is type(self) else kind,
             provider=self.provider,
             status=self.status,
             retry_after=self.retry_after,
@@ -317,9 +321,16 @@ _BY_CODE: Final[dict[ErrorCode, type[LLMError]]] = {
 }
 
 
+_BY_KIND: Final[dict[str, type[LLMError]]] = {
+    cls.__name__: cls for cls in (*_BY_CODE.values(), ProviderOverloaded)
+}
+
+
 def error_from_info(info: ErrorInfo) -> LLMError:
     """Rebuild the typed error that `LLMError.info` described (for example from a frame)."""
     cls = _BY_CODE[info.code]
-    if cls is ProviderError and info.status in (503, 529):
+    if info.kind is not None:
+        cls = _BY_KIND.get(info.kind, cls)
+    elif cls is ProviderError and info.status in (503, 529):
         cls = ProviderOverloaded
     return _rebuild(cls, info)
