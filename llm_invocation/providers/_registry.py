@@ -1,0 +1,218 @@
+"""The provider registry: which codec serves a provider entry, and which provider a model.
+
+A request names its provider explicitly (``request.provider``), or by prefix
+(``"anthropic:claude-sonnet-4-5"``), or implicitly by a well-known model prefix
+(``gpt-4o-mini`` is OpenAI's, ``claude-`` Anthropic's, ``gemini-`` Google's); otherwise the
+default provider serves it. A provider that is not configured, or a model outside a
+provider's configured ``models`` list, is a clear error naming what is available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final, final
+
+from ..config import ProviderConfig
+from ..errors import ModelNotSupported, ProviderNotFound
+from ..types import Request
+from ._base import ProviderCodec
+
+__all__ = ["MODEL_PREFIXES", "ProviderRegistry", "codec_kinds", "make_codec"]
+
+#: Model-id prefixes that identify a provider when the request does not name one.
+MODEL_PREFIXES: Final[tuple[tuple[str, str], ...]] = (
+    ("gpt-", "openai"),
+    ("chatgpt-", "openai"),
+    ("o1", "openai"),
+    ("o3", "openai"),
+    ("o4", "openai"),
+    ("text-davinci", "openai"),
+    ("davinci-", "openai"),
+    ("babbage-", "openai"),
+    ("claude-", "anthropic"),
+    ("gemini-", "gemini"),
+    ("models/gemini-", "gemini"),
+    ("mock", "mock"),
+)
+
+_KIND_ALIASES: Final = {
+    "google": "gemini",
+    "azure-openai": "azure",
+    "compatible": "openai-compatible",
+}
+
+
+def codec_kinds() -> list[str]:
+    """Every codec kind and preset a provider entry may name."""
+    from .compatible import PRESETS
+
+    return sorted({"openai", "anthropic", "gemini", "azure", "openai-compatible", "mock", *PRESETS})
+
+
+def make_codec(name: str, config: ProviderConfig | None = None) -> ProviderCodec:
+    """Build the codec for the provider entry ``name``.
+
+    The entry's ``kind`` (or else its name) picks the codec: ``openai``, ``anthropic``,
+    ``gemini``, ``azure``, ``mock``, ``openai-compatible`` (needs ``base_url``) or one of the
+    compatible presets (``groq``, ``ollama``...).
+
+    Raises:
+        ProviderNotFound: the kind is unknown.
+        ConfigurationError: the entry lacks what its kind needs (a base URL).
+    """
+    config = config or ProviderConfig()
+    kind = config.kind or name
+    kind = _KIND_ALIASES.get(kind, kind)
+    headers = dict(config.headers)
+    options = dict(config.options)
+    base_url = config.base_url
+    if kind == "openai":
+        from .openai import OpenAICodec
+
+        return OpenAICodec(
+            name=name,
+            base_url=base_url,
+            headers=headers,
+            options=options,
+            organization=config.organization,
+        )
+    if kind == "anthropic":
+        from .anthropic import AnthropicCodec
+
+        return AnthropicCodec(name=name, base_url=base_url, headers=headers, options=options)
+    if kind == "gemini":
+        from .gemini import GeminiCodec
+
+        return GeminiCodec(name=name, base_url=base_url, headers=headers, options=options)
+    if kind == "mock":
+        from .mock import MockCodec
+
+        return MockCodec(name=name, base_url=base_url, headers=headers, options=options)
+    if kind == "azure":
+        from .compatible import AzureOpenAICodec
+
+        if config.api_version:
+            return AzureOpenAICodec(
+                name=name,
+                base_url=base_url,
+                deployment=config.deployment,
+                api_version=config.api_version,
+                headers=headers,
+                options=options,
+            )
+        return AzureOpenAICodec(
+            name=name,
+            base_url=base_url,
+            deployment=config.deployment,
+            headers=headers,
+            options=options,
+        )
+    from .compatible import PRESETS, OpenAICompatibleCodec
+
+    if kind == "openai-compatible" or kind in PRESETS:
+        return OpenAICompatibleCodec(
+            preset=PRESETS.get(kind),
+            name=name,
+            base_url=base_url,
+            headers=headers,
+            options=options,
+        )
+    raise ProviderNotFound(
+        f"unknown provider kind {kind!r} for provider {name!r}",
+        provider=name,
+        details={"available": codec_kinds()},
+    )
+
+
+@final
+class ProviderRegistry:
+    """The configured providers, and how a request's model selects one of them."""
+
+    def __init__(
+        self,
+        codecs: Mapping[str, ProviderCodec],
+        *,
+        default_provider: str,
+        models: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
+        self._codecs = dict(codecs)
+        self.default_provider = default_provider
+        self._models = {name: frozenset(ids) for name, ids in (models or {}).items() if ids}
+
+    def names(self) -> list[str]:
+        """The configured provider names, sorted."""
+        return sorted(self._codecs)
+
+    def codec(self, name: str) -> ProviderCodec:
+        """The codec of provider ``name``.
+
+        Raises:
+            ProviderNotFound: no provider of that name is configured.
+        """
+        codec = self._codecs.get(name)
+        if codec is None:
+            raise self._not_found(name)
+        return codec
+
+    def _not_found(self, name: str, model: str | None = None) -> ProviderNotFound:
+        available = self.names()
+        hint = f" for model {model!r}" if model else ""
+        return ProviderNotFound(
+            f"provider {name!r}{hint} is not configured; available: {', '.join(available)}",
+            provider=name,
+            details={"available": available},
+        )
+
+    def resolve(self, request: Request) -> tuple[str, str]:
+        """The provider name and the provider's own model id for ``request``.
+
+        Raises:
+            ProviderNotFound: the named or implied provider is not configured.
+            ModelNotSupported: the provider's configured ``models`` list excludes the model.
+        """
+        model = request.model
+        provider = request.provider
+        if provider is None:
+            head, sep, tail = model.partition(":")
+            if sep and head in self._codecs:
+                provider, model = head, tail
+            elif sep and head in codec_kinds():
+                raise self._not_found(head, tail)
+        elif model.startswith(provider + ":"):
+            model = model[len(provider) + 1 :]
+        if provider is None:
+            provider = self._by_prefix(model)
+        if provider not in self._codecs:
+            raise self._not_found(provider, model)
+        allowed = self._models.get(provider)
+        if allowed is not None and model not in allowed:
+            raise ModelNotSupported(
+                f"model {model!r} is not among provider {provider!r}'s configured models: "
+                f"{', '.join(sorted(allowed))}",
+                provider=provider,
+                details={"available": sorted(allowed)},
+            )
+        if not model:
+            raise ModelNotSupported("the request names no model", provider=provider)
+        return provider, model
+
+    def _by_prefix(self, model: str) -> str:
+        default = self.default_provider
+        if default in self._codecs:
+            codec = self._codecs[default]
+            if any(info.id == model for info in codec.known_models()):
+                return default
+        for prefix, provider in MODEL_PREFIXES:
+            if model.startswith(prefix):
+                # A configured provider of that kind under another name serves it too.
+                if provider in self._codecs:
+                    return provider
+                for name, codec in self._codecs.items():
+                    if codec.kind == provider:
+                        return name
+                # An aggregating default (OpenRouter, a local server) may serve any model;
+                # otherwise the implied provider is reported as missing.
+                if default in self._codecs and self._codecs[default].kind == "openai-compatible":
+                    return default
+                return provider
+        return default
