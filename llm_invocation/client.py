@@ -1,0 +1,585 @@
+"""The client facade: `open_client` starts the supervision tree, `Client` is what users call.
+
+::
+
+    async with open_client(Config.from_env()) as client:
+        async with client.invoke(Request(model="openai:gpt-4o-mini", messages=[user("Hi")])) as s:
+            async for chunk in s:
+                print(chunk.text, end="")
+        reply = await client.chat([user("Hi")], model="anthropic:claude-sonnet-4-5")
+
+Every name of both specifications exists: ``invoke`` (streams by default), ``invoke_sync``,
+``list_models``; ``complete``, ``stream_complete``, ``chat``, ``stream_chat``,
+``get_usage``; and provider shortcuts (`open_openai_client`...).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final, final
+
+import httpx
+import msgspec
+import trio
+
+from ._secrets import Secret
+from ._stream import (
+    DeltaStream,
+    InvocationStream,
+    can_fall_back,
+    chat_delta,
+    chat_error,
+    completion_delta,
+    translate_actor_error,
+)
+from .actors.provider_session import (
+    CountTokens,
+    InvokeOnce,
+    ListModels,
+    ProviderSession,
+    SessionMsg,
+    SessionSettings,
+    SessionStatistics,
+    SessionStats,
+)
+from .config import Config, ProviderConfig
+from .errors import ConfigurationError, InvocationTimeout, LLMError, ProviderNotFound
+from .providers._base import ProviderCodec
+from .providers._registry import ProviderRegistry, make_codec
+from .runtime import (
+    ActorError,
+    ActorRef,
+    Backoff,
+    ChildSpec,
+    Runtime,
+    RuntimeStatistics,
+    SupervisorSpec,
+    open_runtime,
+)
+from .types import (
+    ChatRequest,
+    ChatResponse,
+    CompletionRequest,
+    CompletionResponse,
+    Message,
+    ModelInfo,
+    ModelOptions,
+    Request,
+    Response,
+    Usage,
+)
+
+__all__ = [
+    "Client",
+    "TransportFactory",
+    "open_anthropic_client",
+    "open_client",
+    "open_gemini_client",
+    "open_mock_client",
+    "open_openai_client",
+]
+
+log = logging.getLogger("llm_invocation.client")
+
+TransportFactory = Callable[[], httpx.AsyncBaseTransport]
+"""Makes an httpx transport for a provider session (one per pool shard)."""
+
+MODELS_TTL: Final = 300.0
+_SESSION_PREFIX: Final = "provider."
+
+
+def _session_settings(config: Config, provider: ProviderConfig) -> SessionSettings:
+    retries, timeouts = config.retries, config.timeouts
+    return SessionSettings(
+        max_attempts=retries.max_attempts,
+        initial_delay=retries.initial_delay,
+        max_delay=retries.max_delay,
+        multiplier=retries.multiplier,
+        jitter=retries.jitter,
+        max_retry_after=retries.max_retry_after,
+        connect_timeout=timeouts.connect,
+        first_chunk_timeout=timeouts.first_chunk,
+        idle_chunk_timeout=timeouts.idle_chunk,
+        max_connections=provider.max_connections,
+    )
+
+
+def _parse_target(text: str, *, where: str) -> tuple[str, str]:
+    provider, sep, model = text.partition(":")
+    if not sep or not provider or not model:
+        raise ConfigurationError(f"{where}: fallback {text!r} is not 'provider:model'")
+    return provider, model
+
+
+@final
+class Client:
+    """The facade over a running supervision tree. Made by `open_client`; do not construct."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        config: Config,
+        registry: ProviderRegistry,
+        *,
+        scenarios: Any = None,
+    ) -> None:
+        self._runtime = runtime
+        self._config = config
+        self._registry = registry
+        self._usage = Usage.zero()
+        self._invocations = 0
+        self._fallbacks = 0
+        self._models: dict[str, tuple[float, list[ModelInfo]]] = {}
+        self.scenarios = scenarios
+        """The mock provider's `llm_invocation.testing.Scenarios` (script it in tests)."""
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def runtime(self) -> Runtime:
+        """The supervision tree (for statistics and advanced embedding)."""
+        return self._runtime
+
+    @property
+    def providers(self) -> list[str]:
+        """The configured provider names."""
+        return self._registry.names()
+
+    def codec(self, provider: str) -> ProviderCodec:
+        return self._registry.codec(provider)
+
+    def session_ref(self, provider: str) -> ActorRef[SessionMsg]:
+        """The session actor of ``provider``.
+
+        Raises:
+            ProviderNotFound: no such provider is configured.
+        """
+        try:
+            return self._runtime.ref(_SESSION_PREFIX + provider, ProviderSession)
+        except ActorError:
+            raise self._registry._not_found(provider) from None  # pyright: ignore[reportPrivateUsage]
+
+    # -- building requests ---------------------------------------------------------------------
+
+    def _prepare(self, request: Request) -> tuple[Request, list[tuple[str, str]]]:
+        defaults = self._config.defaults
+        if defaults.options:
+            base: ModelOptions = defaults.model_options()
+            request = msgspec.structs.replace(request, options=base.merged(request.options))
+        provider, model = self._registry.resolve(request)
+        candidates = [(provider, model)]
+        entry = self._config.providers.get(provider)
+        if entry is not None:
+            for target in entry.fallback:
+                candidate = _parse_target(target, where=f"providers.{provider}")
+                if candidate[0] not in self._registry.names():
+                    log.warning("fallback %s skipped: provider not configured", target)
+                    continue
+                candidates.append(candidate)
+        return request, candidates
+
+    def _default_model(self) -> str:
+        model = self._config.default_model
+        if model:
+            return model
+        provider = self._config.default_provider
+        try:
+            known = self._registry.codec(provider).known_models()
+        except ProviderNotFound:
+            known = []
+        if known:
+            return f"{provider}:{known[0].id}"
+        raise ConfigurationError(
+            "no model given and no default model configured (set LLM_MODEL or model=)"
+        )
+
+    def _build(
+        self,
+        request: Request | None,
+        messages: Sequence[Message] | None,
+        model: str | None,
+        options: Mapping[str, Any],
+    ) -> Request:
+        if request is not None:
+            if messages is not None or model is not None or options:
+                raise TypeError("pass a Request, or messages and keywords, not both")
+            return request
+        if messages is None:
+            raise TypeError("invoke() needs a Request or messages=")
+        return Request(model=model or self._default_model(), messages=list(messages), **options)
+
+    # -- the second specification --------------------------------------------------------------
+
+    def invoke(
+        self,
+        request: Request | None = None,
+        /,
+        *,
+        messages: Sequence[Message] | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> InvocationStream:
+        """Start a streaming invocation: ``async with client.invoke(request) as stream``.
+
+        ``timeout`` (default: the configured ``timeout``) bounds the upstream call; the
+        caller's own deadline applies too. Fallback providers configured for the provider
+        take over on retryable and overload errors before any content has arrived.
+
+        Raises:
+            ProviderNotFound, ModelNotSupported: on entering, when the request's provider or
+                model is not available.
+            LLMError: while iterating, the invocation's failure.
+        """
+        built = self._build(request, messages, model, options)
+        prepared, candidates = self._prepare(built)
+        self._invocations += 1
+        return InvocationStream(
+            self,
+            prepared,
+            candidates,
+            timeout=self._config.timeout if timeout is None else timeout,
+        )
+
+    async def invoke_sync(
+        self,
+        request: Request | None = None,
+        /,
+        *,
+        messages: Sequence[Message] | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Response:
+        """Invoke and wait for the whole response.
+
+        A streaming request (the default) is streamed and aggregated, with every stream
+        watchdog; ``stream=False`` sends one non-streamed HTTP request.
+
+        Raises:
+            LLMError: the invocation failed.
+        """
+        built = self._build(request, messages, model, options)
+        if built.stream:
+            async with self.invoke(built, timeout=timeout) as stream:
+                return await stream.aggregate()
+        prepared, candidates = self._prepare(built)
+        self._invocations += 1
+        limit = self._config.timeout if timeout is None else timeout
+        last: LLMError | None = None
+        for provider, model_id in candidates:
+            ref = self.session_ref(provider)
+            message = InvokeOnce(
+                request=msgspec.structs.replace(prepared, provider=provider, model=model_id)
+            )
+            try:
+                with trio.fail_after(limit):
+                    response = await ref.call(message)
+            except trio.TooSlowError as exc:
+                raise InvocationTimeout(
+                    f"the invocation did not finish within {limit:g}s", provider=provider
+                ) from exc
+            except (LLMError, ActorError) as exc:
+                last = translate_actor_error(exc, provider)
+                if can_fall_back(last) and (provider, model_id) != candidates[-1]:
+                    self.note_fallback(provider, last)
+                    continue
+                raise last from None
+            self.record_usage(response.usage)
+            return response
+        assert last is not None
+        raise last
+
+    async def list_models(
+        self, provider: str | None = None, *, refresh: bool = False
+    ) -> list[ModelInfo]:
+        """The models of one provider (or of every configured one), cached for 5 minutes.
+
+        A provider that cannot list its models contributes the ones its codec knows.
+
+        Raises:
+            ProviderNotFound: ``provider`` is not configured.
+        """
+        names = [provider] if provider is not None else self._registry.names()
+        out: list[ModelInfo] = []
+        now = time.monotonic()
+        for name in names:
+            cached = self._models.get(name)
+            if cached is not None and not refresh and now - cached[0] < MODELS_TTL:
+                out.extend(cached[1])
+                continue
+            ref = self.session_ref(name)
+            try:
+                models = await ref.call(ListModels())
+            except LLMError as error:
+                if provider is not None and not self._registry.codec(name).known_models():
+                    raise
+                log.info("%s: listing models failed (%s); using known models", name, error)
+                models = self._registry.codec(name).known_models()
+            self._models[name] = (now, models)
+            out.extend(models)
+        return out
+
+    async def count_tokens(self, request: Request) -> int:
+        """Prompt tokens of ``request`` from the provider's count endpoint.
+
+        Raises:
+            ProviderError: the provider has no such endpoint.
+        """
+        prepared, candidates = self._prepare(request)
+        provider, model = candidates[0]
+        ref = self.session_ref(provider)
+        message = CountTokens(
+            request=msgspec.structs.replace(prepared, provider=provider, model=model)
+        )
+        return await ref.call(message)
+
+    # -- the first specification ---------------------------------------------------------------
+
+    def _completion_request(
+        self, request: CompletionRequest | str, model: str | None, options: Mapping[str, Any]
+    ) -> Request:
+        if isinstance(request, str):
+            request = CompletionRequest(prompt=request, **options)
+        elif options:
+            raise TypeError("pass a CompletionRequest, or a prompt and keywords, not both")
+        return request.to_request(model or request.model or self._default_model())
+
+    def _chat_request(
+        self,
+        request: ChatRequest | Sequence[Message],
+        model: str | None,
+        options: Mapping[str, Any],
+    ) -> Request:
+        if not isinstance(request, ChatRequest):
+            request = ChatRequest(messages=list(request), **options)
+        elif options:
+            raise TypeError("pass a ChatRequest, or messages and keywords, not both")
+        return request.to_request(model or request.model or self._default_model())
+
+    async def complete(
+        self, request: CompletionRequest | str, *, model: str | None = None, **options: Any
+    ) -> CompletionResponse:
+        """Complete a prompt (OpenAI's legacy completions endpoint where the provider has it).
+
+        Raises:
+            LLMError: the invocation failed.
+        """
+        response = await self.invoke_sync(self._completion_request(request, model, options))
+        return response.to_completion_response()
+
+    def stream_complete(
+        self, request: CompletionRequest | str, *, model: str | None = None, **options: Any
+    ) -> DeltaStream[CompletionResponse]:
+        """Stream a completion as ``CompletionResponse`` deltas (``async with`` + ``async for``).
+
+        Raises:
+            LLMError: while iterating, the invocation's failure.
+        """
+        stream = self.invoke(self._completion_request(request, model, options))
+        return DeltaStream(stream, completion_delta, None)
+
+    async def chat(
+        self,
+        request: ChatRequest | Sequence[Message],
+        *,
+        model: str | None = None,
+        **options: Any,
+    ) -> ChatResponse:
+        """Chat: the whole reply as a ``ChatResponse`` (its messages hold the reply).
+
+        Raises:
+            LLMError: the invocation failed.
+        """
+        response = await self.invoke_sync(self._chat_request(request, model, options))
+        return response.to_chat_response()
+
+    def stream_chat(
+        self,
+        request: ChatRequest | Sequence[Message],
+        *,
+        model: str | None = None,
+        raise_errors: bool = False,
+        **options: Any,
+    ) -> DeltaStream[ChatResponse]:
+        """Stream a chat as ``ChatResponse`` deltas.
+
+        As in the first specification, a failure ends the stream with one delta whose
+        ``error`` is set; with ``raise_errors=True`` the error is raised instead.
+        """
+        stream = self.invoke(self._chat_request(request, model, options))
+        return DeltaStream(stream, chat_delta, None if raise_errors else chat_error)
+
+    def get_usage(self) -> Usage:
+        """Usage of every invocation of this client so far (cost None when unknown)."""
+        return self._usage
+
+    # -- bookkeeping (called by the streams) ---------------------------------------------------
+
+    def record_usage(self, usage: Usage | None) -> None:
+        if usage is not None:
+            self._usage = self._usage + usage
+
+    def note_fallback(self, provider: str, error: LLMError) -> None:
+        self._fallbacks += 1
+        log.warning("%s failed (%s: %s); falling back", provider, error.code.value, error.message)
+
+    async def session_statistics(self) -> dict[str, SessionStatistics]:
+        """Every provider session's counters: retries, failures, breakers, pool."""
+        out: dict[str, SessionStatistics] = {}
+        for name in self._registry.names():
+            out[name] = await self.session_ref(name).call(SessionStats())
+        return out
+
+    def statistics(self) -> ClientStatistics:
+        """Invocations, fallbacks, usage and the runtime's statistics."""
+        return ClientStatistics(
+            invocations=self._invocations,
+            fallbacks=self._fallbacks,
+            usage=self._usage,
+            runtime=self._runtime.statistics(),
+        )
+
+
+class ClientStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    invocations: int
+    fallbacks: int
+    usage: Usage
+    runtime: RuntimeStatistics
+
+
+def _providers(config: Config) -> dict[str, ProviderConfig]:
+    """The provider entries to run: the enabled ones, the default one, and the mock."""
+    entries = {name: entry for name, entry in config.providers.items() if entry.enabled}
+    default = config.default_provider
+    try:
+        entries[default] = config.provider_config(default)
+    except ProviderNotFound:
+        entries[default] = ProviderConfig()
+    entries.setdefault("mock", ProviderConfig(kind="mock"))
+    return entries
+
+
+def _client_spec(
+    config: Config,
+    codecs: Mapping[str, ProviderCodec],
+    entries: Mapping[str, ProviderConfig],
+    transports: Mapping[str, TransportFactory],
+) -> SupervisorSpec:
+    sessions: list[ChildSpec] = []
+    for name, codec in sorted(codecs.items()):
+        entry = entries[name]
+        keys: list[Secret] = entry.keys()
+        settings = _session_settings(config, entry)
+        transport = transports.get(name)
+
+        def factory(
+            codec: ProviderCodec = codec,
+            keys: list[Secret] = keys,
+            settings: SessionSettings = settings,
+            transport: TransportFactory | None = transport,
+        ) -> ProviderSession:
+            return ProviderSession(codec, keys=keys, settings=settings, transport=transport)
+
+        sessions.append(ChildSpec.actor(_SESSION_PREFIX + name, factory, mailbox=65536))
+    providers = SupervisorSpec(
+        name="providers",
+        strategy="one_for_one",
+        max_restarts=10,
+        within=60,
+        backoff=Backoff(initial=0.05, maximum=2.0),
+        children=sessions,
+    )
+    return SupervisorSpec(name="client", children=[ChildSpec.supervisor(providers)])
+
+
+@asynccontextmanager
+async def open_client(
+    config: Config | None = None,
+    *,
+    transports: Mapping[str, TransportFactory] | None = None,
+    scenarios: Any = None,
+) -> AsyncGenerator[Client]:
+    """Start the client's supervision tree for the ``async with`` block.
+
+    Args:
+        config: the configuration (default: `Config.load()`, from the environment).
+        transports: per provider name, a factory of httpx transports (tests, proxies).
+        scenarios: the mock provider's `llm_invocation.testing.Scenarios` (a fresh default
+            set when omitted).
+
+    Raises:
+        ConfigurationError: the configuration is invalid or names an unknown provider kind.
+    """
+    config = config if config is not None else Config.load()
+    entries = _providers(config)
+    codecs = {name: make_codec(name, entry) for name, entry in entries.items()}
+    all_transports = dict(transports or {})
+    mock_names = [name for name, codec in codecs.items() if codec.kind == "mock"]
+    if mock_names:
+        from .testing import MockTransport, Scenarios
+
+        scenarios = scenarios if scenarios is not None else Scenarios()
+        for name in mock_names:
+            all_transports.setdefault(name, lambda: MockTransport(scenarios, format="openai"))
+    registry = ProviderRegistry(
+        codecs,
+        default_provider=config.default_provider,
+        models={name: entry.models for name, entry in entries.items()},
+    )
+    spec = _client_spec(config, codecs, entries, all_transports)
+    async with open_runtime(spec) as runtime:
+        yield Client(runtime, config, registry, scenarios=scenarios)
+
+
+def _shortcut(provider: str, api_key: str | Secret | None, overrides: dict[str, Any]) -> Config:
+    config = (
+        Config.load(provider=provider, **overrides) if overrides else Config.load(provider=provider)
+    )
+    if api_key is not None:
+        config = config.replace(api_key=api_key)
+    return config
+
+
+@asynccontextmanager
+async def open_openai_client(
+    api_key: str | Secret | None = None, **config: Any
+) -> AsyncGenerator[Client]:
+    """`open_client` with OpenAI as the default provider (key from the argument or env)."""
+    async with open_client(_shortcut("openai", api_key, config)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_anthropic_client(
+    api_key: str | Secret | None = None, **config: Any
+) -> AsyncGenerator[Client]:
+    """`open_client` with Anthropic as the default provider."""
+    async with open_client(_shortcut("anthropic", api_key, config)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_gemini_client(
+    api_key: str | Secret | None = None, **config: Any
+) -> AsyncGenerator[Client]:
+    """`open_client` with Google Gemini as the default provider."""
+    async with open_client(_shortcut("gemini", api_key, config)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_mock_client(scenarios: Any = None, **config: Any) -> AsyncGenerator[Client]:
+    """`open_client` on the built-in mock provider: no key, no network."""
+    base = (
+        Config(provider="mock", model="mock", **config)
+        if config
+        else Config(provider="mock", model="mock")
+    )
+    async with open_client(base, scenarios=scenarios) as client:
+        yield client
