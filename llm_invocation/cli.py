@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 __all__ = ["main"]
 
@@ -43,8 +44,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log with tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the offline demo")
-    demo.add_argument("--jobs", type=int, default=200, help="number of concurrent calls")
+    demo = commands.add_parser("demo", help="run the main job (offline unless a key is set)")
+    demo.add_argument("--calls", type=int, default=200, help="number of concurrent calls")
+    demo.add_argument("--offline", action="store_true", help="ignore API keys; use the fake server")
+    demo.add_argument(
+        "--runtime", action="store_true", help="the bare actor runtime demo (no providers)"
+    )
     return parser
 
 
@@ -53,7 +58,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     if args.command == "demo":
-        from ._demo_runtime import run_runtime_demo
+        if args.runtime:
+            from ._demo_runtime import run_runtime_demo
 
-        run_runtime_demo(sys.stdout, jobs=args.jobs)
+            run_runtime_demo(sys.stdout, jobs=args.calls)
+            return 0
+        import trio
+
+        from ._demo import run_demo
+
+        if not args.verbose:  # the summary reports retries and fallbacks
+            logging.getLogger("llm_invocation").setLevel(logging.ERROR)
+        trio.run(partial(run_demo, sys.stdout, calls=args.calls, offline=args.offline or None))
     return 0

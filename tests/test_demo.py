@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 
+from llm_invocation._demo import run_demo
 from llm_invocation._demo_runtime import run_runtime_demo
 
 
@@ -23,7 +25,7 @@ def test_the_runtime_demo_shows_a_crash_a_restart_and_a_clean_shutdown() -> None
 
 def test_python_dash_m_runs_the_demo() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "llm_invocation", "demo", "--jobs", "20"],
+        [sys.executable, "-m", "llm_invocation", "demo", "--runtime", "--calls", "20"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -32,3 +34,31 @@ def test_python_dash_m_runs_the_demo() -> None:
     assert done.returncode == 0, done.stderr
     assert "shut down cleanly" in done.stdout
     assert "Traceback" not in done.stderr
+
+
+async def test_the_main_demo_fans_out_through_the_fake_server_and_recovers_failures() -> None:
+    out = io.StringIO()
+    summary = await run_demo(out, calls=60, offline=True)
+    assert summary.succeeded == 60
+    assert summary.failed == 0
+    assert summary.retries >= 3  # the scripted 429, overload and dropped connection
+    assert summary.fallbacks >= 1  # the provider that stays down
+    assert summary.completion_tokens > 0
+    text = out.getvalue()
+    assert "live [" in text
+    assert "clean shutdown" in text
+
+
+def test_make_demo_command_runs_offline_without_keys() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    done = subprocess.run(
+        [sys.executable, "-m", "llm_invocation", "demo", "--calls", "30"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "offline" in done.stdout
+    assert "30 succeeded" in done.stdout
