@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from .types import ModelOptions
 
 __all__ = [
+    "BudgetConfig",
     "Config",
     "CostConfig",
     "DefaultsConfig",
@@ -213,6 +214,7 @@ class CostConfig(_Section, frozen=True, kw_only=True):
         budget_calendar: ``"rolling"``, or reset at each calendar ``day``/``week``/``month``.
         alert_thresholds: fractions of the budget, in (0, 1], that raise an alert.
         prices: per-model price overrides, keyed ``"provider:model"`` or ``"model"``.
+        budgets: more budgets, per provider, model or metadata tag (see `BudgetConfig`).
     """
 
     max_cost_per_request: Decimal | None = None
@@ -221,6 +223,26 @@ class CostConfig(_Section, frozen=True, kw_only=True):
     budget_calendar: Literal["rolling", "day", "week", "month"] = "rolling"
     alert_thresholds: list[_Threshold] = msgspec.field(default_factory=lambda: [0.5, 0.8, 1.0])
     prices: dict[str, PriceOverride] = {}
+    budgets: list[BudgetConfig] = []
+
+
+@final
+class BudgetConfig(_Section, frozen=True, kw_only=True):
+    """A budget on one scope.
+
+    Attributes:
+        scope: ``"global"``, ``"provider:<name>"``, ``"model:<provider>:<model>"`` or
+            ``"tag:<metadata key>=<value>"`` (e.g. ``"tag:team=search"``; ``"tag:user=*"``
+            gives every value of the tag its own budget).
+        limit: dollars per period.
+        period: the rolling window (``calendar="rolling"``).
+        calendar: ``"rolling"`` or a UTC ``day``/``week``/``month``.
+    """
+
+    scope: str
+    limit: Decimal
+    period: _PositiveSeconds = 86400.0
+    calendar: Literal["rolling", "day", "week", "month"] = "rolling"
 
 
 @final
@@ -251,6 +273,7 @@ class ProviderConfig(_Section, frozen=True, kw_only=True):
         headers: extra HTTP headers for every request.
         fallback: ``"provider:model"`` alternatives to try when this provider fails.
         max_connections: the HTTP connection pool size.
+        rate_limits: limits of this provider alone, on top of the global ``rate_limits``.
     """
 
     enabled: bool = True
@@ -265,7 +288,8 @@ class ProviderConfig(_Section, frozen=True, kw_only=True):
     deployment: str | None = None
     headers: dict[str, str] = {}
     fallback: list[str] = []
-    max_connections: _AtLeastOne = 100
+    max_connections: _AtLeastOne = 256
+    rate_limits: RateLimitConfig | None = None
 
     def keys(self) -> list[Secret]:
         """Return ``api_key`` then ``api_keys``, without duplicates."""

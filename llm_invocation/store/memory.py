@@ -1,0 +1,357 @@
+"""In-process stores: the embedded default, exact for one process.
+
+Rate limits run on `trio.current_time` (monotonic, so tests under ``autojump_clock`` are
+exact); budgets on the wall clock (``time.time``), because calendar periods are days, weeks
+and months of UTC. Both take a ``clock`` argument for tests.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import final
+
+import trio
+
+from ._base import (
+    Budget,
+    BudgetCheck,
+    BudgetLevel,
+    BudgetStore,
+    Grant,
+    RateLimit,
+    RateObservation,
+    RateStore,
+    bucket_width,
+    from_nanos,
+    period_id,
+    to_nanos,
+)
+
+__all__ = ["MemoryBudgetStore", "MemoryRateStore"]
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+class _Bucket:
+    """A token bucket holding up to ``capacity``, refilled at ``capacity`` per minute."""
+
+    __slots__ = ("capacity", "level", "updated")
+
+    def __init__(self, capacity: float, now: float) -> None:
+        self.capacity = capacity
+        self.level = capacity
+        self.updated = now
+
+    def refill(self, capacity: float, now: float) -> None:
+        if capacity != self.capacity:
+            self.level = min(self.level, capacity)
+            self.capacity = capacity
+        elapsed = now - self.updated
+        if elapsed > 0:
+            self.level = min(self.capacity, self.level + elapsed * self.capacity / 60.0)
+        self.updated = now
+
+    def wait_for(self, amount: float) -> float:
+        if amount > self.capacity:
+            return math.inf
+        missing = amount - self.level
+        return 0.0 if missing <= 0 else missing * 60.0 / self.capacity
+
+
+class _Key:
+    __slots__ = ("blocked_until", "learned_rpm", "learned_tpm", "leases", "requests", "tokens")
+
+    def __init__(self) -> None:
+        self.requests: _Bucket | None = None
+        self.tokens: _Bucket | None = None
+        self.leases: dict[str, float] = {}
+        self.blocked_until = -math.inf
+        self.learned_rpm: float | None = None
+        self.learned_tpm: float | None = None
+
+    def prepare(self, limit: RateLimit, now: float) -> None:
+        rpm = _min(limit.requests_per_minute, self.learned_rpm)
+        tpm = _min(limit.tokens_per_minute, self.learned_tpm)
+        if rpm is None:
+            self.requests = None
+        elif self.requests is None:
+            self.requests = _Bucket(rpm, now)
+        else:
+            self.requests.refill(rpm, now)
+        if tpm is None:
+            self.tokens = None
+        elif self.tokens is None:
+            self.tokens = _Bucket(tpm, now)
+        else:
+            self.tokens.refill(tpm, now)
+        if self.leases:
+            expired = [lease for lease, until in self.leases.items() if until <= now]
+            for lease in expired:
+                del self.leases[lease]
+
+
+@final
+class MemoryRateStore(RateStore):
+    """Token buckets and leases in this process."""
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock or trio.current_time
+        self._keys: dict[str, _Key] = {}
+
+    def _key(self, name: str) -> _Key:
+        state = self._keys.get(name)
+        if state is None:
+            state = self._keys[name] = _Key()
+        return state
+
+    async def acquire(
+        self, limits: Sequence[RateLimit], *, lease: str, tokens: int, ttl: float
+    ) -> Grant:
+        await trio.lowlevel.checkpoint()
+        return self.acquire_nowait(limits, lease=lease, tokens=tokens, ttl=ttl)
+
+    def acquire_nowait(
+        self, limits: Sequence[RateLimit], *, lease: str, tokens: int, ttl: float
+    ) -> Grant:
+        """`acquire` without a checkpoint (the governor's hot path)."""
+        now = self._clock()
+        worst = Grant(granted=True)
+        states: list[tuple[RateLimit, _Key]] = []
+        for limit in limits:
+            state = self._key(limit.key)
+            state.prepare(limit, now)
+            states.append((limit, state))
+            wait, reason = 0.0, None
+            if state.blocked_until > now:
+                wait, reason = state.blocked_until - now, "blocked"
+            if state.requests is not None:
+                needed = state.requests.wait_for(1)
+                if needed > wait:
+                    wait, reason = needed, "requests"
+            if state.tokens is not None and tokens > 0:
+                needed = state.tokens.wait_for(tokens)
+                if needed > wait:
+                    wait, reason = needed, "tokens"
+            if limit.concurrency is not None and len(state.leases) >= limit.concurrency:
+                needed = max(0.0, min(state.leases.values()) - now) if state.leases else 0.0
+                if reason is None or needed > wait:
+                    wait, reason = max(wait, needed), "concurrency"
+            if reason is not None and (worst.granted or wait > worst.wait):
+                worst = Grant(granted=False, wait=wait, key=limit.key, reason=reason)
+        if not worst.granted:
+            return worst
+        for limit, state in states:
+            if state.requests is not None:
+                state.requests.level -= 1
+            if state.tokens is not None:
+                state.tokens.level -= tokens
+            if limit.concurrency is not None:
+                state.leases[lease] = now + ttl
+        return worst
+
+    async def settle(
+        self, limits: Sequence[RateLimit], *, lease: str, reserved: int, used: int
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        self.settle_nowait(limits, lease=lease, reserved=reserved, used=used)
+
+    def settle_nowait(
+        self, limits: Sequence[RateLimit], *, lease: str, reserved: int, used: int
+    ) -> None:
+        now = self._clock()
+        for limit in limits:
+            state = self._key(limit.key)
+            state.prepare(limit, now)
+            state.leases.pop(lease, None)
+            if state.tokens is not None and reserved != used:
+                state.tokens.level = min(
+                    state.tokens.capacity, state.tokens.level + (reserved - used)
+                )
+
+    async def renew(self, limits: Sequence[RateLimit], *, lease: str, ttl: float) -> None:
+        await trio.lowlevel.checkpoint()
+        now = self._clock()
+        for limit in limits:
+            state = self._keys.get(limit.key)
+            if state is not None and lease in state.leases:
+                state.leases[lease] = now + ttl
+
+    async def observe(self, limit: RateLimit, observation: RateObservation) -> None:
+        await trio.lowlevel.checkpoint()
+        self.observe_nowait(limit, observation)
+
+    def observe_nowait(self, limit: RateLimit, observation: RateObservation) -> None:
+        now = self._clock()
+        state = self._key(limit.key)
+        o = observation
+        if o.requests_limit:
+            state.learned_rpm = float(o.requests_limit)
+        if o.tokens_limit:
+            state.learned_tpm = float(o.tokens_limit)
+        state.prepare(limit, now)
+        if o.requests_remaining is not None and state.requests is not None:
+            state.requests.level = min(state.requests.level, float(o.requests_remaining))
+        if o.tokens_remaining is not None and state.tokens is not None:
+            state.tokens.level = min(state.tokens.level, float(o.tokens_remaining))
+        if o.requests_remaining == 0 and o.requests_reset:
+            state.blocked_until = max(state.blocked_until, now + o.requests_reset)
+        if o.retry_after:
+            state.blocked_until = max(state.blocked_until, now + o.retry_after)
+
+    async def levels(self, limit: RateLimit) -> dict[str, float]:
+        await trio.lowlevel.checkpoint()
+        now = self._clock()
+        state = self._key(limit.key)
+        state.prepare(limit, now)
+        return {
+            "requests": state.requests.level if state.requests else math.inf,
+            "tokens": state.tokens.level if state.tokens else math.inf,
+            "leases": float(len(state.leases)),
+            "blocked_for": max(0.0, state.blocked_until - now),
+        }
+
+
+class _Window:
+    """Spend of one budget: time buckets (rolling) or one counter per calendar period."""
+
+    __slots__ = ("buckets", "periods")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, int] = {}
+        self.periods: dict[str, int] = {}
+
+    def spent(self, budget: Budget, now: float) -> int:
+        if budget.calendar != "rolling":
+            return self.periods.get(period_id(budget.calendar, now, budget.period), 0)
+        width = bucket_width(budget.period)
+        oldest = math.floor((now - budget.period) / width)
+        stale = [index for index in self.buckets if index <= oldest]
+        for index in stale:
+            del self.buckets[index]
+        return sum(self.buckets.values())
+
+    def add(self, budget: Budget, now: float, nanos: int) -> None:
+        if budget.calendar != "rolling":
+            key = period_id(budget.calendar, now, budget.period)
+            self.periods[key] = self.periods.get(key, 0) + nanos
+            return
+        index = math.floor(now / bucket_width(budget.period))
+        self.buckets[index] = self.buckets.get(index, 0) + nanos
+
+
+def _state_key(budget: Budget) -> tuple[str, str, float]:
+    return (budget.scope, budget.calendar, budget.period)
+
+
+@final
+class MemoryBudgetStore(BudgetStore):
+    """Budgets and reservations in this process."""
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock or time.time
+        self._windows: dict[tuple[str, str, float], _Window] = {}
+        self._reserved: dict[tuple[str, str, float], int] = {}
+        self._reservations: dict[str, tuple[list[tuple[str, str, float]], int, float]] = {}
+        self._alerts: dict[tuple[str, float, str], float] = {}
+
+    def _window(self, budget: Budget) -> _Window:
+        key = _state_key(budget)
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window()
+        return window
+
+    def _expire(self, now: float) -> None:
+        expired = [rid for rid, (_, _, until) in self._reservations.items() if until <= now]
+        for rid in expired:
+            self._drop(rid)
+
+    def _drop(self, reservation: str) -> None:
+        entry = self._reservations.pop(reservation, None)
+        if entry is None:
+            return
+        keys, nanos, _ = entry
+        for key in keys:
+            left = self._reserved.get(key, 0) - nanos
+            if left > 0:
+                self._reserved[key] = left
+            else:
+                self._reserved.pop(key, None)
+
+    async def reserve(
+        self, budgets: Sequence[Budget], *, reservation: str, amount: Decimal, ttl: float
+    ) -> BudgetCheck:
+        await trio.lowlevel.checkpoint()
+        now = self._clock()
+        self._expire(now)
+        nanos = to_nanos(amount, up=True)
+        for budget in budgets:
+            key = _state_key(budget)
+            spent = self._window(budget).spent(budget, now)
+            reserved = self._reserved.get(key, 0)
+            limit = to_nanos(budget.limit)
+            if spent + reserved + nanos > limit:
+                return BudgetCheck(
+                    ok=False,
+                    scope=budget.scope,
+                    spent=from_nanos(spent),
+                    reserved=from_nanos(reserved),
+                    limit=budget.limit,
+                )
+        keys = [_state_key(b) for b in budgets]
+        self._drop(reservation)
+        self._reservations[reservation] = (keys, nanos, now + ttl)
+        for key in keys:
+            self._reserved[key] = self._reserved.get(key, 0) + nanos
+        return BudgetCheck(ok=True)
+
+    async def settle(
+        self, budgets: Sequence[Budget], *, reservation: str, actual: Decimal
+    ) -> list[BudgetLevel]:
+        await trio.lowlevel.checkpoint()
+        now = self._clock()
+        self._drop(reservation)
+        nanos = to_nanos(actual)
+        levels: list[BudgetLevel] = []
+        for budget in budgets:
+            window = self._window(budget)
+            if nanos:
+                window.add(budget, now, nanos)
+            levels.append(self._level(budget, window, now))
+        return levels
+
+    def _level(self, budget: Budget, window: _Window, now: float) -> BudgetLevel:
+        return BudgetLevel(
+            scope=budget.scope,
+            spent=from_nanos(window.spent(budget, now)),
+            limit=budget.limit,
+            period_id=period_id(budget.calendar, now, budget.period),
+        )
+
+    async def levels(self, budgets: Sequence[Budget]) -> list[BudgetLevel]:
+        await trio.lowlevel.checkpoint()
+        now = self._clock()
+        return [self._level(b, self._window(b), now) for b in budgets]
+
+    async def claim_alert(self, scope: str, threshold: float, period_id: str, ttl: float) -> bool:
+        await trio.lowlevel.checkpoint()
+        now = self._clock()
+        key = (scope, threshold, period_id)
+        until = self._alerts.get(key)
+        if until is not None and until > now:
+            return False
+        self._alerts[key] = now + ttl
+        return True
+
+    def reserved(self, budget: Budget) -> Decimal:
+        """Dollars reserved now against ``budget`` (for tests and statistics)."""
+        return from_nanos(self._reserved.get(_state_key(budget), 0))
