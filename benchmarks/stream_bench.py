@@ -41,7 +41,7 @@ PROMPT = [{"role": "user", "content": "Say something."}]
 @contextlib.contextmanager
 def fake_server(*args: str) -> Iterator[str]:
     """Run the fake server in another process; yield its URL."""
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: S603 - our own module, run with this interpreter
         [sys.executable, "-m", "llm_invocation.testing.fake_server", "--port", "0", *args],
         stdout=subprocess.PIPE,
         text=True,
@@ -86,7 +86,7 @@ async def measure(
 # -- the contenders ----------------------------------------------------------------------------
 
 
-def openai_body(stream: bool) -> bytes:
+def openai_body(*, stream: bool) -> bytes:
     body: dict[str, Any] = {"model": "bench", "messages": PROMPT}
     if stream:
         body["stream"] = True
@@ -103,7 +103,9 @@ class Bare:
         self.reads = 0
 
     async def request(self) -> int:
-        response = await self.client.post(self.url, content=openai_body(False), headers=self.headers)
+        response = await self.client.post(
+            self.url, content=openai_body(stream=False), headers=self.headers
+        )
         json.loads(response.content)
         return 1
 
@@ -111,7 +113,7 @@ class Bare:
         events = 0
         buffer = b""
         async with self.client.stream(
-            "POST", self.url, content=openai_body(True), headers=self.headers
+            "POST", self.url, content=openai_body(stream=True), headers=self.headers
         ) as response:
             async for data in response.aiter_raw():
                 self.reads += 1
@@ -211,7 +213,11 @@ def client_config(base: str) -> llm.Config:
             "provider": "openai",
             "timeout": 120,
             "providers": {
-                "openai": {"api_key": KEY, "base_url": base + "/openai/v1", "max_connections": 1100},
+                "openai": {
+                    "api_key": KEY,
+                    "base_url": base + "/openai/v1",
+                    "max_connections": 1100,
+                },
                 "anthropic": {
                     "api_key": KEY,
                     "base_url": base + "/anthropic/v1",
@@ -304,10 +310,14 @@ def report(results: dict[str, float]) -> str:
         f"  ours / bare httpx, per request:     {verdict(ours_request / bare_request, 1.25)}",
         f"  ours / openai-python, per chunk:    {verdict(ours_chunk / openai_chunk, 0.35)}",
         f"  ours / openai-python, per request:  {verdict(ours_request / openai_request, 0.6)}",
-        "  ours / anthropic-python, per chunk: "
-        f"{ant_chunk / results['chunk/anthropic-python']:.2f}x",
-        "  ours / anthropic-python, per request: "
-        f"{ant_request / results['request/anthropic-python']:.2f}x",
+        (
+            "  ours / anthropic-python, per chunk: "
+            f"{ant_chunk / results['chunk/anthropic-python']:.2f}x"
+        ),
+        (
+            "  ours / anthropic-python, per request: "
+            f"{ant_request / results['request/anthropic-python']:.2f}x"
+        ),
         f"  network reads per event (bare):    {results['reads per event (bare)']:.2f}",
     ]
     if "scale/10/wall" in results:
@@ -319,8 +329,10 @@ def report(results: dict[str, float]) -> str:
             f"  10 streams:    {small * 1e6:6.1f} us/chunk, wall {results['scale/10/wall']:.2f} s",
             f"  1,000 streams: {large * 1e6:6.1f} us/chunk, wall {wall:.2f} s",
             f"  CPU per chunk, 1,000 / 10: {verdict(large / small, 2.0)}",
-            f"  wall at 1,000 streams: {wall:.2f} s "
-            f"(target <= 3 s: {'met' if wall <= 3 else 'MISSED'})",
+            (
+                f"  wall at 1,000 streams: {wall:.2f} s "
+                f"(target <= 3 s: {'met' if wall <= 3 else 'MISSED'})"
+            ),
         ]
     return "\n".join(out)
 
