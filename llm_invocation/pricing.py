@@ -1,0 +1,495 @@
+"""Model prices and the exact cost of a call.
+
+A `PriceBook` answers two questions for the accountant: what does this model cost per million
+tokens (`PriceBook.price`), and what did this call cost (`PriceBook.cost`), or could it cost at
+most (`PriceBook.worst_case`). Prices come from, in order:
+
+1. the configured overrides (``CostConfig.prices``), keyed ``"provider:model"`` or ``"model"``,
+   where ``*`` matches any run of characters (``"openai:gpt-4o*"``, ``"ollama:*"``, ``"*"``);
+   matching ignores case; an exact key wins over a pattern, and a longer pattern (more literal
+   characters) over a shorter one;
+2. the ``mock`` provider's fixed demonstration price, `MOCK_PRICE`, so the demos show a cost;
+3. the price table of `genai-prices <https://github.com/pydantic/genai-prices>`_, with our
+   provider names mapped to its provider ids (``gemini`` is its ``google``; ``azure`` is its
+   ``azure``, which falls back to OpenAI's prices; ``groq``, ``together``, ``openrouter``,
+   ``deepseek`` and ``mistral`` keep their names; another name is tried as a genai-prices id
+   as it is, so a compatible provider called ``fireworks`` or ``x-ai`` is priced too; the local
+   ``ollama``, ``vllm`` and ``openai-compatible`` have no table price).
+
+A model found nowhere has an unknown price: `PriceBook.cost` returns None, never a made-up 0,
+and the book logs one warning per ``(provider, model)`` on the ``llm_invocation.pricing``
+logger. Give local models a price of 0 explicitly with an override such as ``"ollama:*"``.
+
+Arithmetic is exact: prices are `~decimal.Decimal`, a cost is computed with integers and
+becomes a `~decimal.Decimal` once, so no float ever enters a sum. With the normalised `Usage`
+(prompt tokens include cache reads and writes, completion tokens include reasoning)::
+
+    cost = (prompt - cache_read - cache_write) * input
+         + cache_read * cache_read_price        (input price when there is none)
+         + cache_write * cache_write_price      (input price when there is none)
+         + (completion - reasoning) * output
+         + reasoning * reasoning_price          (output price when there is none)
+         all / 1,000,000
+
+genai-prices prices may change with the date of the request (`PriceBook.cost` takes ``at``)
+and with the size of the prompt: a tier such as Gemini 2.5 Pro's or Claude's above 200,000
+input tokens applies its price to *all* tokens of a call whose prompt (cached tokens included)
+is larger than the tier's start, as genai-prices does. Request-specific variants (batch,
+priority service tiers) and the 1-hour cache-write price are not applied: our `Usage` does not
+say which applied. The book caches each model's lookup and its compiled prices, so after the
+first call for a model `PriceBook.cost` is a dictionary lookup and a few integer products
+(about 1-2 us). Build a new book to pick up updated genai-prices data.
+
+genai-prices is imported lazily, on the first lookup that needs it (it takes about 0.2 s):
+``await book.load()`` does that in a worker thread so the event loop never stalls.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation
+from typing import TYPE_CHECKING, Final, final
+
+import msgspec
+import trio
+
+if TYPE_CHECKING:
+    from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
+
+    from .config import PriceOverride
+    from .types import Usage
+
+__all__ = ["MOCK_PRICE", "Price", "PriceBook"]
+
+_log = logging.getLogger("llm_invocation.pricing")
+
+# Products and sums of integers are exact; this context only turns the final integer into a
+# Decimal with the right exponent, and traps rather than rounds if that were ever inexact.
+_EXACT: Final = Context(
+    prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact, InvalidOperation]
+)
+_PER: Final = 6  # prices are per million (10**6) tokens
+
+
+@final
+class Price(msgspec.Struct, frozen=True, kw_only=True):
+    """One model's prices in US dollars (or the override's currency) per million tokens.
+
+    Attributes:
+        input: uncached prompt tokens.
+        output: completion tokens.
+        cache_read: prompt tokens read from the cache; None: the input price.
+        cache_write: prompt tokens written to the cache; None: the input price.
+        reasoning: reasoning tokens; None: the output price.
+        source: where the price came from: ``"override"`` (the configuration),
+            ``"genai-prices"`` (its price table) or ``"mock"`` (`MOCK_PRICE`).
+    """
+
+    input: Decimal
+    output: Decimal
+    cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
+    reasoning: Decimal | None = None
+    source: str = "override"
+
+
+MOCK_PRICE: Final = Price(input=Decimal(1), output=Decimal(2), source="mock")
+"""The ``mock`` provider's price: $1 per million prompt tokens, $2 per million completion
+tokens. Small enough to be obviously fake, large enough for a demo's cost to show."""
+
+# Our provider names -> the genai-prices provider ids to try, in order. A name not listed here
+# is tried as a genai-prices id as it is.
+_GENAI_PROVIDERS: Final[Mapping[str, tuple[str, ...]]] = {
+    "openai": ("openai",),
+    "anthropic": ("anthropic",),
+    "gemini": ("google",),
+    "azure": ("azure", "openai"),
+    "groq": ("groq",),
+    "together": ("together",),
+    "openrouter": ("openrouter",),
+    "deepseek": ("deepseek",),
+    "mistral": ("mistral",),
+    # Local servers and unnamed compatible endpoints have no price in any table.
+    "ollama": (),
+    "vllm": (),
+    "openai-compatible": (),
+    "mock": (),
+}
+
+
+class _Rates:
+    """One tier's prices as integers in units of 10**-exponent per million tokens."""
+
+    __slots__ = ("cache_read", "cache_write", "input", "output", "price", "reasoning")
+
+    def __init__(self, price: Price, exponent: int) -> None:
+        def scaled(value: Decimal) -> int:
+            return int(value.scaleb(exponent, _EXACT))
+
+        self.price = price
+        self.input = scaled(price.input)
+        self.output = scaled(price.output)
+        self.cache_read = self.input if price.cache_read is None else scaled(price.cache_read)
+        self.cache_write = self.input if price.cache_write is None else scaled(price.cache_write)
+        self.reasoning = None if price.reasoning is None else scaled(price.reasoning)
+
+
+class _Plan:
+    """A model's compiled prices: base rates and tiers by prompt size, highest first."""
+
+    __slots__ = ("base", "scale", "tiers")
+
+    def __init__(self, base: Price, tiers: list[tuple[int, Price]]) -> None:
+        prices = [base, *(price for _, price in tiers)]
+        exponent = max(_decimals(value) for price in prices for value in _values(price))
+        self.scale = -(exponent + _PER)
+        self.base = _Rates(base, exponent)
+        self.tiers = tuple(
+            (start, _Rates(price, exponent)) for start, price in sorted(tiers, reverse=True)
+        )
+
+    def rates(self, prompt_tokens: int) -> _Rates:
+        for start, rates in self.tiers:
+            if prompt_tokens > start:
+                return rates
+        return self.base
+
+    def cost(self, usage: Usage) -> Decimal:
+        prompt = usage.prompt_tokens
+        rates = self.rates(prompt) if self.tiers else self.base
+        cache_read = usage.cache_read_tokens
+        cache_write = usage.cache_write_tokens
+        uncached = prompt - cache_read - cache_write
+        total = (
+            (uncached if uncached > 0 else 0) * rates.input
+            + cache_read * rates.cache_read
+            + cache_write * rates.cache_write
+        )
+        completion = usage.completion_tokens
+        if rates.reasoning is None:
+            total += completion * rates.output
+        else:
+            reasoning = min(usage.reasoning_tokens, completion)
+            total += (completion - reasoning) * rates.output + reasoning * rates.reasoning
+        return _decimal(total, self.scale)
+
+    def worst_case(self, prompt_tokens: int, max_tokens: int) -> Decimal:
+        rates = self.rates(prompt_tokens)
+        prompt_rate = max(rates.input, rates.cache_read, rates.cache_write)
+        output_rate = (
+            rates.output if rates.reasoning is None else max(rates.output, rates.reasoning)
+        )
+        total = prompt_tokens * prompt_rate + max_tokens * output_rate
+        return _decimal(total, self.scale)
+
+
+def _decimal(units: int, exponent: int) -> Decimal:
+    """Return ``units * 10**exponent`` without trailing zeros (and never as ``1E+1``)."""
+    if not units:
+        return Decimal(0)
+    while exponent < 0 and not units % 10:
+        units //= 10
+        exponent += 1
+    return Decimal(units).scaleb(exponent, _EXACT)
+
+
+def _values(price: Price) -> list[Decimal]:
+    values = [price.input, price.output, price.cache_read, price.cache_write, price.reasoning]
+    return [value for value in values if value is not None]
+
+
+def _decimals(value: Decimal) -> int:
+    exponent = value.as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
+class _Entry:
+    """The cached lookup of one (provider, model): a fixed plan, or genai-prices' model whose
+    prices depend on the date (compiled once per price set)."""
+
+    __slots__ = ("model", "plan", "plans", "warned")
+
+    def __init__(self, plan: _Plan | None, model: ModelInfo | None = None) -> None:
+        self.plan = plan
+        self.model = model
+        self.plans: dict[int, tuple[ModelPrice, _Plan | None]] = {}
+        self.warned = False
+
+    def plan_at(self, at: datetime | float | None) -> _Plan | None:
+        if self.plan is not None or self.model is None:
+            return self.plan
+        if at is None:
+            moment = datetime.now(UTC)
+        elif isinstance(at, datetime):
+            moment = at
+        else:
+            moment = datetime.fromtimestamp(at, UTC)
+        prices = self.model.get_prices(moment)
+        cached = self.plans.get(id(prices))
+        if cached is None or cached[0] is not prices:
+            cached = self.plans[id(prices)] = (prices, _compile(prices))
+        return cached[1]
+
+
+def _price_value(prices: ModelPrice, key: str) -> Decimal | TieredPrices | None:
+    value: object = prices.__dict__.get(key)
+    if value is None or isinstance(value, Decimal):
+        return value
+    from genai_prices.types import TieredPrices
+
+    return value if isinstance(value, TieredPrices) else None
+
+
+def _compile(prices: ModelPrice) -> _Plan | None:
+    """Turn a genai-prices price set into a plan, or None when it has no token prices."""
+    from genai_prices.types import TieredPrices
+
+    keys = ("input", "output", "cache_read", "cache_write", "reasoning")
+    raw = {
+        "input": _price_value(prices, "input_mtok"),
+        "output": _price_value(prices, "output_mtok"),
+        "cache_read": _price_value(prices, "cache_read_mtok"),
+        "cache_write": _price_value(prices, "cache_write_mtok"),
+        "reasoning": _price_value(prices, "output_reasoning_mtok"),
+    }
+    if raw["input"] is None or raw["output"] is None:
+        return None
+    starts = sorted(
+        {
+            tier.start
+            for value in raw.values()
+            if isinstance(value, TieredPrices)
+            for tier in value.tiers
+        }
+    )
+
+    def at_tier(start: int | None) -> Price:
+        # The price each key has for a prompt larger than `start` (None: the base price).
+        chosen: dict[str, Decimal | None] = {}
+        for key in keys:
+            value = raw[key]
+            if isinstance(value, TieredPrices):
+                price = value.base
+                for tier in value.tiers:
+                    if start is not None and start >= tier.start:
+                        price = tier.price
+                chosen[key] = price
+            else:
+                chosen[key] = value
+        input_price, output_price = chosen["input"], chosen["output"]
+        assert input_price is not None and output_price is not None
+        return Price(
+            input=input_price,
+            output=output_price,
+            cache_read=chosen["cache_read"],
+            cache_write=chosen["cache_write"],
+            reasoning=chosen["reasoning"],
+            source="genai-prices",
+        )
+
+    return _Plan(at_tier(None), [(start, at_tier(start)) for start in starts])
+
+
+def _override_price(override: PriceOverride) -> Price:
+    return Price(
+        input=override.input_per_mtok,
+        output=override.output_per_mtok,
+        cache_read=override.cache_read_per_mtok,
+        cache_write=override.cache_write_per_mtok,
+        source="override",
+    )
+
+
+class _Overrides:
+    """Override keys: exact ones in a dict, patterns in order of specificity."""
+
+    __slots__ = ("exact", "patterns")
+
+    def __init__(self, overrides: Mapping[str, PriceOverride]) -> None:
+        self.exact: dict[str, _Plan] = {}
+        patterns: list[tuple[int, bool, str, re.Pattern[str], _Plan]] = []
+        for key, override in overrides.items():
+            plan = _Plan(_override_price(override), [])
+            lowered = key.lower()
+            if "*" in lowered:
+                literal = len(lowered.replace("*", ""))
+                regex = re.compile(".*".join(re.escape(part) for part in lowered.split("*")))
+                patterns.append((-literal, ":" not in lowered, lowered, regex, plan))
+            else:
+                self.exact[lowered] = plan
+        patterns.sort(key=lambda item: item[:3])
+        self.patterns = tuple((regex, plan) for *_, regex, plan in patterns)
+
+    def find(self, provider: str, model: str) -> _Plan | None:
+        qualified = f"{provider}:{model}".lower()
+        bare = model.lower()
+        plan = self.exact.get(qualified) or self.exact.get(bare)
+        if plan is not None:
+            return plan
+        for regex, candidate in self.patterns:
+            if regex.fullmatch(qualified) or regex.fullmatch(bare):
+                return candidate
+        return None
+
+
+def _load_snapshot() -> None:
+    """Import genai-prices and load its bundled data (blocking: about 0.2 s)."""
+    from genai_prices import data_snapshot
+
+    data_snapshot.get_snapshot()
+
+
+def _genai_model(provider: str, model: str) -> ModelInfo | None:
+    from genai_prices import data_snapshot
+
+    key = provider.lower()
+    provider_ids = _GENAI_PROVIDERS.get(key, (key,))
+    if not provider_ids:
+        return None
+    snapshot = data_snapshot.get_snapshot()
+    name = model.removeprefix("models/") if key == "gemini" else model
+    for provider_id in provider_ids:
+        try:
+            _, info = snapshot.find_provider_model(name, None, provider_id, None)
+        except LookupError:
+            continue
+        return info
+    return None
+
+
+@final
+class PriceBook:
+    """Prices per model from overrides, the mock price and genai-prices; exact costs.
+
+    Not thread-safe: use one book from one trio run (the accountant owns it).
+
+    Args:
+        overrides: ``CostConfig.prices``: prices keyed ``"provider:model"``, ``"model"`` or
+            a pattern with ``*``; they win over every other source.
+    """
+
+    def __init__(self, overrides: Mapping[str, PriceOverride] | None = None) -> None:
+        self._overrides = _Overrides(overrides or {})
+        self._cache: dict[tuple[str, str], _Entry] = {}
+
+    async def load(self) -> None:
+        """Import genai-prices and its price table in a worker thread.
+
+        Call it once at start-up (the accountant's lifespan) so that the first lookup of a
+        model does not block the event loop for the import (about 0.2 s). Without it, the
+        first lookup that needs the table imports it on the spot.
+        """
+        await trio.to_thread.run_sync(_load_snapshot)
+
+    def price(
+        self,
+        provider: str,
+        model: str,
+        *,
+        prompt_tokens: int = 0,
+        at: datetime | float | None = None,
+    ) -> Price | None:
+        """Return the model's prices per million tokens, or None when they are unknown.
+
+        Args:
+            provider: our provider name (``"openai"``, ``"gemini"``, ``"mock"``, ...).
+            model: the model name as sent to the provider.
+            prompt_tokens: the prompt size that selects a price tier (0: the base prices).
+            at: when the call was made (a datetime or a unix time); None: now.
+        """
+        entry = self._entry(provider, model)
+        plan = entry.plan_at(at)
+        if plan is None:
+            self._warn(entry, provider, model)
+            return None
+        return plan.rates(prompt_tokens).price
+
+    def cost(
+        self,
+        usage: Usage,
+        *,
+        provider: str,
+        model: str,
+        at: datetime | float | None = None,
+    ) -> Decimal | None:
+        """Return the exact cost of a call's usage, or None when the price is unknown.
+
+        Args:
+            usage: the normalised usage of the call (``usage.cost`` is ignored).
+            provider: our provider name.
+            model: the model name as sent to the provider.
+            at: when the call was made (a datetime or a unix time); None: now. Only prices
+                that change over time use it.
+        """
+        entry = self._cache.get((provider, model))
+        if entry is None:
+            entry = self._entry(provider, model)
+        plan = entry.plan if entry.model is None else entry.plan_at(at)
+        if plan is None:
+            self._warn(entry, provider, model)
+            return None
+        return plan.cost(usage)
+
+    def worst_case(
+        self,
+        prompt_tokens: int,
+        max_tokens: int,
+        *,
+        provider: str,
+        model: str,
+        at: datetime | float | None = None,
+    ) -> Decimal | None:
+        """Return the most a call can cost, for per-request caps; None when unknown.
+
+        Every prompt token is charged at the highest of the input, cache-read and cache-write
+        prices (a cache write can cost more than plain input), and ``max_tokens`` completion
+        tokens at the higher of the output and reasoning prices, in the price tier that
+        ``prompt_tokens`` selects. The actual `cost` of such a call is never higher.
+
+        Args:
+            prompt_tokens: the (estimated) prompt size.
+            max_tokens: the most completion tokens the call may produce.
+            provider: our provider name.
+            model: the model name as sent to the provider.
+            at: when the call is made; None: now.
+        """
+        entry = self._entry(provider, model)
+        plan = entry.plan_at(at)
+        if plan is None:
+            self._warn(entry, provider, model)
+            return None
+        return plan.worst_case(prompt_tokens, max_tokens)
+
+    def _entry(self, provider: str, model: str) -> _Entry:
+        key = (provider, model)
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._cache[key] = self._lookup(provider, model)
+        return entry
+
+    def _lookup(self, provider: str, model: str) -> _Entry:
+        plan = self._overrides.find(provider, model)
+        if plan is not None:
+            return _Entry(plan)
+        if provider.lower() == "mock":
+            return _Entry(_Plan(MOCK_PRICE, []))
+        info = _genai_model(provider, model)
+        if info is None:
+            return _Entry(None)  # unknown: cached, and it warns once
+        from genai_prices.types import ModelPrice
+
+        if isinstance(info.prices, ModelPrice):
+            return _Entry(_compile(info.prices))
+        return _Entry(None, info)
+
+    def _warn(self, entry: _Entry, provider: str, model: str) -> None:
+        if not entry.warned:
+            entry.warned = True
+            _log.warning(
+                "no price known for %s:%s; its cost is unknown (set CostConfig.prices to price it)",
+                provider,
+                model,
+            )
