@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, Self, TypeVar, final
+from typing import TYPE_CHECKING, Generic, Literal, Self, TypeVar, final
 
 import msgspec
 import trio
@@ -35,7 +35,15 @@ from .types import (
 )
 
 if TYPE_CHECKING:
+    from ._governance import Admission
     from .client import Client
+
+Status = Literal["ok", "error", "cancelled"]
+
+
+def _as_llm(exc: BaseException) -> LLMError | None:
+    return exc if isinstance(exc, LLMError) else None
+
 
 __all__ = ["DeltaStream", "InvocationStream", "can_fall_back", "translate_actor_error"]
 
@@ -114,6 +122,8 @@ class InvocationStream:
         self._response: Response | None = None
         self._error: LLMError | None = None
         self._entered = False
+        self._admission: Admission | None = None
+        self._settled_usage: Usage | None = None
         self.attempted: list[str] = []
         """The ``provider:model`` candidates tried, in order (fallbacks after the first)."""
 
@@ -134,11 +144,14 @@ class InvocationStream:
         self._entered = True
         if self._timeout is not None:
             self._deadline = trio.current_time() + self._timeout
-        await self._open_next()
+        try:
+            await self._open_next()
+        except BaseException:
+            self._finished = True
+            raise
         return self
 
     async def _open_next(self) -> None:
-        await self._close_current()
         self._candidate += 1
         provider, model = self._candidates[self._candidate]
         self.attempted.append(f"{provider}:{model}")
@@ -148,17 +161,48 @@ class InvocationStream:
         self._batch = []
         self._position = 0
         try:
-            with trio.CancelScope(deadline=self._deadline):
+            with trio.CancelScope(deadline=self._deadline) as scope:
+                governance = self._client.governance
+                if governance is not None:
+                    self._admission = await governance.admit(self._request, provider, model)
                 context = ref.stream(Invoke(request=request), buffer=STREAM_BUFFER)
                 self._receiver = await context.__aenter__()
                 self._context = context
-        except ActorError as exc:
-            raise translate_actor_error(exc, provider) from exc
+            if scope.cancelled_caught:
+                raise InvocationTimeout(
+                    "the invocation did not start within its timeout", provider=provider
+                )
+        except BaseException as exc:
+            error = translate_actor_error(exc, provider) if isinstance(exc, ActorError) else None
+            status: Status = "cancelled" if isinstance(exc, trio.Cancelled) else "error"
+            await self._release(status, error if error is not None else _as_llm(exc))
+            if error is not None:
+                raise error from exc
+            raise
 
-    async def _close_current(self) -> None:
+    async def _release(self, status: Status, error: LLMError | None = None) -> None:
+        """Close the current attempt's stream and settle what it consumed, once."""
         context, self._context, self._receiver = self._context, None, None
         if context is not None:
             await context.__aexit__(None, None, None)
+        admission, self._admission = self._admission, None
+        usage = self._aggregator.usage
+        if admission is not None and self._client.governance is not None:
+            partial: Response | None = None
+            if status != "ok":
+                try:
+                    partial = self._aggregator.response(provider=self.provider, model=self.model)
+                except LLMError:
+                    partial = None
+            usage = await self._client.governance.settle(
+                admission,
+                usage,
+                status=status,
+                error=error,
+                response=partial if status != "ok" else self._response,
+            )
+        self._client.record_usage(usage)
+        self._settled_usage = usage
 
     async def __aexit__(
         self,
@@ -166,20 +210,13 @@ class InvocationStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._close_current()
-        if not self._finished:
-            self._settle()
+        if not self._finished:  # left before the end: the rest is cancelled
+            self._finished = True
+            await self._release("cancelled")
 
     async def aclose(self) -> None:
         """Cancel the upstream call (if still running) and settle what was streamed."""
         await self.__aexit__(None, None, None)
-
-    def _settle(self) -> None:
-        """Record what this invocation consumed, once, however it ended."""
-        if self._finished:
-            return
-        self._finished = True
-        self._client.record_usage(self._aggregator.usage)
 
     # -- iteration -----------------------------------------------------------------------------
 
@@ -208,12 +245,13 @@ class InvocationStream:
                     and self._candidate + 1 < len(self._candidates)
                     and can_fall_back(error)
                 ):
+                    await self._release("error", error)
                     self._client.note_fallback(self.provider, error)
                     await self._open_next()
                     continue
                 self._error = error
-                await self._close_current()
-                self._settle()
+                self._finished = True
+                await self._release("error", error)
                 if error is exc:
                     raise
                 raise error from exc
@@ -231,11 +269,15 @@ class InvocationStream:
             return batch[0]
 
     async def _end(self) -> None:
-        await self._close_current()
-        self._response = self._aggregator.response(
+        self._finished = True
+        response = self._aggregator.response(
             provider=self.provider, model=self.model, created=datetime.now(UTC)
         )
-        self._settle()
+        self._response = response
+        await self._release("ok")
+        usage = self._settled_usage
+        if usage is not None and usage is not response.usage:
+            self._response = msgspec.structs.replace(response, usage=usage)
 
     # -- results -------------------------------------------------------------------------------
 
@@ -265,8 +307,8 @@ class InvocationStream:
 
     @property
     def usage(self) -> Usage | None:
-        """Usage so far (the provider's last report), also after a cancelled stream."""
-        return self._aggregator.usage
+        """Usage with its cost once settled; before that the provider's last report."""
+        return self._settled_usage or self._aggregator.usage
 
     @property
     def text(self) -> str:

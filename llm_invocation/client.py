@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from typing import Any, Final, final
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import httpx
 import msgspec
 import trio
 
+from ._governance import Admission, Governance
 from ._secrets import Secret
 from ._stream import (
     DeltaStream,
@@ -35,17 +36,20 @@ from ._stream import (
     completion_delta,
     translate_actor_error,
 )
+from .actors.accountant import Accountant, AlertCallback, BudgetLevels, GetReport
+from .actors.governor import Governor, Observe, RateLimitSettings
 from .actors.provider_session import (
     CountTokens,
     InvokeOnce,
     ListModels,
     ProviderSession,
+    ResponseInfo,
     SessionMsg,
     SessionSettings,
     SessionStatistics,
     SessionStats,
 )
-from .config import Config, ProviderConfig
+from .config import Config, CostConfig, ProviderConfig, RateLimitConfig
 from .errors import ConfigurationError, InvocationTimeout, LLMError, ProviderNotFound
 from .providers._base import ProviderCodec
 from .providers._registry import ProviderRegistry, make_codec
@@ -54,11 +58,14 @@ from .runtime import (
     ActorRef,
     Backoff,
     ChildSpec,
+    MailboxFull,
     Runtime,
     RuntimeStatistics,
     SupervisorSpec,
     open_runtime,
 )
+from .store._base import Budget, BudgetLevel, BudgetStore, RateObservation, RateStore
+from .store.memory import MemoryBudgetStore, MemoryRateStore
 from .types import (
     ChatRequest,
     ChatResponse,
@@ -71,6 +78,10 @@ from .types import (
     Response,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from .pricing import PriceBook
+    from .store.ledger import SQLiteLedger, UsageReport
 
 __all__ = [
     "Client",
@@ -89,6 +100,8 @@ TransportFactory = Callable[[], httpx.AsyncBaseTransport]
 
 MODELS_TTL: Final = 300.0
 _SESSION_PREFIX: Final = "provider."
+_GOVERNOR: Final = "governor"
+_ACCOUNTANT: Final = "accountant"
 
 
 def _session_settings(config: Config, provider: ProviderConfig) -> SessionSettings:
@@ -125,6 +138,7 @@ class Client:
         registry: ProviderRegistry,
         *,
         scenarios: Any = None,
+        governance: Governance | None = None,
     ) -> None:
         self._runtime = runtime
         self._config = config
@@ -135,6 +149,7 @@ class Client:
         self._models: dict[str, tuple[float, list[ModelInfo]]] = {}
         self.scenarios = scenarios
         """The mock provider's `llm_invocation.testing.Scenarios` (script it in tests)."""
+        self.governance: Governance | None = governance
 
     @property
     def config(self) -> Config:
@@ -277,20 +292,39 @@ class Client:
             message = InvokeOnce(
                 request=msgspec.structs.replace(prepared, provider=provider, model=model_id)
             )
+            admission: Admission | None = None
+            status: Literal["ok", "error", "cancelled"] = "cancelled"
+            failure: LLMError | None = None
+            response: Response | None = None
             try:
                 with trio.fail_after(limit):
+                    if self.governance is not None:
+                        admission = await self.governance.admit(prepared, provider, model_id)
                     response = await ref.call(message)
+                status = "ok"
             except trio.TooSlowError as exc:
-                raise InvocationTimeout(
+                failure = InvocationTimeout(
                     f"the invocation did not finish within {limit:g}s", provider=provider
-                ) from exc
+                )
+                status = "error"
+                raise failure from exc
             except (LLMError, ActorError) as exc:
-                last = translate_actor_error(exc, provider)
+                last = failure = translate_actor_error(exc, provider)
+                status = "error"
                 if can_fall_back(last) and (provider, model_id) != candidates[-1]:
                     self.note_fallback(provider, last)
                     continue
                 raise last from None
-            self.record_usage(response.usage)
+            finally:
+                usage = response.usage if response is not None else None
+                if admission is not None and self.governance is not None:
+                    usage = await self.governance.settle(
+                        admission, usage, status=status, error=failure, response=response
+                    )
+                self.record_usage(usage)
+            assert response is not None
+            if usage is not None and usage is not response.usage:
+                response = msgspec.structs.replace(response, usage=usage)
             return response
         assert last is not None
         raise last
@@ -419,6 +453,27 @@ class Client:
         """Usage of every invocation of this client so far (cost None when unknown)."""
         return self._usage
 
+    async def usage(
+        self,
+        *,
+        group_by: Sequence[str] = ("provider", "model"),
+        since: float | None = None,
+        until: float | None = None,
+    ) -> UsageReport:
+        """A usage report from the ledger, grouped by provider, model, ``tag:<name>`` or
+        ``period:hour|day|month`` (see `llm_invocation.store.UsageReport`).
+
+        Raises:
+            CostExceeded: no ledger is configured.
+        """
+        return await self._runtime.ref(_ACCOUNTANT, Accountant).call(
+            GetReport(group_by=list(group_by), since=since, until=until)
+        )
+
+    async def budget_levels(self) -> list[BudgetLevel]:
+        """Spend against every configured budget in its current period."""
+        return await self._runtime.ref(_ACCOUNTANT, Accountant).call(BudgetLevels())
+
     # -- bookkeeping (called by the streams) ---------------------------------------------------
 
     def record_usage(self, usage: Usage | None) -> None:
@@ -470,6 +525,9 @@ def _client_spec(
     codecs: Mapping[str, ProviderCodec],
     entries: Mapping[str, ProviderConfig],
     transports: Mapping[str, TransportFactory],
+    stores: _Stores,
+    on_alert: Sequence[AlertCallback],
+    observer: _Observer,
 ) -> SupervisorSpec:
     sessions: list[ChildSpec] = []
     for name, codec in sorted(codecs.items()):
@@ -484,7 +542,9 @@ def _client_spec(
             settings: SessionSettings = settings,
             transport: TransportFactory | None = transport,
         ) -> ProviderSession:
-            return ProviderSession(codec, keys=keys, settings=settings, transport=transport)
+            return ProviderSession(
+                codec, keys=keys, settings=settings, transport=transport, on_response=observer
+            )
 
         sessions.append(ChildSpec.actor(_SESSION_PREFIX + name, factory, mailbox=65536))
     providers = SupervisorSpec(
@@ -495,7 +555,148 @@ def _client_spec(
         backoff=Backoff(initial=0.05, maximum=2.0),
         children=sessions,
     )
-    return SupervisorSpec(name="client", children=[ChildSpec.supervisor(providers)])
+    limits = config.rate_limits
+    provider_limits = {
+        name: _rate_settings(entry.rate_limits)
+        for name, entry in entries.items()
+        if entry.rate_limits is not None
+    }
+    fail_mode = config.store_fail_mode
+
+    def governor() -> Governor:
+        return Governor(
+            stores.rate,
+            global_limits=_rate_settings(limits),
+            provider_limits=provider_limits,
+            max_wait=limits.max_wait,
+            max_queue=limits.max_queue,
+            fail_mode=fail_mode,
+        )
+
+    cost = config.cost_control
+
+    def accountant() -> Accountant:
+        return Accountant(
+            stores.budget,
+            stores.prices,
+            ledger=stores.ledger,
+            budgets=_budgets(cost),
+            max_cost_per_request=cost.max_cost_per_request,
+            thresholds=cost.alert_thresholds,
+            on_alert=on_alert,
+            fail_mode=fail_mode,
+            reservation_ttl=max(600.0, config.timeout * 2),
+        )
+
+    return SupervisorSpec(
+        name="client",
+        children=[
+            ChildSpec.actor(_GOVERNOR, governor, mailbox=65536),
+            ChildSpec.actor(_ACCOUNTANT, accountant, mailbox=65536),
+            ChildSpec.supervisor(providers),
+        ],
+    )
+
+
+def _rate_settings(limits: RateLimitConfig) -> RateLimitSettings:
+    return RateLimitSettings(
+        requests_per_minute=limits.requests_per_minute,
+        tokens_per_minute=limits.tokens_per_minute,
+        concurrency=limits.concurrent_calls,
+    )
+
+
+def _budgets(cost: CostConfig) -> list[Budget]:
+    budgets: list[Budget] = []
+    if cost.max_budget is not None:
+        budgets.append(
+            Budget(
+                scope="global",
+                limit=cost.max_budget,
+                period=cost.budget_period or 86400.0,
+                calendar=cost.budget_calendar,
+            )
+        )
+    budgets.extend(
+        Budget(scope=b.scope, limit=b.limit, period=b.period, calendar=b.calendar)
+        for b in cost.budgets
+    )
+    return budgets
+
+
+@final
+class _Stores:
+    """What outlives the actors: shared state, the ledger and the price book."""
+
+    def __init__(
+        self,
+        rate: RateStore,
+        budget: BudgetStore,
+        ledger: SQLiteLedger | None,
+        prices: PriceBook,
+    ) -> None:
+        self.rate = rate
+        self.budget = budget
+        self.ledger = ledger
+        self.prices = prices
+
+
+@final
+class _Observer:
+    """Turns each provider response's rate-limit headers into a cast to the governor."""
+
+    def __init__(self) -> None:
+        self.governor: ActorRef[Any] | None = None
+
+    def __call__(self, info: ResponseInfo) -> None:
+        governor = self.governor
+        limits = info.rate_limits
+        if governor is None or (limits is None and info.retry_after is None):
+            return
+        observation = RateObservation(
+            requests_limit=limits.requests_limit if limits else None,
+            requests_remaining=limits.requests_remaining if limits else None,
+            requests_reset=limits.requests_reset if limits else None,
+            tokens_limit=limits.tokens_limit if limits else None,
+            tokens_remaining=limits.tokens_remaining if limits else None,
+            tokens_reset=limits.tokens_reset if limits else None,
+            retry_after=info.retry_after if info.status == 429 else None,
+        )
+        try:
+            governor.send_nowait(
+                Observe(provider=info.provider, model=info.model, observation=observation)
+            )
+        except (MailboxFull, ActorError):
+            pass  # headers are advisory; the next response says it again
+
+
+async def _open_stores(config: Config, stack: AsyncExitStack) -> _Stores:
+    from .pricing import PriceBook
+    from .store.ledger import open_ledger
+
+    store = config.store
+    rate: RateStore
+    budget: BudgetStore
+    if store == "memory":
+        rate, budget = MemoryRateStore(), MemoryBudgetStore()
+    else:
+        from .store.redis import open_redis_stores
+
+        rate, budget = await stack.enter_async_context(open_redis_stores(store))
+    ledger = await stack.enter_async_context(open_ledger(config.ledger_path))
+    prices = PriceBook(config.cost_control.prices)
+    await prices.load()
+    return _Stores(rate, budget, ledger, prices)
+
+
+def _price_provider(name: str, codec: ProviderCodec) -> str:
+    """The provider id prices are looked up under: the entry's name if it is a known one."""
+    preset = getattr(codec, "preset", None)
+    if codec.kind == "openai-compatible" and preset is not None:
+        return str(getattr(preset, "name", name))
+    if codec.kind in ("openai", "anthropic", "gemini", "azure", "mock"):
+        return codec.kind
+    return name
 
 
 @asynccontextmanager
@@ -504,6 +705,7 @@ async def open_client(
     *,
     transports: Mapping[str, TransportFactory] | None = None,
     scenarios: Any = None,
+    on_alert: Sequence[AlertCallback] = (),
 ) -> AsyncGenerator[Client]:
     """Start the client's supervision tree for the ``async with`` block.
 
@@ -512,9 +714,12 @@ async def open_client(
         transports: per provider name, a factory of httpx transports (tests, proxies).
         scenarios: the mock provider's `llm_invocation.testing.Scenarios` (a fresh default
             set when omitted).
+        on_alert: called with a `BudgetAlert` when a budget crosses an alert threshold
+            (sync or async; once per budget, threshold and period).
 
     Raises:
         ConfigurationError: the configuration is invalid or names an unknown provider kind.
+        StoreUnavailable: the configured Redis store cannot be reached at start.
     """
     config = config if config is not None else Config.load()
     entries = _providers(config)
@@ -532,9 +737,20 @@ async def open_client(
         default_provider=config.default_provider,
         models={name: entry.models for name, entry in entries.items()},
     )
-    spec = _client_spec(config, codecs, entries, all_transports)
-    async with open_runtime(spec) as runtime:
-        yield Client(runtime, config, registry, scenarios=scenarios)
+    observer = _Observer()
+    async with AsyncExitStack() as stack:
+        stores = await _open_stores(config, stack)
+        spec = _client_spec(config, codecs, entries, all_transports, stores, on_alert, observer)
+        runtime = await stack.enter_async_context(open_runtime(spec))
+        governor = runtime.ref(_GOVERNOR, Governor)
+        observer.governor = governor
+        governance = Governance(
+            governor,
+            runtime.ref(_ACCOUNTANT, Accountant),
+            price_providers={name: _price_provider(name, c) for name, c in codecs.items()},
+            token_providers={name: _price_provider(name, c) for name, c in codecs.items()},
+        )
+        yield Client(runtime, config, registry, scenarios=scenarios, governance=governance)
 
 
 def _shortcut(provider: str, api_key: str | Secret | None, overrides: dict[str, Any]) -> Config:
