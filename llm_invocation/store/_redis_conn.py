@@ -1,0 +1,253 @@
+"""The connection behind the Redis stores and the Redis response cache.
+
+One coredis client (one connection pool) per `Connection`, the key names, and the one
+boundary where coredis, anyio and socket errors become `StoreUnavailable`: `Connection.run`.
+coredis is imported when a connection opens, never before, so importing the package stays
+cheap without Redis.
+
+coredis 6 runs on anyio and works under trio; its client is an async context manager whose
+pool keeps a task group (a nursery) open, so a connection must be opened and closed by the
+same task, with ``async with``.
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.parse
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final
+
+import trio
+
+from . import _redis_lua
+from ._base import StoreUnavailable
+
+if TYPE_CHECKING:
+    import coredis
+    from coredis.commands.script import Script
+
+__all__ = ["Connection", "hash_tagged"]
+
+T = TypeVar("T")
+
+SCRIPTS: Final = {
+    "acquire": _redis_lua.ACQUIRE,
+    "settle_rate": _redis_lua.SETTLE_RATE,
+    "renew": _redis_lua.RENEW,
+    "observe": _redis_lua.OBSERVE,
+    "rate_levels": _redis_lua.RATE_LEVELS,
+    "reserve": _redis_lua.RESERVE,
+    "settle_budget": _redis_lua.SETTLE_BUDGET,
+    "budget_levels": _redis_lua.BUDGET_LEVELS,
+    "spend_report": _redis_lua.SPEND_REPORT,
+}
+
+
+def _members(group: BaseExceptionGroup[BaseException]) -> tuple[BaseException, ...]:
+    return cast("tuple[BaseException, ...]", group.exceptions)
+
+
+def hash_tagged(prefix: str) -> str:
+    """The start of every store key: ``prefix`` as a Redis Cluster hash tag.
+
+    ``"llm:"`` becomes ``"{llm:}"``, so every key of the stores hashes to one slot and a
+    script may touch any of them. A prefix that already holds a non-empty ``{tag}`` is used
+    as it is.
+
+    Raises:
+        ValueError: ``prefix`` is empty.
+    """
+    if not prefix:
+        raise ValueError("the Redis key prefix must not be empty")
+    start = prefix.find("{")
+    if start >= 0 and prefix.find("}", start + 1) > start + 1:
+        return prefix  # Redis hashes the first non-empty {...}
+    return "{" + prefix + "}"
+
+
+def _redact(url: str) -> tuple[str, list[str]]:
+    """``url`` with its passwords replaced by ``***``, and the spellings of those passwords.
+
+    The password may be in the user info (``redis://:pw@host``) or the query
+    (``?password=pw``).
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return "<an unparsable Redis URL>", []
+    secrets: set[str] = set()
+    if password:
+        secrets |= {password, urllib.parse.unquote(password)}
+        userinfo, _, hostinfo = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostinfo}")
+    if any(name == "password" and value for name, value in query):
+        secrets |= {value for name, value in query if name == "password" and value}
+        redacted = [(n, "***" if n == "password" else v) for n, v in query]
+        parts = parts._replace(query=urllib.parse.urlencode(redacted, safe="*"))
+    if not secrets:
+        return url, []
+    return parts.geturl(), sorted(secrets, key=len, reverse=True)
+
+
+@final
+class Connection:
+    """A coredis client for one URL and key prefix, shared by the stores made on it.
+
+    Attributes:
+        location: the URL with its password replaced by ``***`` (safe to log and show).
+        prefix: the key prefix as given (``"llm:"``).
+        base: the prefix as a hash tag (``"{llm:}"``): the start of every store key.
+        timeout: seconds an operation may take before it fails with `StoreUnavailable`.
+    """
+
+    def __init__(self, url: str, *, prefix: str, timeout: float) -> None:
+        self.location, self._secrets = _redact(url)
+        scheme = url.partition("://")[0].lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"not a Redis URL (redis://, rediss:// or unix://): {self.location}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        self.prefix = prefix
+        self.base = hash_tagged(prefix)
+        self.timeout = float(timeout)
+        self._url = url
+        self._client: coredis.Redis[bytes] | None = None
+        self._scripts: dict[str, Script[bytes]] = {}
+        self._translated: tuple[type[BaseException], ...] = ()
+        self._opened = False
+        self._users = 0
+
+    def __repr__(self) -> str:
+        return f"Connection({self.location!r}, prefix={self.prefix!r})"
+
+    @asynccontextmanager
+    async def open(self) -> AsyncGenerator[Connection]:
+        """Connect for the duration of the block (lazily: the first operation connects).
+
+        An exception from the block comes out as itself, not wrapped in the pool's group.
+
+        Raises:
+            RuntimeError: the connection was opened before.
+            ValueError: the URL is not a valid Redis URL.
+        """
+        if self._opened:
+            raise RuntimeError(f"{self!r} was opened before: make a new one")
+        self._opened = True
+        client = self._make_client()
+        try:
+            async with client:
+                self._client = client
+                try:
+                    yield self
+                finally:
+                    self._client = None
+        except BaseExceptionGroup as group:
+            # The pool's task group wraps what passes through it; take the block's own
+            # exception (or a lone failure) out, as open_runtime does.
+            real = [m for m in _members(group) if not isinstance(m, trio.Cancelled)]
+            if len(real) != 1:
+                raise
+            error = real[0]
+            context = error.__context__
+            try:
+                raise error
+            finally:
+                error.__context__ = context  # not the group we just took it out of
+
+    def _make_client(self) -> coredis.Redis[bytes]:
+        import anyio
+        import coredis
+        import coredis.exceptions
+        from coredis.retry import NoRetryPolicy
+
+        self._translated = (
+            coredis.exceptions.RedisError,
+            OSError,  # includes TimeoutError
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            anyio.EndOfStream,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        )
+        try:
+            client: coredis.Redis[bytes] = coredis.Redis.from_url(
+                self._url,
+                decode_responses=False,
+                stream_timeout=self.timeout,
+                connect_timeout=self.timeout,
+                # A script that timed out may have run: never run it twice on our own.
+                retry_policy=NoRetryPolicy(),
+            )
+        except (ValueError, TypeError) as exc:
+            raise ValueError(
+                f"not a valid Redis URL: {self.location} ({self._scrub(str(exc))})"
+            ) from None
+        self._scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
+        return client
+
+    def acquire_user(self) -> None:
+        """Count one more store using this connection."""
+        self._users += 1
+
+    def release_user(self) -> None:
+        """Count one store fewer; when none is left, drop the pool's connections."""
+        self._users -= 1
+        if self._users <= 0 and self._client is not None:
+            self._client.connection_pool.disconnect()
+
+    async def script(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
+        """Run one of the `SCRIPTS` (EVALSHA, loading it on NOSCRIPT).
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached, failed, or did not answer in time.
+        """
+
+        async def call(client: coredis.Redis[bytes]) -> Any:
+            script = cast("Callable[..., Awaitable[Any]]", self._scripts[name])
+            return await script(list(keys), list(args), client=client)
+
+        return await self.run(name, call)
+
+    async def run(self, what: str, operation: Callable[[coredis.Redis[bytes]], Awaitable[T]]) -> T:
+        """Run ``operation`` on the client within the timeout: the error boundary.
+
+        Raises:
+            StoreUnavailable: the connection is not open, Redis cannot be reached or answered
+                with an error, or it did not answer within the timeout. The lower-layer
+                error is the ``__cause__``; messages never contain the password.
+        """
+        client = self._client
+        if client is None:
+            state = "closed" if self._opened else "not open (use `async with`)"
+            raise StoreUnavailable(f"the Redis connection to {self.location} is {state}")
+        with trio.move_on_after(self.timeout):
+            try:
+                return await operation(client)
+            except Exception as exc:
+                if not self._is_transport_error(exc):
+                    raise
+                detail = self._scrub(f"{type(exc).__name__}: {exc}")
+                raise StoreUnavailable(
+                    f"Redis at {self.location} failed in {what}: {detail}"
+                ) from exc
+        raise StoreUnavailable(
+            f"Redis at {self.location} did not answer {what} within {self.timeout:g} s"
+        )
+
+    def _is_transport_error(self, exc: BaseException) -> bool:
+        if isinstance(exc, BaseExceptionGroup):
+            group = cast("BaseExceptionGroup[BaseException]", exc)
+            return all(self._is_transport_error(m) for m in _members(group))
+        return isinstance(exc, self._translated)
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def ms(self, seconds: float) -> int:
+        """Whole milliseconds for a TTL, at least one."""
+        return max(1, math.ceil(seconds * 1000))
