@@ -26,11 +26,13 @@ from .errors import (
 from .runtime import ActorCrashed, ActorDead, ActorError, StreamContext, StreamReceiver
 from .types import (
     ChatResponse,
+    Choice,
     CompletionResponse,
     Request,
     Response,
     StreamAggregator,
     StreamChunk,
+    ToolCallDelta,
     Usage,
 )
 
@@ -43,6 +45,25 @@ Status = Literal["ok", "error", "cancelled"]
 
 def _as_llm(exc: BaseException) -> LLMError | None:
     return exc if isinstance(exc, LLMError) else None
+
+
+def _as_chunk(response: Response, choice: Choice) -> StreamChunk:
+    calls = [
+        ToolCallDelta(index=i, id=c.id, name=c.name, arguments=c.arguments, metadata=c.metadata)
+        for i, c in enumerate(choice.tool_calls)
+    ]
+    return StreamChunk(
+        id=response.id,
+        provider=response.provider,
+        model=response.model,
+        choice=choice.index,
+        text=choice.message.text,
+        reasoning=choice.message.reasoning,
+        tool_calls=calls or None,
+        finish_reason=choice.finish_reason,
+        usage=response.usage if choice.index == 0 else None,
+        metadata=response.metadata,
+    )
 
 
 __all__ = ["DeltaStream", "InvocationStream", "can_fall_back", "translate_actor_error"]
@@ -124,6 +145,7 @@ class InvocationStream:
         self._entered = False
         self._admission: Admission | None = None
         self._settled_usage: Usage | None = None
+        self._cache_key: str | None = None
         self.attempted: list[str] = []
         """The ``provider:model`` candidates tried, in order (fallbacks after the first)."""
 
@@ -144,12 +166,26 @@ class InvocationStream:
         self._entered = True
         if self._timeout is not None:
             self._deadline = trio.current_time() + self._timeout
+        key = self._client.cache_key(self._request)
+        if key is not None:
+            cached = await self._client.cache_get(key)
+            if cached is not None:
+                self._replay(cached)
+                return self
+            self._cache_key = key
         try:
             await self._open_next()
         except BaseException:
             self._finished = True
             raise
         return self
+
+    def _replay(self, response: Response) -> None:
+        """Serve a cached response as one chunk per choice; nothing is sent or charged."""
+        self._finished = True
+        self._response = response
+        self._settled_usage = response.usage
+        self._batch = [_as_chunk(response, choice) for choice in response.choices]
 
     async def _open_next(self) -> None:
         self._candidate += 1
@@ -278,6 +314,8 @@ class InvocationStream:
         usage = self._settled_usage
         if usage is not None and usage is not response.usage:
             self._response = msgspec.structs.replace(response, usage=usage)
+        if self._cache_key is not None:
+            await self._client.cache_put(self._cache_key, self._response)
 
     # -- results -------------------------------------------------------------------------------
 

@@ -19,12 +19,14 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import httpx
 import msgspec
 import trio
 
+from . import tokens
 from ._governance import Admission, Governance
 from ._secrets import Secret
 from ._stream import (
@@ -64,7 +66,14 @@ from .runtime import (
     SupervisorSpec,
     open_runtime,
 )
-from .store._base import Budget, BudgetLevel, BudgetStore, RateObservation, RateStore
+from .store._base import (
+    Budget,
+    BudgetLevel,
+    BudgetStore,
+    RateObservation,
+    RateStore,
+    StoreUnavailable,
+)
 from .store.memory import MemoryBudgetStore, MemoryRateStore
 from .types import (
     ChatRequest,
@@ -77,10 +86,13 @@ from .types import (
     Request,
     Response,
     Usage,
+    from_json,
+    to_json,
 )
 
 if TYPE_CHECKING:
     from .pricing import PriceBook
+    from .store.cache import ResponseCache
     from .store.ledger import SQLiteLedger, UsageReport
 
 __all__ = [
@@ -139,6 +151,7 @@ class Client:
         *,
         scenarios: Any = None,
         governance: Governance | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self._runtime = runtime
         self._config = config
@@ -150,6 +163,8 @@ class Client:
         self.scenarios = scenarios
         """The mock provider's `llm_invocation.testing.Scenarios` (script it in tests)."""
         self.governance: Governance | None = governance
+        self._cache = cache
+        self.cache_hits = 0
 
     @property
     def config(self) -> Config:
@@ -285,6 +300,11 @@ class Client:
                 return await stream.aggregate()
         prepared, candidates = self._prepare(built)
         self._invocations += 1
+        key = self.cache_key(prepared)
+        if key is not None:
+            cached = await self.cache_get(key)
+            if cached is not None:
+                return cached
         limit = self._config.timeout if timeout is None else timeout
         last: LLMError | None = None
         for provider, model_id in candidates:
@@ -325,6 +345,8 @@ class Client:
             assert response is not None
             if usage is not None and usage is not response.usage:
                 response = msgspec.structs.replace(response, usage=usage)
+            if key is not None:
+                await self.cache_put(key, response)
             return response
         assert last is not None
         raise last
@@ -473,6 +495,45 @@ class Client:
     async def budget_levels(self) -> list[BudgetLevel]:
         """Spend against every configured budget in its current period."""
         return await self._runtime.ref(_ACCOUNTANT, Accountant).call(BudgetLevels())
+
+    # -- the response cache --------------------------------------------------------------------
+
+    def cache_key(self, request: Request) -> str | None:
+        """The cache key of ``request`` when it asks for the cache (``cache=True``)."""
+        if not request.cache or self._cache is None:
+            return None
+        from .store.cache import cache_key
+
+        return cache_key(request)
+
+    async def cache_get(self, key: str) -> Response | None:
+        """A cached response (marked ``metadata["cache"] == "hit"``), or None."""
+        assert self._cache is not None
+        try:
+            data = await self._cache.get(key)
+        except StoreUnavailable as exc:
+            log.warning("response cache unreachable: %s", exc)
+            return None
+        if data is None:
+            return None
+        try:
+            response = from_json(data, Response)
+        except LLMError:
+            return None
+        self.cache_hits += 1
+        metadata = {**(response.metadata or {}), "cache": "hit"}
+        usage = response.usage
+        if usage is not None:  # nothing was sent: a hit costs nothing
+            usage = msgspec.structs.replace(usage, cost=Decimal(0))
+        return msgspec.structs.replace(response, metadata=metadata, usage=usage)
+
+    async def cache_put(self, key: str, response: Response) -> None:
+        """Keep ``response`` for ``config.cache_ttl`` seconds."""
+        assert self._cache is not None
+        try:
+            await self._cache.set(key, to_json(response), self._config.cache_ttl)
+        except StoreUnavailable as exc:
+            log.warning("response cache unreachable: %s", exc)
 
     # -- bookkeeping (called by the streams) ---------------------------------------------------
 
@@ -634,11 +695,13 @@ class _Stores:
         budget: BudgetStore,
         ledger: SQLiteLedger | None,
         prices: PriceBook,
+        cache: ResponseCache,
     ) -> None:
         self.rate = rate
         self.budget = budget
         self.ledger = ledger
         self.prices = prices
+        self.cache = cache
 
 
 @final
@@ -672,21 +735,27 @@ class _Observer:
 
 async def _open_stores(config: Config, stack: AsyncExitStack) -> _Stores:
     from .pricing import PriceBook
+    from .store.cache import MemoryResponseCache, RedisResponseCache
     from .store.ledger import open_ledger
 
     store = config.store
     rate: RateStore
     budget: BudgetStore
+    cache: ResponseCache
     if store == "memory":
         rate, budget = MemoryRateStore(), MemoryBudgetStore()
+        cache = MemoryResponseCache()
     else:
         from .store.redis import open_redis_stores
 
         rate, budget = await stack.enter_async_context(open_redis_stores(store))
+        cache = await stack.enter_async_context(RedisResponseCache(store))
     ledger = await stack.enter_async_context(open_ledger(config.ledger_path))
     prices = PriceBook(config.cost_control.prices)
     await prices.load()
-    return _Stores(rate, budget, ledger, prices)
+    # Load the tokenizer now, in a worker thread, rather than on the first request.
+    await trio.to_thread.run_sync(tokens.get_encoding, tokens.DEFAULT_ENCODING)
+    return _Stores(rate, budget, ledger, prices, cache)
 
 
 def _price_provider(name: str, codec: ProviderCodec) -> str:
@@ -750,7 +819,14 @@ async def open_client(
             price_providers={name: _price_provider(name, c) for name, c in codecs.items()},
             token_providers={name: _price_provider(name, c) for name, c in codecs.items()},
         )
-        yield Client(runtime, config, registry, scenarios=scenarios, governance=governance)
+        yield Client(
+            runtime,
+            config,
+            registry,
+            scenarios=scenarios,
+            governance=governance,
+            cache=stores.cache,
+        )
 
 
 def _shortcut(provider: str, api_key: str | Secret | None, overrides: dict[str, Any]) -> Config:

@@ -428,6 +428,7 @@ class Config(_Section, frozen=True, kw_only=True):
         store_fail_mode: when the store is unreachable, ``"closed"`` refuses calls and
             ``"open"`` lets them through on local limits.
         ledger_path: the SQLite usage ledger; None keeps it in memory.
+        cache_ttl: how long a cached response (for requests with ``cache=True``) is kept.
 
     Raises:
         ConfigurationError: on construction, listing every invalid field.
@@ -451,6 +452,7 @@ class Config(_Section, frozen=True, kw_only=True):
     store: Annotated[str, msgspec.Meta(extra={"format": "store"})] = "memory"
     store_fail_mode: Literal["open", "closed"] = "closed"
     ledger_path: _FilePath | None = None
+    cache_ttl: _PositiveSeconds = 3600.0
     websocket: WebSocketConfig = msgspec.field(default_factory=WebSocketConfig)
 
     def _finish(self, walk: Walk) -> None:

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -206,3 +207,23 @@ async def test_an_unknown_price_gives_no_cost_and_never_zero(
         assert c.get_usage().cost is None
     warnings = [r for r in caplog.records if "price" in r.getMessage().lower()]
     assert len(warnings) == 1
+
+
+async def test_a_cached_request_is_answered_from_the_cache_without_cost() -> None:
+    scenarios = Scenarios(Scenario(text="cached answer"))
+    async with client(scenarios) as c:
+        request = msgspec.structs.replace(ask(), cache=True)
+        first = await c.invoke_sync(request)
+        second = await c.invoke_sync(request)
+        async with c.invoke(request) as stream:
+            streamed = "".join([chunk.text async for chunk in stream])
+        assert scenarios.calls("mock") == 1
+        assert first.text == second.text == streamed == "cached answer"
+        assert second.metadata is not None
+        assert second.metadata["cache"] == "hit"
+        assert second.usage is not None
+        assert second.usage.cost == 0
+        assert c.cache_hits == 2
+        uncached = await c.invoke_sync(ask())  # without cache=True: sent again
+        assert uncached.text == "cached answer"
+        assert scenarios.calls("mock") == 2

@@ -590,6 +590,11 @@ class SQLiteLedger:
             raise trio.ClosedResourceError("the usage ledger is closed")
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._path is None:
+            # In memory nothing waits on a disk: a worker thread would only add the handoff
+            # (and its latency) to work that takes microseconds.
+            await trio.lowlevel.checkpoint()
+            return fn(*args)
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     async def _query(self, fn: Callable[..., _T], *args: Any) -> _T:
@@ -597,6 +602,9 @@ class SQLiteLedger:
         if self._conn is None:
             await self.open()
         try:
+            if self._path is None:
+                await trio.lowlevel.checkpoint()
+                return fn(*args)
             return await trio.to_thread.run_sync(fn, *args, limiter=self._read_limiter)
         except sqlite3.Error as exc:
             raise LedgerError(f"could not read the usage ledger: {exc}") from exc
