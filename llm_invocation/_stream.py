@@ -164,8 +164,6 @@ class InvocationStream:
         if self._entered:
             raise RuntimeError("an invocation stream can be entered only once")
         self._entered = True
-        if self._timeout is not None:
-            self._deadline = trio.current_time() + self._timeout
         key = self._client.cache_key(self._request)
         if key is not None:
             cached = await self._client.cache_get(key)
@@ -197,10 +195,14 @@ class InvocationStream:
         self._batch = []
         self._position = 0
         try:
+            # Waiting for rate-limit capacity is bounded by the governor's max_wait (and the
+            # caller's own deadline); the invocation's timeout starts once admitted.
+            governance = self._client.governance
+            if governance is not None:
+                self._admission = await governance.admit(self._request, provider, model)
+            if self._timeout is not None and self._candidate == 0:
+                self._deadline = trio.current_time() + self._timeout
             with trio.CancelScope(deadline=self._deadline) as scope:
-                governance = self._client.governance
-                if governance is not None:
-                    self._admission = await governance.admit(self._request, provider, model)
                 context = ref.stream(Invoke(request=request), buffer=STREAM_BUFFER)
                 self._receiver = await context.__aenter__()
                 self._context = context

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from decimal import Decimal
@@ -317,9 +318,9 @@ class Client:
             failure: LLMError | None = None
             response: Response | None = None
             try:
+                if self.governance is not None:  # bounded by max_wait, not by the timeout
+                    admission = await self.governance.admit(prepared, provider, model_id)
                 with trio.fail_after(limit):
-                    if self.governance is not None:
-                        admission = await self.governance.admit(prepared, provider, model_id)
                     response = await ref.call(message)
                 status = "ok"
             except trio.TooSlowError as exc:
@@ -748,14 +749,30 @@ async def _open_stores(config: Config, stack: AsyncExitStack) -> _Stores:
     else:
         from .store.redis import open_redis_stores
 
-        rate, budget = await stack.enter_async_context(open_redis_stores(store))
-        cache = await stack.enter_async_context(RedisResponseCache(store))
+        url, prefix = _split_prefix(store)
+        rate, budget = await stack.enter_async_context(open_redis_stores(url, prefix=prefix))
+        cache = await stack.enter_async_context(RedisResponseCache(url, prefix=prefix))
     ledger = await stack.enter_async_context(open_ledger(config.ledger_path))
     prices = PriceBook(config.cost_control.prices)
     await prices.load()
     # Load the tokenizer now, in a worker thread, rather than on the first request.
     await trio.to_thread.run_sync(tokens.get_encoding, tokens.DEFAULT_ENCODING)
     return _Stores(rate, budget, ledger, prices, cache)
+
+
+def _split_prefix(url: str, default: str = "llm:") -> tuple[str, str]:
+    """Take a ``prefix=`` query parameter (the Redis key prefix) out of a store URL."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    prefix = default
+    kept: list[tuple[str, str]] = []
+    for key, value in query:
+        if key == "prefix":
+            prefix = value
+        else:
+            kept.append((key, value))
+    rest = parts._replace(query=urllib.parse.urlencode(kept))
+    return urllib.parse.urlunsplit(rest), prefix
 
 
 def _price_provider(name: str, codec: ProviderCodec) -> str:
