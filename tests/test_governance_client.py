@@ -190,3 +190,30 @@ def test_four_processes_share_one_redis_rpm_and_budget() -> None:
     assert admitted <= 100 + 100 / 60 * span  # one RPM bucket for all four processes
     assert spent <= Decimal("0.012")  # one budget for all four
     assert admitted >= 50  # the limits bind, they do not starve everyone
+
+
+@pytest.mark.parametrize("fail_mode", ["open", "closed"])
+async def test_redis_down_behaves_as_configured(
+    fail_mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stamps: list[float] = []
+    # Nothing listens on port 1: every store operation fails fast.
+    async with governed(
+        stamps,
+        store="redis://127.0.0.1:1/0",
+        store_fail_mode=fail_mode,
+        rate_limits={"requests_per_minute": 60},
+        cost_control={"max_budget": "1"},
+    ) as client:
+        if fail_mode == "closed":
+            with pytest.raises((llm.CostExceeded, llm.RateLimited)) as info:
+                await client.invoke_sync(request())
+            assert info.value.details["reason"] == "store_unavailable"
+            assert "unreachable" in str(info.value)
+            assert stamps == []  # nothing was sent
+        else:
+            for _ in range(3):
+                response = await client.invoke_sync(request())
+                assert response.text == "ok"
+            assert len(stamps) == 3
+    assert any("unreachable" in r.getMessage() for r in caplog.records)

@@ -197,6 +197,7 @@ class Accountant(Actor[AccountantMsg]):
         self.store_errors = 0
         self.spent = Decimal(0)
         self._nursery: trio.Nursery | None = None
+        self._outage_logged = False
 
     def lifespan(self, ctx: Context) -> Any:
         self._nursery = ctx.nursery
@@ -264,6 +265,9 @@ class Accountant(Actor[AccountantMsg]):
             )
         except StoreUnavailable as exc:
             self.store_errors += 1
+            if not self._outage_logged:
+                self._outage_logged = True
+                log.error("budget store unreachable (fail_mode=%s): %s", self.fail_mode, exc)
             if self.fail_mode == "closed":
                 self.refused += 1
                 raise CostExceeded(
@@ -272,8 +276,10 @@ class Accountant(Actor[AccountantMsg]):
                     retryable=True,
                     details={"reason": "store_unavailable"},
                 ) from exc
-            log.error("budget store unreachable (fail_mode=open): admitting unchecked: %s", exc)
             return msgspec.structs.replace(reservation, degraded=True)
+        if self._outage_logged:
+            self._outage_logged = False
+            log.warning("budget store reachable again")
         if not check.ok:
             self.refused += 1
             raise CostExceeded(
