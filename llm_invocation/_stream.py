@@ -272,7 +272,12 @@ class InvocationStream:
             raise StopAsyncIteration
         while True:
             try:
-                batch = await self._receiver.receive()
+                try:
+                    # A batch already waiting needs no trip through the scheduler; the
+                    # bounded buffer makes the producer block (and so yield) when it is full.
+                    batch = self._receiver.receive_nowait()
+                except trio.WouldBlock:
+                    batch = await self._receiver.receive()
             except trio.EndOfChannel:
                 await self._end()
                 raise StopAsyncIteration from None

@@ -237,6 +237,8 @@ async def test_provider_limits_apply_to_that_provider_only(
 
 
 class BrokenStore(MemoryRateStore):
+    synchronous = False  # a remote store that is down
+
     async def acquire(
         self, limits: Sequence[RateLimit], *, lease: str, tokens: int, ttl: float
     ) -> Grant:

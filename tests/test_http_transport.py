@@ -33,7 +33,7 @@ from llm_invocation.actors._http import (
     FastHTTPTransport,
     _Connection,
     _Pool,
-    _ResponseBody,
+    ResponseBody,
 )
 from llm_invocation.testing import Scenario, Scenarios, open_fake_server
 
@@ -318,13 +318,13 @@ async def test_connection_reuse_follows_the_response(response: bytes, created: i
 
 
 @asynccontextmanager
-async def chunked_decoder() -> AsyncGenerator[_ResponseBody]:
+async def chunked_decoder() -> AsyncGenerator[ResponseBody]:
     """A chunked body on a connection nobody writes to: fed through ``_decode`` directly."""
     pool = _Pool(max_connections=1, max_idle=1, keepalive_expiry=30.0)
     ours, theirs = socket.socketpair()
     conn = _Connection(("http", "test", 80), ours, None, pool.watchdog)
     pool.add(conn)
-    body = _ResponseBody(
+    body = ResponseBody(
         pool,
         conn,
         mode=_CHUNKED,

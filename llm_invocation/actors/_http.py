@@ -74,7 +74,7 @@ import httpx
 import msgspec
 import trio
 
-__all__ = ["FastHTTPTransport", "TransportStatistics"]
+__all__ = ["FastHTTPTransport", "ResponseBody", "TransportStatistics"]
 
 _MAX_HEAD: Final = 64 * 1024
 _MAX_CHUNK_LINE: Final = 8 * 1024
@@ -468,7 +468,7 @@ def _chunk_size(data: bytes, start: int, end: int) -> int:
 
 
 @final
-class _ResponseBody(httpx.AsyncByteStream):
+class ResponseBody(httpx.AsyncByteStream):
     """A response body read straight from its connection (an iterator, not a generator)."""
 
     __slots__ = (
@@ -534,7 +534,7 @@ class _ResponseBody(httpx.AsyncByteStream):
         else:
             self._ready = initial
 
-    def __aiter__(self) -> _ResponseBody:
+    def __aiter__(self) -> ResponseBody:
         return self
 
     async def __anext__(self) -> bytes:
@@ -934,7 +934,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
             mode = _LENGTH
         else:
             mode = _UNTIL_CLOSE
-        body = _ResponseBody(
+        body = ResponseBody(
             pool,
             conn,
             mode=mode,

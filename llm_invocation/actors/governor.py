@@ -270,7 +270,10 @@ class Governor(Actor[GovernorMsg]):
     async def _try(self, limits: list[RateLimit], lease: str, tokens: int) -> Grant | None:
         """Ask the store; None when it is unreachable."""
         try:
-            grant = await self.store.acquire(limits, lease=lease, tokens=tokens, ttl=LEASE_TTL)
+            if self.store.synchronous:
+                grant = self.store.acquire_nowait(limits, lease=lease, tokens=tokens, ttl=LEASE_TTL)
+            else:
+                grant = await self.store.acquire(limits, lease=lease, tokens=tokens, ttl=LEASE_TTL)
         except StoreUnavailable as exc:
             self.store_errors += 1
             if not self._outage_logged:
@@ -287,7 +290,10 @@ class Governor(Actor[GovernorMsg]):
         if limits is None or lease.degraded:
             return
         try:
-            await self.store.settle(limits, lease=lease.id, reserved=lease.tokens, used=used)
+            if self.store.synchronous:
+                self.store.settle_nowait(limits, lease=lease.id, reserved=lease.tokens, used=used)
+            else:
+                await self.store.settle(limits, lease=lease.id, reserved=lease.tokens, used=used)
         except StoreUnavailable as exc:
             self.store_errors += 1
             log.warning("could not release lease %s (it will expire): %s", lease.id, exc)

@@ -20,8 +20,9 @@ hop is paid per read, not per event.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Final, final
 
 import httpx
 import msgspec
@@ -39,6 +40,7 @@ from ..errors import (
 from ..providers._base import HttpRequest, ProviderCodec, RateLimitInfo
 from ..runtime import Actor, Call, Context, Stream
 from ..types import ModelInfo, Request, Response, StreamChunk, user
+from ._http import ResponseBody as FastBody
 from ._pool import HttpPool, PoolStatistics, translate_http_error
 from ._resilience import CircuitBreaker, KeyRing, backoff_delay, counts_against_breaker
 
@@ -146,14 +148,85 @@ def _lower_headers(headers: httpx.Headers) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers.raw}
 
 
-def _has_content(chunk: StreamChunk) -> bool:
-    return bool(
-        chunk.text
-        or chunk.reasoning
-        or chunk.tool_calls
-        or chunk.finish_reason
-        or chunk.reasoning_signature
-    )
+def _any_content(batch: list[StreamChunk]) -> bool:
+    for chunk in batch:
+        if (
+            chunk.text
+            or chunk.reasoning
+            or chunk.tool_calls
+            or chunk.finish_reason
+            or chunk.reasoning_signature
+        ):
+            return True
+    return False
+
+
+def _body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The response body's raw pieces: straight from our transport's stream when it is one
+    (a plain async iterator), else through httpx's ``aiter_raw``."""
+    stream = response.stream
+    if isinstance(stream, FastBody):
+        return stream.__aiter__()
+    return response.aiter_raw()
+
+
+@final
+class _Watch:
+    __slots__ = ("deadline", "expired", "scope")
+
+    def __init__(self, scope: trio.CancelScope, deadline: float) -> None:
+        self.scope = scope
+        self.deadline = deadline
+        self.expired = False
+
+
+@final
+class ChunkWatchdog:
+    """First-chunk and idle-chunk deadlines of every stream of a session, in one task.
+
+    A stream only moves its ``deadline`` forward as chunks arrive (an attribute write); the
+    watchdog sleeps until the earliest deadline and cancels the scope of each stream whose
+    deadline has passed. That costs nothing per chunk, where moving a cancel scope's
+    deadline per chunk costs several microseconds.
+    """
+
+    def __init__(self) -> None:
+        self._watches: set[_Watch] = set()
+        self._kick = trio.Event()
+        self._target = math.inf
+
+    def watch(self, scope: trio.CancelScope, deadline: float) -> _Watch:
+        watch = _Watch(scope, deadline)
+        self._watches.add(watch)
+        if deadline < self._target:
+            self._kick.set()
+        return watch
+
+    def touch(self, watch: _Watch, deadline: float) -> None:
+        """Move a stream's deadline (waking the watchdog if it is now the earliest)."""
+        watch.deadline = deadline
+        if deadline < self._target:
+            self._target = deadline
+            self._kick.set()
+
+    def unwatch(self, watch: _Watch) -> None:
+        self._watches.discard(watch)
+
+    async def run(self) -> None:
+        while True:
+            now = trio.current_time()
+            nearest = math.inf
+            for watch in list(self._watches):
+                if watch.deadline <= now:
+                    watch.expired = True
+                    watch.scope.cancel()
+                    self._watches.discard(watch)
+                elif watch.deadline < nearest:
+                    nearest = watch.deadline
+            self._target = nearest
+            with trio.move_on_at(nearest):
+                await self._kick.wait()
+            self._kick = trio.Event()
 
 
 class ProviderSession(Actor[SessionMsg]):
@@ -179,6 +252,7 @@ class ProviderSession(Actor[SessionMsg]):
         self._on_response = on_response
         self._breakers: dict[str, CircuitBreaker] = {}
         self._pool: HttpPool | None = None
+        self._watchdog = ChunkWatchdog()
         self.requests = 0
         self.attempts = 0
         self.retries = 0
@@ -187,6 +261,7 @@ class ProviderSession(Actor[SessionMsg]):
     # -- lifespan ------------------------------------------------------------------------------
 
     def lifespan(self, ctx: Context) -> Any:
+        ctx.nursery.start_soon(self._watchdog.run)
         return _SessionLifespan(self)
 
     def _open_pool(self) -> HttpPool:
@@ -213,7 +288,11 @@ class ProviderSession(Actor[SessionMsg]):
                 sink = ctx.sink(msg)
 
                 async def forward(batch: list[StreamChunk]) -> None:
-                    await sink.send(batch)
+                    # The next network read is a checkpoint: do not yield here as well.
+                    try:
+                        sink.send_nowait(batch)
+                    except trio.WouldBlock:
+                        await sink.send(batch)
 
                 await self._invoke(request, forward)
                 return None
@@ -377,42 +456,48 @@ class ProviderSession(Actor[SessionMsg]):
         settings = self.settings
         delivered = False
         headers: dict[str, str] = {}
-        try:
-            async with self._pool.stream(http_request) as response:
-                headers = _lower_headers(response.headers)
-                self._report(request, response.status_code, headers)
-                if response.status_code >= 300:
-                    error = await self._error_from(response, headers)
-                    raise _AttemptFailed(error, headers, delivered=False)
-                decoder = self.codec.stream_decoder(request)
-                watchdog = trio.CancelScope(
-                    deadline=trio.current_time() + settings.first_chunk_timeout
-                )
-                idle = settings.idle_chunk_timeout
-                with watchdog:
-                    async for data in response.aiter_raw():
-                        watchdog.deadline = trio.current_time() + idle
-                        batch = decoder.feed(data)
+        idle = settings.idle_chunk_timeout
+        scope = trio.CancelScope()
+        watch = self._watchdog.watch(scope, trio.current_time() + settings.first_chunk_timeout)
+        with scope:
+            try:
+                async with self._pool.stream(http_request) as response:
+                    headers = _lower_headers(response.headers)
+                    self._report(request, response.status_code, headers)
+                    if response.status_code >= 300:
+                        error = await self._error_from(response, headers)
+                        raise _AttemptFailed(error, headers, delivered=False)
+                    decoder = self.codec.stream_decoder(request)
+                    feed = decoder.feed
+                    clock = trio.current_time
+                    touch = self._watchdog.touch
+                    async for data in _body(response):
+                        touch(watch, clock() + idle)
+                        batch = feed(data)
                         if batch:
                             delivered = await self._deliver(batch, forward, headers, delivered)
-                if watchdog.cancelled_caught:
-                    what = "chunk" if delivered else "first chunk"
-                    limit = idle if delivered else settings.first_chunk_timeout
-                    raise _AttemptFailed(
-                        InvocationTimeout(
-                            f"no {what} within {limit:g}s", provider=self.provider, retryable=True
-                        ),
-                        headers,
-                        delivered,
-                    )
-                tail = decoder.close()
-                if tail:
-                    delivered = await self._deliver(tail, forward, headers, delivered)
-        except httpx.HTTPError as exc:
-            phase = "stream" if headers else "request"
+                    tail = decoder.close()
+                    if tail:
+                        delivered = await self._deliver(tail, forward, headers, delivered)
+            except httpx.HTTPError as exc:
+                phase = "stream" if headers else "request"
+                raise _AttemptFailed(
+                    translate_http_error(exc, provider=self.provider, phase=phase),
+                    headers,
+                    delivered,
+                ) from exc
+            finally:
+                self._watchdog.unwatch(watch)
+        if watch.expired:
+            what = "chunk" if delivered else "first chunk"
+            limit = idle if delivered else settings.first_chunk_timeout
             raise _AttemptFailed(
-                translate_http_error(exc, provider=self.provider, phase=phase), headers, delivered
-            ) from exc
+                InvocationTimeout(
+                    f"no {what} within {limit:g}s", provider=self.provider, retryable=True
+                ),
+                headers,
+                delivered,
+            )
 
     async def _deliver(
         self,
@@ -427,10 +512,10 @@ class ProviderSession(Actor[SessionMsg]):
                 before = batch[:index]
                 if before:
                     await forward(before)
-                    delivered = delivered or any(_has_content(c) for c in before)
+                    delivered = delivered or _any_content(before)
                 raise _AttemptFailed(error_from_info(chunk.error), headers, delivered)
         await forward(batch)
-        return delivered or any(_has_content(c) for c in batch)
+        return delivered or _any_content(batch)
 
     # -- whole responses, models and tokens ----------------------------------------------------
 

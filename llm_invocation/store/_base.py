@@ -126,6 +126,22 @@ class RateObservation(msgspec.Struct, frozen=True, kw_only=True):
 class RateStore(abc.ABC):
     """Token buckets and concurrency leases, shared by everyone using the same store."""
 
+    synchronous: bool = False
+    """True when the ``*_nowait`` methods exist and do the same work without awaiting (the
+    memory store): the governor then serves its whole queue in one scheduler pass."""
+
+    def acquire_nowait(
+        self, limits: Sequence[RateLimit], *, lease: str, tokens: int, ttl: float
+    ) -> Grant:
+        """`acquire` without awaiting, for stores that are ``synchronous``."""
+        raise NotImplementedError
+
+    def settle_nowait(
+        self, limits: Sequence[RateLimit], *, lease: str, reserved: int, used: int
+    ) -> None:
+        """`settle` without awaiting, for stores that are ``synchronous``."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     async def acquire(
         self, limits: Sequence[RateLimit], *, lease: str, tokens: int, ttl: float

@@ -103,6 +103,8 @@ class _Key:
 class MemoryRateStore(RateStore):
     """Token buckets and leases in this process."""
 
+    synchronous = True
+
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._clock = clock or trio.current_time
         self._keys: dict[str, _Key] = {}
