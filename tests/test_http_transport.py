@@ -31,9 +31,9 @@ from hypothesis import strategies as st
 from llm_invocation.actors._http import (
     _CHUNKED,
     FastHTTPTransport,
+    ResponseBody,
     _Connection,
     _Pool,
-    ResponseBody,
 )
 from llm_invocation.testing import Scenario, Scenarios, open_fake_server
 
