@@ -212,6 +212,8 @@ def client_config(base: str) -> llm.Config:
         {
             "provider": "openai",
             "timeout": 120,
+            # The fake model has no public price: give it one so costs are computed.
+            "cost_control": {"prices": {"bench": {"input_per_mtok": 1, "output_per_mtok": 2}}},
             "providers": {
                 "openai": {
                     "api_key": KEY,
