@@ -220,3 +220,29 @@ async def test_two_hundred_concurrent_streams_over_sockets() -> None:
                 nursery.start_soon(one, i)
         assert len(done) == 200
         assert server.statistics().internal_errors == 0
+
+
+@pytest.mark.parametrize(
+    ("opener", "fmt", "model"),
+    [
+        (llm.open_openai_client, "openai", "gpt-4o-mini"),
+        (llm.open_anthropic_client, "anthropic", "claude-haiku-4-5"),
+        (llm.open_gemini_client, "gemini", "gemini-2.5-flash"),
+    ],
+)
+async def test_provider_shortcuts_use_their_provider_by_default(
+    opener: Any, fmt: str, model: str
+) -> None:
+    scenarios = Scenarios(Scenario(text=f"hello from {fmt}"))
+    async with open_fake_server(scenarios) as server:
+        async with opener(KEY, base_url=server.base_url(fmt), model=model) as client:
+            reply = await client.chat([llm.user("hi")])
+            assert reply.messages[-1].content == f"hello from {fmt}"
+            assert reply.provider == fmt
+        sent = server.requests[-1]
+        assert sent.model == model
+
+
+async def test_the_mock_shortcut_needs_no_key_and_no_network() -> None:
+    async with llm.open_mock_client(Scenarios(Scenario(text="mocked"))) as client:
+        assert (await client.chat([llm.user("hi")])).messages[-1].content == "mocked"
