@@ -8,21 +8,30 @@ MCP servers alike. The `ToolRegistry` holds them by name for the executor and th
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, Final, Protocol, final, runtime_checkable
+from typing import Any, Final, Literal, Protocol, cast, final, get_args, runtime_checkable
 
 import msgspec
 
-from .errors import InvalidRequest, ToolExecutionFailed
-from .types import ImagePart, Message, TextPart, ToolSpec, tool_result
+from ._secrets import redact
+from .errors import InvalidRequest, LLMError, ToolExecutionFailed
+from .types import ImagePart, Message, TextPart, ToolCall, ToolSpec, tool_result
 
 __all__ = [
+    "MAX_RESULT_CHARS",
     "Tool",
+    "ToolContext",
+    "ToolErrorCode",
     "ToolRegistry",
     "ToolResult",
+    "describe_error",
+    "error_code_of",
+    "error_result",
     "result_message",
+    "to_result",
 ]
 
 log = logging.getLogger("llm_invocation.tools")
@@ -81,6 +90,214 @@ class ToolResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     data: Any = None
     images: list[ImagePart] = []
     duration: float = 0.0
+
+
+ToolErrorCode = Literal["tool_execution_failed", "timeout", "invalid_arguments", "tool_not_found"]
+"""The ``error_code`` of a failed `ToolResult`."""
+
+_ERROR_CODES: Final[frozenset[str]] = frozenset(get_args(ToolErrorCode))
+
+MAX_RESULT_CHARS: Final = 100_000
+"""Results whose text is longer than this many characters are cut, with a marker."""
+
+_ENCODER: Final = msgspec.json.Encoder(order="deterministic")
+
+
+@final
+class ToolContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What a ``@tool`` function can ask for by annotating a parameter with this type.
+
+    The parameter is injected by the executor, not part of the schema the model sees::
+
+        @tool
+        async def search(query: str, ctx: ToolContext) -> list[str]:
+            log.info("call %s searches %r", ctx.call_id, query)
+
+    Attributes:
+        call_id: the id of the `ToolCall` being executed ("" when the tool runs outside the
+            executor, with ``execute`` called directly).
+        call: the call itself, with the model's raw arguments.
+    """
+
+    call_id: str
+    call: ToolCall
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups of one, as a tool's nursery raises."""
+    while isinstance(error, BaseExceptionGroup):
+        group = cast("BaseExceptionGroup[BaseException]", error)
+        if len(group.exceptions) != 1:
+            return group
+        error = group.exceptions[0]
+    return error
+
+
+def error_code_of(error: BaseException) -> ToolErrorCode:
+    """The ``error_code`` a result made from ``error`` carries.
+
+    A `ToolExecutionFailed` whose ``details["reason"]`` is one of the codes has that code; an
+    `InvalidRequest` (arguments that are not a JSON object) is ``invalid_arguments``;
+    anything else is ``tool_execution_failed``. An exception group of one error counts as
+    that error.
+    """
+    error = _unwrap(error)
+    if isinstance(error, LLMError):
+        reason = error.details.get("reason")
+        if isinstance(error, ToolExecutionFailed) and reason in _ERROR_CODES:
+            return cast("ToolErrorCode", reason)
+        if isinstance(error, InvalidRequest):
+            return "invalid_arguments"
+    return "tool_execution_failed"
+
+
+def describe_error(error: BaseException) -> str:
+    """A one-line, secret-free description of ``error`` for the model (never a traceback).
+
+    The library's own errors give their message; others are ``"<Type>: <message>"``.
+    """
+    error = _unwrap(error)
+    if isinstance(error, LLMError):
+        return error.message
+    text = str(error).strip()
+    kind = type(error).__name__
+    return redact(f"{kind}: {text}" if text else kind)
+
+
+def error_result(
+    error: BaseException | str,
+    *,
+    call_id: str,
+    name: str,
+    code: ToolErrorCode | None = None,
+    duration: float = 0.0,
+    max_chars: int = MAX_RESULT_CHARS,
+) -> ToolResult:
+    """An error result: ``content`` is ``"Error: <message>"``, scrubbed of secrets.
+
+    Args:
+        error: the exception (its message is used) or the message itself.
+        call_id: the id of the call it answers.
+        name: the tool's name.
+        code: the error code; by default `error_code_of` the exception
+            (``tool_execution_failed`` for a plain message).
+        duration: seconds the call took.
+        max_chars: the longest ``content`` kept (longer messages are cut).
+    """
+    if isinstance(error, str):
+        message = redact(error)
+        details: dict[str, Any] | None = None
+        found: ToolErrorCode = "tool_execution_failed"
+    else:
+        error = _unwrap(error)
+        message = describe_error(error)
+        details = error.info().details if isinstance(error, LLMError) else None
+        found = error_code_of(error)
+    return ToolResult(
+        call_id=call_id,
+        name=name,
+        content=_truncate(f"Error: {message}", max_chars),
+        is_error=True,
+        error_code=code or found,
+        data=details,
+        duration=duration,
+    )
+
+
+def to_result(
+    value: object,
+    *,
+    call_id: str,
+    name: str,
+    duration: float = 0.0,
+    max_chars: int = MAX_RESULT_CHARS,
+) -> ToolResult:
+    """Turn what a tool returned (or raised) into the `ToolResult` sent back to the model.
+
+    ========================================  =============================================
+    value                                     result
+    ========================================  =============================================
+    ``str``                                   ``content`` as is
+    Struct, dataclass, dict, list, number,    ``content`` compact JSON (dict keys sorted),
+    bool, None, enum, datetime ...            ``data`` that JSON decoded to builtins
+    `ImagePart`, or a list of text            ``images``, and the text joined as
+    (``str`` / `TextPart`) and images         ``content``
+    ``bytes``                                 base64 in a JSON object with a note
+    an ``Exception``                          an error result (see `error_result`)
+    a `ToolResult`                            itself, for this call
+    ========================================  =============================================
+
+    Text longer than ``max_chars`` is cut with a marker saying how much was left out; a cut
+    result drops its ``data``. A value that cannot be encoded as JSON gives an error result.
+    """
+    if isinstance(value, BaseException):
+        return error_result(
+            value, call_id=call_id, name=name, duration=duration, max_chars=max_chars
+        )
+    if isinstance(value, ToolResult):
+        return msgspec.structs.replace(value, call_id=call_id, name=name, duration=duration)
+    images: list[ImagePart] = []
+    data: Any = None
+    if isinstance(value, str):
+        content = value
+    elif isinstance(value, TextPart):
+        content = value.text
+    elif isinstance(value, ImagePart):
+        content, images = "", [value]
+    elif (parts := _parts(value)) is not None:
+        texts = [p if isinstance(p, str) else p.text for p in parts if not isinstance(p, ImagePart)]
+        content = "\n".join(texts)
+        images = [p for p in parts if isinstance(p, ImagePart)]
+    else:
+        if isinstance(value, bytes | bytearray | memoryview):
+            raw = bytes(cast("bytes", value))
+            value = {
+                "encoding": "base64",
+                "data": base64.b64encode(raw).decode("ascii"),
+                "note": f"binary data of {len(raw)} bytes, base64-encoded",
+            }
+        try:
+            encoded = _ENCODER.encode(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            return error_result(
+                f"the tool returned a {type(value).__name__} that cannot be encoded as JSON: {exc}",
+                call_id=call_id,
+                name=name,
+                duration=duration,
+                max_chars=max_chars,
+            )
+        content = encoded.decode()
+        if len(content) <= max_chars:
+            data = msgspec.json.decode(encoded)  # exactly the JSON the model reads
+    cut = _truncate(content, max_chars)
+    return ToolResult(
+        call_id=call_id,
+        name=name,
+        content=cut,
+        data=data,
+        images=images,
+        duration=duration,
+    )
+
+
+def _parts(value: object) -> list[str | TextPart | ImagePart] | None:
+    """``value`` as text and image parts, when it is a list or tuple of them with an image."""
+    if not isinstance(value, list | tuple) or not value:
+        return None
+    items = cast("list[object] | tuple[object, ...]", value)
+    if not any(isinstance(item, ImagePart) for item in items):
+        return None
+    if not all(isinstance(item, str | TextPart | ImagePart) for item in items):
+        return None
+    return cast("list[str | TextPart | ImagePart]", list(items))
+
+
+def _truncate(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    marker = f"\n[... truncated: {{}} of {len(text)} characters omitted]"
+    keep = max(0, max_chars - len(marker.format(len(text))))
+    return text[:keep] + marker.format(len(text) - keep)
 
 
 def result_message(result: ToolResult) -> Message:
@@ -175,7 +392,12 @@ class ToolRegistry:
         """
         chosen = self.list() if names is None else [self.get(name) for name in names]
         return [
-            ToolSpec(name=t.name, description=t.description, parameters=t.parameters)
+            ToolSpec(
+                name=t.name,
+                description=t.description,
+                parameters=t.parameters,
+                strict=_strict_of(t),
+            )
             for t in chosen
         ]
 
@@ -204,3 +426,9 @@ class ToolRegistry:
                 listener()
             except Exception:
                 log.exception("tool registry listener failed")
+
+
+def _strict_of(tool: Tool) -> bool | None:
+    """A tool's ``strict`` option (``@tool(strict=...)``), None for tools without one."""
+    strict = getattr(tool, "strict", None)
+    return strict if isinstance(strict, bool) else None

@@ -14,14 +14,30 @@ model's arguments are validated and converted before the function runs; a bad ar
 back to the model as an error result it can correct.
 """
 
+from ._sandbox import SandboxLimits as SandboxLimits
+from ._tools_core import MAX_RESULT_CHARS as MAX_RESULT_CHARS
 from ._tools_core import Tool as Tool
+from ._tools_core import ToolContext as ToolContext
+from ._tools_core import ToolErrorCode as ToolErrorCode
 from ._tools_core import ToolRegistry as ToolRegistry
 from ._tools_core import ToolResult as ToolResult
+from ._tools_core import error_result as error_result
 from ._tools_core import result_message as result_message
+from ._tools_core import to_result as to_result
+from ._tools_decorator import FunctionTool as FunctionTool
+from ._tools_decorator import tool as tool
 
 __all__ = [
+    "MAX_RESULT_CHARS",
+    "FunctionTool",
+    "SandboxLimits",
     "Tool",
+    "ToolContext",
+    "ToolErrorCode",
     "ToolRegistry",
     "ToolResult",
+    "error_result",
     "result_message",
+    "to_result",
+    "tool",
 ]
