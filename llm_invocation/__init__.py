@@ -8,6 +8,14 @@ provider's scenarios and the fake provider server are in `llm_invocation.testing
 from ._secrets import Secret as Secret
 from ._stream import DeltaStream as DeltaStream
 from ._stream import InvocationStream as InvocationStream
+from ._toolloop import ToolCallsEvent as ToolCallsEvent
+from ._toolloop import ToolLoopStream as ToolLoopStream
+from ._toolloop import ToolResultsEvent as ToolResultsEvent
+from ._tools_core import Tool as Tool
+from ._tools_core import ToolRegistry as ToolRegistry
+from ._tools_core import ToolResult as ToolResult
+from ._tools_decorator import FunctionTool as FunctionTool
+from ._tools_decorator import tool as tool
 from ._version import __version__ as __version__
 from .client import Client as Client
 from .client import open_anthropic_client as open_anthropic_client
@@ -84,6 +92,7 @@ __all__ = [
     "ErrorInfo",
     "Feature",
     "FinishReason",
+    "FunctionTool",
     "ImagePart",
     "InvalidRequest",
     "InvocationCanceled",
@@ -112,10 +121,16 @@ __all__ = [
     "StreamChunk",
     "StreamingFailed",
     "TextPart",
+    "Tool",
     "ToolCall",
     "ToolCallDelta",
+    "ToolCallsEvent",
     "ToolChoice",
     "ToolExecutionFailed",
+    "ToolLoopStream",
+    "ToolRegistry",
+    "ToolResult",
+    "ToolResultsEvent",
     "ToolSpec",
     "Usage",
     "assistant",
@@ -126,6 +141,7 @@ __all__ = [
     "open_mock_client",
     "open_openai_client",
     "system",
+    "tool",
     "tool_result",
     "user",
 ]

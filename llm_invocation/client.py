@@ -21,7 +21,7 @@ import urllib.parse
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, Literal, final
+from typing import TYPE_CHECKING, Any, Final, Literal, final, overload
 
 import httpx
 import msgspec
@@ -39,6 +39,8 @@ from ._stream import (
     completion_delta,
     translate_actor_error,
 )
+from ._toolloop import ToolLoopStream
+from ._tools_core import Tool, ToolRegistry, ToolResult
 from .actors.accountant import Accountant, AlertCallback, BudgetLevels, GetReport
 from .actors.governor import Governor, Observe, RateLimitSettings
 from .actors.provider_session import (
@@ -52,6 +54,7 @@ from .actors.provider_session import (
     SessionStatistics,
     SessionStats,
 )
+from .actors.tools import ExecuteTools, ToolExecutor
 from .config import Config, CostConfig, ProviderConfig, RateLimitConfig
 from .errors import ConfigurationError, InvocationTimeout, LLMError, ProviderNotFound
 from .providers._base import ProviderCodec
@@ -86,6 +89,7 @@ from .types import (
     ModelOptions,
     Request,
     Response,
+    ToolCall,
     Usage,
     from_json,
     to_json,
@@ -115,6 +119,7 @@ MODELS_TTL: Final = 300.0
 _SESSION_PREFIX: Final = "provider."
 _GOVERNOR: Final = "governor"
 _ACCOUNTANT: Final = "accountant"
+_TOOLS: Final = "tools"
 
 
 def _session_settings(config: Config, provider: ProviderConfig) -> SessionSettings:
@@ -153,6 +158,7 @@ class Client:
         scenarios: Any = None,
         governance: Governance | None = None,
         cache: ResponseCache | None = None,
+        tools: ToolRegistry | None = None,
     ) -> None:
         self._runtime = runtime
         self._config = config
@@ -166,6 +172,8 @@ class Client:
         self.governance: Governance | None = governance
         self._cache = cache
         self.cache_hits = 0
+        self.tools: ToolRegistry = tools if tools is not None else ToolRegistry()
+        """The tools invocations can use: registered locally or by MCP servers."""
 
     @property
     def config(self) -> Config:
@@ -246,6 +254,7 @@ class Client:
 
     # -- the second specification --------------------------------------------------------------
 
+    @overload
     def invoke(
         self,
         request: Request | None = None,
@@ -254,28 +263,103 @@ class Client:
         messages: Sequence[Message] | None = None,
         model: str | None = None,
         timeout: float | None = None,
+        tools: Sequence[Tool | str] | None = None,
+        tool_mode: None = None,
+        max_steps: int | None = None,
         **options: Any,
-    ) -> InvocationStream:
+    ) -> InvocationStream: ...
+    @overload
+    def invoke(
+        self,
+        request: Request | None = None,
+        /,
+        *,
+        messages: Sequence[Message] | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+        tools: Sequence[Tool | str] | None = None,
+        tool_mode: Literal["auto"],
+        max_steps: int | None = None,
+        **options: Any,
+    ) -> ToolLoopStream: ...
+    def invoke(
+        self,
+        request: Request | None = None,
+        /,
+        *,
+        messages: Sequence[Message] | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+        tools: Sequence[Tool | str] | None = None,
+        tool_mode: Literal["auto"] | None = None,
+        max_steps: int | None = None,
+        **options: Any,
+    ) -> InvocationStream | ToolLoopStream:
         """Start a streaming invocation: ``async with client.invoke(request) as stream``.
 
         ``timeout`` (default: the configured ``timeout``) bounds the upstream call; the
         caller's own deadline applies too. Fallback providers configured for the provider
         take over on retryable and overload errors before any content has arrived.
 
+        Tools: ``tools`` offers these tools (objects are registered on the client; names
+        must be registered already); with ``tool_mode="auto"`` and no ``tools``, every
+        registered tool (local and MCP) is offered. With ``tool_mode="auto"`` the result is
+        a `ToolLoopStream` that runs the tools the model calls and calls the model again,
+        up to ``max_steps`` requests (default ``tools.max_steps``).
+
         Raises:
             ProviderNotFound, ModelNotSupported: on entering, when the request's provider or
                 model is not available.
+            InvalidRequest: a tool object's name is taken by another tool.
             LLMError: while iterating, the invocation's failure.
         """
         built = self._build(request, messages, model, options)
+        if tools is not None or tool_mode == "auto":
+            built = self._with_tools(built, tools)
+        limit = self._config.timeout if timeout is None else timeout
+        if tool_mode == "auto":
+            steps = self._config.tools.max_steps if max_steps is None else max_steps
+            return ToolLoopStream(self, built, max_steps=steps, timeout=limit)
         prepared, candidates = self._prepare(built)
         self._invocations += 1
-        return InvocationStream(
-            self,
-            prepared,
-            candidates,
-            timeout=self._config.timeout if timeout is None else timeout,
-        )
+        return InvocationStream(self, prepared, candidates, timeout=limit)
+
+    def _with_tools(self, request: Request, tools: Sequence[Tool | str] | None) -> Request:
+        names: list[str] = []
+        if tools is None:
+            names = self.tools.names()
+        else:
+            for item in tools:
+                if isinstance(item, str):
+                    self.tools.get(item)
+                    names.append(item)
+                else:
+                    self.register_tool(item)
+                    names.append(item.name)
+        specs = list(request.tools or [])
+        known = {spec.name for spec in specs}
+        specs.extend(spec for spec in self.tools.specs(names) if spec.name not in known)
+        return msgspec.structs.replace(request, tools=specs or None)
+
+    # -- tools and MCP servers (the second specification) ---------------------------------------
+
+    def register_tool(self, tool: Tool, *, replace: bool = False) -> None:
+        """Make ``tool`` available to invocations (and to the model in ``tool_mode="auto"``).
+
+        Registering the same object again is a no-op.
+
+        Raises:
+            InvalidRequest: another tool has that name (unless ``replace``).
+        """
+        self.tools.register(tool, replace=replace)
+
+    async def execute_tools(self, calls: Sequence[ToolCall]) -> list[ToolResult]:
+        """Run tool calls in parallel through the executor, results in call order.
+
+        A failing, slow or unknown tool gives an error result, not an exception.
+        """
+        executor = self._runtime.ref(_TOOLS, ToolExecutor)
+        return await executor.call(ExecuteTools(calls=list(calls)))
 
     async def invoke_sync(
         self,
@@ -285,17 +369,29 @@ class Client:
         messages: Sequence[Message] | None = None,
         model: str | None = None,
         timeout: float | None = None,
+        tools: Sequence[Tool | str] | None = None,
+        tool_mode: Literal["auto"] | None = None,
+        max_steps: int | None = None,
         **options: Any,
     ) -> Response:
         """Invoke and wait for the whole response.
 
         A streaming request (the default) is streamed and aggregated, with every stream
-        watchdog; ``stream=False`` sends one non-streamed HTTP request.
+        watchdog; ``stream=False`` sends one non-streamed HTTP request. ``tools``,
+        ``tool_mode="auto"`` and ``max_steps`` work as for `invoke`: the automatic tool loop
+        returns its final response with the usage of every step.
 
         Raises:
             LLMError: the invocation failed.
         """
         built = self._build(request, messages, model, options)
+        if tool_mode == "auto":
+            async with self.invoke(
+                built, timeout=timeout, tools=tools, tool_mode="auto", max_steps=max_steps
+            ) as loop:
+                return await loop.aggregate()
+        if tools is not None:
+            built = self._with_tools(built, tools)
         if built.stream:
             async with self.invoke(built, timeout=timeout) as stream:
                 return await stream.aggregate()
@@ -590,6 +686,7 @@ def _client_spec(
     stores: _Stores,
     on_alert: Sequence[AlertCallback],
     observer: _Observer,
+    registry: ToolRegistry,
 ) -> SupervisorSpec:
     sessions: list[ChildSpec] = []
     for name, codec in sorted(codecs.items()):
@@ -650,11 +747,18 @@ def _client_spec(
             reservation_ttl=max(600.0, config.timeout * 2),
         )
 
+    tools_config = config.tools
+    redact = config.logging.redact_tool_arguments
+
+    def executor() -> ToolExecutor:
+        return ToolExecutor.from_config(registry, tools_config, redact_tool_arguments=redact)
+
     return SupervisorSpec(
         name="client",
         children=[
             ChildSpec.actor(_GOVERNOR, governor, mailbox=65536),
             ChildSpec.actor(_ACCOUNTANT, accountant, mailbox=65536),
+            ChildSpec.actor(_TOOLS, executor, mailbox=65536),
             ChildSpec.supervisor(providers),
         ],
     )
@@ -826,7 +930,10 @@ async def open_client(
     observer = _Observer()
     async with AsyncExitStack() as stack:
         stores = await _open_stores(config, stack)
-        spec = _client_spec(config, codecs, entries, all_transports, stores, on_alert, observer)
+        tools = ToolRegistry()
+        spec = _client_spec(
+            config, codecs, entries, all_transports, stores, on_alert, observer, tools
+        )
         runtime = await stack.enter_async_context(open_runtime(spec))
         governor = runtime.ref(_GOVERNOR, Governor)
         observer.governor = governor
@@ -843,6 +950,7 @@ async def open_client(
             scenarios=scenarios,
             governance=governance,
             cache=stores.cache,
+            tools=tools,
         )
 
 
