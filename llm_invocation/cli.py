@@ -25,7 +25,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, cast
 
 import msgspec
 import trio
@@ -384,8 +384,8 @@ def main(
     Every `LLMError` (configuration included) prints as one line on stderr with status 1;
     a keyboard interrupt exits with 130. Tracebacks only with ``--verbose``.
     """
-    out = out if out is not None else sys.stdout
-    err = err if err is not None else sys.stderr
+    out = out if out is not None else cast("TextIO", sys.stdout)
+    err = err if err is not None else cast("TextIO", sys.stderr)
     args = _build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     try:

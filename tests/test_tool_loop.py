@@ -143,7 +143,7 @@ async def test_parallel_calls_are_run_and_answered_together(fmt: str) -> None:
                     events.append(item)
         calls_event, results_event = events
         assert [c.name for c in calls_event.calls] == ["add", "weather"]
-        assert [r.content for r in results_event.results][0] == "3"
+        assert results_event.results[0].content == "3"
         assert loop.response.text == "3, and mild in Oslo."
         sent = tool_results_sent(fmt, transports[fmt].requests[-1].json)
         assert len(sent) == 2
@@ -166,7 +166,7 @@ async def test_a_failing_tool_is_reported_to_the_model_which_carries_on(fmt: str
         request = llm.Request(model=f"{fmt}:m", messages=[llm.user("try")])
         async with client.invoke(request, tool_mode="auto") as loop:
             items = [item async for item in loop]
-        results = [i for i in items if isinstance(i, llm.ToolResultsEvent)][0].results
+        results = next(i for i in items if isinstance(i, llm.ToolResultsEvent)).results
         assert results[0].is_error
         assert results[0].error_code == "tool_execution_failed"
         assert "broken on purpose" in results[0].content
