@@ -520,3 +520,28 @@ async def test_shutdown_with_an_unbounded_mailbox_answers_queued_calls_with_acto
             await trio.testing.wait_all_tasks_blocked()
             await runtime.shutdown()
     assert len(outcomes) == 5
+
+
+async def test_a_lifespan_may_open_its_own_nursery_and_cancel_scope() -> None:
+    closed: list[str] = []
+
+    class Nested(Counter):
+        def lifespan(self, ctx: Context) -> Any:
+            return self._nested()
+
+        @asynccontextmanager
+        async def _nested(self) -> AsyncGenerator[None]:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep_forever)
+                with trio.CancelScope():
+                    yield
+                closed.append("after the scope")
+                nursery.cancel_scope.cancel()
+            closed.append("after the nursery")
+
+    spec = SupervisorSpec(children=[ChildSpec.actor("n", Nested)])
+    async with open_runtime(spec) as runtime:
+        ref = runtime.ref("n", Nested)
+        assert await ref.call(Get()) == 1
+        await runtime.terminate_child("n")  # a graceful stop runs the whole lifespan exit
+        assert closed == ["after the scope", "after the nursery"]

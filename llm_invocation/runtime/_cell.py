@@ -146,22 +146,30 @@ class Cell:
             self.max_concurrency = concurrency
             async with trio.open_nursery() as background:
                 lifespan = actor.lifespan(Context(self, background, None))
-                await lifespan.__aenter__()
-                try:
-                    self.state = "running"
-                    task_status.started()
-                    if concurrency == 1:
-                        await self._serve_one(actor, background, inc)
-                    else:
-                        await self._serve_many(actor, background, inc, concurrency)
-                except BaseException as exc:
+                ended: BaseException | None = None
+                # The scope that will shield the lifespan's closing is entered BEFORE the
+                # lifespan, so any scope or nursery the lifespan opens nests inside it and
+                # scopes still close in the order they opened.
+                with trio.CancelScope() as closing:
+                    await lifespan.__aenter__()
+                    try:
+                        self.state = "running"
+                        task_status.started()
+                        if concurrency == 1:
+                            await self._serve_one(actor, background, inc)
+                        else:
+                            await self._serve_many(actor, background, inc, concurrency)
+                    except BaseException as exc:
+                        ended = exc
                     background.cancel_scope.cancel()
-                    with trio.move_on_after(min(grace, LIFESPAN_CLOSE_LIMIT), shield=True):
-                        await lifespan.__aexit__(type(exc), exc, exc.__traceback__)
-                    raise
-                background.cancel_scope.cancel()
-                with trio.move_on_after(min(grace, LIFESPAN_CLOSE_LIMIT), shield=True):
-                    await lifespan.__aexit__(None, None, None)
+                    closing.shield = True
+                    closing.deadline = trio.current_time() + min(grace, LIFESPAN_CLOSE_LIMIT)
+                    if ended is None:
+                        await lifespan.__aexit__(None, None, None)
+                    else:
+                        await lifespan.__aexit__(type(ended), ended, ended.__traceback__)
+                if ended is not None:
+                    raise ended
         except BaseException as exc:
             failure = exc
             raise
