@@ -159,7 +159,7 @@ class Cell:
                             await self._serve_one(actor, background, inc)
                         else:
                             await self._serve_many(actor, background, inc, concurrency)
-                    except BaseException as exc:
+                    except BaseException as exc:  # noqa: BLE001 - closed, then re-raised below
                         ended = exc
                     background.cancel_scope.cancel()
                     closing.shield = True
