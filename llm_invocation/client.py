@@ -55,7 +55,7 @@ from .actors.provider_session import (
     SessionStats,
 )
 from .actors.tools import ExecuteTools, ToolExecutor
-from .config import Config, CostConfig, ProviderConfig, RateLimitConfig
+from .config import Config, CostConfig, MCPServerConfig, ProviderConfig, RateLimitConfig
 from .errors import ConfigurationError, InvocationTimeout, LLMError, ProviderNotFound
 from .providers._base import ProviderCodec
 from .providers._registry import ProviderRegistry, make_codec
@@ -120,6 +120,7 @@ _SESSION_PREFIX: Final = "provider."
 _GOVERNOR: Final = "governor"
 _ACCOUNTANT: Final = "accountant"
 _TOOLS: Final = "tools"
+_MCP: Final = "mcp"
 
 
 def _session_settings(config: Config, provider: ProviderConfig) -> SessionSettings:
@@ -352,6 +353,36 @@ class Client:
             InvalidRequest: another tool has that name (unless ``replace``).
         """
         self.tools.register(tool, replace=replace)
+
+    async def register_mcp_server(
+        self, name: str, server: MCPServerConfig | Mapping[str, Any]
+    ) -> list[str]:
+        """Connect an MCP server and offer its tools (named ``<name>__<tool>``).
+
+        The connection is supervised: it reconnects with backoff when it drops, and its tools
+        follow the server's ``tools/list_changed`` notifications.
+
+        Returns:
+            The local names of the server's tools.
+
+        Raises:
+            ConfigurationError: ``server`` is not a valid MCP server configuration.
+            ToolExecutionFailed: the server could not be reached now.
+        """
+        from .actors.mcp import ListServerTools, MCPConnection, mcp_child_spec
+
+        config = server if isinstance(server, MCPServerConfig) else _mcp_config(name, server)
+        await self._runtime.start_child(mcp_child_spec(name, config, self.tools), supervisor=_MCP)
+        ref = self._runtime.ref(f"mcp.{name}", MCPConnection)
+        return await ref.call(ListServerTools())
+
+    async def unregister_mcp_server(self, name: str) -> None:
+        """Disconnect an MCP server (ending its process for stdio) and drop its tools.
+
+        Raises:
+            UsageError: no such server is registered.
+        """
+        await self._runtime.terminate_child(f"mcp.{name}", supervisor=_MCP)
 
     async def execute_tools(self, calls: Sequence[ToolCall]) -> list[ToolResult]:
         """Run tool calls in parallel through the executor, results in call order.
@@ -687,6 +718,7 @@ def _client_spec(
     on_alert: Sequence[AlertCallback],
     observer: _Observer,
     registry: ToolRegistry,
+    runtime_box: _RuntimeBox,
 ) -> SupervisorSpec:
     sessions: list[ChildSpec] = []
     for name, codec in sorted(codecs.items()):
@@ -753,15 +785,73 @@ def _client_spec(
     def executor() -> ToolExecutor:
         return ToolExecutor.from_config(registry, tools_config, redact_tool_arguments=redact)
 
-    return SupervisorSpec(
-        name="client",
-        children=[
-            ChildSpec.actor(_GOVERNOR, governor, mailbox=65536),
-            ChildSpec.actor(_ACCOUNTANT, accountant, mailbox=65536),
-            ChildSpec.actor(_TOOLS, executor, mailbox=65536),
-            ChildSpec.supervisor(providers),
-        ],
-    )
+    from .actors.mcp import mcp_supervisor_spec
+
+    servers = {name: s for name, s in config.mcp.servers.items() if s.enabled}
+
+    async def connect_configured_servers(
+        *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        # Servers of the configuration connect in the background: one that is down at
+        # start does not keep the client from starting; it is retried with backoff.
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            for name, server in servers.items():
+                nursery.start_soon(_connect_with_retries, runtime_box, name, server, registry)
+
+    children = [
+        ChildSpec.actor(_GOVERNOR, governor, mailbox=65536),
+        ChildSpec.actor(_ACCOUNTANT, accountant, mailbox=65536),
+        ChildSpec.actor(_TOOLS, executor, mailbox=65536),
+        ChildSpec.supervisor(mcp_supervisor_spec({}, registry, name=_MCP)),
+        ChildSpec.supervisor(providers),
+    ]
+    if servers:
+        children.append(
+            ChildSpec.service("mcp-connect", connect_configured_servers, restart="temporary")
+        )
+    return SupervisorSpec(name="client", children=children)
+
+
+@final
+class _RuntimeBox:
+    """The runtime, for children that need it once the tree has started."""
+
+    def __init__(self) -> None:
+        self._runtime: Runtime | None = None
+        self._ready = trio.Event()
+
+    def set(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._ready.set()
+
+    async def get(self) -> Runtime:
+        await self._ready.wait()
+        assert self._runtime is not None
+        return self._runtime
+
+
+async def _connect_with_retries(
+    runtime_box: _RuntimeBox, name: str, server: MCPServerConfig, registry: ToolRegistry
+) -> None:
+    from .actors.mcp import mcp_child_spec
+
+    runtime = await runtime_box.get()
+    delay = 0.5
+    while True:
+        try:
+            await runtime.start_child(mcp_child_spec(name, server, registry), supervisor=_MCP)
+        except (LLMError, ActorError) as exc:
+            log.warning("MCP server %r unreachable (%s); retrying in %.1fs", name, exc, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        else:
+            return
+
+
+def _mcp_config(name: str, data: Mapping[str, Any]) -> MCPServerConfig:
+    config = Config.from_dict({"mcp": {"servers": {name: dict(data)}}})
+    return config.mcp.servers[name]
 
 
 def _rate_settings(limits: RateLimitConfig) -> RateLimitSettings:
@@ -931,10 +1021,12 @@ async def open_client(
     async with AsyncExitStack() as stack:
         stores = await _open_stores(config, stack)
         tools = ToolRegistry()
+        runtime_box = _RuntimeBox()
         spec = _client_spec(
-            config, codecs, entries, all_transports, stores, on_alert, observer, tools
+            config, codecs, entries, all_transports, stores, on_alert, observer, tools, runtime_box
         )
         runtime = await stack.enter_async_context(open_runtime(spec))
+        runtime_box.set(runtime)
         governor = runtime.ref(_GOVERNOR, Governor)
         observer.governor = governor
         governance = Governance(
