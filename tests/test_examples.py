@@ -1,0 +1,51 @@
+"""Every example runs offline against the mock provider and prints what it shows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+EXPECTED = {
+    "simple.py": ["Response: ", "Chat: "],
+    "streaming.py": ["[stop]", "Count to five"],
+    "advanced.py": ["Token usage:", "Cost: $", "TOTAL"],
+    "tools.py": ["-> calling ['get_weather']", "It is sunny", "steps: 2"],
+    "mcp_tools.py": ["calc__multiply", "6 times 7 is 42."],
+    "fan_out.py": ["300 answers", "fan-out"],
+    "embed_in_trio_app.py": ["[worker]", "gave up on a slow call", "0 calls in flight"],
+}
+
+
+def offline_env() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith("_API_KEY") and not k.startswith("LLM_")
+    }
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_the_example_runs_offline(name: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=offline_env(),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for text in EXPECTED[name]:
+        assert text in done.stdout, (text, done.stdout[-2000:])
+    assert "Traceback" not in done.stderr
+
+
+def test_every_example_is_tested() -> None:
+    present = {p.name for p in EXAMPLES.glob("*.py")}
+    assert present <= set(EXPECTED) | {"websocket_client.py", "web_integration.py"}
