@@ -167,7 +167,7 @@ def test_four_processes_share_one_redis_rpm_and_budget() -> None:
     }
     started = time.monotonic()
     workers = [
-        subprocess.Popen(  # noqa: S603 - this interpreter running our test helper
+        subprocess.Popen(
             [
                 sys.executable,
                 os.path.join(os.path.dirname(__file__), "client_worker.py"),

@@ -185,7 +185,7 @@ def network_server(
     port = free_port()
     marker = tmp_path_factory.mktemp(transport) / "cancelled"
     flag = "--http" if transport == "http" else "--sse"
-    process = subprocess.Popen(  # noqa: S603 - our own script, run by this interpreter
+    process = subprocess.Popen(
         [sys.executable, str(DEMO), flag, str(port), "--marker", str(marker)],
         stdout=subprocess.DEVNULL,
     )
@@ -233,9 +233,7 @@ def test_supervisor_spec_skips_disabled_servers_and_backs_off() -> None:
 
 def test_importing_the_module_does_not_import_the_sdk() -> None:
     code = "import sys, llm_invocation.actors.mcp; print('mcp' in sys.modules)"
-    out = subprocess.run(  # noqa: S603 - this interpreter, a fixed snippet
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
