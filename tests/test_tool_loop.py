@@ -175,16 +175,18 @@ async def test_a_failing_tool_is_reported_to_the_model_which_carries_on(fmt: str
         assert "broken on purpose" in sent
 
 
-async def test_a_tool_timeout_becomes_an_error_result() -> None:
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_a_tool_timeout_becomes_an_error_result(fmt: str) -> None:
     scenarios = Scenarios()
     scenarios.add("m", Scenario(tool_calls=calls(("sleepy", {}))), Scenario(text="gave up"))
-    async with client_for(scenarios) as (client, _):
-        request = llm.Request(model="openai:m", messages=[llm.user("wait")])
+    async with client_for(scenarios) as (client, transports):
+        request = llm.Request(model=f"{fmt}:m", messages=[llm.user("wait")])
         async with client.invoke(request, tool_mode="auto") as loop:
             items = [item async for item in loop]
         (results,) = [i for i in items if isinstance(i, llm.ToolResultsEvent)]
         assert results.results[0].error_code == "timeout"
         assert loop.response.text == "gave up"
+        assert len(tool_results_sent(fmt, transports[fmt].requests[-1].json)) == 1
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
