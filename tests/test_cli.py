@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,17 @@ import llm_invocation as llm
 from llm_invocation.cli import main
 
 KEY = "sk-test-CLI-SECRET-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The command line configures the package's logger; later tests expect it untouched."""
+    logger = logging.getLogger("llm_invocation")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])  # setLevel (not the attribute) also clears logging's cache
+    logger.propagate = saved[2]
 
 
 @pytest.fixture(autouse=True)

@@ -82,7 +82,12 @@ _events = st.lists(
     st.tuples(
         st.sampled_from(["", "message_start", "content_block_delta"]),
         st.lists(
-            st.text(st.characters(blacklist_characters="\r\n"), max_size=20), min_size=1, max_size=3
+            st.text(
+                st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"),
+                max_size=20,
+            ),
+            min_size=1,
+            max_size=3,
         ),
     ),
     min_size=1,
