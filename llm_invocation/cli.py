@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -295,7 +296,13 @@ async def _serve(args: argparse.Namespace, config: Config, out: TextIO, err: Tex
         host=args.host if args.host is not None else ws.host,
         port=args.port if args.port is not None else ws.port,
     )
-    await serve_forever(config, settings, out=out)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(serve_forever, config, settings, out=out))
+            async for signum in signals:
+                err.write(f"{signal.Signals(signum).name}: shutting down\n")
+                nursery.cancel_scope.cancel()  # connections close with 1001
+                break
     return 0
 
 

@@ -187,3 +187,33 @@ def test_unknown_commands_exit_with_usage_status() -> None:
     with pytest.raises(SystemExit) as info:
         run("fly")
     assert info.value.code == 2
+
+
+def test_serve_runs_the_front_and_shuts_down_cleanly_on_sigterm() -> None:
+    import signal
+
+    import httpx
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "llm_invocation", "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")},
+    ) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            assert line.startswith("chat page: http://127.0.0.1:"), line
+            page = httpx.get(line.split()[-1], timeout=10)
+            assert page.status_code == 200
+            assert "<html" in page.text.lower()
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=30)
+            assert process.returncode == 0
+            assert "using the built-in mock provider" in err
+            assert "SIGTERM: shutting down" in err
+            assert "Traceback" not in err
+        finally:
+            if process.poll() is None:
+                process.kill()
