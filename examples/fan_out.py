@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 import time
+from decimal import Decimal
 
 import trio
 
 import llm_invocation as llm
+from llm_invocation.config import CostConfig, RateLimitConfig
 from llm_invocation.testing import Scenario, Scenarios
 
 
@@ -21,8 +23,8 @@ async def main(n: int) -> None:
     config = llm.Config(
         provider="mock",
         model="mock",
-        rate_limits={"requests_per_minute": 6000, "concurrent_calls": 200},
-        cost_control={"max_budget": "1.00"},
+        rate_limits=RateLimitConfig(requests_per_minute=6000, concurrent_calls=200),
+        cost_control=CostConfig(max_budget=Decimal("1.00")),
     )
     async with llm.open_client(config, scenarios=scenarios) as client:
         started = time.perf_counter()

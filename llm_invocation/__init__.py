@@ -17,6 +17,7 @@ from ._tools_core import ToolResult as ToolResult
 from ._tools_decorator import FunctionTool as FunctionTool
 from ._tools_decorator import tool as tool
 from ._version import __version__ as __version__
+from .actors.accountant import BudgetAlert as BudgetAlert
 from .client import Client as Client
 from .client import open_anthropic_client as open_anthropic_client
 from .client import open_client as open_client
@@ -77,6 +78,7 @@ from .types import user as user
 
 __all__ = [
     "AuthenticationError",
+    "BudgetAlert",
     "ChatRequest",
     "ChatResponse",
     "Choice",
