@@ -456,8 +456,10 @@ class Connection:
         try:
             while True:
                 await outbox.wait_ready()
-                # One more scheduler pass lets the rest of this tick's frames join.
-                await trio.lowlevel.checkpoint()
+                if len(self.live) > 1:
+                    # One more scheduler pass lets the other invocations' frames of this
+                    # tick join. A lone invocation has queued what it had ready already.
+                    await trio.lowlevel.checkpoint()
                 data, frames = outbox.take()
                 try:
                     await ws.send_message(data.decode())
