@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncGenerator
 from functools import partial
 from typing import Any
@@ -18,6 +20,7 @@ from llm_invocation.testing import (
     Disconnect,
     FakeServer,
     HttpError,
+    SEND_TIME,
     OpenAIRenderer,
     Scenario,
     Scenarios,
@@ -144,6 +147,36 @@ async def test_each_event_arrives_as_its_own_chunk(server: FakeServer) -> None:
         pieces = [piece async for piece in response.aiter_raw()]
     assert len(pieces) == expected
     assert all(len(SSEParser().feed(piece)) == 1 for piece in pieces)
+
+
+async def test_send_time_placeholders_carry_when_each_chunk_was_written(
+    server: FakeServer,
+) -> None:
+    server.scenarios.add("probe", Scenario(text=SEND_TIME * 4, chunk_chars=16, interval=0.05))
+    before = time.monotonic()
+    async with (
+        client(server) as http,
+        http.stream("POST", "/chat/completions", json={**STREAM, "model": "probe"}) as response,
+    ):
+        body = b"".join([piece async for piece in response.aiter_raw()])
+    after = time.monotonic()
+    texts = [
+        event["choices"][0]["delta"].get("content")
+        for event in events_of(body)
+        if event["choices"]
+    ]
+    stamps = [float(text) for text in texts if text]
+    assert len(stamps) == 4 and all(len(text) == 16 for text in texts if text)
+    assert before <= stamps[0] and stamps[-1] <= after
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert all(0.04 <= gap < 0.5 for gap in gaps), gaps  # paced: written 50 ms apart
+
+
+def test_the_module_stamp_option_makes_a_probe_scenario() -> None:
+    scenario = scenario_from_options(chunks=3, chunk_chars=4, interval=0.1, ttft=0, stamp=True)
+    assert (scenario.text, scenario.chunk_chars) == (SEND_TIME * 3, 16)
+    with pytest.raises(ValueError, match="--stamp needs --chunks"):
+        scenario_from_options(chunks=None, chunk_chars=4, interval=0, ttft=0, stamp=True)
 
 
 async def test_keep_alive_reuses_one_connection(server: FakeServer) -> None:

@@ -32,6 +32,7 @@ from ._scenario import ScriptedToolCall as ScriptedToolCall
 from ._scenario import ScriptedUsage as ScriptedUsage
 from ._scenario import Stall as Stall
 from ._scenario import tokens_per_second as tokens_per_second
+from ._server import SEND_TIME as SEND_TIME
 from ._server import FakeServer as FakeServer
 from ._server import ServerStatistics as ServerStatistics
 from ._server import open_fake_server as open_fake_server
@@ -41,6 +42,7 @@ from ._transport import RecordedRequest as RecordedRequest
 from ._transport import renderer_for as renderer_for
 
 __all__ = [
+    "SEND_TIME",
     "AnthropicRenderer",
     "Disconnect",
     "ErrorEvent",

@@ -25,6 +25,12 @@ Scripted failures act on the socket: a `Disconnect` closes the connection mid-bo
 terminating chunk), a `Stall` stops writing and keeps the connection open, watching it, until
 its time is up or the client goes away. A client that goes away mid-answer is counted in
 `ServerStatistics.client_disconnects` and never disturbs the server.
+
+Latency probes: in a streamed event, every `SEND_TIME` (16 characters) is replaced by the
+server's ``time.monotonic()`` at the moment the event is written, in 16 characters (``%016.6f``).
+A script whose text is made of `SEND_TIME` fragments (``chunk_chars=16``) thus tells a client
+on the same machine when each chunk left the server: its arrival time less the chunk's text is
+the chunk's latency, however busy the server was.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import heapq
 import http
 import math
 import os
+import time
 import urllib.parse
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
@@ -46,7 +53,11 @@ from ._render import WireFormat
 from ._scenario import Scenarios, Stall
 from ._transport import FakeProvider, RecordedRequest, Reply
 
-__all__ = ["FakeServer", "ServerStatistics", "open_fake_server", "serve_fake_server"]
+__all__ = ["SEND_TIME", "FakeServer", "ServerStatistics", "open_fake_server", "serve_fake_server"]
+
+SEND_TIME: Final = "<<send-time-16>>"
+"""A placeholder in streamed text, replaced by the time the event is written (see above)."""
+_SEND_TIME: Final = SEND_TIME.encode()
 
 _MAX_HEAD: Final = 64 * 1024
 _MAX_BODY: Final = 32 * 1024 * 1024
@@ -496,6 +507,8 @@ class FakeServer:
                         await pacer.sleep_until(due)
                     elif index & 15 == 15:
                         await trio.lowlevel.checkpoint()  # fairness and cancellation
+                    if _SEND_TIME in event:
+                        event = event.replace(_SEND_TIME, b"%016.6f" % time.monotonic())
                     if not chunked:
                         frame = event
                     elif index == last:

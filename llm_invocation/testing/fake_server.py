@@ -8,7 +8,9 @@ SIGTERM, and exits 0. Every model gets one scenario built from the options::
         --interval 0.01 --ttft 0.2
 
 ``--chunks N`` answers with N chunks of ``--chunk-chars`` characters each; without it the
-answer echoes the last user message (``"You said: ..."``, 12 words).
+answer echoes the last user message (``"You said: ..."``, 12 words). With ``--stamp`` each of
+the N chunks is the time the server wrote it (``SEND_TIME``, 16 characters), for latency
+measurements.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from functools import partial
 import trio
 
 from ._scenario import Scenario, Scenarios
-from ._server import FakeServer, serve_fake_server
+from ._server import SEND_TIME, FakeServer, serve_fake_server
 
 __all__ = ["main"]
 
@@ -46,11 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-chars", type=int, default=8, help="characters per chunk")
     parser.add_argument("--interval", type=float, default=0.0, help="seconds between chunks")
     parser.add_argument("--ttft", type=float, default=0.0, help="seconds to the first chunk")
+    parser.add_argument(
+        "--stamp",
+        action="store_true",
+        help="each chunk is the server's time.monotonic() when written (needs --chunks)",
+    )
     return parser
 
 
 def scenario_from_options(
-    *, chunks: int | None, chunk_chars: int, interval: float, ttft: float
+    *, chunks: int | None, chunk_chars: int, interval: float, ttft: float, stamp: bool = False
 ) -> Scenario:
     """The scenario the command-line options describe.
 
@@ -59,6 +66,12 @@ def scenario_from_options(
     """
     if chunks is not None and chunks < 0:
         raise ValueError("--chunks must be >= 0")
+    if stamp:
+        if chunks is None:
+            raise ValueError("--stamp needs --chunks")
+        return Scenario(
+            text=SEND_TIME * chunks, chunk_chars=len(SEND_TIME), interval=interval, ttft=ttft
+        )
     text = None if chunks is None else _text(chunks * chunk_chars)
     return Scenario(text=text, chunk_chars=chunk_chars, interval=interval, ttft=ttft)
 
@@ -86,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             chunk_chars=args.chunk_chars,
             interval=args.interval,
             ttft=args.ttft,
+            stamp=args.stamp,
         )
     except ValueError as error:
         parser.error(str(error))
