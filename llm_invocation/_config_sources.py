@@ -51,6 +51,14 @@ ENV_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "LLM_LOG_LEVEL": ("logging", "level"),
     "LLM_LOG_FORMAT": ("logging", "format"),
     "LLM_STORE": ("store",),
+    "LLM_WS_HOST": ("websocket", "host"),
+    "LLM_WS_PORT": ("websocket", "port"),
+}
+
+#: Variables holding comma-separated lists, and the path each one sets.
+ENV_LISTS: Final[dict[str, tuple[str, ...]]] = {
+    "LLM_WS_TOKENS": ("websocket", "tokens"),
+    "LLM_WS_ALLOWED_ORIGINS": ("websocket", "allowed_origins"),
 }
 
 #: Per-provider variables: provider -> field -> variables, the first one set wins.
@@ -96,6 +104,9 @@ def env_layer(environ: Mapping[str, str], configured: Container[str] = ()) -> La
     for variable, path in ENV_FIELDS.items():
         if value := environ.get(variable):
             put(path, value, variable)
+    for variable, path in ENV_LISTS.items():
+        if value := environ.get(variable):
+            put(path, [item.strip() for item in value.split(",") if item.strip()], variable)
     if retries := environ.get("LLM_MAX_RETRIES"):
         source = "env LLM_MAX_RETRIES"
         try:

@@ -954,6 +954,14 @@ def test_missing_pyyaml_asks_for_the_yaml_extra(monkeypatch: pytest.MonkeyPatch)
         ("LLM_LOG_LEVEL", "DEBUG", "logging.level", "debug"),
         ("LLM_LOG_FORMAT", "json", "logging.format", "json"),
         ("LLM_STORE", "redis://cache:6379", "store", "redis://cache:6379"),
+        ("LLM_WS_HOST", "192.0.2.10", "websocket.host", "192.0.2.10"),
+        ("LLM_WS_PORT", "9000", "websocket.port", 9000),
+        (
+            "LLM_WS_ALLOWED_ORIGINS",
+            "https://a.example, https://b.example,",
+            "websocket.allowed_origins",
+            ["https://a.example", "https://b.example"],
+        ),
     ],
 )
 def test_environment_variable_sets_its_field(
@@ -966,6 +974,12 @@ def test_llm_api_key_is_the_default_providers_key() -> None:
     config = Config.from_env({"LLM_API_KEY": KEY, "LLM_PROVIDER": "anthropic"})
     assert config.api_key == Secret(KEY)
     assert config.provider_config("anthropic").api_key == Secret(KEY)
+
+
+def test_llm_ws_tokens_is_a_comma_separated_list_of_secrets() -> None:
+    config = Config.from_env({"LLM_WS_TOKENS": f"{KEY}, other-token-123456"})
+    assert config.websocket.tokens == [Secret(KEY), Secret("other-token-123456")]
+    assert KEY not in repr(config) and KEY not in str(config.redacted())
 
 
 def test_llm_max_retries_counts_retries_so_zero_means_one_attempt() -> None:
@@ -993,6 +1007,7 @@ def test_bad_llm_max_retries_names_the_variable(value: str) -> None:
         ("LLM_LOG_FORMAT", "xml", "logging.format"),
         ("LLM_STORE", "postgres://db", "store"),
         ("LLM_BASE_URL", "gw.example", "base_url"),
+        ("LLM_WS_PORT", "70000", "websocket.port"),
     ],
 )
 def test_bad_environment_value_is_a_problem_naming_the_variable(

@@ -17,10 +17,10 @@ import trio
 
 from llm_invocation.providers._sse import SSEParser
 from llm_invocation.testing import (
+    SEND_TIME,
     Disconnect,
     FakeServer,
     HttpError,
-    SEND_TIME,
     OpenAIRenderer,
     Scenario,
     Scenarios,
@@ -161,9 +161,7 @@ async def test_send_time_placeholders_carry_when_each_chunk_was_written(
         body = b"".join([piece async for piece in response.aiter_raw()])
     after = time.monotonic()
     texts = [
-        event["choices"][0]["delta"].get("content")
-        for event in events_of(body)
-        if event["choices"]
+        event["choices"][0]["delta"].get("content") for event in events_of(body) if event["choices"]
     ]
     stamps = [float(text) for text in texts if text]
     assert len(stamps) == 4 and all(len(text) == 16 for text in texts if text)
