@@ -161,3 +161,6 @@ async def test_the_page_streams_an_answer_shows_usage_and_its_stop_button_stops(
     ws_origin = "ws" + origin.removeprefix("http")
     assert result["requests"]
     assert all(url.startswith((origin + "/", ws_origin + "/")) for url in result["requests"])
+    # The token went as a subprotocol, not in the WebSocket URL (which servers log).
+    sockets = [url for url in result["requests"] if url.startswith(ws_origin)]
+    assert sockets and all(TOKEN not in url for url in sockets)

@@ -146,19 +146,29 @@
   }
 
   // -- the connection -----------------------------------------------------------------------
+  // The token travels as a "bearer.<token>" subprotocol, which stays out of server logs;
+  // one with characters a subprotocol cannot hold goes in the query instead.
+  const SUBPROTOCOL_CHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
   function endpoint() {
     const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
     const base = new URL("ws", window.location.href);
     let url = scheme + "//" + base.host + base.pathname;
-    if (token) url += "?token=" + encodeURIComponent(token);
+    if (token && !SUBPROTOCOL_CHARS.test(token)) url += "?token=" + encodeURIComponent(token);
     return url;
+  }
+
+  function subprotocols() {
+    const offered = ["llm-invocation.v1"];
+    if (token && SUBPROTOCOL_CHARS.test(token)) offered.push("bearer." + token);
+    return offered;
   }
 
   function connect() {
     setStatus("connecting", "connecting…");
     let ws;
     try {
-      ws = new WebSocket(endpoint(), ["llm-invocation.v1"]);
+      ws = new WebSocket(endpoint(), subprotocols());
     } catch (error) {
       setStatus("closed", "cannot connect: " + error.message);
       return;
