@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -280,6 +281,8 @@ async def _usage(args: argparse.Namespace, config: Config, out: TextIO, err: Tex
         raise ConfigurationError(
             "no ledger to read: pass --ledger FILE or set ledger_path in the configuration"
         )
+    if not await trio.Path(path).exists():  # reading a report must not create an empty ledger
+        raise ConfigurationError(f"no ledger at {os.fspath(path)!r}")
     group_by = tuple(part.strip() for part in args.group_by.split(",") if part.strip())
     async with open_ledger(path) as ledger:
         report = await ledger.report(group_by=group_by)

@@ -127,6 +127,15 @@ def test_usage_without_a_ledger_is_a_one_line_error() -> None:
     assert "Traceback" not in err
 
 
+def test_usage_of_a_missing_ledger_file_is_an_error_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.sqlite3"
+    code, out, err = run("usage", "--ledger", str(missing))
+    assert code == 1
+    assert out == ""
+    assert err.startswith("error: no ledger at ") and "typo.sqlite3" in err
+    assert not missing.exists()
+
+
 def test_config_check_prints_the_effective_config_with_keys_masked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
