@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -671,6 +672,91 @@ async def test_a_client_that_stops_reading_gets_its_invocation_cancelled_not_buf
         assert isinstance(end, ErrorFrame)
         assert end.code == "overloaded"
         assert end.details == {"reason": "slow_consumer"}
+        assert 0 < len(text) < 4_000_000
+        assert await statuses(client) == {"cancelled": 1}
+
+
+def ws_frames_until_end(ws: Any, id: str) -> tuple[str, ServerFrame]:
+    """Read with the websockets library until ``id`` ends: its text and terminal frame."""
+    text: list[str] = []
+    while True:
+        for frame in decode_server_message(ws.recv(timeout=10)):
+            match frame:
+                case ChunkFrame(id=frame_id, chunk=chunk) if frame_id == id:
+                    text.append(chunk.text)
+                case ChunksFrame(id=frame_id, chunks=chunks) if frame_id == id:
+                    text.extend(c.text for c in chunks)
+                case DoneFrame(id=frame_id) | ErrorFrame(id=frame_id) if frame_id == id:
+                    return "".join(text), frame
+                case _:
+                    pass
+
+
+async def test_the_websockets_library_cancels_survives_bad_frames_and_disconnects() -> None:
+    async with front_running(ws={"max_message_size": 1000}) as (client, front):
+        url = front.ws_url
+        results: dict[str, Any] = {}
+
+        def talk() -> None:
+            with ws_connect(url, open_timeout=10) as ws:
+                # cancel
+                ws.send(msgspec.json.encode(invoke("c", "slow")).decode())
+                ws.recv(timeout=10)  # it has started streaming
+                ws.send('{"type": "cancel", "id": "c"}')
+                results["cancel"] = ws_frames_until_end(ws, "c")
+                # malformed, then oversized: an error each, and the connection lives on
+                ws.send("not json at all")
+                results["malformed"] = decode_server_message(ws.recv(timeout=10))
+                ws.send(msgspec.json.encode(invoke("big", prompt="z" * 2000)).decode())
+                results["oversized"] = decode_server_message(ws.recv(timeout=10))
+                ws.send(msgspec.json.encode(invoke("ok")).decode())
+                results["after"] = ws_frames_until_end(ws, "ok")
+                # a disconnect mid-stream
+                ws.send(msgspec.json.encode(invoke("gone", "endless")).decode())
+                ws.recv(timeout=10)
+            # Leaving the block closed the connection with "gone" still streaming.
+
+        await trio.to_thread.run_sync(talk)
+        text, end = results["cancel"]
+        assert isinstance(end, ErrorFrame) and end.code == "canceled" and end.usage is not None
+        assert len(text) < len(SLOW_TEXT)
+        [malformed] = results["malformed"]
+        assert isinstance(malformed, ErrorFrame) and malformed.code == "protocol_error"
+        [oversized] = results["oversized"]
+        assert isinstance(oversized, ErrorFrame) and oversized.code == "protocol_error"
+        assert isinstance(results["after"][1], DoneFrame)
+        await eventually(lambda: front.statistics().invocations == 0)
+        assert await statuses(client) == {"cancelled": 2, "ok": 1}
+        assert front.statistics().protocol_errors == 2
+
+
+async def test_the_websockets_library_client_that_stops_reading_is_cut_off() -> None:
+    many = Scenario(text="w" * 4_000_000, chunk_chars=2000)
+    limits = {"max_queued_frames": 64, "max_queued_bytes": 256 << 10}
+    async with front_running(slow_consumer_timeout=0.2, **limits) as (client, front):
+        client.scenarios.add("many", many)
+        url = front.ws_url
+        given_up = threading.Event()
+
+        def talk() -> tuple[str, ServerFrame]:
+            # max_queue=1: the library stops reading the socket once a message waits.
+            with ws_connect(url, open_timeout=10, max_queue=1) as ws:
+                ws.send(msgspec.json.encode(invoke("s", "many")).decode())
+                assert given_up.wait(30), "the front never gave up on the client"
+                return ws_frames_until_end(ws, "s")
+
+        async with trio.open_nursery() as nursery:
+            outcome: list[tuple[str, ServerFrame]] = []
+
+            async def client_side() -> None:
+                outcome.append(await trio.to_thread.run_sync(talk))
+
+            nursery.start_soon(client_side)
+            await eventually(lambda: front.statistics().slow_client_cancellations == 1, 30)
+            given_up.set()
+        [(text, end)] = outcome
+        assert isinstance(end, ErrorFrame)
+        assert end.code == "overloaded" and end.details == {"reason": "slow_consumer"}
         assert 0 < len(text) < 4_000_000
         assert await statuses(client) == {"cancelled": 1}
 
