@@ -299,14 +299,31 @@ async def _serve(args: argparse.Namespace, config: Config, out: TextIO, err: Tex
         host=args.host if args.host is not None else ws.host,
         port=args.port if args.port is not None else ws.port,
     )
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(serve_forever, config, settings, out=out))
-            async for signum in signals:
-                err.write(f"{signal.Signals(signum).name}: shutting down\n")
-                nursery.cancel_scope.cancel()  # connections close with 1001
-                break
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(serve_forever, config, settings, out=out))
+                async for signum in signals:
+                    err.write(f"{signal.Signals(signum).name}: shutting down\n")
+                    nursery.cancel_scope.cancel()  # connections close with 1001
+                    break
+    except BaseExceptionGroup as group:
+        raise _lone(group) from None
     return 0
+
+
+def _lone(error: BaseException) -> BaseException:
+    """The one exception a group (of groups) of one holds; else the error itself.
+
+    A nursery wraps what its tasks raise: an error that stopped ``serve`` (a port in use, a
+    bad configuration) comes out as itself, so it prints as one line.
+    """
+    if isinstance(error, BaseExceptionGroup):
+        group: BaseExceptionGroup[BaseException] = error  # pyright: ignore[reportUnknownVariableType]
+        if len(group.exceptions) == 1:
+            return _lone(group.exceptions[0])
+        return group
+    return error
 
 
 def _config_check(config: Config, out: TextIO) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -196,6 +198,18 @@ def test_unknown_commands_exit_with_usage_status() -> None:
     with pytest.raises(SystemExit) as info:
         run("fly")
     assert info.value.code == 2
+
+
+def test_serve_on_a_port_in_use_is_a_one_line_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run("serve", "--port", str(port))
+    assert code == 1
+    assert out == ""
+    assert f"error: [Errno {errno.EADDRINUSE}] cannot listen on 127.0.0.1:{port}" in err
+    assert "Traceback" not in err and err.count("error:") == 1
 
 
 def test_serve_runs_the_front_and_shuts_down_cleanly_on_sigterm() -> None:

@@ -367,7 +367,11 @@ class WebSocketFront:
         try:
             self._static = await trio.to_thread.run_sync(load_static, self._static_dir)
             config = self._config
-            listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+            try:
+                listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+            except OSError as exc:
+                where = f"{config.host}:{config.port}"
+                raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from exc
             port: int = listeners[0].socket.getsockname()[1]
             self._port = port
             if self._tokens.open:
