@@ -34,6 +34,7 @@ import trio
 
 from .config import Config
 from .errors import ConfigurationError, LLMError
+from .store.ledger import LedgerError
 
 __all__ = ["main"]
 
@@ -408,8 +409,9 @@ def main(
 ) -> int:
     """Run the command line; returns the process exit status.
 
-    Every `LLMError` (configuration included) prints as one line on stderr with status 1;
-    a keyboard interrupt exits with 130. Tracebacks only with ``--verbose``.
+    Every `LLMError` (configuration included), an unreadable ledger and an operating-system
+    error print as one line on stderr with status 1; a keyboard interrupt exits with 130.
+    Tracebacks only with ``--verbose``.
     """
     out = out if out is not None else cast("TextIO", sys.stdout)
     err = err if err is not None else cast("TextIO", sys.stderr)
@@ -425,7 +427,7 @@ def main(
     except KeyboardInterrupt:
         err.write("interrupted\n")
         return EXIT_INTERRUPTED
-    except OSError as error:
+    except (OSError, LedgerError) as error:
         if args.verbose:
             raise
         err.write(f"error: {error}\n")

@@ -138,6 +138,17 @@ def test_usage_of_a_missing_ledger_file_is_an_error_and_creates_nothing(tmp_path
     assert not missing.exists()
 
 
+def test_usage_of_a_file_that_is_not_a_ledger_is_a_one_line_error(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("these are not the rows you are looking for\n" * 100)
+    code, out, err = run("usage", "--ledger", str(notes))
+    assert code == 1
+    assert out == ""
+    assert err.startswith("error: could not open the usage ledger") and "not a database" in err
+    assert len(err.splitlines()) == 1
+    assert notes.read_text().startswith("these are not")  # left as it was
+
+
 def test_config_check_prints_the_effective_config_with_keys_masked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
