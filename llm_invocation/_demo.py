@@ -107,9 +107,10 @@ async def _fan_out(
     usage = Usage()
     errors: dict[str, int] = {}
     finished = 0
+    live_line_open = True  # progress waits: a progress bar would overwrite the live line
 
     async def one(index: int) -> None:
-        nonlocal ok, failed, chunks, usage, finished
+        nonlocal ok, failed, chunks, usage, finished, live_line_open
         request = Request(
             model=model_for(index),
             messages=[
@@ -118,17 +119,17 @@ async def _fan_out(
             ],
         )
         live = index == 0
+        live_header = False
         try:
             async with client.invoke(request) as stream:
                 if live:
                     out.write(f"live [{stream.provider}] > ")
+                    live_header = True
                 async for chunk in stream:
                     chunks += 1
                     if live and chunk.text:
                         out.write(chunk.text)
                         out.flush()
-                if live:
-                    out.write("\n")
                 response = stream.response
         except LLMError as error:
             failed += 1
@@ -139,7 +140,12 @@ async def _fan_out(
                 usage = usage + response.usage
         finally:
             finished += 1
-            if progress is not None:
+            if live:
+                if live_header:
+                    out.write("\n")
+                    out.flush()
+                live_line_open = False
+            if progress is not None and not live_line_open:
                 progress(finished, calls)
 
     async with trio.open_nursery() as nursery:

@@ -49,6 +49,24 @@ async def test_the_main_demo_fans_out_through_the_fake_server_and_recovers_failu
     assert "clean shutdown" in text
 
 
+async def test_progress_waits_until_the_live_line_is_finished() -> None:
+    """On a terminal the progress bar rewrites its line: it must not overwrite the live one."""
+    out = io.StringIO()
+    reports: list[tuple[int, int, str]] = []
+
+    def progress(done: int, total: int) -> None:
+        reports.append((done, total, out.getvalue()))
+
+    summary = await run_demo(out, calls=40, offline=True, progress=progress)
+    assert summary.succeeded == 40
+    assert reports, "progress was never reported"
+    for _, _, written in reports:
+        live_line = written[written.index("live [") :]
+        assert "\n" in live_line, "progress reported while the live line was open"
+    assert reports[-1][:2] == (40, 40)
+    assert [done for done, _, _ in reports] == sorted(done for done, _, _ in reports)
+
+
 def test_make_demo_command_runs_offline_without_keys() -> None:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     done = subprocess.run(
