@@ -41,7 +41,7 @@ BUDGETS = [
 
 async def rate(n: int, tasks: int) -> Callable[[RateStore], Awaitable[float]]:
     async def run(store: RateStore) -> float:
-        per_task = n // tasks
+        per_task = max(1, n // tasks)
 
         async def worker() -> None:
             for _ in range(per_task):
@@ -59,7 +59,7 @@ async def rate(n: int, tasks: int) -> Callable[[RateStore], Awaitable[float]]:
 
 
 async def budgets(n: int, tasks: int, store: BudgetStore) -> float:
-    per_task = n // tasks
+    per_task = max(1, n // tasks)
 
     async def worker() -> None:
         for _ in range(per_task):
@@ -90,7 +90,7 @@ async def governor(n: int, tasks: int, store: RateStore) -> float:
     )
     async with open_runtime(spec) as runtime:
         gov = runtime.ref("gov", Governor)
-        per_task = n // tasks
+        per_task = max(1, n // tasks)
 
         async def worker() -> None:
             for _ in range(per_task):
