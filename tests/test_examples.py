@@ -53,3 +53,31 @@ def test_the_example_runs_offline(name: str) -> None:
 def test_every_example_is_tested() -> None:
     present = {p.name for p in EXAMPLES.glob("*.py")}
     assert present == set(EXPECTED)
+
+
+def readme_programs() -> list[str]:
+    """The README's Python blocks that are whole programs (they end by running ``main``)."""
+    text = (EXAMPLES.parent / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    return [block for block in blocks if "trio.run(main)" in block]
+
+
+def test_the_readme_has_programs_to_run() -> None:
+    assert len(readme_programs()) >= 2
+
+
+@pytest.mark.parametrize("source", readme_programs(), ids=lambda _: "program")
+def test_the_readme_program_runs_offline(source: str, tmp_path: Path) -> None:
+    program = tmp_path / "readme_program.py"
+    program.write_text(source)
+    done = subprocess.run(
+        [sys.executable, str(program)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=offline_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip(), "the program printed nothing"
+    assert "Traceback" not in done.stderr
