@@ -2,6 +2,8 @@
 
 One coredis client (one connection pool) per `Connection`, the key names, and the one
 boundary where coredis, anyio and socket errors become `StoreUnavailable`: `Connection.run`.
+`RedisUser` is what every Redis-backed store and cache shares: its connection, whether it
+owns it, open and close.
 coredis is imported when a connection opens, never before, so importing the package stays
 cheap without Redis.
 
@@ -15,8 +17,9 @@ from __future__ import annotations
 import math
 import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, cast, final
 
 import trio
 
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
     import coredis
     from coredis.commands.script import Script
 
-__all__ = ["Connection", "hash_tagged"]
+__all__ = ["Connection", "RedisUser", "hash_tagged"]
 
 T = TypeVar("T")
 
@@ -251,3 +254,82 @@ class Connection:
     def ms(self, seconds: float) -> int:
         """Whole milliseconds for a TTL, at least one."""
         return max(1, math.ceil(seconds * 1000))
+
+
+class RedisUser:
+    """A user of a `Connection`: its own (opened by ``async with``) or shared, and closable.
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) or
+            ``unix://``. The password never appears in reprs or error messages.
+        prefix: the start of every key.
+        timeout: seconds an operation may take before it raises `StoreUnavailable`.
+
+    Raises:
+        ValueError: the URL is not a Redis URL, the prefix is empty or the timeout is not
+            positive.
+    """
+
+    _conn: Connection
+    _owns: bool
+    _closed: bool
+    _cm: AbstractAsyncContextManager[Connection] | None
+
+    def __init__(self, url: str, *, prefix: str = "llm:", timeout: float = 1.0) -> None:
+        self._setup(Connection(url, prefix=prefix, timeout=timeout), owns=True)
+
+    @classmethod
+    def _on(cls, connection: Connection) -> Self:
+        """A user of ``connection``, which its opener opens and closes."""
+        user = cls.__new__(cls)
+        user._setup(connection, owns=False)
+        return user
+
+    def _setup(self, connection: Connection, *, owns: bool) -> None:
+        self._conn = connection
+        self._owns = owns
+        self._closed = False
+        self._cm = None
+        connection.acquire_user()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._conn.location!r}, prefix={self._conn.prefix!r})"
+
+    async def __aenter__(self) -> Self:
+        """Open this user's own connection pool.
+
+        Raises:
+            RuntimeError: the connection is shared (its opener opens it), or was opened before.
+        """
+        if not self._owns:
+            raise RuntimeError(f"{self!r} shares a connection opened by open_redis_stores")
+        cm = self._conn.open()
+        await cm.__aenter__()
+        self._cm = cm
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self._close()
+        cm, self._cm = self._cm, None
+        if cm is None:
+            return None
+        return await cm.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """Stop using the connection; its pool closes when no user is left."""
+        self._close()
+        await trio.lowlevel.checkpoint()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._conn.release_user()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable(f"{self!r} is closed")

@@ -16,16 +16,13 @@ import abc
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from types import TracebackType
-from typing import Any, Final, Self, final
+from typing import Any, Final, final
 
 import msgspec
 import trio
 
 from ..types import Request
-from ._base import StoreUnavailable
-from ._redis_conn import Connection
+from ._redis_conn import RedisUser
 
 __all__ = ["MemoryResponseCache", "RedisResponseCache", "ResponseCache", "cache_key"]
 
@@ -137,7 +134,7 @@ class MemoryResponseCache(ResponseCache):
 
 
 @final
-class RedisResponseCache(ResponseCache):
+class RedisResponseCache(RedisUser, ResponseCache):
     """Responses in Redis (``SET key value PX ttl``), shared by every process using it.
 
     Use it as ``async with RedisResponseCache(url) as cache:`` (entered and left by the same
@@ -154,44 +151,8 @@ class RedisResponseCache(ResponseCache):
             positive.
     """
 
-    def __init__(self, url: str, *, prefix: str = "llm:", timeout: float = 1.0) -> None:
-        self._conn = Connection(url, prefix=prefix, timeout=timeout)
-        self._cm: AbstractAsyncContextManager[Connection] | None = None
-        self._closed = False
-        self._conn.acquire_user()
-
-    def __repr__(self) -> str:
-        return f"RedisResponseCache({self._conn.location!r}, prefix={self._conn.prefix!r})"
-
-    async def __aenter__(self) -> Self:
-        cm = self._conn.open()
-        await cm.__aenter__()
-        self._cm = cm
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        self._close()
-        cm, self._cm = self._cm, None
-        if cm is None:
-            return None
-        return await cm.__aexit__(exc_type, exc, tb)
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._conn.release_user()
-
     def _key(self, key: str) -> str:
         return f"{self._conn.prefix}cache:{key}"
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreUnavailable(f"{self!r} is closed")
 
     async def get(self, key: str) -> bytes | None:
         """The value stored under ``key``, or None when absent or expired.
@@ -217,8 +178,3 @@ class RedisResponseCache(ResponseCache):
             return
         px = self._conn.ms(ttl)
         await self._conn.run("cache set", lambda client: client.set(name, value, px=px))
-
-    async def aclose(self) -> None:
-        """Stop using the cache; its connections close."""
-        self._close()
-        await trio.lowlevel.checkpoint()

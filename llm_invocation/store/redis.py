@@ -80,10 +80,9 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import AsyncGenerator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from decimal import Decimal
-from types import TracebackType
-from typing import Any, Final, Self, final
+from typing import Any, Final, final
 
 import trio
 
@@ -96,13 +95,12 @@ from ._base import (
     RateLimit,
     RateObservation,
     RateStore,
-    StoreUnavailable,
     bucket_width,
     from_nanos,
     period_id,
     to_nanos,
 )
-from ._redis_conn import Connection
+from ._redis_conn import Connection, RedisUser
 
 __all__ = ["RedisBudgetStore", "RedisRateStore", "open_redis_stores"]
 
@@ -123,62 +121,12 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class _RedisStore:
-    """What both stores share: the connection, ownership, open and close."""
-
-    _conn: Connection
-    _owns: bool
-    _closed: bool
-    _cm: AbstractAsyncContextManager[Connection] | None
-
-    def _setup(self, connection: Connection, *, owns: bool) -> None:
-        self._conn = connection
-        self._owns = owns
-        self._closed = False
-        self._cm = None
-        connection.acquire_user()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._conn.location!r}, prefix={self._conn.prefix!r})"
-
-    async def __aenter__(self) -> Self:
-        """Open this store's own connection pool.
-
-        Raises:
-            RuntimeError: the store came from `open_redis_stores` (which opens it), or was
-                opened before.
-        """
-        if not self._owns:
-            raise RuntimeError(f"{self!r} shares a connection opened by open_redis_stores")
-        cm = self._conn.open()
-        await cm.__aenter__()
-        self._cm = cm
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        self._close()
-        cm, self._cm = self._cm, None
-        if cm is None:
-            return None
-        return await cm.__aexit__(exc_type, exc, tb)
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._conn.release_user()
+class _RedisStore(RedisUser):
+    """What both stores share besides the connection: running the Lua scripts."""
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
         self._check_open()
         return await self._conn.script(name, keys, args)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreUnavailable(f"{self!r} is closed")
 
 
 @final
@@ -195,15 +143,6 @@ class RedisRateStore(_RedisStore, RateStore):
         ValueError: the URL is not a Redis URL, the prefix is empty or the timeout is not
             positive.
     """
-
-    def __init__(self, url: str, *, prefix: str = "llm:", timeout: float = 1.0) -> None:
-        self._setup(Connection(url, prefix=prefix, timeout=timeout), owns=True)
-
-    @classmethod
-    def _on(cls, connection: Connection) -> RedisRateStore:
-        store = cls.__new__(cls)
-        store._setup(connection, owns=False)
-        return store
 
     def _keys(self, limit: RateLimit) -> list[str]:
         base = self._conn.base
@@ -318,11 +257,6 @@ class RedisRateStore(_RedisStore, RateStore):
             "blocked_for": float(reply[3]),
         }
 
-    async def aclose(self) -> None:
-        """Stop using the store; the pool's connections close when no store uses them."""
-        self._close()
-        await trio.lowlevel.checkpoint()
-
 
 @final
 class RedisBudgetStore(_RedisStore, BudgetStore):
@@ -341,15 +275,6 @@ class RedisBudgetStore(_RedisStore, BudgetStore):
         ValueError: the URL is not a Redis URL, the prefix is empty or the timeout is not
             positive.
     """
-
-    def __init__(self, url: str, *, prefix: str = "llm:", timeout: float = 1.0) -> None:
-        self._setup(Connection(url, prefix=prefix, timeout=timeout), owns=True)
-
-    @classmethod
-    def _on(cls, connection: Connection) -> RedisBudgetStore:
-        store = cls.__new__(cls)
-        store._setup(connection, owns=False)
-        return store
 
     def _budget(self, budget: Budget) -> tuple[list[str], list[str]]:
         """The three keys and five arguments of one budget, as the scripts take them."""
@@ -499,11 +424,6 @@ class RedisBudgetStore(_RedisStore, BudgetStore):
             for i in range(0, len(flat), 2)
             if int(flat[i + 1]) != 0
         }
-
-    async def aclose(self) -> None:
-        """Stop using the store; the pool's connections close when no store uses them."""
-        self._close()
-        await trio.lowlevel.checkpoint()
 
 
 @asynccontextmanager
