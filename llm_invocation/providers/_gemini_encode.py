@@ -120,7 +120,8 @@ def _image(part: ImagePart) -> dict[str, Any]:
     return {"fileData": {"mimeType": part.media_type or guess_mime_type(url), "fileUri": url}}
 
 
-def _system_parts(message: Message, index: int) -> list[dict[str, Any]]:
+def _text_and_image_parts(message: Message, index: int, *, system: bool) -> list[dict[str, Any]]:
+    """A system or user message's parts (the system instruction takes text only)."""
     content = message.content
     if content is None:
         return []
@@ -132,27 +133,13 @@ def _system_parts(message: Message, index: int) -> list[dict[str, Any]]:
             if part.text:
                 parts.append({"text": part.text})
         elif isinstance(part, ImagePart):
-            raise InvalidRequest(
-                "Gemini's system instruction takes text only, not images",
-                details={"field": f"messages[{index}].content"},
-            )
-    return parts
-
-
-def _user_parts(message: Message) -> list[dict[str, Any]]:
-    content = message.content
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    parts: list[dict[str, Any]] = []
-    for part in content:
-        if isinstance(part, TextPart):
-            if part.text:
-                parts.append({"text": part.text})
-        elif isinstance(part, ImagePart):
+            if system:
+                raise InvalidRequest(
+                    "Gemini's system instruction takes text only, not images",
+                    details={"field": f"messages[{index}].content"},
+                )
             parts.append(_image(part))
-        # a ReasoningPart in a user message has no Gemini equivalent: left out
+        # a ReasoningPart in a system or user message has no Gemini equivalent: left out
     return parts
 
 
@@ -253,11 +240,11 @@ def _contents(request: Request) -> tuple[list[dict[str, Any]], list[dict[str, An
     for index, message in enumerate(request.messages):
         role = message.role
         if role == "system" or role == "developer":
-            system.extend(_system_parts(message, index))
+            system.extend(_text_and_image_parts(message, index, system=True))
             continue
         if role == "user":
             wire_role = "user"
-            parts = _user_parts(message)
+            parts = _text_and_image_parts(message, index, system=False)
         elif role == "assistant":
             wire_role = "model"
             parts = _assistant_parts(message, index, call_names)
