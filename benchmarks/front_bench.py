@@ -48,7 +48,7 @@ from stream_bench import client_config, fake_server
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 import llm_invocation as llm
-from llm_invocation.actors.websocket_front import (
+from llm_invocation.actors.websocket import (
     ChunkFrame,
     ChunksFrame,
     DoneFrame,

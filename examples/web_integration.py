@@ -14,7 +14,7 @@ import httpx
 import trio
 
 import llm_invocation as llm
-from llm_invocation.actors.websocket_front import WebSocketFront
+from llm_invocation.actors.websocket import WebSocketFront
 
 
 async def main(check: bool) -> None:

@@ -14,7 +14,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 import llm_invocation as llm
-from llm_invocation.actors.websocket_front import (
+from llm_invocation.actors.websocket import (
     ChunkFrame,
     ChunksFrame,
     DoneFrame,

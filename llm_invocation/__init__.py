@@ -6,16 +6,6 @@ provider's scenarios and the fake provider server are in `llm_invocation.testing
 """
 
 from ._secrets import Secret as Secret
-from ._stream import DeltaStream as DeltaStream
-from ._stream import InvocationStream as InvocationStream
-from ._toolloop import ToolCallsEvent as ToolCallsEvent
-from ._toolloop import ToolLoopStream as ToolLoopStream
-from ._toolloop import ToolResultsEvent as ToolResultsEvent
-from ._tools_core import Tool as Tool
-from ._tools_core import ToolRegistry as ToolRegistry
-from ._tools_core import ToolResult as ToolResult
-from ._tools_decorator import FunctionTool as FunctionTool
-from ._tools_decorator import tool as tool
 from ._version import __version__ as __version__
 from .actors.accountant import BudgetAlert as BudgetAlert
 from .client import Client as Client
@@ -42,6 +32,16 @@ from .errors import ProviderOverloaded as ProviderOverloaded
 from .errors import RateLimited as RateLimited
 from .errors import StreamingFailed as StreamingFailed
 from .errors import ToolExecutionFailed as ToolExecutionFailed
+from .invocation._stream import DeltaStream as DeltaStream
+from .invocation._stream import InvocationStream as InvocationStream
+from .invocation._toolloop import ToolCallsEvent as ToolCallsEvent
+from .invocation._toolloop import ToolLoopStream as ToolLoopStream
+from .invocation._toolloop import ToolResultsEvent as ToolResultsEvent
+from .tools._core import Tool as Tool
+from .tools._core import ToolRegistry as ToolRegistry
+from .tools._core import ToolResult as ToolResult
+from .tools._decorator import FunctionTool as FunctionTool
+from .tools._decorator import tool as tool
 from .types import ChatRequest as ChatRequest
 from .types import ChatResponse as ChatResponse
 from .types import Choice as Choice

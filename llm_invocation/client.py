@@ -28,19 +28,7 @@ import msgspec
 import trio
 
 from . import tokens
-from ._governance import Admission, Governance
 from ._secrets import Secret
-from ._stream import (
-    DeltaStream,
-    InvocationStream,
-    can_fall_back,
-    chat_delta,
-    chat_error,
-    completion_delta,
-    translate_actor_error,
-)
-from ._toolloop import ToolLoopStream
-from ._tools_core import Tool, ToolRegistry, ToolResult
 from .actors.accountant import Accountant, AlertCallback, BudgetLevels, GetReport
 from .actors.governor import Governor, Observe, RateLimitSettings
 from .actors.provider_session import (
@@ -57,6 +45,17 @@ from .actors.provider_session import (
 from .actors.tools import ExecuteTools, ToolExecutor
 from .config import Config, CostConfig, MCPServerConfig, ProviderConfig, RateLimitConfig
 from .errors import ConfigurationError, InvocationTimeout, LLMError, ProviderNotFound
+from .invocation._governance import Admission, Governance
+from .invocation._stream import (
+    DeltaStream,
+    InvocationStream,
+    can_fall_back,
+    chat_delta,
+    chat_error,
+    completion_delta,
+    translate_actor_error,
+)
+from .invocation._toolloop import ToolLoopStream
 from .providers._base import ProviderCodec
 from .providers._registry import ProviderRegistry, make_codec
 from .runtime import (
@@ -79,6 +78,7 @@ from .store._base import (
     StoreUnavailable,
 )
 from .store.memory import MemoryBudgetStore, MemoryRateStore
+from .tools._core import Tool, ToolRegistry, ToolResult
 from .types import (
     ChatRequest,
     ChatResponse,

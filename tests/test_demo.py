@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from llm_invocation._demo import run_demo
-from llm_invocation._demo_runtime import run_runtime_demo
+from llm_invocation.cli._demo import run_demo
+from llm_invocation.cli._demo_runtime import run_runtime_demo
 
 
 def test_the_runtime_demo_shows_a_crash_a_restart_and_a_clean_shutdown() -> None:

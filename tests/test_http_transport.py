@@ -28,7 +28,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_invocation.actors._http import (
+from llm_invocation.http._transport import (
     _CHUNKED,
     FastHTTPTransport,
     ResponseBody,

@@ -21,8 +21,6 @@ import msgspec
 import pytest
 import trio
 
-from llm_invocation._tools_core import Tool, ToolRegistry, ToolResult
-from llm_invocation.actors._mcp_session import _to_result
 from llm_invocation.actors.mcp import (
     MCP_BACKOFF,
     CallTool,
@@ -35,9 +33,11 @@ from llm_invocation.actors.mcp import (
     mcp_child_spec,
     mcp_supervisor_spec,
 )
+from llm_invocation.actors.mcp._session import _to_result
 from llm_invocation.config import MCPServerConfig
 from llm_invocation.errors import ToolExecutionFailed
 from llm_invocation.runtime import Runtime, open_runtime
+from llm_invocation.tools._core import Tool, ToolRegistry, ToolResult
 
 pytestmark = [
     # The SDK's streamable HTTP client returns from inside `async for` over the SSE body of

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 import llm_invocation as llm
-from llm_invocation.actors._pool import HttpPool
+from llm_invocation.http._pool import HttpPool
 from llm_invocation.testing import (
     Disconnect,
     ErrorEvent,

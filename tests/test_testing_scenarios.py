@@ -23,6 +23,7 @@ from llm_invocation import types as T
 from llm_invocation.errors import RateLimited
 from llm_invocation.providers._base import HttpRequest, ProviderCodec
 from llm_invocation.providers._sse import SSEEvent, SSEParser
+from llm_invocation.providers.mock import MAX_RECORDED, FakeProvider, Reply
 from llm_invocation.testing import (
     AnthropicRenderer,
     Disconnect,
@@ -42,7 +43,6 @@ from llm_invocation.testing import (
     renderer_for,
     tokens_per_second,
 )
-from llm_invocation.testing._transport import MAX_RECORDED, FakeProvider, Reply
 
 OPENAI_CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hello there"}]}
 OPENAI_STREAM = {**OPENAI_CHAT, "stream": True}

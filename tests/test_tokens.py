@@ -21,7 +21,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_invocation import _tokens_chat, _tokens_encodings, tokens
+from llm_invocation import tokens
 from llm_invocation.errors import ConfigurationError, ProviderError
 from llm_invocation.tokens import (
     DEFAULT_MAX_COMPLETION_TOKENS,
@@ -38,6 +38,9 @@ from llm_invocation.tokens import (
     openai_image_tokens,
     render_tools,
 )
+from llm_invocation.tokens import _chat as _tokens_chat
+from llm_invocation.tokens import _count as tokens_count
+from llm_invocation.tokens import _encodings as _tokens_encodings
 from llm_invocation.types import (
     ImagePart,
     Message,
@@ -733,7 +736,7 @@ async def test_large_requests_are_counted_in_a_worker_thread(
         threads.append(threading.current_thread().name)
         return real_estimate(request, provider=provider)
 
-    monkeypatch.setattr(tokens, "estimate", spy)
+    monkeypatch.setattr(tokens_count, "estimate", spy)
     line = "The lighthouse keeper counted ships, 1234 of them, under a violet sky.\n"
     big = line * (200 * 1024 // len(line) + 1)
     request = _request(user(big))
@@ -815,7 +818,7 @@ def test_stream_counter_is_exact_however_the_text_is_split(
 ) -> None:
     text = "\n".join(lines)
     counter = StreamTokenCounter("gpt-4o")
-    counter._text[0] = tokens._Pieces("o200k_base", flush_at=16)  # exercise the safe cuts
+    counter._text[0] = tokens_count._Pieces("o200k_base", flush_at=16)  # exercise the safe cuts
     pos = 0
     i = 0
     while pos < len(text):
@@ -849,5 +852,5 @@ def test_long_streams_are_counted_incrementally_and_exactly() -> None:
     for i in range(0, len(text), 50):
         counter.add(StreamChunk(text=text[i : i + 50]))
         pieces = counter._text[0]
-        assert pieces.pending_size < tokens._Pieces.FLUSH_AT + 50
+        assert pieces.pending_size < tokens_count._Pieces.FLUSH_AT + 50
     assert counter.completion_tokens == count_text(text, model="gpt-4")

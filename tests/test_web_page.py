@@ -17,7 +17,7 @@ import pytest
 import trio
 
 import llm_invocation as llm
-from llm_invocation.actors.websocket_front import WebSocketFront
+from llm_invocation.actors.websocket import WebSocketFront
 from llm_invocation.config import WebSocketConfig
 from llm_invocation.testing import Scenario, Scenarios
 

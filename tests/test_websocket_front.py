@@ -24,7 +24,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 import llm_invocation as llm
-from llm_invocation.actors.websocket_front import (
+from llm_invocation.actors.websocket import (
     ChunkFrame,
     ChunksFrame,
     DoneFrame,

@@ -37,11 +37,11 @@ from ..errors import (
     RateLimited,
     error_from_info,
 )
+from ..http._pool import HttpPool, PoolStatistics, translate_http_error
+from ..http._transport import ResponseBody as FastBody
 from ..providers._base import HttpRequest, ProviderCodec, RateLimitInfo
 from ..runtime import Actor, Call, Context, Stream
 from ..types import ModelInfo, Request, Response, StreamChunk, user
-from ._http import ResponseBody as FastBody
-from ._pool import HttpPool, PoolStatistics, translate_http_error
 from ._resilience import CircuitBreaker, KeyRing, backoff_delay, counts_against_breaker
 
 __all__ = [

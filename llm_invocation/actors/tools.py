@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any, Final, cast, final
 import msgspec
 import trio
 
-from .._sandbox import SandboxLimits
 from .._secrets import redact
-from .._tools_core import (
+from ..errors import InvalidRequest, ToolExecutionFailed
+from ..runtime import Actor, Call, Context
+from ..tools._core import (
     Tool,
     ToolContext,
     ToolRegistry,
@@ -36,9 +37,8 @@ from .._tools_core import (
     error_result,
     to_result,
 )
-from .._tools_decorator import FunctionTool
-from ..errors import InvalidRequest, ToolExecutionFailed
-from ..runtime import Actor, Call, Context
+from ..tools._decorator import FunctionTool
+from ..tools._sandbox import SandboxLimits
 from ..types import ToolCall
 
 if TYPE_CHECKING:

@@ -15,31 +15,31 @@ produce the exact bytes of each wire format for codec tests; ``python -m
 llm_invocation.testing.fake_server`` runs the server in its own process for benchmarks.
 """
 
-from ._render import Event as Event
-from ._render import Renderer as Renderer
-from ._render import WireFormat as WireFormat
-from ._render_anthropic import AnthropicRenderer as AnthropicRenderer
-from ._render_gemini import GeminiRenderer as GeminiRenderer
-from ._render_openai import OpenAIRenderer as OpenAIRenderer
-from ._scenario import Disconnect as Disconnect
-from ._scenario import ErrorEvent as ErrorEvent
-from ._scenario import Failure as Failure
-from ._scenario import HttpError as HttpError
-from ._scenario import Malformed as Malformed
-from ._scenario import Scenario as Scenario
-from ._scenario import Scenarios as Scenarios
-from ._scenario import ScriptedToolCall as ScriptedToolCall
-from ._scenario import ScriptedUsage as ScriptedUsage
-from ._scenario import Stall as Stall
-from ._scenario import tokens_per_second as tokens_per_second
+from ..providers.mock import AnthropicRenderer as AnthropicRenderer
+from ..providers.mock import Disconnect as Disconnect
+from ..providers.mock import ErrorEvent as ErrorEvent
+from ..providers.mock import Event as Event
+from ..providers.mock import Failure as Failure
+from ..providers.mock import GeminiRenderer as GeminiRenderer
+from ..providers.mock import HttpError as HttpError
+from ..providers.mock import Malformed as Malformed
+from ..providers.mock import MockTransport as MockTransport
+from ..providers.mock import OpenAIRenderer as OpenAIRenderer
+from ..providers.mock import RecordedRequest as RecordedRequest
+from ..providers.mock import Renderer as Renderer
+from ..providers.mock import Scenario as Scenario
+from ..providers.mock import Scenarios as Scenarios
+from ..providers.mock import ScriptedToolCall as ScriptedToolCall
+from ..providers.mock import ScriptedUsage as ScriptedUsage
+from ..providers.mock import Stall as Stall
+from ..providers.mock import WireFormat as WireFormat
+from ..providers.mock import renderer_for as renderer_for
+from ..providers.mock import tokens_per_second as tokens_per_second
 from ._server import SEND_TIME as SEND_TIME
 from ._server import FakeServer as FakeServer
 from ._server import ServerStatistics as ServerStatistics
 from ._server import open_fake_server as open_fake_server
 from ._server import serve_fake_server as serve_fake_server
-from ._transport import MockTransport as MockTransport
-from ._transport import RecordedRequest as RecordedRequest
-from ._transport import renderer_for as renderer_for
 
 __all__ = [
     "SEND_TIME",

@@ -49,9 +49,7 @@ from typing import Final, NoReturn, final
 import msgspec
 import trio
 
-from ._render import WireFormat
-from ._scenario import Scenarios, Stall
-from ._transport import FakeProvider, RecordedRequest, Reply
+from ..providers.mock import FakeProvider, RecordedRequest, Reply, Scenarios, Stall, WireFormat
 
 __all__ = ["SEND_TIME", "FakeServer", "ServerStatistics", "open_fake_server", "serve_fake_server"]
 

@@ -24,7 +24,7 @@ from functools import partial
 
 import trio
 
-from ._scenario import Scenario, Scenarios
+from ..providers.mock import Scenario, Scenarios
 from ._server import SEND_TIME, FakeServer, serve_fake_server
 
 __all__ = ["main"]

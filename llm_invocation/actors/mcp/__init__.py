@@ -1,0 +1,35 @@
+"""MCP servers as supervised actors: one `MCPConnection` per server, its tools in the registry."""
+
+from ._manager import MCP_BACKOFF as MCP_BACKOFF
+from ._manager import MCP_MAX_RESTARTS as MCP_MAX_RESTARTS
+from ._manager import MCP_RESTART_WINDOW as MCP_RESTART_WINDOW
+from ._manager import MIN_CONNECT_TIMEOUT as MIN_CONNECT_TIMEOUT
+from ._manager import PING_INTERVAL as PING_INTERVAL
+from ._manager import CallTool as CallTool
+from ._manager import ListServerTools as ListServerTools
+from ._manager import MCPConnection as MCPConnection
+from ._manager import MCPMsg as MCPMsg
+from ._manager import MCPServerInfo as MCPServerInfo
+from ._manager import MCPTool as MCPTool
+from ._manager import ServerInfo as ServerInfo
+from ._manager import local_tool_name as local_tool_name
+from ._manager import mcp_child_spec as mcp_child_spec
+from ._manager import mcp_supervisor_spec as mcp_supervisor_spec
+
+__all__ = [
+    "MCP_BACKOFF",
+    "MCP_MAX_RESTARTS",
+    "MCP_RESTART_WINDOW",
+    "MIN_CONNECT_TIMEOUT",
+    "PING_INTERVAL",
+    "CallTool",
+    "ListServerTools",
+    "MCPConnection",
+    "MCPMsg",
+    "MCPServerInfo",
+    "MCPTool",
+    "ServerInfo",
+    "local_tool_name",
+    "mcp_child_spec",
+    "mcp_supervisor_spec",
+]

@@ -1,0 +1,590 @@
+"""MCP servers as supervised actors: one `MCPConnection` per server, its tools in the registry.
+
+Each connection actor owns one MCP server: its lifespan starts a task that opens the
+transport (a stdio subprocess, streamable HTTP or legacy SSE), performs the handshake, lists
+the server's tools and registers one `MCPTool` per remote tool in the shared `ToolRegistry`,
+named ``<server>__<tool>``. It follows ``notifications/tools/list_changed``. When the
+connection breaks (the server exits or crashes, a network error, unanswered pings) the
+incarnation ends with an error and the ``mcp`` supervisor reconnects with backoff. On every
+exit, crash or stop, the server's tools leave the registry, and a stdio server process is
+stopped (the SDK closes its stdin, then terminates its process group).
+
+::
+
+    spec = mcp_supervisor_spec(config.mcp.servers, registry)
+    async with open_runtime(SupervisorSpec(children=[ChildSpec.supervisor(spec)])) as rt:
+        result = await registry.get("files__read").execute({"path": "README.md"})
+
+The ``mcp`` SDK is imported lazily, in a worker thread, when the first connection starts:
+``import llm_invocation`` stays cheap. Everything the SDK raises is translated in
+``_mcp_session``: a connection failure is `ToolExecutionFailed` with
+``details["reason"] == "mcp_connection_failed"`` (it crashes the incarnation); a call's
+failure is `ToolExecutionFailed` or an error `ToolResult` (see `MCPTool.execute`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import sys
+import time
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, Final, final
+
+import msgspec
+import trio
+
+from ...config import MCPServerConfig
+from ...errors import ToolExecutionFailed
+from ...runtime import (
+    Actor,
+    ActorCrashed,
+    ActorDead,
+    ActorRef,
+    Backoff,
+    Call,
+    ChildSpec,
+    Context,
+    SupervisorSpec,
+)
+from ...tools._core import ToolRegistry, ToolResult
+
+if TYPE_CHECKING:
+    from ._session import RemoteTool, Session
+
+__all__ = [
+    "MCP_BACKOFF",
+    "MCP_MAX_RESTARTS",
+    "MCP_RESTART_WINDOW",
+    "MIN_CONNECT_TIMEOUT",
+    "PING_INTERVAL",
+    "CallTool",
+    "ListServerTools",
+    "MCPConnection",
+    "MCPMsg",
+    "MCPServerInfo",
+    "MCPTool",
+    "ServerInfo",
+    "local_tool_name",
+    "mcp_child_spec",
+    "mcp_supervisor_spec",
+]
+
+log = logging.getLogger("llm_invocation.mcp")
+
+# Restart policy of the ``mcp`` supervisor. A server that keeps failing is retried after
+# 0.2 s, 0.4 s, 0.8 s ... up to 10 s (each delay drawn from [d/2, d]). At that pace one
+# server restarts at most about 17 times a minute, so 100 restarts within 60 s are only
+# reached when several servers fail at once for a long time: a broken MCP server keeps
+# retrying in the background instead of escalating and taking the client down with it.
+# (The supervisor counts the restarts of all its children in one window, and the backoff
+# step follows that count: while one server flaps, another's first restart also waits.)
+MCP_BACKOFF: Final = Backoff(initial=0.2, maximum=10.0, multiplier=2.0, jitter=0.5)
+MCP_MAX_RESTARTS: Final = 100
+MCP_RESTART_WINDOW: Final = 60.0
+# Network servers are pinged this often (seconds) so a dead one is noticed while idle; a
+# stdio server's exit is noticed at once (its stdout ends).
+PING_INTERVAL: Final = 30.0
+# The handshake waits at least this long (seconds), or the server's ``timeout`` when longer:
+# a stdio server starts its process first (``npx`` or ``uvx`` may even install it).
+MIN_CONNECT_TIMEOUT: Final = 30.0
+# Time allowed beyond the connect timeout for a connection actor to start (the first import
+# of the SDK, the subprocess starting).
+_START_MARGIN: Final = 10.0
+
+# How much longer than the server's timeout `MCPTool.execute` waits for an answer.
+_CALL_GRACE: Final = 1.0
+
+_INVALID_CHARS: Final = re.compile(r"[^a-zA-Z0-9_-]")
+_MAX_NAME: Final = 64
+_SESSION_MODULE: Final = "llm_invocation.actors.mcp._session"
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+
+class CallTool(Call[ToolResult], frozen=True, kw_only=True):
+    """Call one of the server's tools; answered with its `ToolResult`.
+
+    Attributes:
+        name: the tool's registered (local) name; it labels the result.
+        arguments: the JSON-able arguments object.
+        call_id: the id of the model's tool call, copied into the result.
+        remote_name: the tool's name on the server; looked up from ``name`` when omitted.
+    """
+
+    name: str
+    arguments: dict[str, Any]
+    call_id: str = ""
+    remote_name: str | None = None
+
+
+class ListServerTools(Call[list[str]], frozen=True, kw_only=True):
+    """The registered names of the server's tools, sorted."""
+
+
+class MCPServerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What `ServerInfo` answers: the server, its connection and this connection's calls.
+
+    Attributes:
+        server: the configured name.
+        transport: ``"stdio"``, ``"http"`` or ``"sse"``.
+        name, version: as the server reported them in its handshake.
+        protocol_version: the MCP protocol version negotiated.
+        tools: how many tools are registered.
+        connected_since: when this connection was made (Unix time, seconds).
+        calls, errors, timeouts: calls made over this connection, those that failed or
+            returned an error, and those that timed out.
+        instructions: the server's usage instructions, if any.
+    """
+
+    server: str
+    transport: str
+    name: str
+    version: str
+    protocol_version: str
+    tools: int
+    connected_since: float
+    calls: int
+    errors: int
+    timeouts: int
+    instructions: str | None = None
+
+
+class ServerInfo(Call[MCPServerInfo], frozen=True, kw_only=True):
+    """Statistics of the connection (see `MCPServerInfo`)."""
+
+
+MCPMsg = CallTool | ListServerTools | ServerInfo
+
+
+# -- tools --------------------------------------------------------------------------------------
+
+
+@final
+class MCPTool:
+    """A tool of an MCP server, as the registry offers it (satisfies `Tool`).
+
+    Made by the connection actor for each remote tool; ``execute`` goes through the actor,
+    so it can be called from any task.
+
+    Attributes:
+        server: the configured name of the MCP server.
+        remote_name: the tool's name on the server.
+    """
+
+    __slots__ = (
+        "_description",
+        "_name",
+        "_parameters",
+        "_ref",
+        "_timeout",
+        "remote_name",
+        "server",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        description: str,
+        parameters: dict[str, Any],
+        server: str,
+        remote_name: str,
+        ref: ActorRef[MCPMsg],
+        timeout: float,
+    ) -> None:
+        self._name = name
+        self._description = description
+        self._parameters = parameters
+        self.server = server
+        self.remote_name = remote_name
+        self._ref = ref
+        self._timeout = timeout
+
+    @property
+    def name(self) -> str:
+        """The registered name: ``<server>__<tool>``, sanitised, maybe with a ``_2`` suffix."""
+        return self._name
+
+    @property
+    def description(self) -> str:
+        return self._description
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The remote tool's ``inputSchema`` (do not modify it)."""
+        return self._parameters
+
+    def __repr__(self) -> str:
+        return f"<MCPTool {self._name!r} ({self.server}:{self.remote_name})>"
+
+    async def execute(self, arguments: dict[str, Any], *, call_id: str = "") -> ToolResult:
+        """Call the remote tool with ``arguments``.
+
+        Errors the tool reports come back as an error `ToolResult`
+        (``error_code="tool_execution_failed"``), so does a call that outlives the server's
+        ``timeout`` (``error_code="timeout"``; it is cancelled at the server). A call made
+        while the server is reconnecting waits for it, up to that timeout (and a little).
+        Cancelling the caller cancels the request at the server.
+
+        Raises:
+            ToolExecutionFailed: the server is not running, the connection broke during the
+                call, or the server answered with a protocol error.
+        """
+        msg = CallTool(
+            name=self._name,
+            arguments=dict(arguments),
+            call_id=call_id,
+            remote_name=self.remote_name,
+        )
+        start = trio.current_time()
+        try:
+            # The handler times the call out after `timeout` (and cancels it at the
+            # server); this bound only catches a call that waited for a reconnection.
+            with trio.move_on_after(self._timeout + _CALL_GRACE):
+                return await self._ref.call(msg)
+        except ActorCrashed as exc:
+            raise ToolExecutionFailed(
+                f"the connection to MCP server {self.server!r} broke during the call of "
+                f"{self.remote_name!r}",
+                details={"server": self.server, "reason": "mcp_connection_failed"},
+                retryable=True,
+            ) from exc
+        except ActorDead as exc:
+            raise ToolExecutionFailed(
+                f"MCP server {self.server!r} is not running",
+                details={"server": self.server, "reason": "mcp_connection_failed"},
+            ) from exc
+        return ToolResult(
+            call_id=call_id,
+            name=self._name,
+            content=f"MCP server {self.server!r} did not answer within "
+            f"{self._timeout + _CALL_GRACE:g}s",
+            is_error=True,
+            error_code="timeout",
+            duration=trio.current_time() - start,
+        )
+
+
+def local_tool_name(server: str, tool: str) -> str:
+    """The registry name of ``tool`` of ``server``: ``<server>__<tool>``.
+
+    Characters outside ``[a-zA-Z0-9_-]`` become ``_`` and the name is cut to 64 characters.
+    """
+    return _INVALID_CHARS.sub("_", f"{server}__{tool}")[:_MAX_NAME]
+
+
+def _suffixed(base: str, n: int) -> str:
+    suffix = f"_{n}"
+    return base[: _MAX_NAME - len(suffix)] + suffix
+
+
+@final
+class _NameLog:
+    """Renames already logged for one server; shared by its incarnations (log them once)."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, str]] = set()
+
+    def renamed(self, server: str, remote: str, local: str) -> None:
+        if (remote, local) in self._seen:
+            return
+        self._seen.add((remote, local))
+        log.warning(
+            "tool %r of MCP server %r is registered as %r: %r is taken",
+            remote,
+            server,
+            local,
+            local_tool_name(server, remote),
+        )
+
+
+# -- the connection actor -----------------------------------------------------------------------
+
+
+@final
+class MCPConnection(Actor[MCPMsg]):
+    """One MCP server: its connection, its tools in the registry, calls to them.
+
+    Calls run concurrently (each is its own JSON-RPC request). Use `mcp_child_spec` to
+    supervise one; a new instance is made for every (re)connection.
+    """
+
+    max_concurrency: ClassVar[int] = 64
+    reply_errors: ClassVar[tuple[type[Exception], ...]] = (ToolExecutionFailed,)
+
+    def __init__(
+        self,
+        server: str,
+        config: MCPServerConfig,
+        registry: ToolRegistry,
+        *,
+        ping_interval: float | None = None,
+        names: _NameLog | None = None,
+    ) -> None:
+        self.server = server
+        self.config = config
+        self.registry = registry
+        self.ping_interval = ping_interval
+        self._names = names or _NameLog()
+        self._ref: ActorRef[MCPMsg] | None = None
+        self._session: Session | None = None
+        self._tools: dict[str, MCPTool] = {}  # local name -> tool
+        self._local: dict[str, str] = {}  # remote name -> local name
+        self._connected_since = 0.0
+        self._calls = 0
+        self._errors = 0
+        self._timeouts = 0
+
+    def lifespan(self, ctx: Context) -> AbstractAsyncContextManager[object]:
+        """Connect and register the tools (see the module); the connection is a task here."""
+        return self._lifespan(ctx)
+
+    @asynccontextmanager
+    async def _lifespan(self, ctx: Context) -> AsyncGenerator[None]:
+        self._ref = ctx.self_ref
+        try:
+            await _load_sdk()
+            from . import _session as _mcp_session
+
+            # The connection lives in its own task: a broken connection raises there, which
+            # ends this incarnation with that error (and the supervisor reconnects).
+            serve = partial(
+                _mcp_session.serve_connection,
+                self.server,
+                self.config,
+                self,
+                connect_timeout=_connect_timeout(self.config),
+                ping_interval=self.ping_interval,
+            )
+            await ctx.nursery.start(serve)
+            yield
+        finally:
+            self.disconnected()
+
+    async def handle(self, msg: MCPMsg, ctx: Context) -> Any:
+        match msg:
+            case CallTool():
+                return await self._call(msg)
+            case ListServerTools():
+                return sorted(self._tools)
+            case ServerInfo():
+                return self._info()
+
+    async def _call(self, msg: CallTool) -> ToolResult:
+        session = self._session
+        if session is None:
+            raise ToolExecutionFailed(
+                f"MCP server {self.server!r} is not connected",
+                details={"server": self.server, "reason": "mcp_connection_failed"},
+            )
+        remote = msg.remote_name or self._remote_name(msg.name)
+        if remote is None:
+            return ToolResult(
+                call_id=msg.call_id,
+                name=msg.name,
+                content=f"MCP server {self.server!r} has no tool {msg.name!r}",
+                is_error=True,
+                error_code="tool_not_found",
+            )
+        self._calls += 1
+        try:
+            result = await session.call_tool(
+                remote,
+                msg.arguments,
+                name=msg.name,
+                call_id=msg.call_id,
+                timeout=self.config.timeout,
+            )
+        except ToolExecutionFailed:
+            self._errors += 1
+            raise
+        if result.error_code == "timeout":
+            self._timeouts += 1
+        elif result.is_error:
+            self._errors += 1
+        return result
+
+    def _remote_name(self, local: str) -> str | None:
+        tool = self._tools.get(local)
+        return tool.remote_name if tool is not None else None
+
+    def _info(self) -> MCPServerInfo:
+        session = self._session
+        return MCPServerInfo(
+            server=self.server,
+            transport=self.config.transport,
+            name=session.server_name if session else "",
+            version=session.server_version if session else "",
+            protocol_version=session.protocol_version if session else "",
+            tools=len(self._tools),
+            connected_since=self._connected_since,
+            calls=self._calls,
+            errors=self._errors,
+            timeouts=self._timeouts,
+            instructions=session.instructions if session else None,
+        )
+
+    # -- the connection's listener (called by _mcp_session.serve_connection) -------------------
+
+    def connected(self, session: Session, tools: list[RemoteTool]) -> None:
+        self._session = session
+        self._connected_since = time.time()
+        self._sync(tools)
+        log.info(
+            "connected to MCP server %r (%s %s, %s): %d tools",
+            self.server,
+            session.server_name,
+            session.server_version,
+            self.config.transport,
+            len(self._tools),
+        )
+
+    def tools_changed(self, tools: list[RemoteTool]) -> None:
+        self._sync(tools)
+        log.info("MCP server %r changed its tools: %d now", self.server, len(self._tools))
+
+    def disconnected(self) -> None:
+        self._session = None
+        for local in list(self._tools):
+            self._unregister(local)
+
+    # -- registry bookkeeping ----------------------------------------------------------------------
+
+    def _sync(self, tools: list[RemoteTool]) -> None:
+        """Make the registry hold exactly ``tools`` for this server."""
+        ref = self._ref
+        assert ref is not None
+        wanted = {tool.name: tool for tool in tools}
+        for remote, local in list(self._local.items()):
+            if remote not in wanted:
+                self._unregister(local)
+        for remote, spec in wanted.items():
+            current = self._tools.get(self._local.get(remote, ""))
+            if (
+                current is not None
+                and current.description == spec.description
+                and current.parameters == spec.parameters
+            ):
+                continue
+            local = current.name if current is not None else self._allocate(remote)
+            tool = MCPTool(
+                name=local,
+                description=spec.description,
+                parameters=spec.parameters,
+                server=self.server,
+                remote_name=remote,
+                ref=ref,
+                timeout=self.config.timeout,
+            )
+            self.registry.register(tool, replace=current is not None)
+            self._tools[local] = tool
+            self._local[remote] = local
+
+    def _allocate(self, remote: str) -> str:
+        base = local_tool_name(self.server, remote)
+        local, n = base, 1
+        while local in self.registry:
+            n += 1
+            local = _suffixed(base, n)
+        if local != base:
+            self._names.renamed(self.server, remote, local)
+        return local
+
+    def _unregister(self, local: str) -> None:
+        tool = self._tools.pop(local, None)
+        if tool is None:
+            return
+        self._local.pop(tool.remote_name, None)
+        if local in self.registry and self.registry.get(local) is tool:
+            self.registry.unregister(local)
+
+
+def _connect_timeout(config: MCPServerConfig) -> float:
+    return max(config.timeout, MIN_CONNECT_TIMEOUT)
+
+
+async def _load_sdk() -> None:
+    """Import the SDK facade, and with it the ``mcp`` SDK, once.
+
+    The import takes about half a second; a worker thread keeps the event loop running.
+    """
+    if _SESSION_MODULE not in sys.modules:
+        await trio.to_thread.run_sync(importlib.import_module, _SESSION_MODULE)
+
+
+# -- supervision --------------------------------------------------------------------------------
+
+
+def mcp_child_spec(
+    server: str,
+    config: MCPServerConfig,
+    registry: ToolRegistry,
+    *,
+    ping_interval: float | None = PING_INTERVAL,
+) -> ChildSpec:
+    """The supervised connection to one MCP server, for an ``mcp`` supervisor.
+
+    The actor is named ``mcp.<server>`` and restarted whenever it ends (``permanent``);
+    ``runtime.start_child(spec, supervisor="mcp")`` adds a server at run time and
+    ``runtime.terminate_child("mcp.<server>", supervisor="mcp")`` removes it. ``enabled`` is
+    not looked at here (`mcp_supervisor_spec` skips disabled servers).
+
+    Args:
+        ping_interval: seconds between pings of an ``http`` or ``sse`` server (None: never).
+            A stdio server is never pinged: its exit is noticed at once.
+
+    Raises:
+        UsageError: ``server`` contains a ``/``.
+    """
+    names = _NameLog()
+    ping = None if config.transport == "stdio" else ping_interval
+
+    def factory() -> MCPConnection:
+        return MCPConnection(server, config, registry, ping_interval=ping, names=names)
+
+    return ChildSpec.actor(
+        f"mcp.{server}",
+        factory,
+        restart="permanent",
+        init_timeout=_connect_timeout(config) + _START_MARGIN,
+    )
+
+
+def mcp_supervisor_spec(
+    servers: Mapping[str, MCPServerConfig],
+    registry: ToolRegistry,
+    *,
+    name: str = "mcp",
+    ping_interval: float | None = PING_INTERVAL,
+) -> SupervisorSpec:
+    """A one_for_one supervisor with a connection per enabled server (disabled are skipped).
+
+    Restarts back off from 0.2 s to 10 s (`MCP_BACKOFF`), and the intensity
+    (`MCP_MAX_RESTARTS` within `MCP_RESTART_WINDOW` seconds) is generous, so a server that
+    keeps failing is retried in the background rather than escalating. A server that cannot
+    be reached when the tree starts fails the start (like any child); add such servers later
+    with `mcp_child_spec` and ``runtime.start_child``.
+
+    Raises:
+        UsageError: a server's name contains a ``/``, or ``name`` is empty or does.
+    """
+    children = [
+        mcp_child_spec(server, config, registry, ping_interval=ping_interval)
+        for server, config in servers.items()
+        if config.enabled
+    ]
+    return SupervisorSpec(
+        name=name,
+        strategy="one_for_one",
+        children=children,
+        max_restarts=MCP_MAX_RESTARTS,
+        within=MCP_RESTART_WINDOW,
+        backoff=MCP_BACKOFF,
+    )

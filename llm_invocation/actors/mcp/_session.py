@@ -1,0 +1,496 @@
+"""The MCP SDK behind a small typed facade: the only module that imports ``mcp``.
+
+`serve_connection` opens one server's transport (a stdio subprocess, streamable HTTP or
+legacy SSE), runs the SDK's ``ClientSession`` over it, performs the handshake, lists the
+tools and then watches the connection until it breaks. `Session` is what the connection
+actor's handlers call tools through.
+
+Errors of the SDK and everything under it (anyio, httpx2, pydantic, OS errors of the
+subprocess) are translated here and nowhere else, at two boundaries:
+
+- the connection (`serve_connection`): any failure to connect, a broken connection or a
+  server that stops answering pings becomes `ToolExecutionFailed` with
+  ``details["reason"] == "mcp_connection_failed"``; it ends the actor's incarnation, so the
+  supervisor reconnects with backoff;
+- a call (`Session.call_tool`): an error the server reports in its result is an error
+  `ToolResult`; a timeout is an error result with ``error_code="timeout"``; anything that
+  went wrong on the way (a protocol error, a broken connection, a result the SDK rejects)
+  raises `ToolExecutionFailed`.
+
+SDK behaviour this module relies on (mcp 2.3, checked under trio):
+
+- the stdio client closes the server's stdin on exit, waits 2 s, then SIGTERMs and SIGKILLs
+  the process group, all shielded and bounded: no orphan survives the client;
+- the stdio client passes only a safe subset of our environment (HOME, PATH, ...) plus the
+  configured ``env`` to the server;
+- when a call is cancelled (the caller gave up, or our timeout fired) the session sends
+  ``notifications/cancelled`` for it (shielded, bounded) before the cancellation propagates;
+- the session never reports a closed connection by itself: a stdio or SSE server's EOF only
+  ends the read stream, so the read stream is relayed here and its end raises; a failed
+  POST of the streamable HTTP client crashes that transport's task group, which comes out
+  of the transport's context; a server that just stops answering is found by pings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Final, NoReturn, Protocol, cast, final
+
+import anyio
+import httpx2
+import mcp_types
+import msgspec
+import trio
+from anyio.streams.memory import MemoryObjectSendStream
+from mcp.client._transport import ReadStream, TransportStreams
+from mcp.client.session import ClientSession, IncomingMessage
+from mcp.client.sse import sse_client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
+
+from ..._version import __version__
+from ...config import MCPServerConfig
+from ...errors import LLMError, ToolExecutionFailed
+from ...tools._core import ToolResult
+from ...types import ImagePart
+
+__all__ = ["ConnectionListener", "RemoteTool", "Session", "serve_connection"]
+
+log = logging.getLogger("llm_invocation.mcp")
+
+# How long a legacy SSE stream may stay silent before it counts as broken (and reconnects).
+SSE_READ_TIMEOUT: Final = 300.0
+# Pages of tools/list followed at most (a server whose cursor never ends cannot hang us).
+MAX_TOOL_PAGES: Final = 100
+
+_CLIENT_INFO: Final = mcp_types.Implementation(name="llm-invocation", version=__version__)
+_JSON: Final = msgspec.json.Encoder()
+
+
+class RemoteTool(msgspec.Struct, frozen=True, kw_only=True):
+    """One tool as the server lists it."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class ConnectionListener(Protocol):
+    """What `serve_connection` tells the connection actor (synchronously, never raising)."""
+
+    def connected(self, session: Session, tools: list[RemoteTool]) -> None: ...
+
+    def tools_changed(self, tools: list[RemoteTool]) -> None: ...
+
+    def disconnected(self) -> None: ...
+
+
+class _ConnectionFailed(Exception):
+    """The connection failed, as its message says; translated at the boundary."""
+
+
+@final
+class _Signals:
+    """Wakes the connection's watcher: the tool list changed, or the session is dead."""
+
+    __slots__ = ("lost", "tools_changed", "wake")
+
+    def __init__(self) -> None:
+        self.wake = trio.Event()
+        self.tools_changed = False
+        self.lost: str | None = None
+
+    def notify_tools_changed(self) -> None:
+        self.tools_changed = True
+        self.wake.set()
+
+    def notify_lost(self, reason: str) -> None:
+        if self.lost is None:
+            self.lost = reason
+        self.wake.set()
+
+
+@final
+class Session:
+    """A connected, initialised MCP session (a typed facade over the SDK's ClientSession).
+
+    Safe to use from many tasks at once: each call is its own JSON-RPC request.
+    """
+
+    __slots__ = ("_client", "_init", "_signals", "server", "transport")
+
+    def __init__(
+        self,
+        server: str,
+        transport: str,
+        client: ClientSession,
+        init: mcp_types.InitializeResult,
+        signals: _Signals,
+    ) -> None:
+        self.server = server
+        self.transport = transport
+        self._client = client
+        self._init = init
+        self._signals = signals
+
+    @property
+    def server_name(self) -> str:
+        """The name the server reported in its handshake."""
+        return self._init.server_info.name
+
+    @property
+    def server_version(self) -> str:
+        return self._init.server_info.version
+
+    @property
+    def protocol_version(self) -> str:
+        return self._init.protocol_version
+
+    @property
+    def instructions(self) -> str | None:
+        return self._init.instructions
+
+    async def call_tool(
+        self,
+        remote_name: str,
+        arguments: Mapping[str, Any],
+        *,
+        name: str,
+        call_id: str,
+        timeout: float,
+    ) -> ToolResult:
+        """Call ``remote_name`` and convert its result; ``name`` labels the result.
+
+        Cancelling the caller cancels the request at the server (``notifications/cancelled``).
+
+        Returns:
+            The result; an error result when the tool reported an error (``isError``:
+            ``error_code="tool_execution_failed"``) or did not answer within ``timeout``
+            seconds (``error_code="timeout"``, and the request is cancelled at the server).
+
+        Raises:
+            ToolExecutionFailed: the server answered with a protocol error, the connection
+                broke, or the SDK rejected the result (``__cause__`` says which).
+        """
+        start = trio.current_time()
+        raw: mcp_types.CallToolResult | None = None
+        try:
+            with trio.move_on_after(timeout):
+                raw = await self._client.call_tool(remote_name, dict(arguments))
+        except MCPError as exc:
+            raise self._call_failure(remote_name, exc, exc.message) from exc
+        except Exception as exc:  # the call boundary: anyio, httpx2, pydantic, the SDK's own
+            raise self._call_failure(remote_name, exc, f"{type(exc).__name__}: {exc}") from exc
+        duration = trio.current_time() - start
+        if raw is None:
+            return ToolResult(
+                call_id=call_id,
+                name=name,
+                content=f"the MCP tool {remote_name!r} of server {self.server!r} did not answer "
+                f"within {timeout:g}s; the call was cancelled",
+                is_error=True,
+                error_code="timeout",
+                duration=duration,
+            )
+        return _to_result(raw, name=name, call_id=call_id, duration=duration)
+
+    def _call_failure(self, remote_name: str, exc: Exception, text: str) -> ToolExecutionFailed:
+        details: dict[str, Any] = {"server": self.server, "tool": remote_name}
+        connection_gone = isinstance(exc, MCPError) and (
+            exc.code == mcp_types.CONNECTION_CLOSED
+            # Streamable HTTP: the server no longer knows our session (it restarted).
+            or exc.message == "Session terminated"
+        )
+        if isinstance(exc, MCPError):
+            details["mcp_code"] = exc.code
+        if connection_gone:
+            details["reason"] = "mcp_connection_failed"
+            self._signals.notify_lost(f"the connection broke during a call: {text}")
+        return ToolExecutionFailed(
+            f"calling {remote_name!r} on MCP server {self.server!r} failed: {text}",
+            details=details,
+            retryable=connection_gone,
+        )
+
+
+def _to_result(
+    raw: mcp_types.CallToolResult, *, name: str, call_id: str, duration: float
+) -> ToolResult:
+    """A `ToolResult` from the server's result: text, images, resources, structured data."""
+    texts: list[str] = []
+    images: list[ImagePart] = []
+    for block in raw.content:
+        match block:
+            case mcp_types.TextContent(text=text):
+                texts.append(text)
+            case mcp_types.ImageContent(data=data, mime_type=mime_type):
+                images.append(ImagePart(data=data, media_type=mime_type))
+            case mcp_types.EmbeddedResource(resource=resource):
+                if isinstance(resource, mcp_types.TextResourceContents):
+                    texts.append(resource.text)
+                elif resource.mime_type and resource.mime_type.startswith("image/"):
+                    images.append(ImagePart(data=resource.blob, media_type=resource.mime_type))
+                else:
+                    kind = resource.mime_type or "binary data"
+                    texts.append(f"[resource {resource.uri} ({kind}) omitted]")
+            case mcp_types.ResourceLink(uri=uri, name=link_name):
+                texts.append(f"[resource {link_name}: {uri}]")
+            case mcp_types.AudioContent(mime_type=mime_type):
+                texts.append(f"[{mime_type} audio omitted]")
+    data = raw.structured_content
+    content = "\n".join(texts)
+    if not content and data is not None:
+        content = _JSON.encode(data).decode()
+    if raw.is_error:
+        return ToolResult(
+            call_id=call_id,
+            name=name,
+            content=content or "the tool reported an error",
+            is_error=True,
+            error_code="tool_execution_failed",
+            data=data,
+            images=images,
+            duration=duration,
+        )
+    return ToolResult(
+        call_id=call_id, name=name, content=content, data=data, images=images, duration=duration
+    )
+
+
+def _tools(result: mcp_types.ListToolsResult) -> list[RemoteTool]:
+    return [
+        RemoteTool(name=tool.name, description=tool.description or "", parameters=tool.input_schema)
+        for tool in result.tools
+    ]
+
+
+async def _list_tools(client: ClientSession) -> list[RemoteTool]:
+    """Every tool of the server, following pagination."""
+    result = await client.list_tools()
+    tools = _tools(result)
+    pages = 1
+    while result.next_cursor is not None and pages < MAX_TOOL_PAGES:
+        params = mcp_types.PaginatedRequestParams(cursor=result.next_cursor)
+        result = await client.list_tools(params=params)
+        tools.extend(_tools(result))
+        pages += 1
+    return tools
+
+
+def _transport(config: MCPServerConfig) -> AbstractAsyncContextManager[TransportStreams]:
+    """The SDK transport for ``config``; secrets are revealed here and only here."""
+    headers = {key: value.reveal() for key, value in config.headers.items()}
+    match config.transport:
+        case "stdio":
+            assert config.command is not None  # MCPServerConfig checks it
+            params = StdioServerParameters(
+                command=config.command,
+                args=list(config.args),
+                env={key: value.reveal() for key, value in config.env.items()} or None,
+                cwd=config.cwd,
+            )
+            return stdio_client(params, errlog=sys.stderr)
+        case "http":
+            assert config.url is not None  # MCPServerConfig checks it
+            return _streamable_http(config.url, headers, config.timeout)
+        case "sse":
+            assert config.url is not None  # MCPServerConfig checks it
+            return sse_client(
+                config.url,
+                headers=headers or None,
+                timeout=config.timeout,
+                sse_read_timeout=max(SSE_READ_TIMEOUT, config.timeout),
+            )
+
+
+@asynccontextmanager
+async def _streamable_http(
+    url: str, headers: dict[str, str], timeout: float
+) -> AsyncGenerator[TransportStreams]:
+    # No read timeout: the standalone GET stream idles until the server has something to
+    # say, and the SDK gives up on that stream for good after two failed reads (tool list
+    # changes would then go unheard). Calls have their own timeouts; pings find dead servers.
+    http_timeout = httpx2.Timeout(timeout, read=None)
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=http_timeout) as client,
+        streamable_http_client(url, http_client=client) as streams,
+    ):
+        yield streams
+
+
+async def _relay(
+    source: ReadStream[SessionMessage | Exception],
+    sink: MemoryObjectSendStream[SessionMessage | Exception],
+) -> NoReturn:
+    """Forward the transport's read stream to the session; its end is a lost connection."""
+    async with sink:
+        async for item in source:
+            await sink.send(item)
+    raise _ConnectionFailed("the server closed the connection")
+
+
+async def _keepalive(client: ClientSession, interval: float, timeout: float) -> NoReturn:
+    """Ping every ``interval`` seconds; a failed or unanswered ping ends the connection."""
+    while True:
+        await trio.sleep(interval)
+        with trio.move_on_after(timeout) as scope:
+            await client.send_ping()
+        if scope.cancelled_caught:
+            raise _ConnectionFailed(f"no answer to a ping within {timeout:g}s")
+
+
+async def serve_connection(
+    server: str,
+    config: MCPServerConfig,
+    listener: ConnectionListener,
+    *,
+    connect_timeout: float,
+    ping_interval: float | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Connect to ``server`` and keep the connection until it breaks; for ``nursery.start``.
+
+    Connects, initialises and lists the tools (all within ``connect_timeout``: a stdio
+    server starts its process first), tells the listener, reports started, then follows
+    ``notifications/tools/list_changed``. The listener hears
+    `ConnectionListener.disconnected` as soon as the connection ends, before the transport
+    is closed (for stdio: before the server process is stopped).
+
+    Raises:
+        ToolExecutionFailed: connecting failed, or the connection broke
+            (``details["reason"] == "mcp_connection_failed"``); never returns otherwise.
+    """
+    try:
+        async with _transport(config) as (read, write):
+            relay_send, relay_receive = anyio.create_memory_object_stream[
+                SessionMessage | Exception
+            ](0)
+            signals = _Signals()
+
+            async def on_message(message: IncomingMessage) -> None:
+                if isinstance(message, mcp_types.ToolListChangedNotification):
+                    signals.notify_tools_changed()
+                elif isinstance(message, Exception):
+                    log.warning("MCP server %r sent an unreadable message: %s", server, message)
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_relay, read, relay_send)
+                    async with ClientSession(
+                        relay_receive, write, message_handler=on_message, client_info=_CLIENT_INFO
+                    ) as client:
+                        init, tools = await _handshake(client, connect_timeout)
+                        session = Session(server, config.transport, client, init, signals)
+                        try:
+                            listener.connected(session, tools)
+                            task_status.started()
+                            if ping_interval is not None:
+                                nursery.start_soon(
+                                    _keepalive, client, ping_interval, config.timeout
+                                )
+                            await _follow(client, signals, listener, config.timeout)
+                        finally:
+                            listener.disconnected()
+            finally:
+                relay_send.close()
+                relay_receive.close()
+    except BaseException as exc:
+        error = _connection_failure(server, config, exc)
+        if error is None:
+            raise
+        if isinstance(error, LLMError):
+            # Ours (the listener's), not the SDK's: out of its group, as it was raised.
+            context = error.__context__
+            try:
+                raise error
+            finally:
+                error.__context__ = context
+        raise _translate(server, config, error) from exc
+
+
+async def _handshake(
+    client: ClientSession, timeout: float
+) -> tuple[mcp_types.InitializeResult, list[RemoteTool]]:
+    """Initialise the session and list the tools, within ``timeout``."""
+    with trio.move_on_after(timeout):
+        init = await client.initialize()
+        return init, await _list_tools(client)
+    raise _ConnectionFailed(f"no answer to the handshake within {timeout:g}s")
+
+
+async def _follow(
+    client: ClientSession, signals: _Signals, listener: ConnectionListener, timeout: float
+) -> NoReturn:
+    """Refresh the tools on every list change, until the session is found dead."""
+    while True:
+        await signals.wake.wait()
+        signals.wake = trio.Event()
+        if signals.lost is not None:
+            raise _ConnectionFailed(signals.lost)
+        if signals.tools_changed:
+            signals.tools_changed = False
+            tools: list[RemoteTool] | None = None
+            with trio.move_on_after(timeout):
+                tools = await _list_tools(client)
+            if tools is None:
+                raise _ConnectionFailed(f"no answer to tools/list within {timeout:g}s")
+            listener.tools_changed(tools)
+
+
+def _connection_failure(
+    server: str, config: MCPServerConfig, exc: BaseException
+) -> Exception | None:
+    """The one error that ended the connection, or None to let ``exc`` through as it is.
+
+    Exception groups (the SDK and trio nest task groups) are searched for their real errors:
+    our own `LLMError` first, then `_ConnectionFailed`, then the first error. Cancellations
+    alone, and a KeyboardInterrupt or SystemExit anywhere, go through as they are.
+    """
+    errors: list[Exception] = []
+    fatal = False
+
+    def collect(item: BaseException) -> None:
+        nonlocal fatal
+        if isinstance(item, BaseExceptionGroup):
+            group = cast("BaseExceptionGroup[BaseException]", item)
+            for member in group.exceptions:
+                collect(member)
+        elif isinstance(item, Exception):
+            errors.append(item)
+        elif not isinstance(item, trio.Cancelled):
+            fatal = True
+
+    collect(exc)
+    if fatal or not errors:
+        return None
+    for kind in (LLMError, _ConnectionFailed):
+        for error in errors:
+            if isinstance(error, kind):
+                return error
+    return errors[0]
+
+
+def _translate(server: str, config: MCPServerConfig, error: Exception) -> ToolExecutionFailed:
+    """The connection boundary: what ended the connection, as `ToolExecutionFailed`."""
+    where = config.command if config.transport == "stdio" else config.url
+    match error:
+        case _ConnectionFailed():
+            text = str(error)
+        case OSError() if config.transport == "stdio":
+            text = f"could not start {where!r}: {error}"
+        case httpx2.HTTPError():
+            text = f"HTTP error talking to {where}: {type(error).__name__}: {error}"
+        case MCPError():
+            text = f"protocol error: {error.message}"
+        case _:
+            text = f"{type(error).__name__}: {error}"
+    return ToolExecutionFailed(
+        f"MCP server {server!r} ({config.transport}): {text}",
+        details={"server": server, "reason": "mcp_connection_failed"},
+        retryable=True,
+    )
