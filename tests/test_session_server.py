@@ -9,12 +9,11 @@ from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import pytest
 import trio
 
 import llm_invocation as llm
-from llm_invocation.http._pool import HttpPool
+from llm_invocation.http import HttpPool, HttpSettings
 from llm_invocation.testing import (
     Disconnect,
     ErrorEvent,
@@ -170,13 +169,13 @@ async def test_a_cancelled_caller_leaves_the_httpx_pool_consistent() -> None:
         from llm_invocation.providers.openai import OpenAICodec
 
         codec = OpenAICodec(base_url=server.base_url("openai"))
-        pool = HttpPool(max_connections=4, shard_size=4, timeout=httpx.Timeout(5.0))
+        pool = HttpPool(HttpSettings(max_connections=4, shard_size=4, read_timeout=5.0))
         try:
             for _ in range(6):
                 with trio.move_on_after(0.05):
                     http = codec.encode(request("openai", "slow"), KEY)
                     async with pool.stream(http) as response:
-                        async for _ in response.aiter_raw():
+                        async for _ in response:
                             pass
             assert pool.statistics().active == 0
             # Every connection is idle or gone: none is stuck mid-request, and the ones cut
@@ -189,8 +188,8 @@ async def test_a_cancelled_caller_leaves_the_httpx_pool_consistent() -> None:
             assert stats.created >= 6  # each connection cut mid-body was replaced
             http = codec.encode(request("openai", "quick"), KEY)
             async with pool.stream(http) as response:
-                assert response.status_code == 200
-                await response.aread()
+                assert response.status == 200
+                await response.read()
         finally:
             await pool.aclose()
 

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, final
 
-import httpx
 import msgspec
 import trio
 
@@ -37,8 +36,7 @@ from ..errors import (
     RateLimited,
     error_from_info,
 )
-from ..http._pool import HttpPool, PoolStatistics, translate_http_error
-from ..http._transport import ResponseBody as FastBody
+from ..http import HttpPool, HttpResponse, HttpSettings, PoolStatistics, TransportFactory
 from ..providers._base import HttpRequest, ProviderCodec, RateLimitInfo
 from ..runtime import Actor, Call, Context, Stream
 from ..types import ModelInfo, Request, Response, StreamChunk, user
@@ -144,10 +142,6 @@ class _AttemptFailed(Exception):
         self.delivered = delivered
 
 
-def _lower_headers(headers: httpx.Headers) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers.raw}
-
-
 def _any_content(batch: list[StreamChunk]) -> bool:
     for chunk in batch:
         if (
@@ -159,15 +153,6 @@ def _any_content(batch: list[StreamChunk]) -> bool:
         ):
             return True
     return False
-
-
-def _body(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The response body's raw pieces: straight from our transport's stream when it is one
-    (a plain async iterator), else through httpx's ``aiter_raw``."""
-    stream = response.stream
-    if isinstance(stream, FastBody):
-        return stream.__aiter__()
-    return response.aiter_raw()
 
 
 @final
@@ -241,7 +226,7 @@ class ProviderSession(Actor[SessionMsg]):
         *,
         keys: list[Secret] | None = None,
         settings: SessionSettings | None = None,
-        transport: Callable[[], httpx.AsyncBaseTransport] | None = None,
+        transport: TransportFactory | None = None,
         on_response: Callable[[ResponseInfo], None] | None = None,
     ) -> None:
         self.codec = codec
@@ -266,18 +251,14 @@ class ProviderSession(Actor[SessionMsg]):
 
     def _open_pool(self) -> HttpPool:
         s = self.settings
-        timeout = httpx.Timeout(
-            connect=s.connect_timeout,
-            read=max(s.first_chunk_timeout, s.idle_chunk_timeout),
-            write=s.connect_timeout,
-            pool=None,
-        )
-        self._pool = HttpPool(
+        http = HttpSettings(
+            connect_timeout=s.connect_timeout,
+            read_timeout=max(s.first_chunk_timeout, s.idle_chunk_timeout),
+            write_timeout=s.connect_timeout,
             max_connections=s.max_connections,
             shard_size=s.shard_size,
-            timeout=timeout,
-            transport=self._transport,
         )
+        self._pool = HttpPool(http, provider=self.provider, transport=self._transport)
         return self._pool
 
     # -- dispatch ------------------------------------------------------------------------------
@@ -416,16 +397,12 @@ class ProviderSession(Actor[SessionMsg]):
         except Exception:
             log.exception("%s: response observer failed", self.provider)
 
-    async def _error_from(self, response: httpx.Response, headers: Mapping[str, str]) -> LLMError:
-        body = b""
+    async def _error_from(self, response: HttpResponse, headers: Mapping[str, str]) -> LLMError:
         try:
-            async for piece in response.aiter_raw():
-                body += piece
-                if len(body) > _MAX_ERROR_BODY:
-                    break
-        except httpx.HTTPError:
-            pass
-        return self.codec.map_error(response.status_code, headers, body)
+            body = await response.read(_MAX_ERROR_BODY)
+        except LLMError:
+            body = b""
+        return self.codec.map_error(response.status, headers, body)
 
     # -- streaming -----------------------------------------------------------------------------
 
@@ -462,16 +439,16 @@ class ProviderSession(Actor[SessionMsg]):
         with scope:
             try:
                 async with self._pool.stream(http_request) as response:
-                    headers = _lower_headers(response.headers)
-                    self._report(request, response.status_code, headers)
-                    if response.status_code >= 300:
+                    headers = response.headers
+                    self._report(request, response.status, headers)
+                    if response.status >= 300:
                         error = await self._error_from(response, headers)
                         raise _AttemptFailed(error, headers, delivered=False)
                     decoder = self.codec.stream_decoder(request)
                     feed = decoder.feed
                     clock = trio.current_time
                     touch = self._watchdog.touch
-                    async for data in _body(response):
+                    async for data in response:
                         touch(watch, clock() + idle)
                         batch = feed(data)
                         if batch:
@@ -479,13 +456,10 @@ class ProviderSession(Actor[SessionMsg]):
                     tail = decoder.close()
                     if tail:
                         delivered = await self._deliver(tail, forward, headers, delivered)
-            except httpx.HTTPError as exc:
-                phase = "stream" if headers else "request"
-                raise _AttemptFailed(
-                    translate_http_error(exc, provider=self.provider, phase=phase),
-                    headers,
-                    delivered,
-                ) from exc
+            except _AttemptFailed:
+                raise
+            except LLMError as exc:
+                raise _AttemptFailed(exc, headers, delivered) from exc
             finally:
                 self._watchdog.unwatch(watch)
         if watch.expired:
@@ -541,19 +515,17 @@ class ProviderSession(Actor[SessionMsg]):
         headers: dict[str, str] = {}
         try:
             async with self._pool.stream(http_request) as response:
-                headers = _lower_headers(response.headers)
+                headers = response.headers
                 if request is not None:
-                    self._report(request, response.status_code, headers)
-                if response.status_code >= 300:
+                    self._report(request, response.status, headers)
+                if response.status >= 300:
                     error = await self._error_from(response, headers)
                     raise _AttemptFailed(error, headers, delivered=False)
-                return await response.aread()
-        except httpx.HTTPError as exc:
-            raise _AttemptFailed(
-                translate_http_error(exc, provider=self.provider, phase="request"),
-                headers,
-                delivered=False,
-            ) from exc
+                return await response.read()
+        except _AttemptFailed:
+            raise
+        except LLMError as exc:
+            raise _AttemptFailed(exc, headers, delivered=False) from exc
 
     async def _simple(self, build: Callable[[Secret | None], HttpRequest | None]) -> bytes:
         """Fetch an auxiliary endpoint (models, token counts) with the retry policy."""

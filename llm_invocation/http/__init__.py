@@ -1,1 +1,27 @@
-"""http"""
+"""HTTP for the provider sessions: one path for every transport (not an actor).
+
+`HttpPool` sends a codec's `HttpRequest` through our own HTTP/1.1 transport
+(`FastHTTPTransport`), httpx's stock transport (through a proxy) or an injected one, and
+hands back an `HttpResponse`. It is the one boundary where httpx's exceptions become typed
+`LLMError`s.
+"""
+
+from ._pool import HttpPool as HttpPool
+from ._pool import HttpSettings as HttpSettings
+from ._pool import PoolStatistics as PoolStatistics
+from ._pool import TransportFactory as TransportFactory
+from ._pool import translate_http_error as translate_http_error
+from ._response import HttpResponse as HttpResponse
+from ._transport import FastHTTPTransport as FastHTTPTransport
+from ._transport import TransportStatistics as TransportStatistics
+
+__all__ = [
+    "FastHTTPTransport",
+    "HttpPool",
+    "HttpResponse",
+    "HttpSettings",
+    "PoolStatistics",
+    "TransportFactory",
+    "TransportStatistics",
+    "translate_http_error",
+]

@@ -21,7 +21,7 @@ This module is the one boundary where httpx's exceptions become `LLMError`s
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Final, final
 
@@ -29,11 +29,40 @@ import httpx
 import msgspec
 import trio
 
+from .._secrets import Secret
 from ..errors import InvocationTimeout, LLMError, ProviderError, StreamingFailed
 from ..providers._base import HttpRequest
-from ._transport import FastHTTPTransport
+from ._response import HttpResponse
+from ._transport import FastHTTPTransport, ResponseBody
 
-__all__ = ["HttpPool", "PoolStatistics", "translate_http_error"]
+__all__ = ["HttpPool", "HttpSettings", "PoolStatistics", "TransportFactory", "translate_http_error"]
+
+TransportFactory = Callable[[], httpx.AsyncBaseTransport]
+"""Makes an httpx transport (one per pool shard): tests and special set-ups inject one."""
+
+
+class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How one provider's requests travel: timeouts, pool size, proxy and TLS."""
+
+    connect_timeout: float | None = 10.0
+    read_timeout: float | None = 60.0
+    write_timeout: float | None = 10.0
+    max_connections: int = 1024
+    shard_size: int = 32
+    keepalive_expiry: float = 30.0
+    proxy: str | None = None
+    """A proxy URL for every request (``http://``, ``https://``; credentials in the URL)."""
+    trust_env: bool = True
+    """Read ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE``
+    and ``SSL_CERT_DIR`` from the environment when nothing more specific is set."""
+    verify: bool | str = True
+    """Verify servers' certificates: True (system/certifi roots), False, or a CA bundle path
+    (a file, or a directory of hashed certificates)."""
+    client_cert: str | None = None
+    """A PEM file with the client certificate (and its key, unless ``client_key`` is set)."""
+    client_key: str | None = None
+    client_key_password: Secret | None = None
+
 
 DEFAULT_SHARD_SIZE: Final = 32
 
@@ -76,15 +105,24 @@ class HttpPool:
 
     def __init__(
         self,
+        settings: HttpSettings | None = None,
         *,
-        max_connections: int,
-        shard_size: int = DEFAULT_SHARD_SIZE,
-        timeout: httpx.Timeout,
-        transport: Callable[[], httpx.AsyncBaseTransport] | None = None,
-        keepalive_expiry: float = 30.0,
+        provider: str = "",
+        transport: TransportFactory | None = None,
     ) -> None:
+        settings = settings or HttpSettings()
+        max_connections, shard_size = settings.max_connections, settings.shard_size
+        keepalive_expiry = settings.keepalive_expiry
+        timeout = httpx.Timeout(
+            connect=settings.connect_timeout,
+            read=settings.read_timeout,
+            write=settings.write_timeout,
+            pool=None,
+        )
         if max_connections < 1 or shard_size < 1:
             raise ValueError("max_connections and shard_size must be >= 1")
+        self.provider = provider
+        self.settings = settings
         self.max_connections = max_connections
         # Our own transport has an O(1) pool: one client holds every connection.
         self.shard_size = min(shard_size, max_connections) if transport else max_connections
@@ -133,52 +171,70 @@ class HttpPool:
         return best if best is not None else self._new_shard()
 
     @asynccontextmanager
-    async def stream(self, request: HttpRequest) -> AsyncGenerator[httpx.Response]:
+    async def stream(self, request: HttpRequest) -> AsyncGenerator[HttpResponse]:
         """Send ``request`` and yield the response with its body unread.
 
         Leaving the block (or being cancelled) closes the response at once; an unread body
         means its connection is closed rather than reused, so the pool stays consistent.
 
         Raises:
-            httpx.HTTPError: the transport failed (translate with `translate_http_error`).
+            LLMError: the request could not be sent or answered (translated here, the one
+                boundary for httpx's exceptions).
         """
         if self._closed:
-            raise ProviderError("the session's connection pool is closed")
-        fast = self._fast
-        if fast is not None:
-            async with self._admission:
-                self._requests += 1
-                built = httpx.Request(
-                    request.method,
-                    self._url(request.url),
-                    headers=request.headers,
-                    content=request.body,
-                    extensions={"timeout": self._timeouts},
-                )
-                response = await fast.handle_async_request(built)
-                response.request = built
-                try:
-                    yield response
-                finally:
-                    with trio.move_on_after(5, shield=True):
-                        await response.aclose()
-            return
+            raise ProviderError("the session's connection pool is closed", provider=self.provider)
         async with self._admission:
-            shard = self._pick()
-            shard.active += 1
+            shard: _Shard | None = None
             self._requests += 1
             try:
-                built = shard.client.build_request(
-                    request.method, request.url, headers=request.headers, content=request.body
+                if self._fast is not None:
+                    built = httpx.Request(
+                        request.method,
+                        self._url(request.url),
+                        headers=request.headers,
+                        content=request.body,
+                        extensions={"timeout": self._timeouts},
+                    )
+                    response = await self._fast.handle_async_request(built)
+                    response.request = built
+                else:
+                    shard = self._pick()
+                    shard.active += 1
+                    built = shard.client.build_request(
+                        request.method, request.url, headers=request.headers, content=request.body
+                    )
+                    response = await shard.client.send(built, stream=True)
+            except (httpx.HTTPError, httpx.StreamError) as exc:
+                if shard is not None:
+                    shard.active -= 1
+                raise self._translate_request(exc) from exc
+            except BaseException:
+                if shard is not None:
+                    shard.active -= 1
+                raise
+            try:
+                headers = {
+                    k.decode("latin-1").lower(): v.decode("latin-1")
+                    for k, v in response.headers.raw
+                }
+                yield HttpResponse(
+                    response.status_code, headers, _raw(response), self._translate_stream
                 )
-                response = await shard.client.send(built, stream=True)
-                try:
-                    yield response
-                finally:
-                    with trio.move_on_after(5, shield=True):
-                        await response.aclose()
             finally:
-                shard.active -= 1
+                with trio.move_on_after(5, shield=True):
+                    await response.aclose()
+                if shard is not None:
+                    shard.active -= 1
+
+    def _translate_request(self, exc: Exception) -> LLMError:
+        if isinstance(exc, httpx.HTTPError):
+            return translate_http_error(exc, provider=self.provider, phase="request")
+        return ProviderError(f"request failed: {exc}", provider=self.provider)
+
+    def _translate_stream(self, exc: Exception) -> LLMError:
+        if isinstance(exc, httpx.HTTPError):
+            return translate_http_error(exc, provider=self.provider, phase="stream")
+        return StreamingFailed(f"stream failed: {exc}", provider=self.provider, retryable=True)
 
     def _url(self, text: str) -> httpx.URL:
         url = self._urls.get(text)
@@ -209,3 +265,12 @@ class HttpPool:
             await shard.client.aclose()
         if self._fast is not None:
             await self._fast.aclose()
+
+
+def _raw(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The response body's raw pieces: straight from our transport's stream when it is one
+    (a plain async iterator), else through httpx's ``aiter_raw``."""
+    stream = response.stream
+    if isinstance(stream, ResponseBody):
+        return stream.__aiter__()
+    return response.aiter_raw()

@@ -2,8 +2,9 @@
 
 `FakeProvider` is sans-I/O: given a request's method, path, headers and body it picks the
 scenario and renders a `Reply` (status, headers, events and pacing). `MockTransport` plays
-replies to an ``httpx.AsyncClient`` without sockets; the fake server (`llm_invocation.testing`) writes
-them to real ones. Both route by the end of the URL path, so any base URL works:
+replies to an ``httpx.AsyncClient`` without sockets; the fake server of
+`llm_invocation.testing` writes them to real ones. Both route by the end of the URL path, so
+any base URL works:
 
 =====================================================  =================================
 path ends with                                         answer
