@@ -45,6 +45,7 @@ from .actors.provider_session import (
 from .actors.tools import ExecuteTools, ToolExecutor
 from .config import Config, CostConfig, MCPServerConfig, ProviderConfig, RateLimitConfig
 from .errors import ConfigurationError, InvocationTimeout, LLMError, ProviderNotFound
+from .http import settings_for as http_settings_for
 from .invocation._governance import Admission, Governance
 from .invocation._stream import (
     DeltaStream,
@@ -132,10 +133,9 @@ def _session_settings(config: Config, provider: ProviderConfig) -> SessionSettin
         multiplier=retries.multiplier,
         jitter=retries.jitter,
         max_retry_after=retries.max_retry_after,
-        connect_timeout=timeouts.connect,
         first_chunk_timeout=timeouts.first_chunk,
         idle_chunk_timeout=timeouts.idle_chunk,
-        max_connections=provider.max_connections,
+        http=http_settings_for(config, provider),
     )
 
 

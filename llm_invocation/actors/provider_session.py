@@ -69,13 +69,12 @@ class SessionSettings(msgspec.Struct, frozen=True, kw_only=True):
     multiplier: float = 2.0
     jitter: bool = True
     max_retry_after: float = 60.0
-    connect_timeout: float = 10.0
     first_chunk_timeout: float = 60.0
     idle_chunk_timeout: float = 30.0
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
-    max_connections: int = 1024
-    shard_size: int = 32
+    http: HttpSettings = HttpSettings()
+    """Timeouts, pool size, proxy and TLS of the session's HTTP pool."""
 
 
 class ResponseInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -250,15 +249,7 @@ class ProviderSession(Actor[SessionMsg]):
         return _SessionLifespan(self)
 
     def _open_pool(self) -> HttpPool:
-        s = self.settings
-        http = HttpSettings(
-            connect_timeout=s.connect_timeout,
-            read_timeout=max(s.first_chunk_timeout, s.idle_chunk_timeout),
-            write_timeout=s.connect_timeout,
-            max_connections=s.max_connections,
-            shard_size=s.shard_size,
-        )
-        self._pool = HttpPool(http, provider=self.provider, transport=self._transport)
+        self._pool = HttpPool(self.settings.http, provider=self.provider, transport=self._transport)
         return self._pool
 
     # -- dispatch ------------------------------------------------------------------------------

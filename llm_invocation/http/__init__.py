@@ -12,6 +12,7 @@ from ._pool import PoolStatistics as PoolStatistics
 from ._pool import TransportFactory as TransportFactory
 from ._pool import translate_http_error as translate_http_error
 from ._response import HttpResponse as HttpResponse
+from ._settings import settings_for as settings_for
 from ._transport import FastHTTPTransport as FastHTTPTransport
 from ._transport import TransportStatistics as TransportStatistics
 
@@ -23,5 +24,6 @@ __all__ = [
     "PoolStatistics",
     "TransportFactory",
     "TransportStatistics",
+    "settings_for",
     "translate_http_error",
 ]
