@@ -18,12 +18,10 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal, final, overload
 
-import httpx
 import msgspec
 import trio
 
@@ -33,32 +31,24 @@ from .actors.accountant import Accountant, AlertCallback, BudgetLevels, GetRepor
 from .actors.governor import Governor, Observe, RateLimitSettings
 from .actors.provider_session import (
     CountTokens,
-    InvokeOnce,
     ListModels,
     ProviderSession,
     ResponseInfo,
-    SessionMsg,
     SessionSettings,
     SessionStatistics,
     SessionStats,
 )
-from .actors.tools import ExecuteTools, ToolExecutor
+from .actors.tools import ToolExecutor
 from .config import Config, CostConfig, MCPServerConfig, ProviderConfig, RateLimitConfig
-from .errors import ConfigurationError, InvocationTimeout, LLMError, ProviderNotFound
+from .errors import ConfigurationError, LLMError, ProviderNotFound
+from .http import TransportFactory
 from .http import settings_for as http_settings_for
-from .invocation._governance import Admission, Governance
-from .invocation._stream import (
-    DeltaStream,
-    InvocationStream,
-    can_fall_back,
-    chat_delta,
-    chat_error,
-    completion_delta,
-    translate_actor_error,
-)
-from .invocation._toolloop import ToolLoopStream
+from .invocation import DeltaStream, Governance, InvocationStream, Invoker, ToolLoopStream
+from .invocation._invoker import SESSION_PREFIX
+from .invocation._stream import chat_delta, chat_error, completion_delta
 from .providers._base import ProviderCodec
 from .providers._registry import ProviderRegistry, make_codec
+from .providers.mock import MockTransport, Scenarios
 from .runtime import (
     ActorError,
     ActorRef,
@@ -76,10 +66,9 @@ from .store._base import (
     BudgetStore,
     RateObservation,
     RateStore,
-    StoreUnavailable,
 )
 from .store.memory import MemoryBudgetStore, MemoryRateStore
-from .tools._core import Tool, ToolRegistry, ToolResult
+from .tools import Tool, ToolRegistry, ToolResult
 from .types import (
     ChatRequest,
     ChatResponse,
@@ -87,13 +76,10 @@ from .types import (
     CompletionResponse,
     Message,
     ModelInfo,
-    ModelOptions,
     Request,
     Response,
     ToolCall,
     Usage,
-    from_json,
-    to_json,
 )
 
 if TYPE_CHECKING:
@@ -103,6 +89,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Client",
+    "ClientStatistics",
     "TransportFactory",
     "open_anthropic_client",
     "open_client",
@@ -113,11 +100,7 @@ __all__ = [
 
 log = logging.getLogger("llm_invocation.client")
 
-TransportFactory = Callable[[], httpx.AsyncBaseTransport]
-"""Makes an httpx transport for a provider session (one per pool shard)."""
-
 MODELS_TTL: Final = 300.0
-_SESSION_PREFIX: Final = "provider."
 _GOVERNOR: Final = "governor"
 _ACCOUNTANT: Final = "accountant"
 _TOOLS: Final = "tools"
@@ -125,56 +108,39 @@ _MCP: Final = "mcp"
 
 
 def _session_settings(config: Config, provider: ProviderConfig) -> SessionSettings:
-    retries, timeouts = config.retries, config.timeouts
+    timeouts = config.timeouts
     return SessionSettings(
-        max_attempts=retries.max_attempts,
-        initial_delay=retries.initial_delay,
-        max_delay=retries.max_delay,
-        multiplier=retries.multiplier,
-        jitter=retries.jitter,
-        max_retry_after=retries.max_retry_after,
         first_chunk_timeout=timeouts.first_chunk,
         idle_chunk_timeout=timeouts.idle_chunk,
+        max_retry_after=config.retries.max_retry_after,
         http=http_settings_for(config, provider),
     )
 
 
-def _parse_target(text: str, *, where: str) -> tuple[str, str]:
-    provider, sep, model = text.partition(":")
-    if not sep or not provider or not model:
-        raise ConfigurationError(f"{where}: fallback {text!r} is not 'provider:model'")
-    return provider, model
-
-
 @final
 class Client:
-    """The facade over a running supervision tree. Made by `open_client`; do not construct."""
+    """The facade over a running supervision tree. Made by `open_client`; do not construct.
+
+    Every invocation goes through the invocation layer (`llm_invocation.invocation`), which
+    owns it from request to settled result; the client builds requests and delegates.
+    """
 
     def __init__(
         self,
         runtime: Runtime,
         config: Config,
         registry: ProviderRegistry,
+        invoker: Invoker,
         *,
-        scenarios: Any = None,
-        governance: Governance | None = None,
-        cache: ResponseCache | None = None,
-        tools: ToolRegistry | None = None,
+        scenarios: Scenarios | None = None,
     ) -> None:
         self._runtime = runtime
         self._config = config
         self._registry = registry
-        self._usage = Usage.zero()
-        self._invocations = 0
-        self._fallbacks = 0
+        self._invoker = invoker
         self._models: dict[str, tuple[float, list[ModelInfo]]] = {}
         self.scenarios = scenarios
         """The mock provider's `llm_invocation.testing.Scenarios` (script it in tests)."""
-        self.governance: Governance | None = governance
-        self._cache = cache
-        self.cache_hits = 0
-        self.tools: ToolRegistry = tools if tools is not None else ToolRegistry()
-        """The tools invocations can use: registered locally or by MCP servers."""
 
     @property
     def config(self) -> Config:
@@ -190,38 +156,20 @@ class Client:
         """The configured provider names."""
         return self._registry.names()
 
-    def codec(self, provider: str) -> ProviderCodec:
-        return self._registry.codec(provider)
+    @property
+    def tools(self) -> ToolRegistry:
+        """The tools invocations can use: registered locally or by MCP servers."""
+        return self._invoker.tools
 
-    def session_ref(self, provider: str) -> ActorRef[SessionMsg]:
-        """The session actor of ``provider``.
+    def codec(self, provider: str) -> ProviderCodec:
+        """The codec of ``provider``.
 
         Raises:
             ProviderNotFound: no such provider is configured.
         """
-        try:
-            return self._runtime.ref(_SESSION_PREFIX + provider, ProviderSession)
-        except ActorError:
-            raise self._registry._not_found(provider) from None  # pyright: ignore[reportPrivateUsage]
+        return self._registry.codec(provider)
 
     # -- building requests ---------------------------------------------------------------------
-
-    def _prepare(self, request: Request) -> tuple[Request, list[tuple[str, str]]]:
-        defaults = self._config.defaults
-        if defaults.options:
-            base: ModelOptions = defaults.model_options()
-            request = msgspec.structs.replace(request, options=base.merged(request.options))
-        provider, model = self._registry.resolve(request)
-        candidates = [(provider, model)]
-        entry = self._config.providers.get(provider)
-        if entry is not None:
-            for target in entry.fallback:
-                candidate = _parse_target(target, where=f"providers.{provider}")
-                if candidate[0] not in self._registry.names():
-                    log.warning("fallback %s skipped: provider not configured", target)
-                    continue
-                candidates.append(candidate)
-        return request, candidates
 
     def _default_model(self) -> str:
         model = self._config.default_model
@@ -298,9 +246,12 @@ class Client:
     ) -> InvocationStream | ToolLoopStream:
         """Start a streaming invocation: ``async with client.invoke(request) as stream``.
 
-        ``timeout`` (default: the configured ``timeout``) bounds the upstream call; the
-        caller's own deadline applies too. Fallback providers configured for the provider
-        take over on retryable and overload errors before any content has arrived.
+        ``timeout`` (default: the configured ``timeout``) bounds the upstream call once it is
+        admitted, retries and fallbacks included; the caller's own deadline applies too (and
+        a caller cancelled by it sees its own cancellation, never a timeout). A failed
+        attempt before any content is retried as ``retries`` says; fallback providers
+        configured for the provider take over on retryable and overload errors before any
+        content has arrived.
 
         Tools: ``tools`` offers these tools (objects are registered on the client; names
         must be registered already); with ``tool_mode="auto"`` and no ``tools``, every
@@ -309,38 +260,18 @@ class Client:
         up to ``max_steps`` requests (default ``tools.max_steps``).
 
         Raises:
-            ProviderNotFound, ModelNotSupported: on entering, when the request's provider or
-                model is not available.
+            ProviderNotFound, ModelNotSupported: when the request's provider or model is
+                not available.
             InvalidRequest: a tool object's name is taken by another tool.
             LLMError: while iterating, the invocation's failure.
         """
+        invoker = self._invoker
         built = self._build(request, messages, model, options)
         if tools is not None or tool_mode == "auto":
-            built = self._with_tools(built, tools)
-        limit = self._config.timeout if timeout is None else timeout
+            built = invoker.offer_tools(built, tools)
         if tool_mode == "auto":
-            steps = self._config.tools.max_steps if max_steps is None else max_steps
-            return ToolLoopStream(self, built, max_steps=steps, timeout=limit)
-        prepared, candidates = self._prepare(built)
-        self._invocations += 1
-        return InvocationStream(self, prepared, candidates, timeout=limit)
-
-    def _with_tools(self, request: Request, tools: Sequence[Tool | str] | None) -> Request:
-        names: list[str] = []
-        if tools is None:
-            names = self.tools.names()
-        else:
-            for item in tools:
-                if isinstance(item, str):
-                    self.tools.get(item)
-                    names.append(item)
-                else:
-                    self.register_tool(item)
-                    names.append(item.name)
-        specs = list(request.tools or [])
-        known = {spec.name for spec in specs}
-        specs.extend(spec for spec in self.tools.specs(names) if spec.name not in known)
-        return msgspec.structs.replace(request, tools=specs or None)
+            return invoker.tool_loop(built, max_steps=max_steps, timeout=timeout)
+        return invoker.stream(built, timeout=timeout)
 
     # -- tools and MCP servers (the second specification) ---------------------------------------
 
@@ -352,7 +283,7 @@ class Client:
         Raises:
             InvalidRequest: another tool has that name (unless ``replace``).
         """
-        self.tools.register(tool, replace=replace)
+        self._invoker.tools.register(tool, replace=replace)
 
     async def register_mcp_server(
         self, name: str, server: MCPServerConfig | Mapping[str, Any]
@@ -389,8 +320,7 @@ class Client:
 
         A failing, slow or unknown tool gives an error result, not an exception.
         """
-        executor = self._runtime.ref(_TOOLS, ToolExecutor)
-        return await executor.call(ExecuteTools(calls=list(calls)))
+        return await self._invoker.execute_tools(calls)
 
     async def invoke_sync(
         self,
@@ -408,9 +338,9 @@ class Client:
         """Invoke and wait for the whole response.
 
         A streaming request (the default) is streamed and aggregated, with every stream
-        watchdog; ``stream=False`` sends one non-streamed HTTP request. ``tools``,
-        ``tool_mode="auto"`` and ``max_steps`` work as for `invoke`: the automatic tool loop
-        returns its final response with the usage of every step.
+        watchdog; ``stream=False`` sends one non-streamed HTTP request per attempt.
+        ``tools``, ``tool_mode="auto"`` and ``max_steps`` work as for `invoke`: the automatic
+        tool loop returns its final response with the usage of every step.
 
         Raises:
             LLMError: the invocation failed.
@@ -422,62 +352,11 @@ class Client:
             ) as loop:
                 return await loop.aggregate()
         if tools is not None:
-            built = self._with_tools(built, tools)
+            built = self._invoker.offer_tools(built, tools)
         if built.stream:
-            async with self.invoke(built, timeout=timeout) as stream:
+            async with self._invoker.stream(built, timeout=timeout) as stream:
                 return await stream.aggregate()
-        prepared, candidates = self._prepare(built)
-        self._invocations += 1
-        key = self.cache_key(prepared)
-        if key is not None:
-            cached = await self.cache_get(key)
-            if cached is not None:
-                return cached
-        limit = self._config.timeout if timeout is None else timeout
-        last: LLMError | None = None
-        for provider, model_id in candidates:
-            ref = self.session_ref(provider)
-            message = InvokeOnce(
-                request=msgspec.structs.replace(prepared, provider=provider, model=model_id)
-            )
-            admission: Admission | None = None
-            status: Literal["ok", "error", "cancelled"] = "cancelled"
-            failure: LLMError | None = None
-            response: Response | None = None
-            try:
-                if self.governance is not None:  # bounded by max_wait, not by the timeout
-                    admission = await self.governance.admit(prepared, provider, model_id)
-                with trio.fail_after(limit):
-                    response = await ref.call(message)
-                status = "ok"
-            except trio.TooSlowError as exc:
-                failure = InvocationTimeout(
-                    f"the invocation did not finish within {limit:g}s", provider=provider
-                )
-                status = "error"
-                raise failure from exc
-            except (LLMError, ActorError) as exc:
-                last = failure = translate_actor_error(exc, provider)
-                status = "error"
-                if can_fall_back(last) and (provider, model_id) != candidates[-1]:
-                    self.note_fallback(provider, last)
-                    continue
-                raise last from None
-            finally:
-                usage = response.usage if response is not None else None
-                if admission is not None and self.governance is not None:
-                    usage = await self.governance.settle(
-                        admission, usage, status=status, error=failure, response=response
-                    )
-                self.record_usage(usage)
-            assert response is not None
-            if usage is not None and usage is not response.usage:
-                response = msgspec.structs.replace(response, usage=usage)
-            if key is not None:
-                await self.cache_put(key, response)
-            return response
-        assert last is not None
-        raise last
+        return await self._invoker.complete(built, timeout=timeout)
 
     async def list_models(
         self, provider: str | None = None, *, refresh: bool = False
@@ -493,18 +372,19 @@ class Client:
         out: list[ModelInfo] = []
         now = time.monotonic()
         for name in names:
+            codec = self._registry.codec(name)
             cached = self._models.get(name)
             if cached is not None and not refresh and now - cached[0] < MODELS_TTL:
                 out.extend(cached[1])
                 continue
-            ref = self.session_ref(name)
+            ref = self._invoker.session_ref(name)
             try:
                 models = await ref.call(ListModels())
             except LLMError as error:
-                if provider is not None and not self._registry.codec(name).known_models():
+                if provider is not None and not codec.known_models():
                     raise
                 log.info("%s: listing models failed (%s); using known models", name, error)
-                models = self._registry.codec(name).known_models()
+                models = codec.known_models()
             self._models[name] = (now, models)
             out.extend(models)
         return out
@@ -515,9 +395,9 @@ class Client:
         Raises:
             ProviderError: the provider has no such endpoint.
         """
-        prepared, candidates = self._prepare(request)
+        prepared, candidates = self._invoker.prepare(request)
         provider, model = candidates[0]
-        ref = self.session_ref(provider)
+        ref = self._invoker.session_ref(provider)
         message = CountTokens(
             request=msgspec.structs.replace(prepared, provider=provider, model=model)
         )
@@ -601,7 +481,7 @@ class Client:
 
     def get_usage(self) -> Usage:
         """Usage of every invocation of this client so far (cost None when unknown)."""
-        return self._usage
+        return self._invoker.usage
 
     async def usage(
         self,
@@ -624,88 +504,50 @@ class Client:
         """Spend against every configured budget in its current period."""
         return await self._runtime.ref(_ACCOUNTANT, Accountant).call(BudgetLevels())
 
-    # -- the response cache --------------------------------------------------------------------
-
-    def cache_key(self, request: Request) -> str | None:
-        """The cache key of ``request`` when it asks for the cache (``cache=True``)."""
-        if not request.cache or self._cache is None:
-            return None
-        from .store.cache import cache_key
-
-        return cache_key(request)
-
-    async def cache_get(self, key: str) -> Response | None:
-        """A cached response (marked ``metadata["cache"] == "hit"``), or None."""
-        assert self._cache is not None
-        try:
-            data = await self._cache.get(key)
-        except StoreUnavailable as exc:
-            log.warning("response cache unreachable: %s", exc)
-            return None
-        if data is None:
-            return None
-        try:
-            response = from_json(data, Response)
-        except LLMError:
-            return None
-        self.cache_hits += 1
-        metadata = {**(response.metadata or {}), "cache": "hit"}
-        usage = response.usage
-        if usage is not None:  # nothing was sent: a hit costs nothing
-            usage = msgspec.structs.replace(usage, cost=Decimal(0))
-        return msgspec.structs.replace(response, metadata=metadata, usage=usage)
-
-    async def cache_put(self, key: str, response: Response) -> None:
-        """Keep ``response`` for ``config.cache_ttl`` seconds."""
-        assert self._cache is not None
-        try:
-            await self._cache.set(key, to_json(response), self._config.cache_ttl)
-        except StoreUnavailable as exc:
-            log.warning("response cache unreachable: %s", exc)
-
-    # -- bookkeeping (called by the streams) ---------------------------------------------------
-
-    def record_usage(self, usage: Usage | None) -> None:
-        if usage is not None:
-            self._usage = self._usage + usage
-
-    def note_fallback(self, provider: str, error: LLMError) -> None:
-        self._fallbacks += 1
-        log.warning("%s failed (%s: %s); falling back", provider, error.code.value, error.message)
-
     async def session_statistics(self) -> dict[str, SessionStatistics]:
-        """Every provider session's counters: retries, failures, breakers, pool."""
+        """Every provider session's counters: attempts, retries, failures, breakers, pool."""
         out: dict[str, SessionStatistics] = {}
         for name in self._registry.names():
-            out[name] = await self.session_ref(name).call(SessionStats())
+            out[name] = await self._invoker.session_ref(name).call(SessionStats())
         return out
 
     def statistics(self) -> ClientStatistics:
-        """Invocations, fallbacks, usage and the runtime's statistics."""
+        """Invocations, retries, fallbacks, cache hits, usage and the runtime's statistics."""
+        stats = self._invoker.statistics()
         return ClientStatistics(
-            invocations=self._invocations,
-            fallbacks=self._fallbacks,
-            usage=self._usage,
+            invocations=stats.invocations,
+            retries=stats.retries,
+            fallbacks=stats.fallbacks,
+            cache_hits=stats.cache_hits,
+            usage=stats.usage,
             runtime=self._runtime.statistics(),
         )
 
 
 class ClientStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A client's counters (see `Client.statistics`)."""
+
     invocations: int
+    retries: int
     fallbacks: int
+    cache_hits: int
     usage: Usage
     runtime: RuntimeStatistics
 
 
 def _providers(config: Config) -> dict[str, ProviderConfig]:
-    """The provider entries to run: the enabled ones, the default one, and the mock."""
+    """The provider entries to run: the enabled ones and the default one.
+
+    The built-in mock provider runs only when it is configured: as an entry, or as the
+    default provider (which it is when no provider and no key is configured, so the offline
+    demo works out of the box; the client says so once when it starts).
+    """
     entries = {name: entry for name, entry in config.providers.items() if entry.enabled}
     default = config.default_provider
     try:
         entries[default] = config.provider_config(default)
     except ProviderNotFound:
         entries[default] = ProviderConfig()
-    entries.setdefault("mock", ProviderConfig(kind="mock"))
     return entries
 
 
@@ -737,7 +579,7 @@ def _client_spec(
                 codec, keys=keys, settings=settings, transport=transport, on_response=observer
             )
 
-        sessions.append(ChildSpec.actor(_SESSION_PREFIX + name, factory, mailbox=65536))
+        sessions.append(ChildSpec.actor(SESSION_PREFIX + name, factory, mailbox=65536))
     providers = SupervisorSpec(
         name="providers",
         strategy="one_for_one",
@@ -984,7 +826,7 @@ async def open_client(
     config: Config | None = None,
     *,
     transports: Mapping[str, TransportFactory] | None = None,
-    scenarios: Any = None,
+    scenarios: Scenarios | None = None,
     on_alert: Sequence[AlertCallback] = (),
 ) -> AsyncGenerator[Client]:
     """Start the client's supervision tree for the ``async with`` block.
@@ -992,8 +834,8 @@ async def open_client(
     Args:
         config: the configuration (default: `Config.load()`, from the environment).
         transports: per provider name, a factory of httpx transports (tests, proxies).
-        scenarios: the mock provider's `llm_invocation.testing.Scenarios` (a fresh default
-            set when omitted).
+        scenarios: the mock provider's scripted answers (`llm_invocation.testing.Scenarios`;
+            a fresh default set when omitted).
         on_alert: called with a `BudgetAlert` when a budget crosses an alert threshold
             (sync or async; once per budget, threshold and period).
 
@@ -1007,11 +849,14 @@ async def open_client(
     all_transports = dict(transports or {})
     mock_names = [name for name, codec in codecs.items() if codec.kind == "mock"]
     if mock_names:
-        from .testing import MockTransport, Scenarios
-
         scenarios = scenarios if scenarios is not None else Scenarios()
         for name in mock_names:
             all_transports.setdefault(name, lambda: MockTransport(scenarios, format="openai"))
+        if codecs[config.default_provider].kind == "mock":
+            log.info(
+                "the default provider is the built-in mock: answers are scripted and offline "
+                "(configure a provider and its key to call a real model)"
+            )
     registry = ProviderRegistry(
         codecs,
         default_provider=config.default_provider,
@@ -1035,15 +880,16 @@ async def open_client(
             price_providers={name: _price_provider(name, c) for name, c in codecs.items()},
             token_providers={name: _price_provider(name, c) for name, c in codecs.items()},
         )
-        yield Client(
+        invoker = Invoker(
             runtime,
             config,
             registry,
-            scenarios=scenarios,
             governance=governance,
             cache=stores.cache,
             tools=tools,
+            executor=runtime.ref(_TOOLS, ToolExecutor),
         )
+        yield Client(runtime, config, registry, invoker, scenarios=scenarios)
 
 
 def _shortcut(provider: str, api_key: str | Secret | None, overrides: dict[str, Any]) -> Config:

@@ -223,7 +223,7 @@ async def test_a_cached_request_is_answered_from_the_cache_without_cost() -> Non
         assert second.metadata["cache"] == "hit"
         assert second.usage is not None
         assert second.usage.cost == 0
-        assert c.cache_hits == 2
+        assert c.statistics().cache_hits == 2
         uncached = await c.invoke_sync(ask())  # without cache=True: sent again
         assert uncached.text == "cached answer"
         assert scenarios.calls("mock") == 2

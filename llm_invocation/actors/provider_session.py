@@ -1,33 +1,40 @@
-"""The provider session actor: all I/O with one provider.
+"""The provider session actor: all I/O with one provider, one HTTP attempt at a time.
 
-One session per configured provider. It owns a sharded httpx pool and does the I/O that the
-sans-I/O codec describes, with everything a production caller needs around it:
+One session per configured provider. It owns the provider's HTTP pool (`llm_invocation.http`)
+and does the I/O that the sans-I/O codec describes. The invocation layer above decides how
+many attempts an invocation makes; a session runs one attempt per message and says whether
+another one makes sense:
 
-* timeouts: connect (httpx), a first-chunk watchdog, an idle-chunk watchdog, and the
-  caller's own deadline over the whole call (it travels with the message);
-* retries with exponential backoff and full jitter, honouring ``retry-after-ms``,
-  ``Retry-After`` (seconds or an HTTP date, up to a cap) and ``x-should-retry``; an error
-  event that arrives before any content is retried like an HTTP error; nothing is retried
-  once content has reached the caller;
+* `Attempt` streams one HTTP request's answer (the chunks of each network read as one
+  message), `AttemptOnce` sends one non-streamed request and returns the whole response;
+* watchdogs: ``first_chunk`` runs until the first event that carries content (text,
+  reasoning, a tool-call delta, a finish), ``idle_chunk`` between events after that; the
+  `InvocationTimeout` names the limit that fired;
 * a circuit breaker per model, and rotation over several API keys on 401 and 429;
+* retry advice: a failed attempt raises `AttemptFailed` with the typed error, whether the
+  session advises another attempt (the codec's advice, ``x-should-retry``, a spare key, never
+  after content reached the caller) and the delay the provider asked for;
+* containment: nothing a provider sends can crash the session or touch another call. Any
+  exception while decoding an answer (headers, JSON, SSE framing, numbers out of range,
+  wrong types) becomes a `ProviderError` for that attempt alone, with
+  ``details["reason"] == "malformed response"``, retryable only before content, logged once;
 * cancellation: a caller that goes away cancels the handler, which closes the HTTP response
   at once (its connection is dropped, not reused).
 
-Streams forward all the chunks decoded from one network read as one message, so a channel
-hop is paid per read, not per event.
+Models and token counts (`ListModels`, `CountTokens`) are free endpoints outside any budget;
+the session retries them itself, counted in its statistics.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
-from typing import Any, Final, final
+from typing import Any, Final
 
 import msgspec
 import trio
 
-from .._secrets import Secret
+from .._secrets import Secret, redact
 from ..errors import (
     AuthenticationError,
     InvocationTimeout,
@@ -37,15 +44,17 @@ from ..errors import (
     error_from_info,
 )
 from ..http import HttpPool, HttpResponse, HttpSettings, PoolStatistics, TransportFactory
-from ..providers._base import HttpRequest, ProviderCodec, RateLimitInfo
-from ..runtime import Actor, Call, Context, Stream
-from ..types import ModelInfo, Request, Response, StreamChunk, user
+from ..providers._base import HttpRequest, ProviderCodec, RateLimitInfo, RetryAdvice
+from ..runtime import Actor, Call, Context, ReplyError, Stream
+from ..types import ModelInfo, Request, Response, StreamChunk
 from ._resilience import CircuitBreaker, KeyRing, backoff_delay, counts_against_breaker
+from ._watchdog import ChunkWatchdog
 
 __all__ = [
+    "Attempt",
+    "AttemptFailed",
+    "AttemptOnce",
     "CountTokens",
-    "Invoke",
-    "InvokeOnce",
     "ListModels",
     "ProviderSession",
     "ResponseInfo",
@@ -53,24 +62,23 @@ __all__ = [
     "SessionSettings",
     "SessionStatistics",
     "SessionStats",
+    "malformed_response",
 ]
 
 log = logging.getLogger("llm_invocation.providers")
 
 _MAX_ERROR_BODY: Final = 64 * 1024
+_AUX_ATTEMPTS: Final = 3
+MALFORMED: Final = "malformed response"
 
 
 class SessionSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """How a session retries, times out, breaks circuits and pools connections."""
+    """How a session watches streams, breaks circuits, honours delays and pools connections."""
 
-    max_attempts: int = 3
-    initial_delay: float = 0.5
-    max_delay: float = 8.0
-    multiplier: float = 2.0
-    jitter: bool = True
-    max_retry_after: float = 60.0
     first_chunk_timeout: float = 60.0
     idle_chunk_timeout: float = 30.0
+    max_retry_after: float = 60.0
+    """A provider asking to wait longer than this is not retried."""
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
     http: HttpSettings = HttpSettings()
@@ -91,16 +99,22 @@ class ResponseInfo(msgspec.Struct, frozen=True, kw_only=True):
 # -- protocol --------------------------------------------------------------------------------
 
 
-class Invoke(Stream[list[StreamChunk]], frozen=True, kw_only=True):
-    """Stream ``request`` (model already resolved for this provider)."""
+class Attempt(Stream[list[StreamChunk]], frozen=True, kw_only=True):
+    """Stream one HTTP attempt of ``request`` (model already resolved for this provider).
+
+    ``number`` counts the invocation's attempts on this provider from 1 (later ones are
+    retries, counted in the session's statistics).
+    """
 
     request: Request
+    number: int = 1
 
 
-class InvokeOnce(Call[Response], frozen=True, kw_only=True):
-    """Send ``request`` without streaming and return the whole response."""
+class AttemptOnce(Call[Response], frozen=True, kw_only=True):
+    """Send one non-streamed HTTP attempt of ``request`` and return the whole response."""
 
     request: Request
+    number: int = 1
 
 
 class ListModels(Call[list[ModelInfo]], frozen=True, kw_only=True):
@@ -116,9 +130,15 @@ class CountTokens(Call[int], frozen=True, kw_only=True):
 class SessionStatistics(msgspec.Struct, frozen=True, kw_only=True):
     provider: str
     requests: int
+    """Invocations sent (first attempts)."""
     attempts: int
+    """HTTP attempts, first ones and retries."""
     retries: int
+    """Attempts after the first of an invocation, and retried model or token requests."""
     failures: dict[str, int]
+    """Failed attempts by error code."""
+    malformed: int
+    """Attempts failed by a response that could not be decoded."""
     breakers: dict[str, str]
     key_rotations: int
     pool: PoolStatistics
@@ -128,17 +148,46 @@ class SessionStats(Call[SessionStatistics], frozen=True, kw_only=True):
     pass
 
 
-SessionMsg = Invoke | InvokeOnce | ListModels | CountTokens | SessionStats
+SessionMsg = Attempt | AttemptOnce | ListModels | CountTokens | SessionStats
 
 
-class _AttemptFailed(Exception):
-    """One attempt failed with ``error``; ``delivered`` tells if content reached the caller."""
+class AttemptFailed(ReplyError):
+    """One attempt failed with ``error``.
+
+    Attributes:
+        error: the typed error of the attempt.
+        retry: whether the session advises another attempt (never after content).
+        delay: how long the provider asked to wait first (None: the caller's backoff).
+    """
+
+    def __init__(self, error: LLMError, *, retry: bool, delay: float | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry = retry
+        self.delay = delay
+
+
+class _Failed(Exception):
+    """Inside the session: an attempt failed with ``error``, with or without content out."""
 
     def __init__(self, error: LLMError, headers: Mapping[str, str], delivered: bool) -> None:
         super().__init__(str(error))
         self.error = error
         self.headers = headers
         self.delivered = delivered
+
+
+def malformed_response(exc: BaseException, *, provider: str, delivered: bool) -> ProviderError:
+    """The typed error for an answer that could not be decoded (``exc`` is the cause)."""
+    text = redact(str(exc))[:200]
+    error = ProviderError(
+        f"{MALFORMED}: {type(exc).__name__}: {text}" if text else f"{MALFORMED}",
+        provider=provider,
+        retryable=not delivered,
+        details={"reason": MALFORMED, "exception": type(exc).__name__},
+    )
+    error.__cause__ = exc
+    return error
 
 
 def _any_content(batch: list[StreamChunk]) -> bool:
@@ -154,70 +203,11 @@ def _any_content(batch: list[StreamChunk]) -> bool:
     return False
 
 
-@final
-class _Watch:
-    __slots__ = ("deadline", "expired", "scope")
-
-    def __init__(self, scope: trio.CancelScope, deadline: float) -> None:
-        self.scope = scope
-        self.deadline = deadline
-        self.expired = False
-
-
-@final
-class ChunkWatchdog:
-    """First-chunk and idle-chunk deadlines of every stream of a session, in one task.
-
-    A stream only moves its ``deadline`` forward as chunks arrive (an attribute write); the
-    watchdog sleeps until the earliest deadline and cancels the scope of each stream whose
-    deadline has passed. That costs nothing per chunk, where moving a cancel scope's
-    deadline per chunk costs several microseconds.
-    """
-
-    def __init__(self) -> None:
-        self._watches: set[_Watch] = set()
-        self._kick = trio.Event()
-        self._target = math.inf
-
-    def watch(self, scope: trio.CancelScope, deadline: float) -> _Watch:
-        watch = _Watch(scope, deadline)
-        self._watches.add(watch)
-        if deadline < self._target:
-            self._kick.set()
-        return watch
-
-    def touch(self, watch: _Watch, deadline: float) -> None:
-        """Move a stream's deadline (waking the watchdog if it is now the earliest)."""
-        watch.deadline = deadline
-        if deadline < self._target:
-            self._target = deadline
-            self._kick.set()
-
-    def unwatch(self, watch: _Watch) -> None:
-        self._watches.discard(watch)
-
-    async def run(self) -> None:
-        while True:
-            now = trio.current_time()
-            nearest = math.inf
-            for watch in list(self._watches):
-                if watch.deadline <= now:
-                    watch.expired = True
-                    watch.scope.cancel()
-                    self._watches.discard(watch)
-                elif watch.deadline < nearest:
-                    nearest = watch.deadline
-            self._target = nearest
-            with trio.move_on_at(nearest):
-                await self._kick.wait()
-            self._kick = trio.Event()
-
-
 class ProviderSession(Actor[SessionMsg]):
     """I/O with one provider: see the module documentation."""
 
     max_concurrency = 1 << 20  # bounded by the pool's admission, not by the actor
-    reply_errors = (LLMError,)
+    reply_errors = (LLMError, AttemptFailed)
 
     def __init__(
         self,
@@ -240,6 +230,7 @@ class ProviderSession(Actor[SessionMsg]):
         self.requests = 0
         self.attempts = 0
         self.retries = 0
+        self.malformed = 0
         self.failures: dict[str, int] = {}
 
     # -- lifespan ------------------------------------------------------------------------------
@@ -256,7 +247,7 @@ class ProviderSession(Actor[SessionMsg]):
 
     async def handle(self, msg: SessionMsg, ctx: Context) -> Any:
         match msg:
-            case Invoke(request=request):
+            case Attempt(request=request, number=number):
                 sink = ctx.sink(msg)
 
                 async def forward(batch: list[StreamChunk]) -> None:
@@ -266,10 +257,10 @@ class ProviderSession(Actor[SessionMsg]):
                     except trio.WouldBlock:
                         await sink.send(batch)
 
-                await self._invoke(request, forward)
+                await self._attempt(request, number, self._stream_once, forward)
                 return None
-            case InvokeOnce(request=request):
-                return await self._invoke_once(request)
+            case AttemptOnce(request=request, number=number):
+                return await self._attempt(request, number, self._fetch_once, None)
             case ListModels():
                 return await self._list_models()
             case CountTokens(request=request):
@@ -285,6 +276,7 @@ class ProviderSession(Actor[SessionMsg]):
             attempts=self.attempts,
             retries=self.retries,
             failures=dict(self.failures),
+            malformed=self.malformed,
             breakers={model: b.state for model, b in self._breakers.items()},
             key_rotations=self.keys.rotations,
             pool=self._pool.statistics(),
@@ -301,86 +293,115 @@ class ProviderSession(Actor[SessionMsg]):
             self._breakers[model] = breaker
         return breaker
 
-    # -- the retry loop ------------------------------------------------------------------------
+    # -- one attempt ---------------------------------------------------------------------------
 
-    async def _attempts(
+    async def _attempt(
         self,
         request: Request,
-        attempt_fn: Callable[[HttpRequest, Secret | None], Any],
-        *,
-        encode: Callable[[Secret | None], HttpRequest],
+        number: int,
+        once: Callable[[Request, HttpRequest, Any], Any],
+        forward: Any,
     ) -> Any:
-        """Run ``attempt_fn`` until it succeeds or retrying stops making sense."""
-        self.requests += 1
+        """Run one attempt; on failure raise `AttemptFailed` with the session's advice.
+
+        Raises:
+            AttemptFailed: the attempt failed (the typed error and whether to try again).
+        """
+        if number <= 1:
+            self.requests += 1
+        else:
+            self.retries += 1
+        self.attempts += 1
         breaker = self._breaker(request.model)
-        settings = self.settings
-        attempt = 0
-        while True:
-            attempt += 1
-            breaker.before_call(self.provider)
-            key = self.keys.current()
-            self.attempts += 1
-            verdict = False
+        verdict = False
+        key: Secret | None = None
+        try:
             try:
-                result = await attempt_fn(encode(key), key)
-            except _AttemptFailed as failed:
-                error = failed.error
-                self.failures[error.code.value] = self.failures.get(error.code.value, 0) + 1
-                if counts_against_breaker(error):
-                    breaker.failure()
-                    verdict = True
-                if failed.delivered:
-                    raise error from None
-                advice = self.codec.retry_advice(error, failed.headers)
-                delay = advice.delay
-                retryable = advice.retryable
-                if isinstance(error, AuthenticationError) and error.status == 401:
-                    retryable = self.keys.reject(key)
-                    delay = 0.0
-                elif isinstance(error, RateLimited) and self.keys.rotate(key):
-                    delay = 0.0 if advice.retryable else None
-                    retryable = True
-                if delay is not None and delay > settings.max_retry_after:
-                    retryable = False  # the provider asks for longer than we will wait
-                if not retryable or attempt >= settings.max_attempts:
-                    if attempt > 1:
-                        error.details.setdefault("attempts", attempt)
-                    raise error from None
-                if delay is None:
-                    delay = backoff_delay(
-                        attempt,
-                        initial=settings.initial_delay,
-                        maximum=settings.max_delay,
-                        multiplier=settings.multiplier,
-                        jitter=settings.jitter,
-                    )
-                self.retries += 1
-                log.info(
-                    "%s: attempt %d failed (%s); retrying in %.2fs",
-                    self.provider,
-                    attempt,
-                    error.code.value,
-                    delay,
+                self.codec.validate(request)
+                breaker.before_call(self.provider)
+                key = self.keys.current()
+                http_request = self.codec.encode(request, key.reveal() if key else None)
+            except LLMError as error:
+                raise _Failed(error, {}, delivered=False) from None
+            except Exception as exc:
+                # A request the codec cannot encode is ours, not the provider's: say so.
+                error = ProviderError(
+                    f"the request could not be encoded: {type(exc).__name__}: {exc}",
+                    provider=self.provider,
                 )
-                await trio.sleep(delay)
-            else:
-                breaker.success()
+                error.__cause__ = exc
+                log.exception("%s: encoding a request failed", self.provider)
+                raise _Failed(error, {}, delivered=False) from None
+            result = await once(request, http_request, forward)
+        except _Failed as failed:
+            error = failed.error
+            code = error.code.value
+            self.failures[code] = self.failures.get(code, 0) + 1
+            if counts_against_breaker(error):
+                breaker.failure()
                 verdict = True
-                return result
-            finally:
-                if not verdict:
-                    breaker.release_probe()
+            retry, delay = self._advice(error, failed.headers, key, delivered=failed.delivered)
+            raise AttemptFailed(error, retry=retry, delay=delay) from None
+        else:
+            breaker.success()
+            verdict = True
+            return result
+        finally:
+            if not verdict:
+                breaker.release_probe()
+
+    def _advice(
+        self, error: LLMError, headers: Mapping[str, str], key: Secret | None, *, delivered: bool
+    ) -> tuple[bool, float | None]:
+        """Whether another attempt makes sense after ``error``, and after how long."""
+        if delivered or error.details.get("circuit") == "open":
+            return False, None
+        try:
+            advice = self.codec.retry_advice(error, headers)
+        except Exception as exc:  # noqa: BLE001 - a header we cannot read gives no advice
+            log.warning("%s: retry advice failed (%s); using the error's", self.provider, exc)
+            advice = RetryAdvice(retryable=error.retryable, delay=error.retry_after)
+        delay = advice.delay
+        retryable = advice.retryable
+        if isinstance(error, AuthenticationError) and error.status == 401:
+            retryable = self.keys.reject(key)
+            delay = 0.0
+        elif isinstance(error, RateLimited) and self.keys.rotate(key):
+            delay = 0.0 if advice.retryable else None
+            retryable = True
+        if delay is not None and delay > self.settings.max_retry_after:
+            retryable = False  # the provider asks for longer than we will wait
+        return retryable, delay
 
     def _report(self, request: Request, status: int, headers: Mapping[str, str]) -> None:
+        """Tell the observer (the governor) what the response's headers said.
+
+        Rate-limit headers are advisory: one that cannot be read is logged and ignored, it
+        never fails the call.
+        """
         if self._on_response is None:
             return
-        rate_limits = self.codec.parse_rate_limits(headers)
+        try:
+            rate_limits = self.codec.parse_rate_limits(headers)
+        except Exception as exc:  # noqa: BLE001 - advisory headers never fail a call
+            log.warning(
+                "%s: unreadable rate-limit headers ignored (%s: %s)",
+                self.provider,
+                type(exc).__name__,
+                redact(str(exc))[:200],
+            )
+            rate_limits = None
+        retry_after = rate_limits.retry_after if rate_limits is not None else None
+        if status == 429 and len(self.keys) > 1:
+            # With several keys a 429 holds back the key that got it (the next attempt
+            # rotates), not the whole provider.
+            retry_after = None
         info = ResponseInfo(
             provider=self.provider,
             model=request.model,
             status=status,
             rate_limits=rate_limits,
-            retry_after=rate_limits.retry_after if rate_limits is not None else None,
+            retry_after=retry_after,
             request_id=headers.get("x-request-id") or headers.get("request-id"),
         )
         try:
@@ -395,24 +416,13 @@ class ProviderSession(Actor[SessionMsg]):
             body = b""
         return self.codec.map_error(response.status, headers, body)
 
+    def _malformed(self, exc: BaseException, *, delivered: bool) -> LLMError:
+        self.malformed += 1
+        error = malformed_response(exc, provider=self.provider, delivered=delivered)
+        log.warning("%s: %s", self.provider, error.message)
+        return error
+
     # -- streaming -----------------------------------------------------------------------------
-
-    async def _invoke(
-        self,
-        request: Request,
-        forward: Callable[[list[StreamChunk]], Any],
-    ) -> None:
-        self.codec.validate(request)
-        if not request.stream:
-            request = msgspec.structs.replace(request, stream=True)
-
-        async def attempt(http_request: HttpRequest, key: Secret | None) -> None:
-            await self._stream_once(request, http_request, forward)
-
-        await self._attempts(request, attempt, encode=lambda key: self._encode(request, key))
-
-    def _encode(self, request: Request, key: Secret | None) -> HttpRequest:
-        return self.codec.encode(request, key.reveal() if key is not None else None)
 
     async def _stream_once(
         self,
@@ -423,10 +433,12 @@ class ProviderSession(Actor[SessionMsg]):
         assert self._pool is not None
         settings = self.settings
         delivered = False
-        headers: dict[str, str] = {}
+        headers: Mapping[str, str] = {}
         idle = settings.idle_chunk_timeout
+        first = settings.first_chunk_timeout
+        watchdog = self._watchdog
         scope = trio.CancelScope()
-        watch = self._watchdog.watch(scope, trio.current_time() + settings.first_chunk_timeout)
+        watch = watchdog.watch(scope, trio.current_time() + first)
         with scope:
             try:
                 async with self._pool.stream(http_request) as response:
@@ -434,31 +446,45 @@ class ProviderSession(Actor[SessionMsg]):
                     self._report(request, response.status, headers)
                     if response.status >= 300:
                         error = await self._error_from(response, headers)
-                        raise _AttemptFailed(error, headers, delivered=False)
+                        raise _Failed(error, headers, delivered=False)
                     decoder = self.codec.stream_decoder(request)
                     feed = decoder.feed
                     clock = trio.current_time
-                    touch = self._watchdog.touch
+                    touch = watchdog.touch
                     async for data in response:
-                        touch(watch, clock() + idle)
+                        if delivered:
+                            touch(watch, clock() + idle)
                         batch = feed(data)
                         if batch:
-                            delivered = await self._deliver(batch, forward, headers, delivered)
+                            content = await self._deliver(batch, forward, headers, delivered)
+                            if content and not delivered:
+                                # The first content arrived: from now on the idle limit.
+                                delivered = True
+                                touch(watch, clock() + idle)
                     tail = decoder.close()
                     if tail:
                         delivered = await self._deliver(tail, forward, headers, delivered)
-            except _AttemptFailed:
+            except _Failed:
                 raise
-            except LLMError as exc:
-                raise _AttemptFailed(exc, headers, delivered) from exc
+            except LLMError as error:
+                raise _Failed(error, headers, delivered) from error
+            except Exception as exc:
+                raise _Failed(
+                    self._malformed(exc, delivered=delivered), headers, delivered
+                ) from exc
             finally:
-                self._watchdog.unwatch(watch)
+                watchdog.unwatch(watch)
         if watch.expired:
-            what = "chunk" if delivered else "first chunk"
-            limit = idle if delivered else settings.first_chunk_timeout
-            raise _AttemptFailed(
+            if delivered:
+                what, limit, name = "no chunk for", idle, "idle_chunk"
+            else:
+                what, limit, name = "no content within", first, "first_chunk"
+            raise _Failed(
                 InvocationTimeout(
-                    f"no {what} within {limit:g}s", provider=self.provider, retryable=True
+                    f"{what} {limit:g}s (the {name} limit)",
+                    provider=self.provider,
+                    retryable=True,
+                    details={"limit": name, "seconds": limit},
                 ),
                 headers,
                 delivered,
@@ -478,32 +504,24 @@ class ProviderSession(Actor[SessionMsg]):
                 if before:
                     await forward(before)
                     delivered = delivered or _any_content(before)
-                raise _AttemptFailed(error_from_info(chunk.error), headers, delivered)
+                raise _Failed(error_from_info(chunk.error), headers, delivered)
         await forward(batch)
         return delivered or _any_content(batch)
 
     # -- whole responses, models and tokens ----------------------------------------------------
 
-    async def _invoke_once(self, request: Request) -> Response:
-        self.codec.validate(request)
-        if request.stream:
-            request = msgspec.structs.replace(request, stream=False)
-
-        async def attempt(http_request: HttpRequest, key: Secret | None) -> Response:
-            body = await self._fetch(request, http_request)
-            try:
-                return self.codec.decode_response(request, body)
-            except LLMError as error:
-                raise _AttemptFailed(error, {}, delivered=False) from None
-
-        result: Response = await self._attempts(
-            request, attempt, encode=lambda key: self._encode(request, key)
-        )
-        return result
+    async def _fetch_once(self, request: Request, http_request: HttpRequest, _: Any) -> Response:
+        body = await self._fetch(request, http_request)
+        try:
+            return self.codec.decode_response(request, body)
+        except LLMError as error:
+            raise _Failed(error, {}, delivered=False) from None
+        except Exception as exc:
+            raise _Failed(self._malformed(exc, delivered=False), {}, delivered=False) from exc
 
     async def _fetch(self, request: Request | None, http_request: HttpRequest) -> bytes:
         assert self._pool is not None
-        headers: dict[str, str] = {}
+        headers: Mapping[str, str] = {}
         try:
             async with self._pool.stream(http_request) as response:
                 headers = response.headers
@@ -511,41 +529,70 @@ class ProviderSession(Actor[SessionMsg]):
                     self._report(request, response.status, headers)
                 if response.status >= 300:
                     error = await self._error_from(response, headers)
-                    raise _AttemptFailed(error, headers, delivered=False)
+                    raise _Failed(error, headers, delivered=False)
                 return await response.read()
-        except _AttemptFailed:
+        except _Failed:
             raise
-        except LLMError as exc:
-            raise _AttemptFailed(exc, headers, delivered=False) from exc
+        except LLMError as error:
+            raise _Failed(error, headers, delivered=False) from error
+        except Exception as exc:
+            raise _Failed(self._malformed(exc, delivered=False), headers, delivered=False) from exc
 
-    async def _simple(self, build: Callable[[Secret | None], HttpRequest | None]) -> bytes:
-        """Fetch an auxiliary endpoint (models, token counts) with the retry policy."""
+    async def _auxiliary(
+        self, build: Callable[[str | None], HttpRequest | None], decode: Callable[[bytes], Any]
+    ) -> Any:
+        """Fetch and decode an auxiliary endpoint (models, token counts), retrying it here.
 
-        async def attempt(http_request: HttpRequest, key: Secret | None) -> bytes:
-            return await self._fetch(None, http_request)
-
-        def encode(key: Secret | None) -> HttpRequest:
-            built = build(key)
-            if built is None:
-                raise ProviderError(
-                    "this provider has no such endpoint", provider=self.provider, retryable=False
-                )
-            return built
-
-        result: bytes = await self._attempts(_AUX_REQUEST, attempt, encode=encode)
-        return result
+        Raises:
+            LLMError: the endpoint is missing or failed on every attempt.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            self.attempts += 1
+            key: Secret | None = None
+            try:
+                key = self.keys.current()
+                http_request = build(key.reveal() if key else None)
+                if http_request is None:
+                    raise ProviderError(
+                        "this provider has no such endpoint",
+                        provider=self.provider,
+                        retryable=False,
+                    )
+                body = await self._fetch(None, http_request)
+                try:
+                    return decode(body)
+                except LLMError:
+                    raise
+                except Exception as exc:
+                    raise _Failed(
+                        self._malformed(exc, delivered=False), {}, delivered=False
+                    ) from exc
+            except _Failed as failed:
+                error = failed.error
+                retry, delay = self._advice(error, failed.headers, key, delivered=False)
+            except LLMError as error:
+                raise error from None
+            if not retry or attempt >= _AUX_ATTEMPTS:
+                raise error
+            self.retries += 1
+            if delay is None:
+                delay = backoff_delay(attempt, initial=0.5, maximum=4.0, multiplier=2, jitter=True)
+            await trio.sleep(delay)
 
     async def _list_models(self) -> list[ModelInfo]:
-        body = await self._simple(
-            lambda key: self.codec.list_models_request(key.reveal() if key else None)
+        result: list[ModelInfo] = await self._auxiliary(
+            self.codec.list_models_request, self.codec.decode_models
         )
-        return self.codec.decode_models(body)
+        return result
 
     async def _count_tokens(self, request: Request) -> int:
-        body = await self._simple(
-            lambda key: self.codec.count_tokens_request(request, key.reveal() if key else None)
+        result: int = await self._auxiliary(
+            lambda key: self.codec.count_tokens_request(request, key),
+            self.codec.decode_count_tokens,
         )
-        return self.codec.decode_count_tokens(body)
+        return result
 
 
 class _SessionLifespan:
@@ -562,7 +609,3 @@ class _SessionLifespan:
         if pool is not None:
             with trio.move_on_after(5, shield=True):
                 await pool.aclose()
-
-
-# Models and token-count requests share the retry loop; their breaker is keyed "(aux)".
-_AUX_REQUEST: Final = Request(model="(aux)", messages=[user("-")], stream=False)

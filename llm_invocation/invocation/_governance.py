@@ -1,14 +1,16 @@
-"""Admission and settlement of one invocation attempt: tokens, budget, rate limits.
+"""Admission and settlement of an invocation: tokens, budget and rate limits.
 
-Before an attempt is sent: count the prompt (`llm_invocation.tokens`), reserve its worst
-case with the accountant (`CostExceeded` refuses), then take a lease from the governor
-(`RateLimited` refuses or waits). After it, however it ended: release the lease with the
-tokens actually used and settle the cost, shielded from cancellation (bounded), so a
-cancelled or failed stream pays for what it consumed and frees its capacity.
+Per candidate (a provider and model; fallbacks are other candidates): count the prompt
+(`llm_invocation.tokens`) and reserve its worst case with the accountant (`CostExceeded`
+refuses), then settle the cost exactly once however the candidate ended. Per HTTP attempt
+(retries included): take a lease from the governor (`RateLimited` refuses or waits) and give
+it back with the tokens the attempt used. Settling runs shielded from cancellation (bounded),
+so a cancelled or failed stream pays for what it consumed and frees its capacity.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Final, Literal, final
 
@@ -26,10 +28,12 @@ if TYPE_CHECKING:
     from ..actors.accountant import AccountantMsg
     from ..actors.governor import GovernorMsg
 
-__all__ = ["Admission", "Governance"]
+__all__ = ["Admission", "Governance", "Status", "estimated_usage"]
+
+log = logging.getLogger("llm_invocation.invocation")
 
 # Settling after a cancellation may take this long (shielded) before it is given up; the
-# reservation then expires by itself in the store.
+# reservation then expires by itself in the store, keeping its worst case charged.
 SETTLE_LIMIT: Final = 5.0
 
 Status = Literal["ok", "error", "cancelled"]
@@ -37,9 +41,9 @@ Status = Literal["ok", "error", "cancelled"]
 
 @final
 class Admission:
-    """What one admitted attempt holds until it is settled."""
+    """What one candidate of an invocation holds until it is settled: its reservation."""
 
-    __slots__ = ("estimate", "lease", "model", "provider", "reservation", "settled", "started")
+    __slots__ = ("estimate", "model", "provider", "reservation", "settled", "started")
 
     def __init__(
         self,
@@ -47,13 +51,11 @@ class Admission:
         model: str,
         estimate: tokens.TokenEstimate,
         reservation: Reservation,
-        lease: Lease,
     ) -> None:
         self.provider = provider
         self.model = model
         self.estimate = estimate
         self.reservation = reservation
-        self.lease = lease
         self.started = time.monotonic()
         self.settled = False
 
@@ -83,7 +85,7 @@ def estimated_usage(admission: Admission, response: Response | None) -> Usage:
 
 @final
 class Governance:
-    """The facade's link to the governor and the accountant."""
+    """The invocation layer's link to the governor and the accountant."""
 
     def __init__(
         self,
@@ -97,12 +99,11 @@ class Governance:
         self._price_providers = price_providers
         self._token_providers = token_providers
 
-    async def admit(self, request: Request, provider: str, model: str) -> Admission:
-        """Reserve the budget and take a rate-limit lease for one attempt.
+    async def reserve(self, request: Request, provider: str, model: str) -> Admission:
+        """Count the prompt and reserve the worst-case cost of one candidate.
 
         Raises:
             CostExceeded: a cap or a budget refuses it.
-            RateLimited: the governor refuses it.
         """
         probe = msgspec.structs.replace(request, model=model)
         estimate = await tokens.count_request(
@@ -117,17 +118,29 @@ class Governance:
                 tags=_tags(request),
             )
         )
-        try:
-            lease = await self.governor.call(
-                Acquire(provider=provider, model=model, tokens=estimate.total)
+        return Admission(provider, model, estimate, reservation)
+
+    async def acquire(self, admission: Admission) -> Lease:
+        """Take a rate-limit lease for one HTTP attempt of ``admission``'s candidate.
+
+        Raises:
+            RateLimited: the governor refuses it (or it waited longer than ``max_wait``).
+        """
+        return await self.governor.call(
+            Acquire(
+                provider=admission.provider,
+                model=admission.model,
+                tokens=admission.estimate.total,
             )
-        except BaseException:
-            with trio.move_on_after(SETTLE_LIMIT, shield=True):
-                await self.accountant.call(
-                    Settle(reservation=reservation, usage=Usage(), status="error")
-                )
-            raise
-        return Admission(provider, model, estimate, reservation, lease)
+        )
+
+    def release(self, lease: Lease, used: int) -> None:
+        """Give a lease back with the tokens its attempt used (a cast: never waits)."""
+        try:
+            self.governor.send_nowait(Release(lease=lease, used=used))
+        except (MailboxFull, ActorError) as exc:
+            # The lease expires by itself in the store; its capacity comes back then.
+            log.warning("a rate-limit lease was left to expire: %s", exc)
 
     async def settle(
         self,
@@ -139,21 +152,18 @@ class Governance:
         response: Response | None = None,
         request_id: str | None = None,
     ) -> Usage:
-        """Release the lease and settle the cost; returns the usage with its cost.
+        """Settle the cost of ``admission``'s candidate; returns the usage with its cost.
 
-        Runs shielded (bounded by `SETTLE_LIMIT`), so it completes even for a cancelled
-        caller. Settling twice is a no-op.
+        ``usage`` None means the provider reported none: the usage is counted locally from
+        ``response`` (what was streamed) and the prompt estimate. Runs shielded (bounded by
+        `SETTLE_LIMIT`), so it completes even for a cancelled caller. Settling twice is a
+        no-op.
         """
         if admission.settled:
             return usage or Usage()
         admission.settled = True
         if usage is None:
             usage = estimated_usage(admission, response)
-        used = usage.total_tokens if usage.total_tokens else admission.estimate.prompt_tokens
-        try:
-            self.governor.send_nowait(Release(lease=admission.lease, used=used))
-        except (MailboxFull, ActorError):
-            pass  # the lease expires by itself
         settled_usage = usage
         with trio.move_on_after(SETTLE_LIMIT, shield=True):
             try:
@@ -167,8 +177,8 @@ class Governance:
                         request_id=request_id,
                     )
                 )
-            except (LLMError, ActorError):
-                pass  # reported by the accountant; the reservation expires
+            except (LLMError, ActorError) as exc:
+                log.warning("settling an invocation failed; its reservation expires: %s", exc)
             else:
                 settled_usage = settled.usage
         return settled_usage

@@ -2,49 +2,39 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, Literal, Self, TypeVar, final
+from typing import TYPE_CHECKING, Generic, Self, TypeVar, final
 
 import msgspec
 import trio
 
-from ..actors.provider_session import Invoke
-from ..errors import (
-    AuthenticationError,
-    CostExceeded,
-    InvalidRequest,
-    InvocationTimeout,
-    LLMError,
-    ModelNotSupported,
-    ProviderError,
-    ProviderOverloaded,
-    RateLimited,
-)
-from ..runtime import ActorCrashed, ActorDead, ActorError, StreamContext, StreamReceiver
+from ..actors.provider_session import Attempt
+from ..errors import LLMError
+from ..runtime import ActorError, StreamContext, StreamReceiver
 from ..types import (
     ChatResponse,
     Choice,
     CompletionResponse,
-    Request,
     Response,
     StreamAggregator,
     StreamChunk,
     ToolCallDelta,
     Usage,
 )
+from ._governance import Status
+from ._run import Run
 
 if TYPE_CHECKING:
-    from ..client import Client
-    from ._governance import Admission
+    from ._invoker import Invoker
 
-Status = Literal["ok", "error", "cancelled"]
+__all__ = ["DeltaStream", "InvocationStream"]
 
+T = TypeVar("T")
 
-def _as_llm(exc: BaseException) -> LLMError | None:
-    return exc if isinstance(exc, LLMError) else None
+# Batches of chunks buffered between the provider session and the caller.
+STREAM_BUFFER = 16
 
 
 def _as_chunk(response: Response, choice: Choice) -> StreamChunk:
@@ -66,41 +56,8 @@ def _as_chunk(response: Response, choice: Choice) -> StreamChunk:
     )
 
 
-__all__ = ["DeltaStream", "InvocationStream", "can_fall_back", "translate_actor_error"]
-
-T = TypeVar("T")
-
-# Batches of chunks buffered between the provider session and the caller.
-STREAM_BUFFER = 16
-
-
-def translate_actor_error(exc: BaseException, provider: str) -> LLMError:
-    """The client's typed error for a runtime failure under an invocation."""
-    if isinstance(exc, LLMError):
-        return exc
-    if isinstance(exc, trio.TooSlowError):
-        error: LLMError = InvocationTimeout(
-            "the invocation did not finish within its timeout", provider=provider
-        )
-    elif isinstance(exc, ActorCrashed):
-        error = ProviderError(
-            "the provider session crashed during the invocation", provider=provider, retryable=True
-        )
-    elif isinstance(exc, ActorDead):
-        error = ProviderError("the client is closed", provider=provider)
-    else:
-        error = ProviderError(f"invocation failed: {exc}", provider=provider)
-    error.__cause__ = exc
-    return error
-
-
-def can_fall_back(error: LLMError) -> bool:
-    """Whether a fallback provider may take over after ``error`` (nothing delivered yet)."""
-    if isinstance(error, InvalidRequest | ModelNotSupported | CostExceeded | AuthenticationError):
-        return False
-    if isinstance(error, ProviderOverloaded | RateLimited):
-        return True
-    return error.retryable or error.details.get("circuit") == "open"
+def _has_content(batch: list[StreamChunk]) -> bool:
+    return any(c.text or c.tool_calls or c.reasoning or c.finish_reason for c in batch)
 
 
 @final
@@ -117,22 +74,14 @@ class InvocationStream:
     Leaving the block early (or being cancelled) cancels the upstream call at once and
     settles what was streamed. `aggregate` reads what is left and returns the whole
     response, equal to what a non-streamed call would have returned for the same content.
+    A failed attempt before any content is retried, or handed to a fallback provider, as
+    the configuration says; after content has arrived, a failure ends the stream.
     """
 
-    def __init__(
-        self,
-        client: Client,
-        request: Request,
-        candidates: list[tuple[str, str]],
-        *,
-        timeout: float | None,
-    ) -> None:
-        self._client = client
-        self._request = request
-        self._candidates = candidates
-        self._candidate = -1
-        self._timeout = timeout
-        self._deadline = math.inf
+    def __init__(self, invoker: Invoker, run: Run, *, cache_key: str | None) -> None:
+        self._invoker = invoker
+        self._run = run
+        self._cache_key = cache_key
         self._context: StreamContext[list[StreamChunk]] | None = None
         self._receiver: StreamReceiver[list[StreamChunk]] | None = None
         self._aggregator = StreamAggregator()
@@ -143,20 +92,20 @@ class InvocationStream:
         self._response: Response | None = None
         self._error: LLMError | None = None
         self._entered = False
-        self._admission: Admission | None = None
-        self._settled_usage: Usage | None = None
-        self._cache_key: str | None = None
-        self.attempted: list[str] = []
-        """The ``provider:model`` candidates tried, in order (fallbacks after the first)."""
 
     @property
     def provider(self) -> str:
         """The provider serving the stream now."""
-        return self._candidates[max(self._candidate, 0)][0]
+        return self._run.provider
 
     @property
     def model(self) -> str:
-        return self._candidates[max(self._candidate, 0)][1]
+        return self._run.model
+
+    @property
+    def attempted(self) -> list[str]:
+        """The ``provider:model`` candidates tried, in order (fallbacks after the first)."""
+        return self._run.attempted
 
     # -- opening and closing -------------------------------------------------------------------
 
@@ -164,17 +113,20 @@ class InvocationStream:
         if self._entered:
             raise RuntimeError("an invocation stream can be entered only once")
         self._entered = True
-        key = self._client.cache_key(self._request)
+        key = self._cache_key
         if key is not None:
-            cached = await self._client.cache_get(key)
+            cached = await self._invoker.cache_get(key)
             if cached is not None:
                 self._replay(cached)
                 return self
-            self._cache_key = key
         try:
-            await self._open_next()
-        except BaseException:
-            self._finished = True
+            await self._open()
+        except BaseException as exc:
+            if not self._finished:  # not settled yet (cancelled, or a runtime failure)
+                self._finished = True
+                status: Status = "cancelled" if isinstance(exc, trio.Cancelled) else "error"
+                await self._close_attempt()
+                await self._run.settle(status, self._aggregator.usage, partial=self._partial())
             raise
         return self
 
@@ -182,65 +134,61 @@ class InvocationStream:
         """Serve a cached response as one chunk per choice; nothing is sent or charged."""
         self._finished = True
         self._response = response
-        self._settled_usage = response.usage
+        self._run.usage = response.usage
         self._batch = [_as_chunk(response, choice) for choice in response.choices]
 
-    async def _open_next(self) -> None:
-        self._candidate += 1
-        provider, model = self._candidates[self._candidate]
-        self.attempted.append(f"{provider}:{model}")
-        request = msgspec.structs.replace(self._request, provider=provider, model=model)
-        ref = self._client.session_ref(provider)
-        self._aggregator = StreamAggregator()
-        self._batch = []
-        self._position = 0
-        try:
-            # Waiting for rate-limit capacity is bounded by the governor's max_wait (and the
-            # caller's own deadline); the invocation's timeout starts once admitted.
-            governance = self._client.governance
-            if governance is not None:
-                self._admission = await governance.admit(self._request, provider, model)
-            if self._timeout is not None and self._candidate == 0:
-                self._deadline = trio.current_time() + self._timeout
-            with trio.CancelScope(deadline=self._deadline) as scope:
-                context = ref.stream(Invoke(request=request), buffer=STREAM_BUFFER)
-                self._receiver = await context.__aenter__()
-                self._context = context
-            if scope.cancelled_caught:
-                raise InvocationTimeout(
-                    "the invocation did not start within its timeout", provider=provider
-                )
-        except BaseException as exc:
-            error = translate_actor_error(exc, provider) if isinstance(exc, ActorError) else None
-            status: Status = "cancelled" if isinstance(exc, trio.Cancelled) else "error"
-            await self._release(status, error if error is not None else _as_llm(exc))
-            if error is not None:
-                raise error from exc
-            raise
+    async def _open(self) -> None:
+        """Admit and open the next attempt (a retry or a fallback when one failed before)."""
+        run = self._run
+        while True:
+            try:
+                await run.begin()
+            except Exception as exc:  # noqa: BLE001 - refused() re-raises it unless a fallback takes over
+                await run.refused(exc)
+                continue
+            self._aggregator = StreamAggregator()
+            self._batch = []
+            self._position = 0
+            message = Attempt(request=run.attempt_request(), number=run.attempt)
+            try:
+                # The session's handler runs under the invocation's deadline (ours) as well
+                # as under the caller's own.
+                with trio.CancelScope(deadline=run.deadline) as scope:
+                    context = run.session().stream(message, buffer=STREAM_BUFFER)
+                    self._receiver = await context.__aenter__()
+                    self._context = context
+                if scope.cancelled_caught:
+                    raise trio.TooSlowError
+            except Exception as exc:  # noqa: BLE001 - re-raised typed unless another attempt follows
+                await self._fail_attempt(exc)
+                continue
+            return
 
-    async def _release(self, status: Status, error: LLMError | None = None) -> None:
-        """Close the current attempt's stream and settle what it consumed, once."""
+    async def _close_attempt(self) -> None:
         context, self._context, self._receiver = self._context, None, None
         if context is not None:
             await context.__aexit__(None, None, None)
-        admission, self._admission = self._admission, None
-        usage = self._aggregator.usage
-        if admission is not None and self._client.governance is not None:
-            partial: Response | None = None
-            if status != "ok":
-                try:
-                    partial = self._aggregator.response(provider=self.provider, model=self.model)
-                except LLMError:
-                    partial = None
-            usage = await self._client.governance.settle(
-                admission,
-                usage,
-                status=status,
-                error=error,
-                response=partial if status != "ok" else self._response,
+
+    async def _fail_attempt(self, exc: Exception) -> None:
+        """The current attempt failed: returns when another one may start, else raises."""
+        await self._close_attempt()
+        try:
+            await self._run.retry_or_raise(
+                exc,
+                delivered=self._content_seen,
+                usage=self._aggregator.usage,
+                partial=self._partial(),
             )
-        self._client.record_usage(usage)
-        self._settled_usage = usage
+        except LLMError as error:  # settled: the invocation failed
+            self._finished = True
+            self._error = error
+            raise
+
+    def _partial(self) -> Response | None:
+        try:
+            return self._aggregator.response(provider=self.provider, model=self.model)
+        except LLMError:
+            return None
 
     async def __aexit__(
         self,
@@ -250,7 +198,8 @@ class InvocationStream:
     ) -> None:
         if not self._finished:  # left before the end: the rest is cancelled
             self._finished = True
-            await self._release("cancelled")
+            await self._close_attempt()
+            await self._run.settle("cancelled", self._aggregator.usage, partial=self._partial())
 
     async def aclose(self) -> None:
         """Cancel the upstream call (if still running) and settle what was streamed."""
@@ -266,63 +215,50 @@ class InvocationStream:
             chunk = self._batch[self._position]
             self._position += 1
             return chunk
-        if self._receiver is None:
-            if not self._entered:
-                raise RuntimeError("use `async with client.invoke(...) as stream:` first")
-            raise StopAsyncIteration
         while True:
+            receiver = self._receiver
+            if receiver is None:
+                if not self._entered:
+                    raise RuntimeError("use `async with client.invoke(...) as stream:` first")
+                raise StopAsyncIteration
             try:
                 try:
                     # A batch already waiting needs no trip through the scheduler; the
                     # bounded buffer makes the producer block (and so yield) when it is full.
-                    batch = self._receiver.receive_nowait()
+                    batch = receiver.receive_nowait()
                 except trio.WouldBlock:
-                    batch = await self._receiver.receive()
+                    batch = await receiver.receive()
             except trio.EndOfChannel:
                 await self._end()
                 raise StopAsyncIteration from None
             except (LLMError, ActorError, trio.TooSlowError) as exc:
-                error = translate_actor_error(exc, self.provider)
-                if (
-                    not self._content_seen
-                    and self._candidate + 1 < len(self._candidates)
-                    and can_fall_back(error)
-                ):
-                    await self._release("error", error)
-                    self._client.note_fallback(self.provider, error)
-                    await self._open_next()
-                    continue
-                self._error = error
-                self._finished = True
-                await self._release("error", error)
-                if error is exc:
-                    raise
-                raise error from exc
+                await self._fail_attempt(exc)
+                await self._open()
+                continue
             if not batch:
                 continue
             add = self._aggregator.add
             for chunk in batch:
                 add(chunk)
             if not self._content_seen:
-                self._content_seen = any(
-                    c.text or c.tool_calls or c.reasoning or c.finish_reason for c in batch
-                )
+                self._content_seen = _has_content(batch)
             self._batch = batch
             self._position = 1
             return batch[0]
 
     async def _end(self) -> None:
+        await self._close_attempt()
         self._finished = True
+        run = self._run
         response = self._aggregator.response(
             provider=self.provider, model=self.model, created=datetime.now(UTC)
         )
-        self._response = response
-        await self._release("ok")
-        usage = self._settled_usage
+        usage = await run.settle("ok", self._aggregator.usage, response=response)
         if usage is not None and usage is not response.usage:
-            self._response = msgspec.structs.replace(response, usage=usage)
+            response = msgspec.structs.replace(response, usage=usage)
+        self._response = response
         if self._cache_key is not None:
-            await self._client.cache_put(self._cache_key, self._response)
+            await self._invoker.cache_put(self._cache_key, response)
 
     # -- results -------------------------------------------------------------------------------
 
@@ -353,7 +289,7 @@ class InvocationStream:
     @property
     def usage(self) -> Usage | None:
         """Usage with its cost once settled; before that the provider's last report."""
-        return self._settled_usage or self._aggregator.usage
+        return self._run.usage or self._aggregator.usage
 
     @property
     def text(self) -> str:

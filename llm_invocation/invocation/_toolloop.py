@@ -23,7 +23,7 @@ from ..types import Message, Request, Response, StreamChunk, ToolCall, Usage
 from ._stream import InvocationStream
 
 if TYPE_CHECKING:
-    from ..client import Client
+    from ._invoker import Invoker
 
 __all__ = ["LoopItem", "ToolCallsEvent", "ToolLoopStream", "ToolResultsEvent"]
 
@@ -76,7 +76,7 @@ class ToolLoopStream:
 
     def __init__(
         self,
-        client: Client,
+        invoker: Invoker,
         request: Request,
         *,
         max_steps: int,
@@ -84,7 +84,7 @@ class ToolLoopStream:
     ) -> None:
         if max_steps < 1:
             raise ValueError("max_steps must be at least 1")
-        self._client = client
+        self._invoker = invoker
         self._request = request
         self._messages: list[Message] = list(request.messages)
         self._max_steps = max_steps
@@ -119,7 +119,7 @@ class ToolLoopStream:
 
     async def _open_step(self) -> None:
         request = msgspec.structs.replace(self._request, messages=list(self._messages))
-        stream = self._client.invoke(request, timeout=self._timeout)
+        stream = self._invoker.stream(request, timeout=self._timeout)
         await stream.__aenter__()
         self._stream = stream
 
@@ -157,7 +157,7 @@ class ToolLoopStream:
         step = self._step - 1
         self._pending.append(ToolCallsEvent(step=step, calls=calls))
         try:
-            results = await self._client.execute_tools(calls)
+            results = await self._invoker.execute_tools(calls)
         except (LLMError, ActorError) as exc:
             raise ToolExecutionFailed(f"the tool executor failed: {exc}") from exc
         self._pending.append(ToolResultsEvent(step=step, results=results))

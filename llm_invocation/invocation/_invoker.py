@@ -1,0 +1,350 @@
+"""The `Invoker`: every invocation, from request to settled result, goes through it.
+
+One component owns an invocation whatever asked for it (`Client.invoke`, `invoke_sync`, the
+seed API's ``chat`` and ``complete``, the tool loop, the WebSocket front): the request's
+defaults and tools, provider and model resolution with the fallbacks, the response cache,
+admission (budget and rate limits), the attempts and retries, fallback, settlement and the
+usage record. Streamed calls return an `InvocationStream`; non-streamed calls wait for the
+whole response; both run through the same `Run`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal, final, overload
+
+import msgspec
+import trio
+
+from ..actors.provider_session import AttemptOnce, ProviderSession, SessionMsg
+from ..actors.tools import ExecuteTools, ToolExecutor
+from ..config import Config
+from ..errors import ConfigurationError, LLMError, ProviderNotFound
+from ..runtime import ActorError, ActorRef, Runtime
+from ..store._base import StoreUnavailable
+from ..tools import Tool, ToolRegistry, ToolResult
+from ..types import ModelOptions, Request, Response, ToolCall, Usage, from_json, to_json
+from ._governance import Governance, Status
+from ._run import RetryPolicy, Run
+from ._stream import InvocationStream
+from ._toolloop import ToolLoopStream
+
+if TYPE_CHECKING:
+    from ..providers._registry import ProviderRegistry
+    from ..store.cache import ResponseCache
+
+__all__ = ["InvocationStatistics", "Invoker"]
+
+log = logging.getLogger("llm_invocation.invocation")
+
+SESSION_PREFIX = "provider."
+"""Provider sessions are named ``provider.<name>`` in the supervision tree."""
+
+
+class InvocationStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """What the invoker has done so far."""
+
+    invocations: int
+    """Invocations started (a tool loop counts one per step)."""
+    retries: int
+    """Attempts made after a failed one, on the same provider."""
+    fallbacks: int
+    """Times a fallback provider took over."""
+    cache_hits: int
+    usage: Usage
+    """Usage and cost of every invocation so far."""
+
+
+def _parse_target(text: str, *, where: str) -> tuple[str, str]:
+    provider, sep, model = text.partition(":")
+    if not sep or not provider or not model:
+        raise ConfigurationError(f"{where}: fallback {text!r} is not 'provider:model'")
+    return provider, model
+
+
+@final
+class Invoker:
+    """Runs invocations on a running supervision tree: see the module documentation."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        config: Config,
+        registry: ProviderRegistry,
+        *,
+        governance: Governance | None,
+        cache: ResponseCache | None,
+        tools: ToolRegistry,
+        executor: ActorRef[Any] | None = None,
+    ) -> None:
+        self._runtime = runtime
+        self._config = config
+        self._registry = registry
+        self.governance = governance
+        self._cache = cache
+        self.tools = tools
+        self._executor = executor
+        retries = config.retries
+        self.retry_policy = RetryPolicy(
+            max_attempts=retries.max_attempts,
+            initial_delay=retries.initial_delay,
+            max_delay=retries.max_delay,
+            multiplier=retries.multiplier,
+            jitter=retries.jitter,
+        )
+        self._usage = Usage.zero()
+        self._invocations = 0
+        self._retries = 0
+        self._fallbacks = 0
+        self._cache_hits = 0
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    # -- what callers use ----------------------------------------------------------------------
+
+    def prepare(self, request: Request) -> tuple[Request, list[tuple[str, str]]]:
+        """The request with the configured default options, and its candidates: the
+        provider and model it resolves to, then the configured fallbacks.
+
+        Raises:
+            ProviderNotFound, ModelNotSupported: the request's provider or model is not
+                available.
+        """
+        defaults = self._config.defaults
+        if defaults.options:
+            base: ModelOptions = defaults.model_options()
+            request = msgspec.structs.replace(request, options=base.merged(request.options))
+        provider, model = self._registry.resolve(request)
+        candidates = [(provider, model)]
+        entry = self._config.providers.get(provider)
+        if entry is not None:
+            for target in entry.fallback:
+                candidate = _parse_target(target, where=f"providers.{provider}")
+                if candidate[0] not in self._registry.names():
+                    log.warning("fallback %s skipped: provider not configured", target)
+                    continue
+                candidates.append(candidate)
+        return request, candidates
+
+    def offer_tools(self, request: Request, tools: Sequence[Tool | str] | None) -> Request:
+        """``request`` with ``tools`` offered (objects are registered first; names must be
+        registered already); None offers every registered tool.
+
+        Raises:
+            InvalidRequest: a tool object's name is taken by another tool.
+            ToolExecutionFailed: a name is not registered.
+        """
+        names: list[str] = []
+        if tools is None:
+            names = self.tools.names()
+        else:
+            for item in tools:
+                if isinstance(item, str):
+                    self.tools.get(item)
+                    names.append(item)
+                else:
+                    self.tools.register(item)
+                    names.append(item.name)
+        specs = list(request.tools or [])
+        known = {spec.name for spec in specs}
+        specs.extend(spec for spec in self.tools.specs(names) if spec.name not in known)
+        return msgspec.structs.replace(request, tools=specs or None)
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self._config.timeout if timeout is None else timeout
+
+    def stream(self, request: Request, *, timeout: float | None = None) -> InvocationStream:
+        """A streamed invocation of ``request`` (``async with`` it, then iterate).
+
+        Raises:
+            ProviderNotFound, ModelNotSupported: the request's provider or model is not
+                available.
+        """
+        prepared, candidates = self.prepare(request)
+        self._invocations += 1
+        run = Run(self, prepared, candidates, timeout=self._timeout(timeout))
+        return InvocationStream(self, run, cache_key=self.cache_key(prepared))
+
+    def tool_loop(
+        self, request: Request, *, max_steps: int | None = None, timeout: float | None = None
+    ) -> ToolLoopStream:
+        """The automatic tool loop over ``request`` (its tools as offered).
+
+        Raises:
+            ValueError: ``max_steps`` is below 1.
+        """
+        steps = self._config.tools.max_steps if max_steps is None else max_steps
+        return ToolLoopStream(self, request, max_steps=steps, timeout=timeout)
+
+    @overload
+    def invoke(self, request: Request, /) -> InvocationStream: ...
+    @overload
+    def invoke(
+        self, request: Request, /, *, tool_mode: Literal["auto"], max_steps: int | None = None
+    ) -> ToolLoopStream: ...
+    def invoke(
+        self,
+        request: Request,
+        /,
+        *,
+        tool_mode: Literal["auto"] | None = None,
+        max_steps: int | None = None,
+    ) -> InvocationStream | ToolLoopStream:
+        """A streamed invocation, or with ``tool_mode="auto"`` the tool loop over every
+        registered tool (what the WebSocket front runs).
+
+        Raises:
+            ProviderNotFound, ModelNotSupported: the request's provider or model is not
+                available.
+        """
+        if tool_mode == "auto":
+            return self.tool_loop(self.offer_tools(request, None), max_steps=max_steps)
+        return self.stream(request)
+
+    async def complete(self, request: Request, *, timeout: float | None = None) -> Response:
+        """One non-streamed invocation: the whole response.
+
+        Raises:
+            LLMError: the invocation failed.
+        """
+        prepared, candidates = self.prepare(request)
+        self._invocations += 1
+        key = self.cache_key(prepared)
+        if key is not None:
+            cached = await self.cache_get(key)
+            if cached is not None:
+                return cached
+        run = Run(self, prepared, candidates, timeout=self._timeout(timeout))
+        try:
+            response = await self._complete(run)
+        except BaseException as exc:
+            status: Status = "cancelled" if isinstance(exc, trio.Cancelled) else "error"
+            await run.settle(status, None)  # nothing when the run settled already
+            raise
+        usage = await run.settle("ok", response.usage, response=response)
+        if usage is not None and usage is not response.usage:
+            response = msgspec.structs.replace(response, usage=usage)
+        if key is not None:
+            await self.cache_put(key, response)
+        return response
+
+    async def _complete(self, run: Run) -> Response:
+        while True:
+            try:
+                await run.begin()
+            except Exception as exc:  # noqa: BLE001 - refused() re-raises it unless a fallback takes over
+                await run.refused(exc)
+                continue
+            message = AttemptOnce(request=run.attempt_request(), number=run.attempt)
+            try:
+                response: Response | None = None
+                with trio.CancelScope(deadline=run.deadline):
+                    response = await run.session().call(message)
+                if response is None:  # the invocation's own timeout passed
+                    raise trio.TooSlowError
+            except Exception as exc:  # noqa: BLE001 - re-raised typed unless another attempt follows
+                await run.retry_or_raise(exc, delivered=False)
+                continue
+            return response
+
+    async def execute_tools(self, calls: Sequence[ToolCall]) -> list[ToolResult]:
+        """Run tool calls in parallel through the executor, results in call order.
+
+        A failing, slow or unknown tool gives an error result, not an exception.
+
+        Raises:
+            ActorError: the executor is not running.
+        """
+        executor = self._executor
+        if executor is None:
+            executor = self._runtime.ref("tools", ToolExecutor)
+        return await executor.call(ExecuteTools(calls=list(calls)))
+
+    def session_ref(self, provider: str) -> ActorRef[SessionMsg]:
+        """The session actor of ``provider``.
+
+        Raises:
+            ProviderNotFound: no such provider is configured.
+        """
+        try:
+            return self._runtime.ref(SESSION_PREFIX + provider, ProviderSession)
+        except ActorError:
+            raise ProviderNotFound(
+                f"provider {provider!r} is not configured", provider=provider
+            ) from None
+
+    # -- the response cache --------------------------------------------------------------------
+
+    def cache_key(self, request: Request) -> str | None:
+        """The cache key of ``request`` when it asks for the cache (``cache=True``)."""
+        if not request.cache or self._cache is None:
+            return None
+        from ..store.cache import cache_key
+
+        return cache_key(request)
+
+    async def cache_get(self, key: str) -> Response | None:
+        """A cached response (marked ``metadata["cache"] == "hit"``), or None."""
+        assert self._cache is not None
+        try:
+            data = await self._cache.get(key)
+        except StoreUnavailable as exc:
+            log.warning("response cache unreachable: %s", exc)
+            return None
+        if data is None:
+            return None
+        try:
+            response = from_json(data, Response)
+        except LLMError:
+            log.warning("an unreadable cached response was ignored (key %s)", key[:12])
+            return None
+        self._cache_hits += 1
+        metadata = {**(response.metadata or {}), "cache": "hit"}
+        usage = response.usage
+        if usage is not None:  # nothing was sent: a hit costs nothing
+            usage = msgspec.structs.replace(usage, cost=Decimal(0))
+        return msgspec.structs.replace(response, metadata=metadata, usage=usage)
+
+    async def cache_put(self, key: str, response: Response) -> None:
+        """Keep ``response`` for ``config.cache_ttl`` seconds."""
+        assert self._cache is not None
+        try:
+            await self._cache.set(key, to_json(response), self._config.cache_ttl)
+        except StoreUnavailable as exc:
+            log.warning("response cache unreachable: %s", exc)
+
+    # -- the record ----------------------------------------------------------------------------
+
+    def record_usage(self, usage: Usage) -> None:
+        self._usage = self._usage + usage
+
+    def note_retry(self, provider: str, attempt: int, error: LLMError, delay: float) -> None:
+        self._retries += 1
+        log.info(
+            "%s: attempt %d failed (%s); retrying in %.2fs",
+            provider,
+            attempt,
+            error.code.value,
+            delay,
+        )
+
+    def note_fallback(self, provider: str, error: LLMError) -> None:
+        self._fallbacks += 1
+        log.warning("%s failed (%s: %s); falling back", provider, error.code.value, error.message)
+
+    @property
+    def usage(self) -> Usage:
+        return self._usage
+
+    def statistics(self) -> InvocationStatistics:
+        return InvocationStatistics(
+            invocations=self._invocations,
+            retries=self._retries,
+            fallbacks=self._fallbacks,
+            cache_hits=self._cache_hits,
+            usage=self._usage,
+        )

@@ -1,0 +1,350 @@
+"""`Run`: one invocation's way through its candidates and attempts, shared by every path.
+
+A run owns, for one invocation: the candidates (the provider and model asked for, then its
+fallbacks), the reservation of the current candidate, one rate-limit lease per HTTP attempt,
+the retry decision after a failed attempt (the session's advice, ``max_attempts``, the
+backoff), the fallback decision, and settling each candidate exactly once. Streamed calls
+(`InvocationStream`), non-streamed calls and the tool loop all go through it.
+
+Deadlines: the invocation's ``timeout`` is ours, and starts once the first candidate is
+admitted (waiting for rate-limit capacity is bounded by the governor's ``max_wait``); it
+covers every attempt, backoff and fallback after that. The caller's own deadline or
+cancellation is the caller's: before any error is raised, a run checks whether its caller
+is cancelled, and if so the caller sees its own `trio.Cancelled` and the ledger records
+``cancelled``, never a timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Final, final
+
+import msgspec
+import trio
+
+from ..actors._resilience import backoff_delay
+from ..actors.provider_session import AttemptFailed, SessionMsg
+from ..errors import (
+    AuthenticationError,
+    CostExceeded,
+    InvalidRequest,
+    InvocationTimeout,
+    LLMError,
+    ModelNotSupported,
+    ProviderError,
+    ProviderOverloaded,
+    RateLimited,
+)
+from ..runtime import ActorCrashed, ActorDead, ActorRef
+from ..types import Request, Response, Usage
+from ._governance import Admission, Status
+
+if TYPE_CHECKING:
+    from ..actors.governor import Lease
+    from ._invoker import Invoker
+
+__all__ = ["RetryPolicy", "Run", "can_fall_back", "failure_of"]
+
+log = logging.getLogger("llm_invocation.invocation")
+
+_NO_USAGE: Final = Usage()
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How many attempts an invocation makes on one candidate, and the backoff between."""
+
+    max_attempts: int = 3
+    initial_delay: float = 0.5
+    max_delay: float = 8.0
+    multiplier: float = 2.0
+    jitter: bool = True
+
+    def delay(self, failed: int) -> float:
+        """The backoff after ``failed`` failed attempts (from 1)."""
+        return backoff_delay(
+            failed,
+            initial=self.initial_delay,
+            maximum=self.max_delay,
+            multiplier=self.multiplier,
+            jitter=self.jitter,
+        )
+
+
+def can_fall_back(error: LLMError) -> bool:
+    """Whether a fallback provider may take over after ``error`` (nothing delivered yet)."""
+    if isinstance(error, InvalidRequest | ModelNotSupported | CostExceeded | AuthenticationError):
+        return False
+    if isinstance(error, ProviderOverloaded | RateLimited):
+        return True
+    return error.retryable or error.details.get("circuit") == "open"
+
+
+def failure_of(exc: BaseException, provider: str) -> tuple[LLMError, bool, float | None]:
+    """The typed error of a failed attempt, whether to try again and after how long.
+
+    ``exc`` is what the session or the runtime raised: the session's `AttemptFailed`, an
+    `LLMError`, the runtime's own errors, or `trio.TooSlowError` (our timeout).
+    """
+    if isinstance(exc, AttemptFailed):
+        return exc.error, exc.retry, exc.delay
+    if isinstance(exc, LLMError):
+        return exc, False, None
+    if isinstance(exc, trio.TooSlowError):
+        error: LLMError = InvocationTimeout(
+            "the invocation did not finish within its timeout", provider=provider, retryable=False
+        )
+        error.__cause__ = exc
+        return error, False, None
+    if isinstance(exc, ActorCrashed):
+        error = ProviderError(
+            "the provider session crashed during the attempt", provider=provider, retryable=True
+        )
+    elif isinstance(exc, ActorDead):
+        error = ProviderError("the client is closed", provider=provider)
+    else:
+        error = ProviderError(f"the attempt failed: {exc}", provider=provider)
+    error.__cause__ = exc
+    return error, error.retryable, None
+
+
+@final
+class Run:
+    """One invocation's candidates, attempts and settlements: see the module documentation."""
+
+    __slots__ = (
+        "_active",
+        "_admission",
+        "_attempt",
+        "_deadline",
+        "_index",
+        "_invoker",
+        "_lease",
+        "_pending_usage",
+        "_timeout",
+        "attempted",
+        "candidates",
+        "request",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        invoker: Invoker,
+        request: Request,
+        candidates: list[tuple[str, str]],
+        *,
+        timeout: float | None,
+    ) -> None:
+        self._invoker = invoker
+        self.request = request
+        self.candidates = candidates
+        self._index = 0
+        self._timeout = timeout
+        self._deadline = math.inf
+        self._admission: Admission | None = None
+        self._active = False  # a candidate was begun and is not settled yet
+        self._lease: Lease | None = None
+        self._attempt = 0
+        self._pending_usage: Usage | None = None  # reported by failed attempts of a candidate
+        self.usage: Usage | None = None
+        """The settled usage (with cost) of the last candidate settled."""
+        self.attempted: list[str] = []
+        """The ``provider:model`` candidates tried, in order (fallbacks after the first)."""
+
+    @property
+    def provider(self) -> str:
+        return self.candidates[self._index][0]
+
+    @property
+    def model(self) -> str:
+        return self.candidates[self._index][1]
+
+    @property
+    def deadline(self) -> float:
+        """When the invocation's own timeout passes (inf before admission, or none)."""
+        return self._deadline
+
+    @property
+    def attempt(self) -> int:
+        """The number of the current attempt on the current candidate (from 1)."""
+        return self._attempt
+
+    def session(self) -> ActorRef[SessionMsg]:
+        return self._invoker.session_ref(self.provider)
+
+    def attempt_request(self) -> Request:
+        """The request as the current candidate's session receives it."""
+        return msgspec.structs.replace(self.request, provider=self.provider, model=self.model)
+
+    # -- attempts ------------------------------------------------------------------------------
+
+    async def begin(self) -> None:
+        """Admit the next attempt: reserve the candidate's budget (first attempt on it), then
+        take a rate-limit lease.
+
+        Raises:
+            CostExceeded: a cap or a budget refuses the candidate.
+            RateLimited: the governor refuses the attempt.
+            InvocationTimeout: the invocation's timeout passed while waiting.
+        """
+        governance = self._invoker.governance
+        self._attempt += 1
+        self._active = True
+        if self._attempt == 1:
+            self.attempted.append(f"{self.provider}:{self.model}")
+        try:
+            if governance is None:
+                return
+            if self._admission is None:
+                self._admission = await governance.reserve(self.request, self.provider, self.model)
+            admission = self._admission
+            if self._deadline == math.inf:
+                self._lease = await governance.acquire(admission)
+            else:
+                with trio.CancelScope(deadline=self._deadline) as scope:
+                    self._lease = await governance.acquire(admission)
+                if scope.cancelled_caught:
+                    raise InvocationTimeout(
+                        "the invocation's timeout passed while it waited for rate-limit capacity",
+                        provider=self.provider,
+                        retryable=False,
+                    )
+        finally:
+            if self._timeout is not None and self._deadline == math.inf:
+                self._deadline = trio.current_time() + self._timeout
+
+    def end_attempt(self, usage: Usage | None, *, failed: bool) -> None:
+        """The current attempt is over: give its lease back with the tokens it used.
+
+        A failed attempt's reported usage is kept and settled with its candidate.
+        """
+        if failed and usage is not None:
+            self._pending_usage = (
+                usage if self._pending_usage is None else self._pending_usage + usage
+            )
+        lease, self._lease = self._lease, None
+        governance = self._invoker.governance
+        if lease is not None and governance is not None:
+            used = usage.total_tokens if usage is not None else 0
+            if not used and self._admission is not None:
+                used = self._admission.estimate.prompt_tokens
+            governance.release(lease, used)
+
+    async def retry_or_raise(
+        self,
+        exc: BaseException,
+        *,
+        delivered: bool,
+        usage: Usage | None = None,
+        partial: Response | None = None,
+    ) -> None:
+        """After a failed attempt: return to try again (the same candidate after its backoff,
+        or the next candidate), or settle and raise the invocation's error.
+
+        ``usage`` is what the failed attempt reported; ``partial`` what it streamed.
+
+        Raises:
+            trio.Cancelled: the caller is cancelled (the ledger records ``cancelled``).
+            LLMError: the invocation failed.
+        """
+        error, retry, delay = failure_of(exc, self.provider)
+        self.end_attempt(usage, failed=True)
+        # The caller's own cancellation wins over whatever the attempt ran into.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        policy = self._invoker.retry_policy
+        if not delivered and retry and self._attempt < policy.max_attempts:
+            wait = policy.delay(self._attempt) if delay is None else delay
+            self._invoker.note_retry(self.provider, self._attempt, error, wait)
+            if trio.current_time() + wait >= self._deadline:
+                await self._fail(self._timed_out(error), partial)
+            await trio.sleep(wait)
+            return
+        if self._attempt > 1:
+            error.details.setdefault("attempts", self._attempt)
+        if not delivered and self._index + 1 < len(self.candidates) and can_fall_back(error):
+            await self.settle("error", None, error=error, partial=partial)
+            self._invoker.note_fallback(self.provider, error)
+            self._index += 1
+            self._attempt = 0
+            self._admission = None
+            self._pending_usage = None
+            return
+        await self._fail(error, partial)
+
+    async def refused(self, exc: Exception) -> None:
+        """`begin` failed (a budget, a rate limit, our timeout): settle the candidate's
+        reservation untouched, then fall back or re-raise.
+
+        Raises:
+            Exception: ``exc`` again, when no fallback takes over.
+        """
+        self._lease = None
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not isinstance(exc, LLMError):
+            await self.settle("error", _NO_USAGE)
+            raise exc
+        if self._index + 1 < len(self.candidates) and can_fall_back(exc):
+            await self.settle("error", _NO_USAGE, error=exc)
+            self._invoker.note_fallback(self.provider, exc)
+            self._index += 1
+            self._attempt = 0
+            self._admission = None
+            self._pending_usage = None
+            return
+        await self.settle("error", _NO_USAGE, error=exc)
+        raise exc
+
+    def _timed_out(self, cause: LLMError) -> LLMError:
+        error = InvocationTimeout(
+            f"the invocation did not finish within its timeout of {self._timeout:g}s "
+            f"(the last attempt failed: {cause.message})",
+            provider=self.provider,
+            retryable=False,
+        )
+        error.__cause__ = cause
+        return error
+
+    async def _fail(self, error: LLMError, partial: Response | None) -> None:
+        await self.settle("error", None, error=error, partial=partial)
+        raise error
+
+    # -- settling ------------------------------------------------------------------------------
+
+    async def settle(
+        self,
+        status: Status,
+        usage: Usage | None,
+        *,
+        error: LLMError | None = None,
+        partial: Response | None = None,
+        response: Response | None = None,
+    ) -> Usage | None:
+        """Settle the current candidate once; returns its usage with the cost.
+
+        ``usage`` is what the last attempt reported (None: nothing, counted locally from
+        ``partial`` when the call did not succeed); earlier failed attempts' usage is added.
+        """
+        if not self._active:
+            return None
+        self._active = False
+        self.end_attempt(usage, failed=False)
+        reported = usage
+        if self._pending_usage is not None:
+            reported = self._pending_usage if usage is None else self._pending_usage + usage
+            self._pending_usage = None
+        admission, self._admission = self._admission, None
+        governance = self._invoker.governance
+        settled = reported
+        if admission is not None and governance is not None:
+            settled = await governance.settle(
+                admission,
+                reported,
+                status=status,
+                error=error,
+                response=response if status == "ok" else partial,
+            )
+        if settled is not None:
+            self.usage = settled
+            self._invoker.record_usage(settled)
+        return settled
