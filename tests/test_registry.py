@@ -114,3 +114,23 @@ def test_a_provider_of_the_family_under_another_name_serves_it() -> None:
         {"work": make_codec("work", ProviderConfig(kind="anthropic"))}, default_provider="work"
     )
     assert reg.resolve(req("claude-haiku-4-5")) == ("work", "claude-haiku-4-5")
+
+
+@pytest.mark.parametrize("default", ["mock", "openai", "anthropic"])
+def test_an_unknown_provider_prefix_is_provider_not_found(default: str) -> None:
+    reg = registry("openai", "anthropic", "mock", default=default)
+    with pytest.raises(ProviderNotFound) as info:
+        reg.resolve(req("foo:bar"))
+    assert info.value.provider == "foo"
+    assert info.value.details["available"] == ["anthropic", "mock", "openai"]
+
+
+def test_an_openai_fine_tune_id_keeps_its_colons() -> None:
+    reg = registry("openai", "mock", default="mock")
+    model = "ft:gpt-4o-mini-2024-07-18:acme::B1x2y3"
+    assert reg.resolve(req(model)) == ("openai", model)
+
+
+def test_a_configured_model_with_a_colon_is_served_by_the_default_provider() -> None:
+    reg = registry("openai", default="openai", models={"openai": ["team:gpt-4o"]})
+    assert reg.resolve(req("team:gpt-4o")) == ("openai", "team:gpt-4o")

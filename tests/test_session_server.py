@@ -199,7 +199,9 @@ async def test_the_idle_watchdog_fires_on_a_silent_connection() -> None:
     scenarios.add("quiet", Scenario(text="abcd", chunk_chars=1, failure=Stall(after_chunks=1)))
     async with serve(scenarios, retries={"max_attempts": 1}) as (client, _):
         start = trio.current_time()
-        with pytest.raises(llm.InvocationTimeout, match=r"no chunk for 0\.5s \(the idle_chunk limit\)"):
+        with pytest.raises(
+            llm.InvocationTimeout, match=r"no chunk for 0\.5s \(the idle_chunk limit\)"
+        ):
             await client.invoke_sync(request("openai", "quiet"))
         assert 0.4 < trio.current_time() - start < 3
 

@@ -29,6 +29,7 @@ MODEL_PREFIXES: Final[tuple[tuple[str, str], ...]] = (
     ("text-davinci", "openai"),
     ("davinci-", "openai"),
     ("babbage-", "openai"),
+    ("ft:", "openai"),
     ("claude-", "anthropic"),
     ("gemini-", "gemini"),
     ("models/gemini-", "gemini"),
@@ -176,7 +177,7 @@ class ProviderRegistry:
             head, sep, tail = model.partition(":")
             if sep and head in self._codecs:
                 provider, model = head, tail
-            elif sep and head in codec_kinds():
+            elif sep and (head in codec_kinds() or not self._takes_colons(model)):
                 raise self._not_found(head, tail)
         elif model.startswith(provider + ":"):
             model = model[len(provider) + 1 :]
@@ -195,6 +196,23 @@ class ProviderRegistry:
         if not model:
             raise ModelNotSupported("the request names no model", provider=provider)
         return provider, model
+
+    def _takes_colons(self, model: str) -> bool:
+        """Whether ``model``, which has a colon but names no configured provider before it,
+        is still a model id: an OpenAI fine-tune (``ft:gpt-4o-mini:org::id``), a model the
+        default provider knows or is configured with, or any model of a compatible server
+        (Ollama's ``llama3:8b``). Otherwise the text before the colon is an unknown provider.
+        """
+        if model.startswith("ft:"):
+            return True
+        default = self._codecs.get(self.default_provider)
+        if default is None:
+            return False
+        if model in self._models.get(self.default_provider, ()):
+            return True
+        if default.kind == "openai-compatible":
+            return True
+        return any(info.id == model for info in default.known_models())
 
     def _by_prefix(self, model: str) -> str:
         default = self.default_provider

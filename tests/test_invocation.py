@@ -1,0 +1,294 @@
+"""The invocation path: deadlines, watchdogs, retries under governance, provider resolution.
+
+Every invocation runs through the invoker; these tests hold it to what a production caller
+relies on: the caller's own cancellation is never reported as our timeout, the first-chunk
+limit runs until content arrives, every retry is counted and takes a rate-limit lease, and an
+unknown provider is never answered by the mock.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import llm_invocation as llm
+from llm_invocation.actors.governor import Governor, GovernorStats
+from llm_invocation.testing import (
+    HttpError,
+    MockTransport,
+    Scenario,
+    Scenarios,
+    Stall,
+    open_fake_server,
+)
+
+FORMATS = ("openai", "anthropic", "gemini")
+KEY = "sk-test-INVOKE-0123456789abcdef"
+
+
+def make_config(**overrides: Any) -> llm.Config:
+    settings: dict[str, Any] = {
+        "provider": "openai",
+        "timeout": 30,
+        "retries": {"max_attempts": 3, "initial_delay": 0.1, "max_delay": 1, "jitter": False},
+        "timeouts": {"connect": 5, "first_chunk": 10, "idle_chunk": 5},
+        "providers": {fmt: {"api_key": KEY} for fmt in FORMATS},
+    }
+    settings.update(overrides)
+    return llm.Config.from_dict(settings)
+
+
+@asynccontextmanager
+async def client_for(
+    scenarios: Scenarios, config: llm.Config | None = None
+) -> AsyncGenerator[tuple[llm.Client, dict[str, MockTransport]]]:
+    transports = {name: MockTransport(scenarios, format=name) for name in FORMATS}
+    factories = {name: (lambda t=t: t) for name, t in transports.items()}
+    async with llm.open_client(
+        config or make_config(), transports=factories, scenarios=scenarios
+    ) as client:
+        yield client, transports
+
+
+def request(provider: str, model: str, text: str = "hello there", **kw: Any) -> llm.Request:
+    return llm.Request(model=f"{provider}:{model}", messages=[llm.user(text)], **kw)
+
+
+# -- the caller's deadline is the caller's -----------------------------------------------------
+
+
+async def _cancel_at_random(
+    client: llm.Client, rng: random.Random, rounds: int, *, longest: float
+) -> tuple[int, int]:
+    """Run ``rounds`` streams, each under a caller's deadline drawn at random; return how many
+    the caller's deadline cut and how many completed. Any InvocationTimeout fails the test."""
+    cancelled = completed = 0
+    for _ in range(rounds):
+        with trio.move_on_after(rng.uniform(0, longest)) as scope:
+            async with client.invoke(request("openai", "fast")) as stream:
+                async for _chunk in stream:
+                    if rng.random() < 0.3:  # sometimes the caller is busy between chunks
+                        await trio.lowlevel.checkpoint()
+        if scope.cancelled_caught:
+            cancelled += 1
+        else:
+            completed += 1
+    return cancelled, completed
+
+
+async def test_a_callers_own_deadline_is_never_reported_as_our_timeout() -> None:
+    scenarios = Scenarios()
+    scenarios.add("fast", Scenario(text="x" * 24, chunk_chars=1))
+    rng = random.Random(20261202)
+    async with client_for(scenarios) as (client, transports):
+        # Calibrate the deadlines to this machine: most calls are cut somewhere inside.
+        start = trio.current_time()
+        for _ in range(20):
+            await client.invoke_sync(request("openai", "fast"))
+        typical = (trio.current_time() - start) / 20
+        cancelled, completed = await _cancel_at_random(client, rng, 2000, longest=typical * 1.5)
+        report = await client.usage()
+    assert cancelled > 200  # the test exercised the race
+    # No timeout anywhere: each cut call is recorded as cancelled (a call cut before it
+    # was admitted sent nothing and reserved nothing, so it has no ledger entry).
+    assert report.total.error == 0
+    assert 0.5 * cancelled < report.total.cancelled <= cancelled
+    assert report.total.ok == completed + 20
+    assert report.total.calls >= len(transports["openai"].requests)
+
+
+async def test_a_callers_own_deadline_over_sockets_is_never_our_timeout() -> None:
+    scenarios = Scenarios()
+    scenarios.add("fast", Scenario(text="y" * 16, chunk_chars=1))
+    rng = random.Random(7)
+    async with open_fake_server(scenarios) as server:
+        config = make_config(
+            providers={"openai": {"api_key": KEY, "base_url": server.base_url("openai")}}
+        )
+        async with llm.open_client(config) as client:
+            start = trio.current_time()
+            for _ in range(10):
+                await client.invoke_sync(request("openai", "fast"))
+            typical = (trio.current_time() - start) / 10
+            cancelled, completed = await _cancel_at_random(client, rng, 400, longest=typical * 1.5)
+            report = await client.usage()
+    assert cancelled > 40
+    assert report.total.error == 0
+    assert 0.5 * cancelled < report.total.cancelled <= cancelled
+    assert report.total.ok == completed + 10
+    assert report.total.calls >= len(server.requests)
+
+
+async def test_our_timeout_is_an_invocation_timeout_when_the_caller_has_time_left(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    scenarios = Scenarios()
+    scenarios.add("slow", Scenario(text="a" * 40, chunk_chars=1, interval=1))
+    async with client_for(scenarios) as (client, _):
+        with trio.move_on_after(60):
+            with pytest.raises(llm.InvocationTimeout, match="within its timeout") as info:
+                await client.invoke_sync(request("openai", "slow"), timeout=5)
+        report = await client.usage()
+    assert not info.value.retryable
+    assert (report.total.error, report.total.cancelled) == (1, 0)
+
+
+async def test_a_caller_cancelled_during_a_retry_backoff_is_recorded_as_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    scenarios = Scenarios()
+    scenarios.add("busy", Scenario(failure=HttpError(status=503)), Scenario(text="ok"))
+    config = make_config(
+        retries={"max_attempts": 3, "initial_delay": 10, "max_delay": 10, "jitter": False}
+    )
+    async with client_for(scenarios, config) as (client, _):
+        with trio.move_on_after(5) as scope:
+            await client.invoke_sync(request("openai", "busy"))
+        report = await client.usage()
+    assert scope.cancelled_caught
+    assert (report.total.cancelled, report.total.error, report.total.ok) == (1, 0, 0)
+
+
+# -- watchdogs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_the_first_chunk_limit_runs_until_the_first_content(
+    fmt: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The stream opens (OpenAI's role chunk, Anthropic's message_start...) and stalls before
+    # any content: the first-chunk limit applies, not the shorter idle limit.
+    scenarios = Scenarios()
+    scenarios.add("late", Scenario(text="never", failure=Stall(after_chunks=0)))
+    config = make_config(
+        retries={"max_attempts": 1}, timeouts={"first_chunk": 1.2, "idle_chunk": 0.4}
+    )
+    async with client_for(scenarios, config) as (client, _):
+        start = trio.current_time()
+        with pytest.raises(llm.InvocationTimeout) as info:
+            await client.invoke_sync(request(fmt, "late"))
+        elapsed = trio.current_time() - start
+    assert 1.2 <= elapsed < 1.3
+    assert info.value.details["limit"] == "first_chunk"
+    assert "no content within 1.2s (the first_chunk limit)" in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_the_idle_limit_runs_between_events_once_content_arrived(
+    fmt: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    scenarios = Scenarios()
+    scenarios.add("halts", Scenario(text="abcdef", chunk_chars=2, failure=Stall(after_chunks=1)))
+    config = make_config(
+        retries={"max_attempts": 1}, timeouts={"first_chunk": 1.2, "idle_chunk": 0.4}
+    )
+    async with client_for(scenarios, config) as (client, _):
+        start = trio.current_time()
+        with pytest.raises(llm.InvocationTimeout) as info:
+            async with client.invoke(request(fmt, "halts")) as stream:
+                async for _ in stream:
+                    pass
+        elapsed = trio.current_time() - start
+    assert 0.4 <= elapsed < 0.5
+    assert stream.text == "ab"
+    assert info.value.details["limit"] == "idle_chunk"
+    assert "no chunk for 0.4s (the idle_chunk limit)" in str(info.value)
+
+
+# -- retries are counted and governed ----------------------------------------------------------
+
+
+async def test_every_attempt_takes_a_rate_limit_lease_and_retries_are_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    scenarios = Scenarios()
+    scenarios.add(
+        "flaky",
+        Scenario(failure=HttpError(status=500)),
+        Scenario(failure=HttpError(status=500)),
+        Scenario(text="third time"),
+    )
+    async with client_for(scenarios) as (client, transports):
+        response = await client.invoke_sync(request("openai", "flaky"))
+        governor = client.runtime.ref("governor", Governor)
+        leases = (await governor.call(GovernorStats())).granted
+        session = (await client.session_statistics())["openai"]
+    assert response.text == "third time"
+    assert len(transports["openai"].requests) == 3
+    assert leases == 3
+    assert client.statistics().retries == 2
+    assert (session.requests, session.attempts, session.retries) == (1, 3, 2)
+
+
+async def test_retries_wait_for_the_rate_limit_like_any_request(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Three requests a minute: a call with two retries and two more calls are five requests,
+    # so the last ones wait for the next minute instead of going out at once.
+    scenarios = Scenarios()
+    scenarios.add(
+        "flaky",
+        Scenario(failure=HttpError(status=500)),
+        Scenario(failure=HttpError(status=500)),
+        Scenario(text="done"),
+    )
+    scenarios.add("plain", Scenario(text="plain"))
+    config = make_config(rate_limits={"requests_per_minute": 3, "max_wait": 120})
+    async with client_for(scenarios, config) as (client, transports):
+        start = trio.current_time()
+        await client.invoke_sync(request("openai", "flaky"))
+        await client.invoke_sync(request("openai", "plain"))
+        await client.invoke_sync(request("openai", "plain"))
+        elapsed = trio.current_time() - start
+    assert len(transports["openai"].requests) == 5
+    assert elapsed >= 20  # the 4th and 5th requests waited for capacity
+
+
+async def test_the_timeout_covers_retries_and_their_backoff(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    scenarios = Scenarios()
+    scenarios.add("down", *[Scenario(failure=HttpError(status=503)) for _ in range(5)])
+    config = make_config(
+        retries={"max_attempts": 5, "initial_delay": 4, "max_delay": 8, "jitter": False}
+    )
+    async with client_for(scenarios, config) as (client, transports):
+        start = trio.current_time()
+        with pytest.raises(llm.InvocationTimeout, match="within its timeout of 10s"):
+            await client.invoke_sync(request("openai", "down"), timeout=10)
+        assert trio.current_time() - start <= 10
+    assert len(transports["openai"].requests) == 2  # a third attempt would start after 12 s
+
+
+# -- provider resolution -----------------------------------------------------------------------
+
+
+async def test_an_unknown_provider_prefix_is_not_answered_by_the_mock() -> None:
+    async with llm.open_mock_client() as client:
+        with pytest.raises(llm.ProviderNotFound) as info:
+            await client.invoke_sync(model="foo:bar", messages=[llm.user("hi")])
+    assert info.value.provider == "foo"
+
+
+async def test_the_mock_runs_only_when_configured() -> None:
+    config = llm.Config(provider="openai", api_key=KEY)
+    async with llm.open_client(config) as client:
+        assert client.providers == ["openai"]
+        with pytest.raises(llm.ProviderNotFound):
+            await client.invoke_sync(model="mock:mock", messages=[llm.user("hi")])
+
+
+async def test_the_offline_default_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="llm_invocation.client")
+    async with llm.open_client(llm.Config()) as client:
+        assert client.providers == ["mock"]
+        await client.invoke_sync(model="mock", messages=[llm.user("hi")])
+        await client.invoke_sync(model="mock", messages=[llm.user("hi again")])
+    notes = [r for r in caplog.records if "built-in mock" in r.getMessage()]
+    assert len(notes) == 1
