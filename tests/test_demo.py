@@ -36,7 +36,7 @@ def test_python_dash_m_runs_the_demo() -> None:
     assert "Traceback" not in done.stderr
 
 
-async def test_the_main_demo_fans_out_through_the_fake_server_and_recovers_failures() -> None:
+async def test_the_main_demo_fans_out_offline_and_recovers_failures() -> None:
     out = io.StringIO()
     summary = await run_demo(out, calls=60, offline=True)
     assert summary.succeeded == 60

@@ -1,9 +1,10 @@
 """The main job, offline: a fan-out of concurrent streaming invocations through the actor tree.
 
-Without an API key in the environment it starts the fake provider server on 127.0.0.1 and
-points the OpenAI, Anthropic and Gemini codecs at it, with scripted failures mixed in (rate
-limits with Retry-After, an overloaded error event, a dropped connection, a provider that
-stays down and falls back), so the summary shows retries and fallbacks doing their work.
+Without an API key in the environment the OpenAI, Anthropic and Gemini codecs talk to the
+built-in mock provider's scripted answers, each in its own wire format, in-process, with
+scripted failures mixed in (rate limits with Retry-After, an overloaded error event, a
+dropped connection, a provider that stays down and falls back), so the summary shows retries
+and fallbacks doing their work.
 With a real key (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY`` or
 ``LLM_API_KEY`` with ``LLM_PROVIDER``) the same job talks to that provider, with a small
 fan-out.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any, Final, TextIO
+from typing import Final, TextIO
 
 import msgspec
 import trio
@@ -22,6 +23,16 @@ import trio
 from ..client import Client, open_client
 from ..config import Config
 from ..errors import LLMError
+from ..http import TransportFactory
+from ..providers.mock import (
+    Disconnect,
+    ErrorEvent,
+    HttpError,
+    MockTransport,
+    Scenario,
+    Scenarios,
+    WireFormat,
+)
 from ..types import Request, Usage, system, user
 
 __all__ = ["DemoSummary", "run_demo"]
@@ -53,9 +64,7 @@ class DemoSummary(msgspec.Struct, kw_only=True):
     errors: dict[str, int]
 
 
-def _offline_scenarios() -> Any:
-    from ..testing import Disconnect, ErrorEvent, HttpError, Scenario, Scenarios
-
+def _offline_scenarios() -> Scenarios:
     steady = Scenario(completion_words=40, chunk_chars=6, interval=0.01, ttft=0.05)
     scenarios = Scenarios(steady)
     scenarios.add(
@@ -65,6 +74,11 @@ def _offline_scenarios() -> Any:
     scenarios.add("demo-dropped", Scenario(failure=Disconnect(after_chunks=0)), steady)
     scenarios.add("demo-down", Scenario(failure=HttpError(status=503)))
     return scenarios
+
+
+def _scripted(scenarios: Scenarios, fmt: WireFormat) -> TransportFactory:
+    transport = MockTransport(scenarios, format=fmt)
+    return lambda: transport
 
 
 def _model_for(index: int) -> str:
@@ -166,8 +180,8 @@ async def run_demo(
     Args:
         out: where to write the live stream and the summary.
         calls: how many concurrent invocations (a real provider gets at most 5).
-        offline: force the fake server (True) or a real provider (False); None decides by
-            whether a key is configured.
+        offline: force the scripted mock provider (True) or a real provider (False); None
+            decides by whether a key is configured.
         progress: called with (finished, total) after each invocation.
     """
     real = None if offline else _real_config()
@@ -191,33 +205,27 @@ async def run_demo(
                 return f"{provider}:{model}"
 
         else:
-            from ..testing import open_fake_server
-
-            mode = "offline (fake provider server on 127.0.0.1)"
-            server = await stack.enter_async_context(open_fake_server(_offline_scenarios()))
+            mode = "offline (the built-in mock provider, in each provider's wire format)"
+            scenarios = _offline_scenarios()
             config = Config.from_dict(
                 {
                     "provider": "openai",
                     "retries": {"max_attempts": 3, "initial_delay": 0.05, "max_delay": 0.5},
                     "providers": {
-                        "openai": {
-                            "api_key": "sk-demo-offline-0000000000000000",
-                            "base_url": server.base_url("openai"),
-                        },
+                        "openai": {"api_key": "sk-demo-offline-0000000000000000"},
                         "anthropic": {
                             "api_key": "sk-ant-demo-offline-000000000000",
-                            "base_url": server.base_url("anthropic"),
                             "fallback": ["openai:demo"],
                         },
-                        "gemini": {
-                            "api_key": "demo-offline-gemini-key-00000",
-                            "base_url": server.base_url("gemini"),
-                        },
+                        "gemini": {"api_key": "demo-offline-gemini-key-00000"},
                     },
                 }
             )
-            client = await stack.enter_async_context(open_client(config))
-            provider = "openai, anthropic, gemini (fake)"
+            transports = {fmt: _scripted(scenarios, fmt) for fmt in _FORMATS}
+            client = await stack.enter_async_context(
+                open_client(config, transports=transports, scenarios=scenarios)
+            )
+            provider = "openai, anthropic, gemini (scripted)"
             model_for = _model_for
         out.write(f"llm-invocation demo: {calls} concurrent streaming calls, {mode}\n")
         ok, failed, chunks, usage, errors = await _fan_out(client, out, calls, model_for, progress)
