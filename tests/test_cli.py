@@ -54,6 +54,15 @@ def test_chat_one_shot_streams_the_reply_and_says_it_uses_the_mock() -> None:
     assert "prompt +" in err and "completion tokens" in err
 
 
+def test_chat_with_an_unknown_provider_prefix_is_one_error_line_not_a_mock_answer() -> None:
+    code, out, err = run("chat", "--model", "foo:bar", "hello")
+    assert code == 1
+    assert out == ""
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1
+    assert "provider 'foo'" in lines[0] and "provider_not_found" in lines[0]
+
+
 def test_chat_json_prints_the_response() -> None:
     code, out, _ = run("chat", "--json", "--system", "be brief", "hi")
     assert code == 0
