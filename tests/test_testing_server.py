@@ -11,9 +11,12 @@ from collections.abc import AsyncGenerator
 from functools import partial
 from typing import Any
 
+import h11
 import httpx
 import pytest
 import trio
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from llm_invocation.providers._sse import SSEParser
 from llm_invocation.testing import (
@@ -417,15 +420,19 @@ async def test_an_oversized_head_gets_a_431(server: FakeServer) -> None:
     assert response.startswith(b"HTTP/1.1 431 ")
 
 
-async def test_a_chunked_request_body_gets_a_400(server: FakeServer) -> None:
-    head = b"POST /openai/v1/chat/completions HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
-    response = await send_raw(server, head + b"0\r\n\r\n")
-    assert response.startswith(b"HTTP/1.1 400 ")
+async def test_a_chunked_request_body_is_read(server: FakeServer) -> None:
+    body = json.dumps(CHAT).encode()
+    head = b"POST /openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+    head += b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    chunks = b"".join(b"%x\r\n%b\r\n" % (len(part), part) for part in (body[:7], body[7:]))
+    response = await send_raw(server, head + chunks + b"0\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert server.requests[-1].json == CHAT
 
 
 async def test_expect_100_continue_is_answered(server: FakeServer) -> None:
     body = json.dumps(CHAT).encode()
-    head = b"POST /openai/v1/chat/completions HTTP/1.1\r\nexpect: 100-continue\r\n"
+    head = b"POST /openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
     head += b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body)
     stream = await trio.open_tcp_stream("127.0.0.1", server.port)
     async with stream:
@@ -440,11 +447,197 @@ async def test_expect_100_continue_is_answered(server: FakeServer) -> None:
 
 
 async def test_pipelined_requests_are_answered_in_order(server: FakeServer) -> None:
-    one = b"GET /openai/v1/models HTTP/1.1\r\n\r\n"
-    last = b"GET /anthropic/v1/models HTTP/1.1\r\nconnection: close\r\n\r\n"
+    one = b"GET /openai/v1/models HTTP/1.1\r\nhost: x\r\n\r\n"
+    last = b"GET /anthropic/v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
     response = await send_raw(server, one + one + last)
     assert response.count(b"HTTP/1.1 200 OK\r\n") == 3
     assert response.rstrip().endswith(b'"last_id":"claude-sonnet-4-5"}')
+
+
+async def test_an_http_11_request_without_host_gets_a_400(server: FakeServer) -> None:
+    # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request lacking Host (h11 does).
+    response = await send_raw(server, b"GET /openai/v1/models HTTP/1.1\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 400 ")
+    assert b"Host" in response
+
+
+async def test_an_http_10_request_needs_no_host(server: FakeServer) -> None:
+    response = await send_raw(server, b"GET /openai/v1/models HTTP/1.0\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+async def test_a_transfer_coding_other_than_chunked_gets_a_501(server: FakeServer) -> None:
+    head = b"POST /openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+    response = await send_raw(server, head + b"transfer-encoding: gzip\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 501 ")
+    assert server.statistics().bad_requests == 1
+
+
+async def test_a_body_over_the_limit_gets_a_413_before_it_is_sent(server: FakeServer) -> None:
+    head = b"POST /openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+    response = await send_raw(server, head + b"content-length: %d\r\n\r\n" % (33 << 20))
+    assert response.startswith(b"HTTP/1.1 413 ")
+
+
+async def test_a_chunked_body_over_the_limit_gets_a_413(server: FakeServer) -> None:
+    head = b"POST /openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+    head += b"transfer-encoding: chunked\r\n\r\n"
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(head + b"%x\r\n" % (33 << 20))  # one chunk, over the limit
+        piece = b"z" * (1 << 20)
+        with trio.fail_after(20):
+            try:
+                for _ in range(33):
+                    await stream.send_all(piece)
+            except trio.BrokenResourceError:
+                pass  # refused and closed while the body was still coming
+            response = b""
+            try:
+                while chunk := await stream.receive_some(65536):
+                    response += chunk
+            except trio.BrokenResourceError:
+                pass
+    assert response.startswith(b"HTTP/1.1 413 ")
+
+
+async def test_empty_lines_before_a_request_line_are_skipped(server: FakeServer) -> None:
+    request = b"GET /openai/v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    response = await send_raw(server, b"\r\n\r\n" + request)
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+async def test_pipelined_bodies_keep_their_boundaries(server: FakeServer) -> None:
+    first, second = json.dumps(CHAT).encode(), json.dumps({**CHAT, "model": "m2"}).encode()
+    path = b"POST /openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+    by_length = path + b"content-length: %d\r\n\r\n%b" % (len(first), first)
+    chunked = path + b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    chunked += b"%x\r\n%b\r\n0\r\n\r\n" % (len(second), second)
+    response = await send_raw(server, by_length + chunked)
+    assert response.count(b"HTTP/1.1 200 OK\r\n") == 2
+    assert [r.json for r in server.requests] == [CHAT, {**CHAT, "model": "m2"}]
+
+
+async def test_a_request_arriving_byte_by_byte_is_read(server: FakeServer) -> None:
+    body = json.dumps(CHAT).encode()
+    request = b"POST /openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+    request += b"content-length: %d\r\n\r\n%b" % (len(body), body)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        for index in range(len(request)):
+            await stream.send_all(request[index : index + 1])
+        response = b""
+        while chunk := await stream.receive_some(65536):
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert server.requests[-1].json == CHAT
+
+
+async def test_a_bad_request_after_a_good_one_is_refused_after_its_answer(
+    server: FakeServer,
+) -> None:
+    good = b"GET /openai/v1/models HTTP/1.1\r\nhost: x\r\n\r\n"
+    response = await send_raw(server, good + b"NOT HTTP\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert response.count(b"HTTP/1.1 400 Bad Request\r\n") == 1
+    assert server.statistics().requests_total == 1
+    assert server.statistics().bad_requests == 1
+
+
+async def test_a_client_leaving_mid_request_is_not_a_bad_request(server: FakeServer) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(b"POST /openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+    with trio.fail_after(5):
+        statistics = await server.wait_statistics(lambda s: s.connections_open == 0)
+    assert (statistics.bad_requests, statistics.internal_errors) == (0, 0)
+
+
+REQUEST_LINES = [
+    b"GET /openai/v1/models HTTP/1.1\r\nhost: x\r\n",
+    b"POST /openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\n",
+    b"POST /anthropic/v1/messages HTTP/1.1\r\nhost: x\r\n",
+    b"GET /openai/v1/models HTTP/1.1\r\n",
+    b"GET /gemini/v1beta/models HTTP/1.0\r\n",
+    b"GET / HTTP/2.0\r\n",
+    b"\r\n",
+]
+FIELDS = [
+    b"content-length: 2\r\n",
+    b"content-length: 0\r\n",
+    b"transfer-encoding: chunked\r\n",
+    b"transfer-encoding: gzip\r\n",
+    b"expect: 100-continue\r\n",
+    b"connection: keep-alive\r\n",
+    b"connection: close\r\n",
+    b"x: \x00\r\n",
+]
+BODIES = [b"", b"{}", b"2\r\n{}\r\n0\r\n\r\n", b"zz\r\n"]
+one_request = st.builds(
+    lambda line, fields, body: line + b"".join(fields) + b"\r\n" + body,
+    st.sampled_from(REQUEST_LINES),
+    st.lists(st.sampled_from(FIELDS), max_size=3),
+    st.sampled_from(BODIES),
+)
+pipelined = st.lists(one_request, min_size=1, max_size=3).map(b"".join)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        pipelined,
+        st.tuples(pipelined, st.integers(min_value=0, max_value=300), st.binary(max_size=3)).map(
+            lambda t: t[0][: t[1]] + t[2] + t[0][t[1] :]
+        ),
+    )
+)
+async def test_any_bytes_get_well_formed_answers_and_never_crash_the_server(data: bytes) -> None:
+    async with open_fake_server() as server:
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with stream:
+            await stream.send_all(data)
+            await stream.send_eof()
+            received = b""
+            with trio.fail_after(10):
+                while chunk := await stream.receive_some(65536):
+                    received += chunk
+        with trio.fail_after(5):
+            statistics = await server.wait_statistics(lambda s: s.connections_open == 0)
+    assert server.last_error is None
+    assert statistics.internal_errors == 0
+    answers = whole_answers(received)
+    event(f"{answers} answers, {statistics.bad_requests} refused")
+    assert answers <= statistics.requests_total + statistics.bad_requests
+
+
+def whole_answers(received: bytes) -> int:
+    """How many final answers ``received`` holds, each read whole by h11's client.
+
+    Interim ``100 Continue`` answers are skipped; one may come last when the client left
+    before sending the body it announced.
+    """
+    reader = h11.Connection(h11.CLIENT)
+    reader.receive_data(received)
+    reader.receive_data(b"")
+    answers = 0
+    while reader.trailing_data[0]:
+        reader.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+        reader.send(h11.EndOfMessage())
+        event = reader.next_event()
+        while isinstance(event, h11.InformationalResponse):
+            if not reader.trailing_data[0]:
+                return answers
+            event = reader.next_event()
+        assert isinstance(event, h11.Response), event
+        while not isinstance(reader.next_event(), h11.EndOfMessage):
+            pass
+        answers += 1
+        if reader.their_state is not h11.DONE:  # the answer closes the connection
+            break
+        reader.start_next_cycle()
+    assert not reader.trailing_data[0], "bytes after the last answer"
+    return answers
 
 
 async def test_a_whole_body_disconnect_sends_half_the_body(server: FakeServer) -> None:

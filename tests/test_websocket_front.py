@@ -22,6 +22,9 @@ import trio_websocket
 from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, TextMessage
+from wsproto.events import Request as WsRequest
 
 import llm_invocation as llm
 from llm_invocation.actors.websocket import (
@@ -867,6 +870,53 @@ async def test_a_malformed_handshake_gets_an_http_error_at_once() -> None:
             await stream.send_all(b"garbage\r\n\r\n")
             with trio.fail_after(5):
                 assert (await stream.receive_some()).startswith(b"HTTP/1.1 400 ")
+
+
+async def read_to_end(stream: trio.SocketStream) -> bytes:
+    """What the front sends until it closes (a reset after its answer ends it too)."""
+    received = b""
+    try:
+        while chunk := await stream.receive_some():
+            received += chunk
+    except trio.BrokenResourceError:
+        pass
+    return received
+
+
+async def test_a_handshake_carrying_a_body_gets_400() -> None:
+    async with front_running() as (_, front):
+        stream = await trio.open_tcp_stream("127.0.0.1", front.port)
+        async with stream:
+            await stream.send_all(UPGRADE.removesuffix(b"\r\n") + b"Content-Length: 5\r\n\r\nhello")
+            with trio.fail_after(5):
+                answer = await read_to_end(stream)
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert answer.endswith(b"a GET request must not have a body\n")
+        assert front.statistics().connections_total == 0
+
+
+async def test_a_handshake_arriving_in_pieces_is_accepted_and_the_socket_works() -> None:
+    client = WSConnection(ConnectionType.CLIENT)
+    handshake = client.send(WsRequest(host="127.0.0.1", target="/ws?token=" + TOKEN))
+    messages: list[str] = []
+    async with front_running(ws={"tokens": [llm.Secret(TOKEN)]}) as (_, front):
+        stream = await trio.open_tcp_stream("127.0.0.1", front.port)
+        async with stream:
+            for start in range(0, len(handshake), 7):
+                await stream.send_all(handshake[start : start + 7])
+            with trio.fail_after(5):
+                while not messages:
+                    data = await stream.receive_some()
+                    assert data, "the front closed the connection"
+                    client.receive_data(data)
+                    for event in client.events():
+                        if isinstance(event, AcceptConnection):
+                            await stream.send_all(
+                                client.send(TextMessage(data='{"type":"ping","nonce":"n"}'))
+                            )
+                        elif isinstance(event, TextMessage):
+                            messages.append(event.data)
+    assert list(decode_server_message(messages[0])) == [PongFrame(nonce="n")]
 
 
 async def test_stopping_the_front_cancels_what_outlives_the_grace() -> None:

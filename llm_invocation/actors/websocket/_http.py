@@ -1,10 +1,15 @@
 """The front's plain-HTTP side: reading a request head, static files, refusals, tokens.
 
 Every TCP connection starts here. The front reads the request head itself, so one port
-serves both the chat page (``GET /`` and its files) and the WebSocket endpoint (``/ws``):
-a WebSocket upgrade is checked (path, ``Origin``, bearer token) and then handed to
-trio-websocket together with the bytes already read (`PrefixedStream`), which parses the
-handshake again with wsproto. Anything refused gets a small ``Connection: close`` answer.
+serves both the chat page (``GET /`` and its files) and the WebSocket endpoint (``/ws``).
+h11 parses the head (`HeadReader`): a malformed head is refused with 400, one still
+incomplete past `MAX_HEAD` bytes with 431, an unsupported ``Transfer-Encoding`` with 501,
+and a ``GET`` or ``HEAD`` that carries a body with 400 (no endpoint here takes one, and
+a WebSocket handshake's body would be silently lost after the upgrade).
+A WebSocket upgrade is checked (path, ``Origin``, bearer token) and then handed to
+trio-websocket together with every byte already read (`PrefixedStream`), which parses the
+handshake again with wsproto. Anything refused gets a small ``Connection: close`` answer,
+written by h11 too (`http_response`).
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ import hashlib
 import hmac
 import importlib.resources
 import os
+import re
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
 
+import h11
 import trio
 
 __all__ = [
@@ -26,6 +33,7 @@ __all__ = [
     "MAX_HEAD",
     "PAGE_HEADERS",
     "BadRequest",
+    "HeadReader",
     "PrefixedStream",
     "RequestHead",
     "StaticFile",
@@ -39,6 +47,7 @@ __all__ = [
 ]
 
 MAX_HEAD: Final = 16384
+_RECEIVE: Final = 4096
 _CONTENT_TYPES: Final = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -58,6 +67,7 @@ _REASONS: Final = {
     405: "Method Not Allowed",
     426: "Upgrade Required",
     431: "Request Header Fields Too Large",
+    501: "Not Implemented",
     503: "Service Unavailable",
 }
 # The page reads its token from its own URL: keep that URL out of Referer headers, and let
@@ -75,10 +85,14 @@ PAGE_HEADERS: Final = [
     ("X-Content-Type-Options", "nosniff"),
     ("Cache-Control", "no-store"),
 ]
+# h11's messages end with the offending bytes (``illegal header line: b'...'``); a refusal
+# says what was wrong without echoing them back.
+_ECHOED_BYTES: Final = re.compile(r":? *(?:bytearray\()?b['\"].*", re.DOTALL)
+_NO_BODY: Final = frozenset({b"GET", b"HEAD"})
 
 
 class BadRequest(Exception):
-    """The bytes read are not an HTTP/1.1 request head (answered with ``status``)."""
+    """The bytes read are not an acceptable HTTP/1.1 request head (answered with ``status``)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -88,7 +102,11 @@ class BadRequest(Exception):
 @final
 @dataclass(frozen=True, slots=True)
 class RequestHead:
-    """A parsed request head; ``raw`` is every byte read so far (head and anything after)."""
+    """A parsed request head; ``raw`` is every byte read so far (head and anything after).
+
+    Header names are lower case; a header sent more than once has its values joined with
+    ``", "`` (RFC 9110 5.3).
+    """
 
     method: str
     target: str
@@ -106,58 +124,109 @@ class RequestHead:
         return "websocket" in upgrade.lower()
 
 
-def parse_head(raw: bytes, end: int) -> RequestHead:
-    """Parse the head ending at ``end`` (the index of its blank line).
+@final
+class HeadReader:
+    """Reads one request head with h11, without I/O: `feed` it bytes until it returns one.
 
-    Raises:
-        BadRequest: the request line or a header line is malformed.
+    Args:
+        limit: the most bytes an incomplete head may take before it is refused (431).
     """
-    lines = raw[:end].split(b"\r\n")
-    parts = lines[0].decode("latin-1").split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[0].isalpha():
-        raise BadRequest(400, "malformed request line")
-    method, target, _ = parts
+
+    __slots__ = ("_connection", "_raw")
+
+    def __init__(self, *, limit: int = MAX_HEAD) -> None:
+        self._connection = h11.Connection(h11.SERVER, max_incomplete_event_size=limit)
+        self._raw = bytearray()
+
+    def feed(self, data: bytes) -> RequestHead | None:
+        """Add ``data`` (never an end of stream); the head once it is complete, else None.
+
+        Raises:
+            BadRequest: the head is malformed (400), longer than the limit while still
+                incomplete (431), announces a transfer coding other than chunked (501),
+                speaks an HTTP version other than 1.x (400), or is a ``GET`` or ``HEAD``
+                with a body (400). Feeding more after a refusal raises it again (400).
+        """
+        if data:
+            self._raw += data
+            self._connection.receive_data(data)
+        try:
+            event = self._connection.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise BadRequest(exc.error_status_hint, _explain(exc)) from None
+        if event is h11.NEED_DATA:
+            return None
+        if not isinstance(event, h11.Request):  # pragma: no cover - h11 gives a Request first
+            raise BadRequest(400, "not an HTTP request")
+        return _request_head(event, bytes(self._raw))
+
+
+def _explain(exc: h11.RemoteProtocolError) -> str:
+    if exc.error_status_hint == 431:
+        return "request head too large"
+    return _ECHOED_BYTES.sub("", str(exc)) or "malformed request head"
+
+
+def _request_head(request: h11.Request, raw: bytes) -> RequestHead:
+    if not request.http_version.startswith(b"1."):
+        raise BadRequest(400, "unsupported HTTP version")
     headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name.strip() != name:
-            raise BadRequest(400, "malformed header line")
-        key = name.decode("latin-1").lower()
-        text = value.strip().decode("latin-1")
+    body = False
+    for name, value in request.headers:
+        key = name.decode("latin-1")
+        text = value.decode("latin-1")
         # Repeated headers join with commas (RFC 9110 5.3).
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    split = urllib.parse.urlsplit(target)
-    query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
+        body |= name == b"transfer-encoding" or (name == b"content-length" and int(value) > 0)
+    if body and request.method in _NO_BODY:
+        raise BadRequest(400, f"a {request.method.decode()} request must not have a body")
+    target = request.target.decode("latin-1")
+    if target.startswith("/"):
+        # origin-form (RFC 9112 3.2.1): ``//x`` is a path here, not an authority
+        path, _, query = target.partition("?")
+    else:  # absolute-form, or ``*``
+        try:
+            split = urllib.parse.urlsplit(target)
+        except ValueError:  # e.g. an unclosed ``[`` in the authority
+            raise BadRequest(400, "malformed request target") from None
+        path, query = split.path or "/", split.query
     return RequestHead(
-        method=method,
+        method=request.method.decode("ascii"),
         target=target,
-        path=split.path or "/",
-        query=query,
+        path=path,
+        query=urllib.parse.parse_qs(query, keep_blank_values=True),
         headers=headers,
         raw=raw,
     )
+
+
+def parse_head(raw: bytes, *, limit: int = MAX_HEAD) -> RequestHead | None:
+    """Parse the request head at the start of ``raw``; None when it is not complete yet.
+
+    Raises:
+        BadRequest: as `HeadReader.feed`.
+    """
+    return HeadReader(limit=limit).feed(raw)
 
 
 async def read_head(stream: trio.abc.ReceiveStream, *, limit: int = MAX_HEAD) -> RequestHead | None:
     """Read one request head from ``stream``; None when the peer closes before one arrives.
 
     Raises:
-        BadRequest: the head is malformed (400) or longer than ``limit`` (431).
+        BadRequest: as `HeadReader.feed`: the head is malformed (400), longer than ``limit``
+            while incomplete (431), and so on.
     """
-    raw = b""
+    reader = HeadReader(limit=limit)
     while True:
-        end = raw.find(b"\r\n\r\n")
-        if end >= 0:
-            return parse_head(raw, end)
-        if len(raw) > limit:
-            raise BadRequest(431, "request head too large")
         try:
-            data = await stream.receive_some(4096)
+            data = await stream.receive_some(_RECEIVE)
         except trio.BrokenResourceError:
             return None
         if not data:
             return None
-        raw += data
+        head = reader.feed(bytes(data))
+        if head is not None:
+            return head
 
 
 def http_response(
@@ -168,21 +237,40 @@ def http_response(
     headers: Iterable[tuple[str, str]] = (),
     head_only: bool = False,
 ) -> bytes:
-    """A complete ``Connection: close`` HTTP/1.1 response."""
-    lines = [
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
+    """A complete ``Connection: close`` HTTP/1.1 response, written by h11.
+
+    Raises:
+        ValueError: ``status`` is not a final status (200-999), or a header name or value
+            is not valid in HTTP (a line break, say).
+    """
+    fields = [
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+        *headers,
     ]
-    lines.extend(f"{name}: {value}" for name, value in headers)
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head if head_only else head + body
+    connection = h11.Connection(h11.SERVER)
+    try:
+        response = h11.Response(
+            status_code=status, reason=_REASONS.get(status, "Error"), headers=fields
+        )
+        head = connection.send(response)
+        if head_only:
+            return head
+        return head + connection.send(h11.Data(data=body)) + connection.send(h11.EndOfMessage())
+    except h11.LocalProtocolError as exc:
+        raise ValueError(f"not a valid HTTP response: {exc}") from None
 
 
 @final
 class PrefixedStream(trio.abc.Stream):
-    """A stream that first returns bytes already read from ``inner``, then reads ``inner``."""
+    """A stream that first returns bytes already read from ``inner``, then reads ``inner``.
+
+    The front hands trio-websocket the request head it read this way, so that wsproto can
+    parse the handshake again. Bytes a client sent after the head, before the 101 answer
+    (RFC 6455 4.1 says it must wait for it), are replayed too but wsproto's server drops
+    them.
+    """
 
     def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
         self._inner = inner
