@@ -38,9 +38,9 @@ from llm_invocation.actors.websocket import (
     ToolResultFrame,
     WebSocketFront,
     decode_server_message,
-    serve_forever,
     serve_websocket_front,
 )
+from llm_invocation.cli._main import serve_forever
 from llm_invocation.config import WebSocketConfig
 from llm_invocation.testing import Scenario, Scenarios, ScriptedToolCall
 from llm_invocation.tools import tool
@@ -1095,7 +1095,7 @@ async def test_serve_forever_runs_a_client_and_the_front_and_says_where() -> Non
         provider="mock", model="mock", websocket=WebSocketConfig(port=0, tokens=[llm.Secret(TOKEN)])
     )
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(functools.partial(serve_forever, config, out=out))
+        nursery.start_soon(functools.partial(serve_forever, config, config.websocket, out=out))
         await eventually(lambda: "WebSocket:" in out.getvalue())
         page_line, ws_line = out.getvalue().splitlines()
         assert page_line.endswith("/?token=<token>")
@@ -1109,3 +1109,35 @@ async def test_serve_forever_runs_a_client_and_the_front_and_says_where() -> Non
             _, end = await peer.finish("cli")
             assert isinstance(end, DoneFrame)
         nursery.cancel_scope.cancel()
+
+
+class ScriptedService:
+    """Not a client: anything with ``config`` and ``invoke`` can drive a front."""
+
+    def __init__(self, client: llm.Client) -> None:
+        self.config = CONFIG
+        self.requests: list[llm.Request] = []
+        self._client = client
+
+    def invoke(
+        self, request: llm.Request, /, *, tool_mode: Any = None, max_steps: int | None = None
+    ) -> Any:
+        self.requests.append(request)
+        return self._client.invoke(request)
+
+
+async def test_the_front_serves_any_invocation_service_not_only_a_client() -> None:
+    async with (
+        llm.open_client(CONFIG, scenarios=scenarios()) as client,
+        trio.open_nursery() as nursery,
+    ):
+        service = ScriptedService(client)
+        front = WebSocketFront(service, WebSocketConfig(port=0), grace=1.0)
+        await nursery.start(front.serve)
+        async with connect(front) as peer:
+            await peer.send(invoke("svc", prompt="through a service"))
+            text, end = await peer.finish("svc")
+        nursery.cancel_scope.cancel()
+    assert isinstance(end, DoneFrame)
+    assert text == "hello over the socket"
+    assert [r.messages[0].text for r in service.requests] == ["through a service"]

@@ -32,7 +32,7 @@ from typing import Any, Final, TextIO, cast
 import msgspec
 import trio
 
-from ..config import Config
+from ..config import Config, WebSocketConfig
 from ..errors import ConfigurationError, LLMError
 from ..store.ledger import LedgerError
 
@@ -291,9 +291,29 @@ async def _usage(args: argparse.Namespace, config: Config, out: TextIO, err: Tex
     return 0
 
 
-async def _serve(args: argparse.Namespace, config: Config, out: TextIO, err: TextIO) -> int:
-    from ..actors.websocket import serve_forever
+async def serve_forever(config: Config, settings: WebSocketConfig, *, out: TextIO) -> None:
+    """Open a client on ``config`` and serve it over WebSocket until cancelled.
 
+    The front is a service child of the client's supervision tree; the page's address is
+    written to ``out`` once it listens (never a token).
+
+    Raises:
+        ConfigurationError: the configuration is invalid.
+        OSError: the address cannot be bound.
+    """
+    from ..actors.websocket import WebSocketFront
+    from ..client import open_client
+
+    async with open_client(config) as client:
+        front = WebSocketFront(client, settings)
+        await client.runtime.start_child(front.child_spec())
+        hint = "?token=<token>" if settings.tokens else ""
+        out.write(f"chat page: {front.url}{hint}\nWebSocket: {front.ws_url}\n")
+        out.flush()
+        await trio.sleep_forever()
+
+
+async def _serve(args: argparse.Namespace, config: Config, out: TextIO, err: TextIO) -> int:
     ws = config.websocket
     settings = msgspec.structs.replace(
         ws,

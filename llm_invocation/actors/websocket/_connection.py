@@ -10,9 +10,7 @@ connection started (each settles its cost as cancelled, shielded, in the client)
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, final
+from typing import Any, Final, Literal, final
 
 import msgspec
 import trio
@@ -20,7 +18,7 @@ import trio_websocket
 
 from ...config import WebSocketConfig
 from ...errors import ErrorCode, LLMError
-from ...types import Response, StreamChunk, Usage
+from ...types import StreamChunk, Usage
 from ._outbox import ENCODER, Outbox
 from ._protocol import (
     OVERLOADED,
@@ -36,9 +34,7 @@ from ._protocol import (
     decode_client_frame,
     error_frame,
 )
-
-if TYPE_CHECKING:
-    from ...client import Client
+from ._service import InvocationService, Relayable
 
 __all__ = ["Connection", "Counters", "FrontState", "Reason"]
 
@@ -48,29 +44,6 @@ log = logging.getLogger("llm_invocation.websocket")
 Reason = Literal["client", "slow_consumer", "shutdown"]
 
 _RELAYED_EVENTS: Final = ("tool_call", "tool_result")
-
-
-class _Relayable(Protocol):
-    """What ``client.invoke`` returns, as far as the front cares (a plain stream or a tool
-    loop): an async context manager and an async iterator with the response and usage."""
-
-    @property
-    def response(self) -> Response: ...
-
-    @property
-    def usage(self) -> Usage | None: ...
-
-    async def __aenter__(self) -> object: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-        /,
-    ) -> object: ...
-
-    def __aiter__(self) -> AsyncIterator[object]: ...
 
 
 @final
@@ -109,11 +82,10 @@ class Counters:
 
 @final
 class FrontState:
-    """What every connection of one front shares: the client, limits, counters, shutdown."""
+    """What every connection of one front shares: the service, limits, counters, shutdown."""
 
     __slots__ = (
         "allow_tool_loop",
-        "client",
         "close_timeout",
         "closing",
         "config",
@@ -122,12 +94,13 @@ class FrontState:
         "grace_deadline",
         "max_bytes",
         "max_frames",
+        "service",
         "slow_consumer_timeout",
     )
 
     def __init__(
         self,
-        client: Client,
+        service: InvocationService,
         config: WebSocketConfig,
         counters: Counters,
         *,
@@ -137,7 +110,7 @@ class FrontState:
         slow_consumer_timeout: float,
         allow_tool_loop: bool,
     ) -> None:
-        self.client = client
+        self.service = service
         self.allow_tool_loop = allow_tool_loop
         self.config = config
         self.counters = counters
@@ -357,17 +330,17 @@ class Connection:
         id = frame.id
         id_json = ENCODER.encode(id)
         final: ServerFrame | None = None
-        stream: _Relayable | None = None
+        stream: Relayable | None = None
         try:
             with invocation.scope:
                 try:
-                    client = self.state.client
+                    service = self.state.service
                     if frame.tool_mode == "auto":
-                        stream = client.invoke(
+                        stream = service.invoke(
                             frame.request, tool_mode="auto", max_steps=frame.max_steps
                         )
                     else:
-                        stream = client.invoke(frame.request)
+                        stream = service.invoke(frame.request)
                     async with stream:
                         async for item in stream:
                             if not self._relay(id, id_json, item) and not await self._wait_relay(

@@ -5,7 +5,7 @@ One port serves both the chat page (``GET /``, ``/app.js``, ``/style.css``,
 `llm_invocation.actors.websocket._protocol`: JSON frames tagged by ``"type"``, several invocations
 multiplexed per connection by id (the frame types are re-exported here)::
 
-    front = WebSocketFront(client, config.websocket)
+    front = WebSocketFront(client, config.websocket)          # any InvocationService
     await client.runtime.start_child(front.child_spec())     # a service child of the tree
     print(front.url)                                          # http://127.0.0.1:8765/
     ...
@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Final, TextIO, final
+from typing import Final, final
 
 import msgspec
 import trio
@@ -106,10 +106,8 @@ from ._protocol import ServerMessage as ServerMessage
 from ._protocol import ToolCallFrame as ToolCallFrame
 from ._protocol import ToolResultFrame as ToolResultFrame
 from ._protocol import decode_server_message as decode_server_message
-
-if TYPE_CHECKING:
-    from ...client import Client
-    from ...config import Config
+from ._service import InvocationService as InvocationService
+from ._service import Relayable as Relayable
 
 __all__ = [
     "SUBPROTOCOL",
@@ -121,16 +119,17 @@ __all__ = [
     "DoneFrame",
     "ErrorFrame",
     "FrontStatistics",
+    "InvocationService",
     "InvokeFrame",
     "PingFrame",
     "PongFrame",
+    "Relayable",
     "ServerFrame",
     "ServerMessage",
     "ToolCallFrame",
     "ToolResultFrame",
     "WebSocketFront",
     "decode_server_message",
-    "serve_forever",
     "serve_websocket_front",
 ]
 
@@ -210,12 +209,13 @@ def _peer_went_away(exc: Exception) -> bool:
 
 @final
 class WebSocketFront:
-    """Serves a `Client` over WebSocket, and the chat page (see the module docstring).
+    """Serves invocations over WebSocket, and the chat page (see the module docstring).
 
     Args:
-        client: the client whose invocations the front runs.
+        service: what runs the invocations (`llm_invocation.Client`, or anything that
+            satisfies `InvocationService`).
         config: host, port, tokens, origins and per-connection limits (default: the
-            client's ``config.websocket``).
+            service's ``config.websocket``).
         static_dir: a folder whose files replace the packaged chat page (``/`` serves its
             ``index.html``).
         grace: seconds in-flight invocations may take to finish when the front stops.
@@ -238,7 +238,7 @@ class WebSocketFront:
 
     def __init__(
         self,
-        client: Client,
+        service: InvocationService,
         config: WebSocketConfig | None = None,
         *,
         static_dir: str | os.PathLike[str] | None = None,
@@ -251,12 +251,12 @@ class WebSocketFront:
         close_message_size: int | None = None,
         allow_tool_loop: bool = False,
     ) -> None:
-        config = config if config is not None else client.config.websocket
+        config = config if config is not None else service.config.websocket
         if grace < 0 or min(close_timeout, handshake_timeout, slow_consumer_timeout) <= 0:
             raise ValueError("grace must be >= 0, the timeouts > 0")
         if max_queued_frames < 1 or max_queued_bytes < 1:
             raise ValueError("the outgoing queue bounds must be >= 1")
-        self._client = client
+        self._service = service
         self._config = config
         self._static_dir = static_dir
         self._grace = grace
@@ -330,7 +330,7 @@ class WebSocketFront:
 
     def _new_state(self) -> FrontState:
         return FrontState(
-            self._client,
+            self._service,
             self._config,
             self._counters,
             close_timeout=self._close_timeout,
@@ -496,7 +496,7 @@ class WebSocketFront:
             )
             return
         if head.path == "/config.json":
-            model = self._client.config.model or ""
+            model = self._service.config.model or ""
             file = StaticFile("application/json", ENCODER.encode({"model": model, "ws": "/ws"}))
         else:
             found = self._static.get(head.path)
@@ -582,14 +582,14 @@ class WebSocketFront:
 
 
 async def serve_websocket_front(
-    client: Client,
+    service: InvocationService,
     config: WebSocketConfig | None = None,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     static_dir: str | os.PathLike[str] | None = None,
     grace: float = DEFAULT_GRACE,
 ) -> None:
-    """Serve ``client`` over WebSocket (and the chat page) until cancelled.
+    """Serve ``service``'s invocations over WebSocket (and the chat page) until cancelled.
 
     For ``await nursery.start(serve_websocket_front, client, config)``, which returns the
     bound port. See `WebSocketFront` for the options and the shutdown sequence.
@@ -597,42 +597,5 @@ async def serve_websocket_front(
     Raises:
         OSError: the address cannot be bound.
     """
-    front = WebSocketFront(client, config, static_dir=static_dir, grace=grace)
+    front = WebSocketFront(service, config, static_dir=static_dir, grace=grace)
     await front.serve(task_status=task_status)
-
-
-async def serve_forever(
-    config: Config,
-    settings: WebSocketConfig | None = None,
-    *,
-    out: TextIO | None = None,
-    static_dir: str | os.PathLike[str] | None = None,
-    grace: float = DEFAULT_GRACE,
-) -> None:
-    """Open a client on ``config`` and serve it over WebSocket until cancelled.
-
-    What ``llm-invocation serve`` runs: the front is a service child of the client's
-    supervision tree, and the page's address is written to ``out`` once it listens (never
-    a token).
-
-    Args:
-        config: the client's configuration.
-        settings: the front's settings (default: ``config.websocket``).
-        out: where to say where the page is.
-        static_dir, grace: as for `WebSocketFront`.
-
-    Raises:
-        ConfigurationError: the configuration is invalid.
-        OSError: the address cannot be bound.
-    """
-    from ...client import open_client
-
-    settings = settings if settings is not None else config.websocket
-    async with open_client(config) as client:
-        front = WebSocketFront(client, settings, static_dir=static_dir, grace=grace)
-        await client.runtime.start_child(front.child_spec())
-        if out is not None:
-            hint = "?token=<token>" if settings.tokens else ""
-            out.write(f"chat page: {front.url}{hint}\nWebSocket: {front.ws_url}\n")
-            out.flush()
-        await trio.sleep_forever()
