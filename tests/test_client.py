@@ -324,7 +324,9 @@ async def test_a_stall_trips_the_idle_watchdog(
     scenarios.add("stall", Scenario(text="abcdefgh", chunk_chars=2, failure=Stall(after_chunks=2)))
     async with client_for(scenarios) as (client, _):
         start = trio.current_time()
-        with pytest.raises(llm.InvocationTimeout, match=r"no chunk for 5s \(the idle_chunk limit\)"):
+        with pytest.raises(
+            llm.InvocationTimeout, match=r"no chunk for 5s \(the idle_chunk limit\)"
+        ):
             await client.invoke_sync(request(fmt, "stall"))
         assert trio.current_time() - start == pytest.approx(5, abs=0.1)
         assert scenarios.calls("stall") == 1

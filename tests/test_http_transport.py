@@ -7,19 +7,16 @@ and `trio.testing.wait_all_tasks_blocked`, never by sleeping.
 
 from __future__ import annotations
 
-import datetime
 import gc
-import ipaddress
 import itertools
 import json
-import re
 import socket
 import ssl
-import struct
 import warnings
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,142 +25,22 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_invocation.http._transport import (
-    _CHUNKED,
-    FastHTTPTransport,
-    ResponseBody,
-    _Connection,
-    _Pool,
-)
+from llm_invocation.http._body import CHUNKED, ResponseBody
+from llm_invocation.http._connection import Connection, ConnectionPool
+from llm_invocation.http._transport import FastHTTPTransport
 from llm_invocation.testing import Scenario, Scenarios, open_fake_server
 
-# -- a scripted server -------------------------------------------------------------------------
-
-
-class Request:
-    """A request as the server read it."""
-
-    def __init__(self, head: bytes, body: bytes) -> None:
-        self.head = head
-        self.body = body
-
-    @property
-    def line(self) -> bytes:
-        return self.head.split(b"\r\n", 1)[0]
-
-    def header(self, name: str) -> bytes | None:
-        match = re.search(rb"(?im)^" + name.encode() + rb":\s*(.*?)\r$", self.head)
-        return match[1] if match else None
-
-
-class Peer:
-    """The server's side of one connection."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
-
-    async def _fill(self) -> bool:
-        data = await self.stream.receive_some(65536)
-        self.buffer += data
-        return bool(data)
-
-    async def request(self) -> Request | None:
-        """The next request, or None when the client closed the connection."""
-        while b"\r\n\r\n" not in self.buffer:
-            if not await self._fill():
-                return None
-        end = self.buffer.index(b"\r\n\r\n") + 4
-        head = bytes(self.buffer[:end])
-        del self.buffer[:end]
-        request = Request(head, b"")
-        if (request.header("transfer-encoding") or b"").lower() == b"chunked":
-            body = bytearray()
-            while True:
-                while b"\r\n" not in self.buffer:
-                    assert await self._fill()
-                line_end = self.buffer.index(b"\r\n")
-                size = int(self.buffer[:line_end], 16)
-                while len(self.buffer) < line_end + 2 + size + 2:
-                    assert await self._fill()
-                body += self.buffer[line_end + 2 : line_end + 2 + size]
-                del self.buffer[: line_end + 2 + size + 2]
-                if not size:
-                    break
-            request.body = bytes(body)
-        else:
-            length = int(request.header("content-length") or 0)
-            while len(self.buffer) < length:
-                assert await self._fill()
-            request.body = bytes(self.buffer[:length])
-            del self.buffer[:length]
-        return request
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_closed(self) -> None:
-        """Return when the client closed (or reset) the connection."""
-        try:
-            while await self._fill():
-                pass
-        except trio.BrokenResourceError:
-            pass
-
-    async def reset(self) -> None:
-        """Close with a TCP reset instead of an orderly FIN."""
-        assert isinstance(self.stream, trio.SocketStream)
-        self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        await self.stream.aclose()
-
-
-class Server:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.connections = 0
-
-
-Handler = Callable[[Peer], Awaitable[None]]
-
-
-@asynccontextmanager
-async def serve(handler: Handler) -> AsyncGenerator[Server]:
-    """Run ``handler`` for every connection to a server on 127.0.0.1, port 0."""
-    async with trio.open_nursery() as nursery:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listeners[0].socket.getsockname()[1]
-        server = Server(f"http://127.0.0.1:{port}")
-
-        async def connection(stream: trio.SocketStream) -> None:
-            server.connections += 1
-            try:
-                await handler(Peer(stream))
-            finally:
-                await stream.aclose()
-
-        nursery.start_soon(trio.serve_listeners, connection, listeners)
-        try:
-            yield server
-        finally:
-            nursery.cancel_scope.cancel()
-
-
-def ok(body: bytes, *extra: bytes) -> bytes:
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(body)
-    return head + b"".join(line + b"\r\n" for line in extra) + b"\r\n" + body
-
-
-def chunked(*pieces: bytes) -> bytes:
-    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
-
-
-CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-
-
-async def answer_each(response: bytes, peer: Peer) -> None:
-    """Answer every request on the connection with ``response``."""
-    while await peer.request() is not None:
-        await peer.send(response)
+from .http_servers import (
+    CHUNKED_HEAD,
+    Certificates,
+    Peer,
+    Request,
+    answer_each,
+    chunked,
+    ok,
+    serve,
+    serve_tls,
+)
 
 
 def client(transport: FastHTTPTransport, **timeouts: float) -> httpx.AsyncClient:
@@ -320,14 +197,14 @@ async def test_connection_reuse_follows_the_response(response: bytes, created: i
 @asynccontextmanager
 async def chunked_decoder() -> AsyncGenerator[ResponseBody]:
     """A chunked body on a connection nobody writes to: fed through ``_decode`` directly."""
-    pool = _Pool(max_connections=1, max_idle=1, keepalive_expiry=30.0)
+    pool = ConnectionPool(max_connections=1, max_idle=1, keepalive_expiry=30.0)
     ours, theirs = socket.socketpair()
-    conn = _Connection(("http", "test", 80), ours, None, pool.watchdog)
+    conn = Connection(("http", "test", 80), ours, None, pool.watchdog)
     pool.add(conn)
     body = ResponseBody(
         pool,
         conn,
-        mode=_CHUNKED,
+        mode=CHUNKED,
         length=0,
         initial=b"",
         keep_alive=True,
@@ -497,48 +374,6 @@ async def test_idle_connection_closed_by_the_server_is_not_reused() -> None:
         assert (await http.get(server.url)).content == b"once"
         stats = transport.statistics()
         assert (stats.created, stats.discarded, stats.reused) == (2, 1, 0)
-
-
-@pytest.mark.parametrize("how", ["close", "reset"])
-async def test_request_racing_the_idle_close_is_retried_once(how: str) -> None:
-    """The server takes the second request's bytes but drops the connection unanswered."""
-
-    async def handler(peer: Peer) -> None:
-        first = await peer.request()
-        assert first is not None
-        await peer.send(ok(b"first"))
-        if await peer.request() is None:
-            return
-        if how == "reset":
-            await peer.reset()
-        else:
-            await peer.stream.aclose()
-        # A fresh connection (the retry) is answered by the next handler call.
-
-    async def dispatch(peer: Peer) -> None:
-        if server.connections == 1:
-            await handler(peer)
-        else:
-            await answer_each(ok(b"retried"), peer)
-
-    transport = FastHTTPTransport()
-    async with serve(dispatch) as server, client(transport) as http:
-        assert (await http.post(server.url, content=b"1")).content == b"first"
-        assert (await http.post(server.url, content=b"2")).content == b"retried"
-        stats = transport.statistics()
-        assert (stats.created, stats.reused) == (2, 1)
-
-
-async def test_request_on_a_new_connection_is_not_retried() -> None:
-    async def handler(peer: Peer) -> None:
-        await peer.request()
-        await peer.stream.aclose()
-
-    transport = FastHTTPTransport()
-    async with serve(handler) as server, client(transport) as http:
-        with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
-            await http.get(server.url)
-        assert server.connections == 1
 
 
 async def test_expired_idle_connection_is_discarded() -> None:
@@ -862,14 +697,29 @@ async def test_write_timeout_when_the_server_does_not_read() -> None:
         done.set()
 
 
-async def test_unsupported_scheme_and_illegal_headers_are_refused() -> None:
+async def test_an_unsupported_scheme_is_refused() -> None:
     async with client(FastHTTPTransport()) as http:
         with pytest.raises(httpx.UnsupportedProtocol):
             await http.get("ftp://127.0.0.1/")
-        request = httpx.Request("GET", "http://127.0.0.1:9/")
-        request.headers["X-Evil"] = "a\r\nInjected: yes"
-        with pytest.raises(httpx.LocalProtocolError):
-            await http.send(request)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (b"X-Evil", b"a\r\nInjected: yes"),
+        (b"X-Evil", b"a\x00b"),
+        (b"X-Ev\x00il", b"a"),
+        (b"X Evil", b"a"),
+        (b"X-Evil:", b"a"),
+    ],
+    ids=["crlf-in-value", "nul-in-value", "nul-in-name", "space-in-name", "colon-in-name"],
+)
+async def test_illegal_headers_are_refused_before_connecting(name: bytes, value: bytes) -> None:
+    transport = FastHTTPTransport()
+    request = httpx.Request("GET", "http://127.0.0.1:9/", headers=[(name, value)])
+    with pytest.raises(httpx.LocalProtocolError):
+        await transport.handle_async_request(request)
+    assert transport.statistics().created == 0
 
 
 # -- cancellation and abandonment --------------------------------------------------------------
@@ -957,135 +807,65 @@ async def test_abandoned_iteration_closes_the_connection_without_our_warnings() 
 # -- TLS ---------------------------------------------------------------------------------------
 
 
-def make_certificates() -> tuple[bytes, bytes, bytes]:
-    """A CA certificate, and a server certificate and key for 127.0.0.1 signed by it (PEM)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llm-invocation test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    key_pem = key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return ca.public_bytes(pem), leaf.public_bytes(pem), key_pem
+@pytest.fixture
+def certificates(tmp_path: Path) -> Certificates:
+    return Certificates(tmp_path)
 
 
-@asynccontextmanager
-async def serve_tls(
-    handler: Handler, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncGenerator[tuple[str, ssl.SSLContext]]:
-    """An https server on 127.0.0.1 running ``handler``; yields its URL and a client context."""
-    pytest.importorskip("cryptography")
-    ca_pem, cert_pem, key_pem = make_certificates()
-    folder = tmp_path_factory.mktemp("tls")
-    (folder / "cert.pem").write_bytes(cert_pem)
-    (folder / "key.pem").write_bytes(key_pem)
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
-    client_context = ssl.create_default_context(cadata=ca_pem.decode())
-    client_context.set_alpn_protocols(["http/1.1"])
-
-    async def connection(stream: trio.SSLStream[trio.SocketStream]) -> None:
-        try:
-            await handler(Peer(stream))
-        except trio.BrokenResourceError:
-            pass  # a client that refused the certificate
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            partial(trio.serve_ssl_over_tcp, connection, 0, server_context, host="127.0.0.1")
-        )
-        port = listeners[0].transport_listener.socket.getsockname()[1]
-        try:
-            yield f"https://127.0.0.1:{port}", client_context
-        finally:
-            nursery.cancel_scope.cancel()
+def trusting(certificates: Certificates) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=certificates.ca_file)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
-async def test_tls_with_a_trusted_certificate_and_keep_alive(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    async with serve_tls(partial(answer_each, ok(b"secret")), tmp_path_factory) as (url, ctx):
-        transport = FastHTTPTransport(ssl_context=ctx)
+async def test_tls_with_a_trusted_certificate_and_keep_alive(certificates: Certificates) -> None:
+    async with serve_tls(partial(answer_each, ok(b"secret")), certificates.server_context()) as s:
+        transport = FastHTTPTransport(ssl_context=trusting(certificates))
         async with client(transport) as http:
             for _ in range(3):
-                assert (await http.get(url + "/x")).content == b"secret"
+                assert (await http.get(s.url + "/x")).content == b"secret"
             assert (transport.statistics().created, transport.statistics().reused) == (1, 2)
 
 
-async def test_tls_chunked_stream(tmp_path_factory: pytest.TempPathFactory) -> None:
+async def test_tls_chunked_stream(certificates: Certificates) -> None:
     response = CHUNKED_HEAD + chunked(b"data: 1\n\n", b"data: 2\n\n")
     async with (
-        serve_tls(partial(answer_each, response), tmp_path_factory) as (url, ctx),
-        client(FastHTTPTransport(ssl_context=ctx)) as http,
-        http.stream("GET", url) as reply,
+        serve_tls(partial(answer_each, response), certificates.server_context()) as server,
+        client(FastHTTPTransport(ssl_context=trusting(certificates))) as http,
+        http.stream("GET", server.url) as reply,
     ):
         body = b"".join([piece async for piece in reply.aiter_raw()])
     assert body == b"data: 1\n\ndata: 2\n\n"
 
 
 async def test_tls_with_an_untrusted_certificate_raises_connect_error(
-    tmp_path_factory: pytest.TempPathFactory,
+    certificates: Certificates,
 ) -> None:
     async with (
-        serve_tls(partial(answer_each, ok(b"x")), tmp_path_factory) as (url, _),
+        serve_tls(partial(answer_each, ok(b"x")), certificates.server_context()) as server,
         client(FastHTTPTransport()) as http,
     ):  # certifi's CAs: not ours
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-            await http.get(url)
+            await http.get(server.url)
+
+
+async def test_an_ssl_context_factory_is_called_once_at_the_first_https_connection(
+    certificates: Certificates,
+) -> None:
+    made: list[ssl.SSLContext] = []
+
+    def factory() -> ssl.SSLContext:
+        made.append(trusting(certificates))
+        return made[-1]
+
+    transport = FastHTTPTransport(ssl_context=factory, max_idle_per_origin=0)
+    async with (
+        serve(partial(answer_each, ok(b"plain"))) as plain,
+        serve_tls(partial(answer_each, ok(b"tls")), certificates.server_context()) as secure,
+        client(transport) as http,
+    ):
+        assert (await http.get(plain.url)).content == b"plain"
+        assert made == []
+        for _ in range(2):
+            assert (await http.get(secure.url)).content == b"tls"
+        assert len(made) == 1

@@ -43,13 +43,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, cast, final
+from urllib.parse import urlsplit
 
 import msgspec
 
-from .._secrets import Secret
+from .._secrets import Secret, register_secret
 from ..errors import ProviderNotFound
 from ._sources import Layer, env_layer, keyword_layer, yaml_layer
 from ._walk import (
@@ -61,6 +63,7 @@ from ._walk import (
     parse_duration,
     plain,
     scrub,
+    show,
     struct_info,
 )
 
@@ -85,6 +88,7 @@ __all__ = [
     "WebSocketConfig",
     "format_duration",
     "parse_duration",
+    "proxy_url_problem",
 ]
 
 _log = logging.getLogger("llm_invocation.config._settings")
@@ -99,6 +103,52 @@ _FilePath = Annotated[str, msgspec.Meta(extra={"format": "path"})]
 _Name = Annotated[str, msgspec.Meta(min_length=1)]
 _Threshold = Annotated[float, msgspec.Meta(gt=0, le=1)]
 _Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
+if TYPE_CHECKING:
+    _Verify = bool | str
+else:
+    # The configuration walker converts ``X | None`` unions only: this field is checked and
+    # normalised by `ProviderConfig._finish` instead.
+    _Verify = Any
+
+_PROXY_HOST: Final = re.compile(r"[A-Za-z0-9._~-]+|[0-9A-Fa-f:.]+")
+
+
+def proxy_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable proxy URL, or None when it is one.
+
+    A proxy URL is ``http://`` or ``https://``, a host, optionally credentials and a port,
+    and nothing more. The message never repeats the URL (it may hold credentials).
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return "is not a valid proxy URL (expected http://[user:password@]host[:port])"
+    scheme = parts.scheme.lower()
+    if scheme.startswith("socks"):
+        return "SOCKS proxies are not supported: use an http:// or https:// proxy"
+    if scheme not in ("http", "https"):
+        return "expected an http:// or https:// proxy URL"
+    if not parts.hostname or not _PROXY_HOST.fullmatch(parts.hostname):
+        return "has no valid host (expected http://[user:password@]host[:port])"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "must be scheme://[user:password@]host[:port], without a path or query"
+    return None
+
+
+def _check_proxy(url: str | None, walk: Walk) -> None:
+    """Check a ``proxy`` field; its credentials become secrets, masked in every message."""
+    if url is None:
+        return
+    problem = proxy_url_problem(url)
+    if problem is not None:
+        walk.add("proxy", problem)
+        return
+    parts = urlsplit(url)
+    for part in (parts.username, parts.password):
+        if part:
+            register_secret(part)
+
 
 ProviderKind = Literal[
     "openai",
@@ -274,6 +324,17 @@ class ProviderConfig(_Section, frozen=True, kw_only=True):
         fallback: ``"provider:model"`` alternatives to try when this provider fails.
         max_connections: the HTTP connection pool size.
         rate_limits: limits of this provider alone, on top of the global ``rate_limits``.
+        proxy: the proxy for every request of this provider (``http://`` or ``https://``,
+            credentials in the URL); overrides the global ``proxy`` and the environment.
+        trust_env: read ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``,
+            ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``; None: the global ``trust_env``.
+        verify: check the server's certificate: True (certifi's CA bundle, or
+            ``SSL_CERT_FILE``/``SSL_CERT_DIR``), False (no check: a warning is logged), or
+            the path of a CA bundle file or of a directory of hashed CA certificates.
+        client_cert: a PEM file with the client certificate for mutual TLS (and its key,
+            unless ``client_key`` is set).
+        client_key: a PEM file with the client certificate's private key.
+        client_key_password: the password of an encrypted private key.
     """
 
     enabled: bool = True
@@ -290,6 +351,12 @@ class ProviderConfig(_Section, frozen=True, kw_only=True):
     fallback: list[str] = []
     max_connections: _AtLeastOne = 256
     rate_limits: RateLimitConfig | None = None
+    proxy: str | None = None
+    trust_env: bool | None = None
+    verify: _Verify = True
+    client_cert: _FilePath | None = None
+    client_key: _FilePath | None = None
+    client_key_password: Secret | None = None
 
     def keys(self) -> list[Secret]:
         """Return ``api_key`` then ``api_keys``, without duplicates."""
@@ -301,6 +368,30 @@ class ProviderConfig(_Section, frozen=True, kw_only=True):
             provider, _, model = target.partition(":")
             if not provider or not model:
                 walk.add(f"fallback[{index}]", f"expected 'provider:model', got {target!r}")
+        _check_proxy(self.proxy, walk)
+        self._finish_tls(walk)
+
+    def _finish_tls(self, walk: Walk) -> None:
+        verify = cast("object", self.verify)
+        if isinstance(verify, str) and verify.strip().lower() in ("true", "false"):
+            msgspec.structs.force_setattr(self, "verify", verify.strip().lower() == "true")
+        elif isinstance(verify, os.PathLike):
+            msgspec.structs.force_setattr(
+                self, "verify", os.fspath(cast("os.PathLike[str]", verify))
+            )
+        elif not isinstance(verify, bool | str):
+            walk.add("verify", f"expected true, false or a CA bundle path, got {show(verify)}")
+        if isinstance(self.verify, str) and not os.path.exists(self.verify):
+            walk.add("verify", f"no CA bundle file or directory at {self.verify!r}")
+        for name in ("client_cert", "client_key"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                walk.add(name, f"no such file: {path!r}")
+        if self.client_cert is None:
+            if self.client_key is not None:
+                walk.add("client_key", "needs client_cert")
+            if self.client_key_password is not None:
+                walk.add("client_key_password", "needs client_cert")
 
 
 @final
@@ -429,6 +520,13 @@ class Config(_Section, frozen=True, kw_only=True):
             ``"open"`` lets them through on local limits.
         ledger_path: the SQLite usage ledger; None keeps it in memory.
         cache_ttl: how long a cached response (for requests with ``cache=True``) is kept.
+        proxy: the proxy for every provider's requests (``LLM_PROXY``; ``http://`` or
+            ``https://``, credentials in the URL); a provider's own ``proxy`` overrides it.
+            None: the environment's ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` and
+            ``NO_PROXY`` decide (when ``trust_env``).
+        trust_env: read the proxy and CA variables of the environment (``HTTP_PROXY``,
+            ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE``,
+            ``SSL_CERT_DIR``); a provider's own ``trust_env`` overrides it.
 
     Raises:
         ConfigurationError: on construction, listing every invalid field.
@@ -454,8 +552,11 @@ class Config(_Section, frozen=True, kw_only=True):
     ledger_path: _FilePath | None = None
     cache_ttl: _PositiveSeconds = 3600.0
     websocket: WebSocketConfig = msgspec.field(default_factory=WebSocketConfig)
+    proxy: str | None = None
+    trust_env: bool = True
 
     def _finish(self, walk: Walk) -> None:
+        _check_proxy(self.proxy, walk)
         # ``defaults`` is the more specific spelling: it wins in a directly made Config.
         if self.defaults.provider is not None:
             msgspec.structs.force_setattr(self, "provider", self.defaults.provider)

@@ -51,6 +51,7 @@ ENV_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "LLM_LOG_LEVEL": ("logging", "level"),
     "LLM_LOG_FORMAT": ("logging", "format"),
     "LLM_STORE": ("store",),
+    "LLM_PROXY": ("proxy",),
     "LLM_WS_HOST": ("websocket", "host"),
     "LLM_WS_PORT": ("websocket", "port"),
 }

@@ -1,9 +1,11 @@
 """HTTP for the provider sessions: one path for every transport (not an actor).
 
 `HttpPool` sends a codec's `HttpRequest` through our own HTTP/1.1 transport
-(`FastHTTPTransport`), httpx's stock transport (through a proxy) or an injected one, and
-hands back an `HttpResponse`. It is the one boundary where httpx's exceptions become typed
-`LLMError`s.
+(`FastHTTPTransport`), httpx's stock transport (through a proxy) or an injected one, the same
+way for all three, and hands back an `HttpResponse`. It applies one header policy, decodes
+gzip and deflate bodies, honours proxies and TLS settings (`settings_for` reads them from the
+configuration), and is the one boundary where transport exceptions become typed `LLMError`s
+(`translate_http_error`).
 """
 
 from ._pool import HttpPool as HttpPool

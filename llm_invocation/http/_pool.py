@@ -1,27 +1,46 @@
-"""HTTP for a provider session: one httpx client over our own HTTP/1.1 transport.
+"""HTTP for a provider session: one path for every transport, FIFO admission, one error boundary.
 
-httpx's default transport (httpcore and h11) costs about 65 us of client CPU per streamed
-chunk here, and its connection pool rescans every queued request against every connection
-whenever one is added or removed: quadratic, so 1,000 concurrent streams through one pool
-take 26 s for a 2 s job. `FastHTTPTransport` (``_http.py``) keeps httpx's API above a lean
-transport with an O(1) pool: about 24 us per chunk, and 1,000 streams in 2.4 s.
+`HttpPool.stream` builds the `httpx.Request` itself and hands it to a transport's
+``handle_async_request``: no ``httpx.AsyncClient`` anywhere, so every transport sees the same
+request and its response body is read the same way (from ``response.stream``). The transport
+of a request is:
 
-A session uses it for every provider (plain HTTP on raw sockets, TLS through
-`trio.SSLStream`), handing it httpx `Request` objects directly: `httpx.AsyncClient`'s own
-work per request (URL merging, the cookie jar, auth and redirect hooks) is about half of our
-per-request overhead and none of it applies to an API call. Tests and users may inject any
-other httpx transport instead (the mock provider's in-process one, a proxying one); those go
-through `httpx.AsyncClient`s sharded to at most ``shard_size`` requests each, so a quadratic
-pool never grows large. Callers beyond ``max_connections`` wait in FIFO order, so a burst is
-admitted gradually.
+* our `FastHTTPTransport` for direct connections: one instance, whose pool is O(1) (about
+  24 us per streamed chunk where httpcore spends 65 us, and 1,000 streams in 2.4 s instead
+  of 26 s);
+* httpx's stock ``httpx.AsyncHTTPTransport(proxy=...)`` for a request that goes through a
+  proxy (``CONNECT`` for https), see ``_proxy.py``;
+* the injected transport factory, when the pool was given one (tests, special set-ups): it
+  serves every request, and proxies and TLS settings do not apply to it.
 
-This module is the one boundary where httpx's exceptions become `LLMError`s
-(`translate_http_error`).
+httpcore's connection pool rescans every queued request against every connection whenever
+one is added or removed (quadratic), so transports that are not ours are sharded: at most
+``shard_size`` requests run on one instance, and a new instance is made when all are full.
+Callers beyond ``max_connections`` wait in FIFO order, so a burst of thousands of requests
+is admitted gradually and in order.
+
+**Headers.** Every request carries ``User-Agent: llm-invocation/<version>`` unless it has one,
+and ``Accept-Encoding: identity`` when it is a stream (each event must arrive when it is
+sent) or ``gzip`` when the whole answer is read at once. Whatever was asked, a response in
+``gzip``, ``x-gzip`` or ``deflate`` is decoded (incrementally), and one in another coding is
+a typed error. A header name that is not a token, or a value with CR, LF, NUL, VT or FF, is
+refused before anything is sent (`InvalidRequest`); values lose leading and trailing blanks.
+
+**Errors.** This is the one boundary where transport exceptions (httpx's, OS and TLS errors,
+decoding errors) become typed `LLMError`s (`translate_http_error`), chained with
+``__cause__``. Their ``details`` say the ``phase`` (``request`` or ``stream``), whether the
+whole request had been ``sent`` (then the server may be working on it: only the session's
+retry policy may send it again) and whether the connection was ``reused``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import logging
+import os
+import re
+import ssl
+import zlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Final, final
 
@@ -30,15 +49,43 @@ import msgspec
 import trio
 
 from .._secrets import Secret
-from ..errors import InvocationTimeout, LLMError, ProviderError, StreamingFailed
+from .._version import __version__
+from ..config._settings import proxy_url_problem
+from ..errors import (
+    ConfigProblem,
+    ConfigurationError,
+    InvalidRequest,
+    InvocationTimeout,
+    LLMError,
+    ProviderError,
+    StreamingFailed,
+)
 from ..providers._base import HttpRequest
+from ._content import decode_body
+from ._proxy import ProxyRules, describe_proxy, proxy_rules
 from ._response import HttpResponse
-from ._transport import FastHTTPTransport, ResponseBody
+from ._tls import build_ssl_context
+from ._transport import REUSED, SENT, FastHTTPTransport, ResponseBody
 
-__all__ = ["HttpPool", "HttpSettings", "PoolStatistics", "TransportFactory", "translate_http_error"]
+__all__ = [
+    "USER_AGENT",
+    "HttpPool",
+    "HttpSettings",
+    "PoolStatistics",
+    "TransportFactory",
+    "translate_http_error",
+]
+
+log = logging.getLogger("llm_invocation.http")
 
 TransportFactory = Callable[[], httpx.AsyncBaseTransport]
 """Makes an httpx transport (one per pool shard): tests and special set-ups inject one."""
+
+USER_AGENT: Final = f"llm-invocation/{__version__}"
+_NAME: Final = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+", re.ASCII)
+_BAD_VALUE: Final = re.compile(r"[\x00\n\r\x0b\x0c]")
+_CLOSE_GRACE: Final = 5.0
+_URL_CACHE: Final = 256
 
 
 class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,6 +96,7 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
     write_timeout: float | None = 10.0
     max_connections: int = 1024
     shard_size: int = 32
+    """The most requests at once on one transport instance that is not ours."""
     keepalive_expiry: float = 30.0
     proxy: str | None = None
     """A proxy URL for every request (``http://``, ``https://``; credentials in the URL)."""
@@ -56,52 +104,216 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Read ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE``
     and ``SSL_CERT_DIR`` from the environment when nothing more specific is set."""
     verify: bool | str = True
-    """Verify servers' certificates: True (system/certifi roots), False, or a CA bundle path
-    (a file, or a directory of hashed certificates)."""
+    """Verify servers' certificates: True (certifi's roots, or the environment's), False, or
+    a CA bundle path (a file, or a directory of hashed certificates)."""
     client_cert: str | None = None
     """A PEM file with the client certificate (and its key, unless ``client_key`` is set)."""
     client_key: str | None = None
     client_key_password: Secret | None = None
+    ssl_context: ssl.SSLContext | None = None
+    """A ready TLS context (`settings_for` makes one when the settings name files); when set,
+    ``verify`` and the client certificate fields are not read again."""
 
-
-DEFAULT_SHARD_SIZE: Final = 32
-
-
-def translate_http_error(exc: httpx.HTTPError, *, provider: str, phase: str) -> LLMError:
-    """The typed error for an httpx failure. ``phase`` is "connect", "request" or "stream"."""
-    text = f"{phase} failed: {type(exc).__name__}: {exc}" if str(exc) else f"{phase} failed"
-    if isinstance(exc, httpx.TimeoutException):
-        return InvocationTimeout(text, provider=provider, retryable=True)
-    if isinstance(exc, httpx.ConnectError | httpx.ProxyError):
-        return ProviderError(text, provider=provider, retryable=True)
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
-        return StreamingFailed(text, provider=provider, retryable=True)
-    return ProviderError(text, provider=provider, retryable=False)
+    def __repr__(self) -> str:
+        # The proxy URL may hold credentials: show where it goes, never who logs in.
+        fields: list[str] = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name == "proxy" and value is not None:
+                value = describe_proxy(value) if proxy_url_problem(value) is None else "<invalid>"
+            fields.append(f"{name}={value!r}")
+        return f"HttpSettings({', '.join(fields)})"
 
 
 class PoolStatistics(msgspec.Struct, frozen=True, kw_only=True):
     """How a session's pool is used."""
 
     shards: int
+    """Transport instances made: our transport counts as one, each shard as one."""
     active: int
+    """Requests admitted and not yet finished (their response still open)."""
     waiting: int
+    """Requests waiting for admission (``max_connections`` reached)."""
     max_connections: int
     shard_size: int
     requests: int
+    """Requests started since the pool was made."""
+
+
+def translate_http_error(
+    exc: BaseException,
+    *,
+    provider: str,
+    phase: str,
+    request: httpx.Request | None = None,
+) -> LLMError:
+    """The typed error for a transport failure (httpx's exceptions, OS, TLS or zlib errors).
+
+    ``phase`` is ``"request"`` (before the response head) or ``"stream"`` (reading the body).
+    When ``request`` is given, what the transport recorded on it says whether the request
+    had been sent whole and on a reused connection; otherwise the exception's kind tells.
+    """
+    if isinstance(exc, LLMError):
+        return exc
+    details: dict[str, object] = {"phase": phase}
+    sent = _sent(exc, phase, request)
+    if sent is not None:
+        details["sent"] = sent
+    if request is not None and request.extensions.get(REUSED):
+        details["reused"] = True
+    text = _text(exc)
+    tls = _tls_failure(exc)
+    if tls is not None:
+        problem, retryable = tls
+        details["tls"] = problem
+        return ProviderError(
+            f"TLS failed: {problem}", provider=provider, retryable=retryable, details=details
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return InvocationTimeout(
+            f"{phase} timed out: {text}", provider=provider, retryable=True, details=details
+        )
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.InvalidURL):
+        return InvalidRequest(
+            f"the request cannot be sent: {text}",
+            provider=provider,
+            retryable=False,
+            details=details,
+        )
+    if isinstance(exc, httpx.ProxyError):
+        retryable = not str(exc).startswith(("407", "403"))  # auth will not change by itself
+        return ProviderError(
+            f"the proxy refused: {text}", provider=provider, retryable=retryable, details=details
+        )
+    if isinstance(exc, zlib.error | httpx.DecodingError):
+        details["reason"] = "malformed response"
+        return ProviderError(
+            f"malformed response: {text}", provider=provider, retryable=True, details=details
+        )
+    network = isinstance(
+        exc, httpx.TransportError | OSError | trio.BrokenResourceError | trio.ClosedResourceError
+    )
+    if network and phase == "stream":
+        return StreamingFailed(
+            f"the stream broke: {text}", provider=provider, retryable=True, details=details
+        )
+    if network:
+        if isinstance(exc, httpx.ConnectError):
+            what = "could not connect"
+        elif sent:
+            what = "the connection failed after the request was sent"
+        else:
+            what = "the request could not be sent"
+        return ProviderError(f"{what}: {text}", provider=provider, retryable=True, details=details)
+    return ProviderError(
+        f"{phase} failed: {text}", provider=provider, retryable=False, details=details
+    )
+
+
+def _text(exc: BaseException) -> str:
+    message = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {message}"[:300] if message else name
+
+
+def _sent(exc: BaseException, phase: str, request: httpx.Request | None) -> bool | None:
+    """Whether the whole request had been sent when ``exc`` happened, when that is known."""
+    if phase == "stream":
+        return True
+    if request is not None:
+        recorded = request.extensions.get(SENT)
+        if isinstance(recorded, bool):
+            return recorded
+    if isinstance(
+        exc,
+        httpx.ConnectError
+        | httpx.ConnectTimeout
+        | httpx.PoolTimeout
+        | httpx.WriteError
+        | httpx.WriteTimeout
+        | httpx.ProxyError
+        | httpx.UnsupportedProtocol
+        | httpx.LocalProtocolError,
+    ):
+        return False
+    if isinstance(exc, httpx.ReadError | httpx.ReadTimeout | httpx.RemoteProtocolError):
+        return True
+    return None
+
+
+def _tls_failure(exc: BaseException) -> tuple[str, bool] | None:
+    """The TLS problem behind ``exc`` (walking its causes): (description, retryable)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            reason = getattr(seen, "verify_message", None) or str(seen)
+            return f"certificate verify failed: {reason}", False
+        if isinstance(seen, ssl.SSLError) and not isinstance(
+            seen, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLWantReadError
+        ):
+            reason = str(seen.reason or seen).lower().replace("_", " ")
+            return reason, False
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @final
 class _Shard:
-    __slots__ = ("active", "client")
+    __slots__ = ("active", "transport")
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        self.transport = transport
         self.active = 0
 
 
 @final
+class _Sharded:
+    """Transports that are not ours, at most ``size`` requests on each instance."""
+
+    __slots__ = ("factory", "shards", "size")
+
+    def __init__(self, factory: TransportFactory, size: int) -> None:
+        self.factory = factory
+        self.size = size
+        self.shards: list[_Shard] = []
+
+    def pick(self) -> _Shard:
+        """The least busy shard with room, or a new one."""
+        best: _Shard | None = None
+        for shard in self.shards:
+            if shard.active < self.size and (best is None or shard.active < best.active):
+                best = shard
+                if not shard.active:
+                    break
+        if best is None:
+            best = _Shard(self.factory())
+            self.shards.append(best)
+        return best
+
+
+_Route = FastHTTPTransport | _Sharded
+
+
+@final
 class HttpPool:
-    """Sharded httpx clients with FIFO admission up to ``max_connections`` requests at once."""
+    """Sends a provider's requests (see the module docstring); FIFO admission up to
+    ``max_connections`` requests at once.
+
+    Args:
+        settings: timeouts, pool size, proxy and TLS (`settings_for` reads them from the
+            configuration); default `HttpSettings()`.
+        provider: the provider's name, set on every error and log line.
+        transport: a factory of httpx transports that then serves every request (one
+            instance per shard of ``shard_size`` requests); proxies and TLS settings do not
+            apply to it.
+        environ: where the proxy and CA variables are read when ``trust_env`` (default:
+            ``os.environ``).
+
+    Raises:
+        ValueError: ``max_connections`` or ``shard_size`` is below 1.
+    """
 
     def __init__(
         self,
@@ -109,66 +321,194 @@ class HttpPool:
         *,
         provider: str = "",
         transport: TransportFactory | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         settings = settings or HttpSettings()
-        max_connections, shard_size = settings.max_connections, settings.shard_size
-        keepalive_expiry = settings.keepalive_expiry
-        timeout = httpx.Timeout(
-            connect=settings.connect_timeout,
-            read=settings.read_timeout,
-            write=settings.write_timeout,
-            pool=None,
-        )
-        if max_connections < 1 or shard_size < 1:
+        if settings.max_connections < 1 or settings.shard_size < 1:
             raise ValueError("max_connections and shard_size must be >= 1")
         self.provider = provider
         self.settings = settings
-        self.max_connections = max_connections
-        # Our own transport has an O(1) pool: one client holds every connection.
-        self.shard_size = min(shard_size, max_connections) if transport else max_connections
-        self._timeout = timeout
-        self._transport = transport
-        self._keepalive_expiry = keepalive_expiry
-        self._shards: list[_Shard] = []
-        self._admission = trio.Semaphore(max_connections)
+        self.max_connections = settings.max_connections
+        self.shard_size = min(settings.shard_size, settings.max_connections)
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self._timeouts: dict[str, float | None] = {
+            "connect": settings.connect_timeout,
+            "read": settings.read_timeout,
+            "write": settings.write_timeout,
+            "pool": None,
+        }
+        self._admission = trio.Semaphore(settings.max_connections)
         self._requests = 0
+        self._active = 0
         self._closed = False
-        self._timeouts = timeout.as_dict()
-        self._urls: dict[str, httpx.URL] = {}
+        self._injected: _Sharded | None = None
+        if transport is not None:
+            self._injected = _Sharded(transport, self.shard_size)
         self._fast: FastHTTPTransport | None = None
-        if transport is None:
-            self._fast = FastHTTPTransport(
-                max_connections=max_connections,
-                max_idle_per_origin=max_connections,
-                keepalive_expiry=keepalive_expiry,
-            )
+        self._proxied: dict[str, _Sharded] = {}
+        self._rules: ProxyRules | None = None
+        self._rule_problems: list[tuple[str, str]] = []
+        self._routes: dict[tuple[str, str, int | None], _Route] = {}
+        self._urls: dict[str, tuple[httpx.URL, _Route]] = {}
+        self._ssl: ssl.SSLContext | None = settings.ssl_context
 
-    def _new_shard(self) -> _Shard:
+    def __repr__(self) -> str:
+        stats = self.statistics()
+        return f"<HttpPool {self.provider!r} active={stats.active} waiting={stats.waiting}>"
+
+    # -- routes ----------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """The provider's TLS context, made once (at the first https connection).
+
+        Raises:
+            ConfigurationError: a TLS file cannot be loaded.
+        """
+        if self._ssl is None:
+            settings = self.settings
+            self._ssl = build_ssl_context(
+                provider=self.provider,
+                verify=settings.verify,
+                client_cert=settings.client_cert,
+                client_key=settings.client_key,
+                client_key_password=settings.client_key_password,
+                trust_env=settings.trust_env,
+                environ=self._environ,
+            )
+        return self._ssl
+
+    def _resolve(self, text: str) -> tuple[httpx.URL, _Route]:
+        """The parsed URL and the route of a request URL (cached).
+
+        Raises:
+            InvalidRequest: the URL is not a valid http:// or https:// URL.
+            ConfigurationError: the proxy settings of the environment are invalid.
+        """
+        try:
+            url = httpx.URL(text)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise InvalidRequest(
+                f"the request URL is invalid: {exc}", provider=self.provider, retryable=False
+            ) from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise InvalidRequest(
+                "the request URL must be an http:// or https:// URL with a host",
+                provider=self.provider,
+                retryable=False,
+            )
+        key = (url.scheme, url.host, url.port)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = self._route_for(url)
+        if len(self._urls) >= _URL_CACHE:
+            self._urls.clear()
+        self._urls[text] = (url, route)
+        return url, route
+
+    def _route_for(self, url: httpx.URL) -> _Route:
+        """How requests to ``url``'s origin travel; logged once per origin.
+
+        Raises:
+            ConfigurationError: the proxy settings of the environment are invalid.
+        """
+        origin = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+        if self._injected is not None:
+            log.debug("%s: requests to %s go through an injected transport", self.provider, origin)
+            return self._injected
+        if self._rules is None:
+            settings = self.settings
+            self._rules, self._rule_problems = proxy_rules(
+                proxy=settings.proxy, trust_env=settings.trust_env, environ=self._environ
+            )
+        if self._rule_problems:
+            problems = [
+                ConfigProblem(
+                    path="proxy",
+                    message=message,
+                    source=None if variable == "proxy" else f"env {variable}",
+                )
+                for variable, message in self._rule_problems
+            ]
+            raise ConfigurationError(problems=problems, provider=self.provider)
+        proxy = self._rules.proxy_for(url)
+        if proxy is None:
+            log.info("%s: requests to %s go direct", self.provider, origin)
+            if self._fast is None:
+                self._fast = FastHTTPTransport(
+                    max_connections=self.max_connections,
+                    max_idle_per_origin=self.max_connections,
+                    keepalive_expiry=self.settings.keepalive_expiry,
+                    connect_timeout=self.settings.connect_timeout,
+                    ssl_context=self._ssl_context,
+                )
+            return self._fast
+        log.info("%s: requests to %s go via proxy %s", self.provider, origin, describe_proxy(proxy))
+        route = self._proxied.get(proxy)
+        if route is None:
+            route = self._proxied[proxy] = _Sharded(self._proxy_factory(proxy), self.shard_size)
+        return route
+
+    def _proxy_factory(self, proxy: str) -> TransportFactory:
         limits = httpx.Limits(
             max_connections=self.shard_size,
             max_keepalive_connections=self.shard_size,
-            keepalive_expiry=self._keepalive_expiry,
+            keepalive_expiry=self.settings.keepalive_expiry,
         )
-        transport = self._transport() if self._transport is not None else self._fast
-        client = httpx.AsyncClient(
-            limits=limits,
-            timeout=self._timeout,
-            transport=transport,
-            trust_env=False,
-            follow_redirects=False,
-        )
-        shard = _Shard(client)
-        self._shards.append(shard)
-        return shard
 
-    def _pick(self) -> _Shard:
-        best: _Shard | None = None
-        for shard in self._shards:
-            if shard.active < self.shard_size and (best is None or shard.active < best.active):
-                best = shard
-                if shard.active == 0:
-                    break
-        return best if best is not None else self._new_shard()
+        secure = httpx.URL(proxy).scheme == "https"
+
+        def factory() -> httpx.AsyncBaseTransport:
+            context = self._ssl_context()
+            return httpx.AsyncHTTPTransport(
+                # An https:// proxy is reached over TLS with the provider's context too.
+                proxy=httpx.Proxy(proxy, ssl_context=context if secure else None),
+                verify=context,
+                trust_env=False,
+                limits=limits,
+            )
+
+        return factory
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _build(self, request: HttpRequest, url: httpx.URL) -> httpx.Request:
+        """The httpx request for ``request``, with the header policy applied.
+
+        Raises:
+            InvalidRequest: a header name is not a token, or a value holds CR, LF, NUL, VT
+                or FF (the message names the header, never its value).
+        """
+        headers: list[tuple[bytes, bytes]] = []
+        agent = False
+        for name, value in request.headers.items():
+            if not _NAME.fullmatch(name):
+                raise InvalidRequest(
+                    f"header name {name[:40]!r} is not a valid HTTP token",
+                    provider=self.provider,
+                    retryable=False,
+                )
+            value = value.strip(" \t")
+            if _BAD_VALUE.search(value):
+                raise InvalidRequest(
+                    f"the value of header {name!r} contains CR, LF, NUL or another line break",
+                    provider=self.provider,
+                    retryable=False,
+                )
+            lower = name.lower()
+            if lower == "accept-encoding":
+                continue  # the pool decides: it decodes what it asked for
+            agent = agent or lower == "user-agent"
+            headers.append((name.encode("ascii"), value.encode("utf-8")))
+        if not agent:
+            headers.append((b"User-Agent", USER_AGENT.encode("ascii")))
+        headers.append((b"Accept-Encoding", b"identity" if request.stream else b"gzip"))
+        return httpx.Request(
+            request.method,
+            url,
+            headers=headers,
+            content=request.body,
+            extensions={"timeout": self._timeouts},
+        )
 
     @asynccontextmanager
     async def stream(self, request: HttpRequest) -> AsyncGenerator[HttpResponse]:
@@ -178,79 +518,100 @@ class HttpPool:
         means its connection is closed rather than reused, so the pool stays consistent.
 
         Raises:
-            LLMError: the request could not be sent or answered (translated here, the one
-                boundary for httpx's exceptions).
+            InvalidRequest: the URL or a header cannot be sent (nothing was sent).
+            ConfigurationError: the proxy or TLS settings are invalid.
+            LLMError: the request could not be sent or answered (`ProviderError`,
+                `InvocationTimeout`...; see `translate_http_error`). Reading the response
+                raises only `LLMError`s too.
         """
+        provider = self.provider
         if self._closed:
-            raise ProviderError("the session's connection pool is closed", provider=self.provider)
+            raise ProviderError("the session's connection pool is closed", provider=provider)
+        entry = self._urls.get(request.url)
+        url, route = entry if entry is not None else self._resolve(request.url)
+        built = self._build(request, url)
         async with self._admission:
-            shard: _Shard | None = None
+            if self._closed:
+                raise ProviderError("the session's connection pool is closed", provider=provider)
             self._requests += 1
+            self._active += 1
+            shard: _Shard | None = None
             try:
-                if self._fast is not None:
-                    built = httpx.Request(
-                        request.method,
-                        self._url(request.url),
-                        headers=request.headers,
-                        content=request.body,
-                        extensions={"timeout": self._timeouts},
-                    )
-                    response = await self._fast.handle_async_request(built)
-                    response.request = built
+                try:
+                    if isinstance(route, FastHTTPTransport):
+                        response = await route.handle_async_request(built)
+                    else:
+                        shard = route.pick()
+                        shard.active += 1
+                        response = await shard.transport.handle_async_request(built)
+                except LLMError:
+                    raise
+                except Exception as exc:
+                    raise translate_http_error(
+                        exc, provider=provider, phase="request", request=built
+                    ) from exc
+                stream = response.stream
+                ours = stream if isinstance(stream, ResponseBody) else None
+                pieces: AsyncIterator[bytes] | None = None
+                if ours is not None:
+                    body: AsyncIterator[bytes] = ours
+                elif isinstance(stream, httpx.AsyncByteStream):
+                    pieces = body = aiter(stream)
                 else:
-                    shard = self._pick()
-                    shard.active += 1
-                    built = shard.client.build_request(
-                        request.method, request.url, headers=request.headers, content=request.body
-                    )
-                    response = await shard.client.send(built, stream=True)
-            except (httpx.HTTPError, httpx.StreamError) as exc:
-                if shard is not None:
-                    shard.active -= 1
-                raise self._translate_request(exc) from exc
-            except BaseException:
-                if shard is not None:
-                    shard.active -= 1
-                raise
-            try:
-                headers = {
-                    k.decode("latin-1").lower(): v.decode("latin-1")
-                    for k, v in response.headers.raw
-                }
-                yield HttpResponse(
-                    response.status_code, headers, _raw(response), self._translate_stream
-                )
+                    pieces = body = _SyncPieces(stream)
+                headers = _headers(response)
+                try:
+                    coding = headers.get("content-encoding")
+                    if coding is not None:
+                        body = decode_body(
+                            body, coding, provider=provider, status=response.status_code
+                        )
+                    yield HttpResponse(response.status_code, headers, body, self._translate)
+                finally:
+                    if ours is not None:
+                        await ours.aclose()  # closes at once, never checkpoints
+                    elif pieces is not None:
+                        await self._close_foreign(stream, pieces)
             finally:
-                with trio.move_on_after(5, shield=True):
-                    await response.aclose()
+                self._active -= 1
                 if shard is not None:
                     shard.active -= 1
 
-    def _translate_request(self, exc: Exception) -> LLMError:
-        if isinstance(exc, httpx.HTTPError):
-            return translate_http_error(exc, provider=self.provider, phase="request")
-        return ProviderError(f"request failed: {exc}", provider=self.provider)
+    async def _close_foreign(
+        self, stream: httpx.AsyncByteStream | httpx.SyncByteStream, pieces: AsyncIterator[bytes]
+    ) -> None:
+        """Close a body that is not ours, bounded and shielded; failures are logged once."""
+        with trio.move_on_after(_CLOSE_GRACE, shield=True) as scope:
+            try:
+                close = getattr(pieces, "aclose", None)
+                if close is not None:  # an async generator: closed, not left to the GC
+                    await close()
+                if isinstance(stream, httpx.AsyncByteStream):
+                    await stream.aclose()
+                else:
+                    stream.close()
+            except Exception as exc:  # noqa: BLE001 - the response is done with: log, go on
+                log.warning("%s: closing a response failed: %s", self.provider, _text(exc))
+        if scope.cancelled_caught:
+            log.warning(
+                "%s: closing a response took longer than %gs: left to the transport",
+                self.provider,
+                _CLOSE_GRACE,
+            )
 
-    def _translate_stream(self, exc: Exception) -> LLMError:
-        if isinstance(exc, httpx.HTTPError):
-            return translate_http_error(exc, provider=self.provider, phase="stream")
-        return StreamingFailed(f"stream failed: {exc}", provider=self.provider, retryable=True)
-
-    def _url(self, text: str) -> httpx.URL:
-        url = self._urls.get(text)
-        if url is None:
-            if len(self._urls) > 256:
-                self._urls.clear()
-            url = self._urls[text] = httpx.URL(text)
-        return url
+    def _translate(self, exc: Exception) -> LLMError:
+        return translate_http_error(exc, provider=self.provider, phase="stream")
 
     def statistics(self) -> PoolStatistics:
-        active = sum(s.active for s in self._shards)
+        """How the pool is used now."""
+        shards = sum(len(route.shards) for route in self._proxied.values())
+        if self._injected is not None:
+            shards += len(self._injected.shards)
         if self._fast is not None:
-            active = self._fast.statistics().in_use
+            shards += 1
         return PoolStatistics(
-            shards=len(self._shards),
-            active=active,
+            shards=shards,
+            active=self._active,
             waiting=self._admission.statistics().tasks_waiting,
             max_connections=self.max_connections,
             shard_size=self.shard_size,
@@ -258,19 +619,57 @@ class HttpPool:
         )
 
     async def aclose(self) -> None:
-        """Close every shard's connections."""
+        """Close every connection; later requests fail with `ProviderError`.
+
+        Bounded: transports that do not close within a few seconds are left behind (logged).
+        """
         self._closed = True
-        shards, self._shards = self._shards, []
-        for shard in shards:
-            await shard.client.aclose()
         if self._fast is not None:
-            await self._fast.aclose()
+            await self._fast.aclose()  # never blocks
+        routes = list(self._proxied.values())
+        if self._injected is not None:
+            routes.append(self._injected)
+        with trio.move_on_after(_CLOSE_GRACE, shield=True) as scope:
+            for route in routes:
+                shards, route.shards = route.shards, []
+                for shard in shards:
+                    try:
+                        await shard.transport.aclose()
+                    except Exception as exc:  # noqa: BLE001 - close the others all the same
+                        log.warning("%s: closing a transport failed: %s", self.provider, _text(exc))
+        if scope.cancelled_caught:
+            log.warning(
+                "%s: closing the pool took longer than %gs: the rest is left to the GC",
+                self.provider,
+                _CLOSE_GRACE,
+            )
 
 
-def _raw(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The response body's raw pieces: straight from our transport's stream when it is one
-    (a plain async iterator), else through httpx's ``aiter_raw``."""
-    stream = response.stream
-    if isinstance(stream, ResponseBody):
-        return stream.__aiter__()
-    return response.aiter_raw()
+def _headers(response: httpx.Response) -> dict[str, str]:
+    """Lower-case names; a repeated header's values joined with ``", "``."""
+    out: dict[str, str] = {}
+    for raw_name, raw_value in response.headers.raw:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+@final
+class _SyncPieces:
+    """The pieces of a sync body (an injected transport's), with a checkpoint between."""
+
+    __slots__ = ("_pieces",)
+
+    def __init__(self, stream: httpx.SyncByteStream) -> None:
+        self._pieces = iter(stream)
+
+    def __aiter__(self) -> _SyncPieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        await trio.lowlevel.checkpoint()
+        try:
+            return next(self._pieces)
+        except StopIteration:
+            raise StopAsyncIteration from None

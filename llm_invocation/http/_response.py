@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Final, final
 
-import httpx
-
 from ..errors import LLMError
 
 __all__ = ["HttpResponse"]
@@ -18,7 +16,7 @@ _NO_LIMIT: Final = 1 << 62
 class HttpResponse:
     """A response with its body unread: status, lower-case headers and the body's pieces.
 
-    Iterating gives the body as it arrives (content decoding undone); every failure while
+    Iterating gives the body as it arrives (content codings undone); every failure while
     reading is already a typed `LLMError` (see `llm_invocation.http.translate_http_error`).
     """
 
@@ -52,9 +50,9 @@ class HttpResponse:
         """
         try:
             return await self._body.__anext__()
-        except StopAsyncIteration:
+        except (StopAsyncIteration, LLMError):
             raise
-        except (httpx.HTTPError, httpx.StreamError) as exc:
+        except Exception as exc:  # httpx's, OS, TLS, zlib errors: the one boundary
             raise self._translate(exc) from exc
 
     async def read(self, limit: int | None = None) -> bytes:

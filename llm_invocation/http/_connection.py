@@ -1,0 +1,450 @@
+"""Connections of `FastHTTPTransport`: sockets, TLS, the read-deadline watchdog, the pool.
+
+* **Plain http** runs on a non-blocking stdlib socket: ``recv`` straight into the decoder and
+  ``trio.lowlevel.wait_readable`` only when the kernel has nothing; ``send`` and
+  ``wait_writable`` only when the kernel buffer is full. Every call that can block
+  checkpoints, and every wait is cancellable.
+* **https** wraps the same socket in `trio.SSLStream` (ALPN ``http/1.1``): correct, but
+  without the raw fast path.
+* **Read deadlines.** A trio cancel scope with a deadline costs about as much as the wait and
+  the read it guards (7 us here), so on plain http a waiting read only records its deadline
+  and one system task per transport (`Watchdog`, started at the first read deadline of a trio
+  run) sleeps until the soonest one and wakes an expired reader, which raises
+  `httpx.ReadTimeout` and closes its connection. Everything else uses cancel scopes.
+* **Pool** (`ConnectionPool`). Per origin (scheme, host, port) a LIFO stack of idle
+  connections: checkout pops the freshest, return pushes, both O(1). An idle connection that
+  is past ``keepalive_expiry``, or whose socket is readable while idle (the peer closed it or
+  sent something unasked: checked with ``MSG_PEEK``), is discarded at checkout. Admission is
+  FIFO, up to ``max_connections`` requests holding a connection at once.
+
+Every OS, TLS and trio error becomes an httpx exception here (`io_error` and the timeout
+checks), chained to its cause, so the pool can still tell a TLS certificate problem apart.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import socket
+from collections import deque
+from typing import Final, final
+
+import httpx
+import trio
+
+__all__ = [
+    "Connection",
+    "ConnectionPool",
+    "Origin",
+    "Watchdog",
+    "close_socket",
+    "io_error",
+    "open_socket",
+]
+
+_IN_PROGRESS: Final = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK})
+
+Origin = tuple[str, str, int]
+"""(scheme, host, port) of a connection."""
+
+
+def io_error(kind: type[httpx.TransportError], exc: BaseException) -> httpx.TransportError:
+    """The httpx exception for an OS, TLS or trio error: the one translation in this module."""
+    if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError) and exc.__cause__:
+        exc = exc.__cause__
+    text = str(exc) or type(exc).__name__
+    return kind(text)
+
+
+def close_socket(sock: socket.socket) -> None:
+    """Close ``sock`` at once, waking any task waiting on it (it gets ClosedResourceError)."""
+    if sock.fileno() != -1:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+
+
+async def open_socket(host: str, port: int, *, nodelay: bool) -> socket.socket:
+    """A connected non-blocking TCP socket to ``host:port``, trying each address in order.
+
+    Raises:
+        OSError: name resolution failed, or no address accepted the connection.
+    """
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(0.0)  # non-blocking
+            if nodelay and family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            code = sock.connect_ex(address)
+            if code in _IN_PROGRESS:
+                await trio.lowlevel.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, f"{os.strerror(code)} (connecting to {address[0]}:{port})")
+        except OSError as exc:
+            close_socket(sock)
+            last = exc
+            continue
+        except BaseException:
+            close_socket(sock)
+            raise
+        return sock
+    raise last if last is not None else OSError(f"no address found for {host}")
+
+
+@final
+class Watchdog:
+    """Read deadlines of raw-socket waits, enforced by one system task.
+
+    A trio cancel scope with a deadline costs about as much as the wait and the read it
+    would guard, so a waiting connection only stores its deadline; this task sleeps until
+    the soonest one and wakes an expired waiter with `trio.lowlevel.notify_closing` (the
+    waiter raises `httpx.ReadTimeout`, and its connection is closed). Started at the first
+    deadline of a trio run; it ends with the run or when the transport closes.
+    """
+
+    __slots__ = ("closed", "connections", "scope", "spawned", "wake_at")
+
+    def __init__(self, connections: set[Connection]) -> None:
+        self.connections = connections
+        self.wake_at = math.inf  # when the task looks next; inf: not before it is woken
+        self.scope: trio.CancelScope | None = None
+        self.spawned = False
+        self.closed = False
+
+    def wake(self, deadline: float) -> None:
+        """Make sure the task looks again no later than ``deadline``."""
+        self.wake_at = deadline
+        if self.scope is not None:
+            self.scope.deadline = deadline
+        elif not self.spawned and not self.closed:
+            self.spawned = True
+            trio.lowlevel.spawn_system_task(self._run, name="FastHTTPTransport read deadlines")
+
+    def close(self) -> None:
+        self.closed = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    async def _run(self) -> None:
+        try:
+            while not self.closed:
+                now = trio.current_time()
+                soonest = math.inf
+                for conn in self.connections:
+                    deadline = conn.deadline
+                    if deadline <= now:
+                        if not conn.closed:
+                            trio.lowlevel.notify_closing(conn.sock)
+                    elif deadline < soonest:
+                        soonest = deadline
+                self.wake_at = soonest
+                with trio.CancelScope(deadline=soonest) as self.scope:
+                    await trio.sleep_forever()
+                self.scope = None
+        finally:
+            self.scope = None
+            self.spawned = False
+            self.wake_at = math.inf
+
+
+@final
+class Connection:
+    """One HTTP/1.1 connection: a non-blocking socket, maybe wrapped in TLS."""
+
+    __slots__ = (
+        "closed",
+        "deadline",
+        "eager",
+        "idle_since",
+        "origin",
+        "responded",
+        "reused",
+        "sock",
+        "tls",
+        "watchdog",
+    )
+
+    def __init__(
+        self,
+        origin: Origin,
+        sock: socket.socket,
+        tls: trio.SSLStream[trio.SocketStream] | None,
+        watchdog: Watchdog,
+    ) -> None:
+        self.origin = origin
+        self.sock = sock
+        self.tls = tls
+        self.watchdog = watchdog
+        self.closed = False
+        self.deadline = math.inf  # while waiting to read: when the wait times out
+        self.eager = False  # the last read filled the buffer: more is likely waiting
+        self.reused = False
+        self.responded = False  # a byte of the current response arrived
+        self.idle_since = 0.0
+
+    def close(self) -> None:
+        """Close the socket at once (idempotent); a task waiting on it gets a ReadError."""
+        if not self.closed:
+            self.closed = True
+            close_socket(self.sock)
+
+    def is_stale(self) -> bool:
+        """Whether the idle socket is readable: the peer closed it, reset it or sent bytes."""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return True
+
+    async def recv(self, size: int, timeout: float | None) -> bytes:
+        """Up to ``size`` bytes; ``b""`` at the end of the stream.
+
+        Raises:
+            httpx.ReadTimeout: nothing arrived within ``timeout`` seconds.
+            httpx.ReadError: the connection failed or was closed.
+        """
+        if self.tls is not None:
+            return await self._recv_tls(size, timeout)
+        sock = self.sock
+        if self.eager:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                data = sock.recv(size)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise io_error(httpx.ReadError, exc) from exc
+            else:
+                self.eager = len(data) == size
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+        if timeout is None:
+            deadline = math.inf
+        else:
+            deadline = trio.current_time() + timeout
+            if deadline < self.watchdog.wake_at:
+                self.watchdog.wake(deadline)
+        while True:
+            self.deadline = deadline
+            try:
+                await trio.lowlevel.wait_readable(sock)
+                data = sock.recv(size)
+            except BlockingIOError:
+                continue
+            except trio.ClosedResourceError as exc:
+                if not self.closed and self.deadline <= trio.current_time():
+                    raise httpx.ReadTimeout(f"no data within {timeout:g}s") from None
+                raise io_error(httpx.ReadError, exc) from exc
+            except (OSError, ValueError) as exc:  # ValueError: the socket is closed (fd -1)
+                if self.closed:
+                    raise httpx.ReadError("the connection was closed") from exc
+                raise io_error(httpx.ReadError, exc) from exc
+            finally:
+                self.deadline = math.inf
+            self.eager = len(data) == size
+            return data
+
+    async def _recv_tls(self, size: int, timeout: float | None) -> bytes:
+        assert self.tls is not None
+        try:
+            if timeout is None:
+                return bytes(await self.tls.receive_some(size))
+            with trio.move_on_after(timeout):
+                return bytes(await self.tls.receive_some(size))
+        except (OSError, ValueError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise io_error(httpx.ReadError, exc) from exc
+        raise httpx.ReadTimeout(f"no data within {timeout:g}s")
+
+    async def send(self, data: bytes, timeout: float | None) -> None:
+        """Send all of ``data``, waiting only while the kernel's buffer is full.
+
+        Raises:
+            httpx.WriteTimeout: the buffer stayed full for ``timeout`` seconds.
+            httpx.WriteError: the connection failed or was closed.
+        """
+        if self.tls is not None:
+            await self._send_tls(data, timeout)
+            return
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise io_error(httpx.WriteError, exc) from exc
+        if sent == len(data):
+            return
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        with memoryview(data) as view:
+            while sent < len(data):
+                try:
+                    with trio.CancelScope(deadline=deadline) as scope:
+                        await trio.lowlevel.wait_writable(sock)
+                    if scope.cancelled_caught:
+                        raise httpx.WriteTimeout(f"could not send within {timeout:g}s")
+                    sent += sock.send(view[sent:])
+                except BlockingIOError:
+                    continue
+                except (OSError, ValueError, trio.ClosedResourceError) as exc:
+                    raise io_error(httpx.WriteError, exc) from exc
+
+    async def _send_tls(self, data: bytes, timeout: float | None) -> None:
+        assert self.tls is not None
+        try:
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                await self.tls.send_all(data)
+                return
+        except (OSError, ValueError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise io_error(httpx.WriteError, exc) from exc
+        raise httpx.WriteTimeout(f"could not send within {timeout:g}s")
+
+
+@final
+class ConnectionPool:
+    """Idle connections per origin (LIFO), the open set, admission and the counters."""
+
+    __slots__ = (
+        "admission",
+        "closed",
+        "connections",
+        "created",
+        "discarded",
+        "idle",
+        "idle_count",
+        "in_use",
+        "keepalive_expiry",
+        "max_connections",
+        "max_idle",
+        "resent",
+        "reused",
+        "token",
+        "watchdog",
+    )
+
+    def __init__(self, *, max_connections: int, max_idle: int, keepalive_expiry: float) -> None:
+        self.max_connections = max_connections
+        self.max_idle = max_idle
+        self.keepalive_expiry = keepalive_expiry
+        self.admission = trio.Semaphore(max_connections)
+        self.idle: dict[Origin, deque[Connection]] = {}
+        self.connections: set[Connection] = set()
+        self.watchdog = Watchdog(self.connections)
+        self.idle_count = 0
+        self.in_use = 0
+        self.created = 0
+        self.reused = 0
+        self.resent = 0
+        self.discarded = 0
+        self.closed = False
+        self.token: trio.lowlevel.TrioToken | None = None
+
+    async def admit(self, timeout: float | None) -> None:
+        """Wait for a slot, first come first served.
+
+        Raises:
+            httpx.PoolTimeout: none came within ``timeout`` seconds.
+        """
+        try:
+            self.admission.acquire_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            return
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            await self.admission.acquire()
+            return
+        raise httpx.PoolTimeout(f"no connection available within {timeout:g}s")
+
+    def check_out(self, origin: Origin) -> Connection | None:
+        """A healthy idle connection to ``origin`` (marked in use), or None."""
+        idle = self.idle.get(origin)
+        if not idle:
+            return None
+        expired = trio.current_time() - self.keepalive_expiry
+        while idle:
+            conn = idle.pop()
+            self.idle_count -= 1
+            if conn.idle_since < expired or conn.is_stale():
+                self.discard(conn)
+                continue
+            conn.reused = True
+            self.reused += 1
+            self.in_use += 1
+            return conn
+        return None
+
+    def add(self, conn: Connection) -> None:
+        """Count a new connection (in use), evicting an idle one if the total is at its cap."""
+        if len(self.connections) >= self.max_connections:
+            for idle in self.idle.values():
+                if idle:
+                    self.idle_count -= 1
+                    self.discard(idle.popleft())
+                    break
+        self.connections.add(conn)
+        self.created += 1
+        self.in_use += 1
+
+    def check_in(self, conn: Connection, *, reuse: bool, release: bool = True) -> None:
+        """Take back a connection in use: to the pool if ``reuse``, else close it.
+
+        ``release`` frees the request's admission slot too. Never blocks.
+        """
+        self.in_use -= 1
+        if reuse and not conn.closed and not self.closed and self.max_idle:
+            idle = self.idle.get(conn.origin)
+            if idle is None:
+                idle = self.idle[conn.origin] = deque()
+            now = trio.current_time()
+            if len(idle) >= self.max_idle:
+                self.idle_count -= 1
+                self.discard(idle.popleft())
+            while idle and idle[0].idle_since < now - self.keepalive_expiry:
+                self.idle_count -= 1
+                self.discard(idle.popleft())
+            conn.idle_since = now
+            conn.eager = False
+            idle.append(conn)
+            self.idle_count += 1
+        else:
+            conn.close()
+            self.connections.discard(conn)
+        if release:
+            self.admission.release()
+
+    def abandon(self, conn: Connection) -> None:
+        """Take back the connection of a body dropped unclosed; safe from ``__del__``."""
+        token = self.token
+        try:
+            if token is None:
+                raise trio.RunFinishedError
+            # The garbage collector may run this anywhere, even inside trio's own code:
+            # only hand the work to the run loop here.
+            token.run_sync_soon(self.close_abandoned, conn)
+        except trio.RunFinishedError:
+            conn.closed = True
+            conn.sock.close()
+
+    def close_abandoned(self, conn: Connection) -> None:
+        self.check_in(conn, reuse=False)
+
+    def discard(self, conn: Connection) -> None:
+        conn.close()
+        self.connections.discard(conn)
+        self.discarded += 1
+
+    def close(self) -> None:
+        self.closed = True
+        self.watchdog.close()
+        for idle in self.idle.values():
+            idle.clear()
+        self.idle_count = 0
+        for conn in list(self.connections):
+            conn.close()
+        self.connections.clear()
