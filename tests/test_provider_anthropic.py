@@ -1525,3 +1525,98 @@ def test_models_decode_with_capabilities_or_from_the_id(codec: AnthropicCodec) -
 def test_a_malformed_models_list_is_a_provider_error(codec: AnthropicCodec) -> None:
     with pytest.raises(ProviderError):
         codec.decode_models(b'{"data": [{"display_name": "no id"}]}')
+
+
+# ---------------------------------------------------------------------------------------------
+# Values out of range and JSON nested too deep: absent, or a typed error, never an exception
+
+NESTED = b"[" * 5000 + b"]" * 5000
+"""JSON nested deeper than any decoder follows."""
+
+
+@pytest.mark.parametrize("value", ["-1", str(10**40), str(2**53), "1" + "0" * 400])
+def test_a_rate_limit_count_out_of_range_is_absent(codec: AnthropicCodec, value: str) -> None:
+    headers = {
+        "anthropic-ratelimit-requests-limit": value,
+        "anthropic-ratelimit-tokens-remaining": value,
+    }
+    assert codec.parse_rate_limits(headers) is None
+
+
+@pytest.mark.parametrize("value", ["9999-12-31T23:59:59Z", "1e999", "1e300", "NaN"])
+def test_a_rate_limit_reset_out_of_range_is_absent(codec: AnthropicCodec, value: str) -> None:
+    assert codec.parse_rate_limits({"anthropic-ratelimit-requests-reset": value}) is None
+
+
+def test_a_message_usage_with_a_count_out_of_range_is_absent(codec: AnthropicCodec) -> None:
+    body = (
+        b'{"id":"m","type":"message","model":"c","content":[{"type":"text","text":"Hi"}],'
+        b'"stop_reason":"end_turn","usage":{"input_tokens":-1,"output_tokens":1}}'
+    )
+    response = codec.decode_response(make_request(), body)
+    assert response.message.content == "Hi"
+    assert response.usage is None
+
+
+def test_a_streamed_start_usage_out_of_range_leaves_every_usage_absent() -> None:
+    chunks = decode(
+        message_start(input_tokens=-1)
+        + block_start(0, {"type": "text", "text": ""})
+        + text_delta(0, "Hi")
+        + block_stop(0)
+        + message_delta("end_turn")
+        + STOP
+    )
+    assert [chunk.usage for chunk in chunks] == [None] * len(chunks)
+    assert aggregate(chunks).text == "Hi"
+
+
+def test_a_streamed_output_count_out_of_range_is_absent() -> None:
+    huge = b'"output_tokens": ' + str(10**40).encode()
+    chunks = decode(text_stream("Hi").replace(b'"output_tokens": 5', huge))
+    assert chunks[-1].finish_reason == "stop"
+    assert chunks[-1].usage is None
+
+
+def test_a_stream_event_nested_too_deep_is_a_malformed_event_after_what_came() -> None:
+    deep = b'event: ping\ndata: {"type": "ping", "extra": ' + NESTED + b"}\n\n"
+    chunks = decode(message_start() + block_start(0, {"type": "text", "text": "a"}) + deep + STOP)
+    assert aggregate(chunks[:-1]).text == "a"
+    error = chunks[-1].error
+    assert error is not None
+    assert error.code == ErrorCode.STREAMING_FAILED
+    assert error.details == {"reason": "malformed"}
+
+
+def test_a_mistyped_stream_event_nested_too_deep_is_a_malformed_event() -> None:
+    deep = (
+        b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": "zero", '
+        b'"extra": ' + NESTED + b"}\n\n"
+    )
+    chunks = decode(message_start() + deep + STOP)
+    error = chunks[-1].error
+    assert error is not None
+    assert error.details == {"reason": "malformed"}
+
+
+def test_a_message_body_nested_too_deep_is_a_provider_error(codec: AnthropicCodec) -> None:
+    body = b'{"id": "m", "type": "message", "content": [], "extra": ' + NESTED + b"}"
+    with pytest.raises(ProviderError, match="malformed Anthropic message body"):
+        codec.decode_response(make_request(), body)
+
+
+def test_an_error_body_nested_too_deep_is_classified_by_its_status(codec: AnthropicCodec) -> None:
+    body = b'{"type": "error", "error": {"type": "api_error", "extra": ' + NESTED + b"}}"
+    error = codec.map_error(529, {}, body)
+    assert isinstance(error, ProviderOverloaded)
+    assert error.status == 529
+
+
+def test_a_token_count_nested_too_deep_is_a_provider_error(codec: AnthropicCodec) -> None:
+    with pytest.raises(ProviderError, match="malformed Anthropic token count"):
+        codec.decode_count_tokens(b'{"input_tokens": 1, "extra": ' + NESTED + b"}")
+
+
+def test_a_models_list_nested_too_deep_is_a_provider_error(codec: AnthropicCodec) -> None:
+    with pytest.raises(ProviderError, match="malformed Anthropic models list"):
+        codec.decode_models(b'{"data": [], "extra": ' + NESTED + b"}")

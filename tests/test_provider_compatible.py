@@ -617,3 +617,41 @@ def test_gemini_index_less_tool_calls_and_stop() -> None:
         ToolCall(id="fc-2", name="time", arguments="{}"),
     ]
     assert response.finish_reason == "tool_calls"
+
+
+# ---------------------------------------------------------------------------------------------
+# Values out of range: absent
+
+
+@pytest.mark.parametrize("value", ["-1", "1e999", "1e300", "1" + "0" * 400])
+def test_together_unsuffixed_counts_out_of_range_are_absent(value: str) -> None:
+    headers = {**TOGETHER_HEADERS, "x-ratelimit-limit": value, "x-ratelimit-remaining": value}
+    info = make_compatible_codec("together").parse_rate_limits(headers)
+    assert info == RateLimitInfo(requests_reset=2.0, tokens_limit=3000, tokens_remaining=3000)
+
+
+def test_together_unsuffixed_reset_out_of_range_is_absent() -> None:
+    headers = {**TOGETHER_HEADERS, "x-ratelimit-reset": "1e999"}
+    info = make_compatible_codec("together").parse_rate_limits(headers)
+    assert info is not None
+    assert info.requests_reset is None
+
+
+@pytest.mark.parametrize("cost", [b"-0.5", b"1e300"])
+def test_an_openrouter_cost_out_of_range_is_unknown_and_the_counts_stay(cost: bytes) -> None:
+    data = OPENROUTER_STREAM.replace(b'"cost":0.000222', b'"cost":' + cost)
+    usage = decode(make_compatible_codec("openrouter"), data)[-1].usage
+    assert usage == Usage(
+        prompt_tokens=12,
+        completion_tokens=5,
+        total_tokens=17,
+        cache_read_tokens=2,
+        cache_write_tokens=6,
+    )
+
+
+def test_groq_usage_with_a_count_out_of_range_is_absent() -> None:
+    data = GROQ_STREAM.replace(b'"completion_tokens":5', b'"completion_tokens":-5')
+    chunks = decode(make_compatible_codec("groq"), data)
+    assert chunks[-1].finish_reason == "tool_calls"
+    assert chunks[-1].usage is None

@@ -1432,3 +1432,92 @@ def test_a_call_may_start_with_its_first_fragments_in_the_same_part() -> None:
         ToolCall(id="v1", name="find", arguments='{"q":"cats"}'),
         ToolCall(id="call_resp1_1", name="count", arguments='{"n":3}'),
     ]
+
+
+# -- values out of range and JSON nested too deep: absent, or a typed error ---------------------
+
+NESTED = b"[" * 5000 + b"]" * 5000
+"""JSON nested deeper than any decoder follows."""
+DEEP_FIELD = b'{"extra": ' + NESTED + b"}"
+"""An object with a field the codec does not read, nested too deep."""
+
+
+def test_a_retry_delay_in_the_body_out_of_range_gives_way_to_the_header() -> None:
+    delay = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "99999999999s"}
+    body = error_body(429, "RESOURCE_EXHAUSTED", "quota", delay)
+    codec = GeminiCodec()
+    assert codec.map_error(429, {}, body).retry_after is None
+    assert codec.map_error(429, {"retry-after": "4"}, body).retry_after == 4.0
+
+
+def test_a_retry_after_date_far_ahead_is_an_hour() -> None:
+    limits = GeminiCodec().parse_rate_limits({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"})
+    assert limits is not None
+    assert limits.retry_after == 3600.0
+
+
+def test_a_streamed_usage_with_a_count_out_of_range_is_absent() -> None:
+    chunks = stream(obj(text("Hi"), finish="STOP", usage=counts(-1, 2)))
+    assert [chunk.usage for chunk in chunks] == [None]
+    assert chunks[0].text == "Hi"
+
+
+def test_a_body_usage_with_a_count_out_of_range_is_absent() -> None:
+    body = json.dumps(obj(text("Hi"), finish="STOP", usage=counts(5, 10**40))).encode()
+    response = GeminiCodec().decode_response(request(), body)
+    assert response.text == "Hi"
+    assert response.usage is None
+
+
+def test_an_sse_object_nested_too_deep_is_a_streaming_failure_after_what_came() -> None:
+    data = sse(obj(text("Hi"))) + b"data: " + DEEP_FIELD + b"\r\n\r\n"
+    chunks = feed_all(sse_decoder(), data)
+    assert chunks[0].text == "Hi"
+    error = chunks[-1].error
+    assert error is not None
+    assert error.code == ErrorCode.STREAMING_FAILED
+
+
+def test_a_json_array_element_nested_too_deep_is_a_streaming_failure() -> None:
+    chunks = feed_all(array_decoder(), b"[" + DEEP_FIELD + b"]")
+    assert len(chunks) == 1
+    error = chunks[0].error
+    assert error is not None
+    assert error.code == ErrorCode.STREAMING_FAILED
+
+
+def test_a_stray_error_object_nested_too_deep_is_a_truncated_stream() -> None:
+    chunks = feed_all(sse_decoder(), b'{"error": {"code": 500, "extra": ' + NESTED + b"}}")
+    assert len(chunks) == 1
+    error = chunks[0].error
+    assert error is not None
+    assert error.message == "the Gemini stream ended before a finishReason"
+
+
+def test_a_body_nested_too_deep_is_a_provider_error() -> None:
+    with pytest.raises(ProviderError, match="malformed Gemini response"):
+        GeminiCodec().decode_response(request(), DEEP_FIELD)
+
+
+def test_an_error_body_nested_too_deep_is_classified_by_its_status() -> None:
+    error = GeminiCodec().map_error(503, {}, b'{"error": {"code": 503, "extra": ' + NESTED + b"}}")
+    assert isinstance(error, ProviderOverloaded)
+    assert error.status == 503
+
+
+def test_a_token_count_nested_too_deep_is_a_provider_error() -> None:
+    with pytest.raises(ProviderError):
+        GeminiCodec().decode_count_tokens(DEEP_FIELD)
+
+
+def test_a_models_list_nested_too_deep_is_a_provider_error() -> None:
+    with pytest.raises(ProviderError):
+        GeminiCodec().decode_models(DEEP_FIELD)
+
+
+def test_a_tool_result_nested_too_deep_is_sent_as_text() -> None:
+    deep = '{"a": ' + "[" * 5000 + "]" * 5000 + "}"
+    body = encode(
+        user("q"), assistant(tool_calls=[ToolCall(id="c1", name="f")]), tool_result("c1", deep)
+    )
+    assert body["contents"][2]["parts"][0]["functionResponse"]["response"] == {"output": deep}

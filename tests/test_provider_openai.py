@@ -1627,3 +1627,127 @@ def test_provider_options_that_are_not_json_are_an_invalid_request() -> None:
     options = ModelOptions(provider_options={"callback": object()})
     with pytest.raises(InvalidRequest, match="cannot be encoded"):
         OpenAICodec().encode(request(options=options), KEY)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values out of range and JSON nested too deep: absent, or a typed error, never an exception
+
+NESTED = b"[" * 5000 + b"]" * 5000
+"""JSON nested deeper than any decoder follows."""
+DEEP_FIELD = b'{"extra": ' + NESTED + b"}"
+"""An object with a field the codec does not read, nested too deep."""
+
+
+@pytest.mark.parametrize(
+    "value", ["1e999", "-1e999", "1e300", "-1", "1" + "0" * 400, "NaN", "inf", "9007199254740992"]
+)
+def test_a_rate_limit_count_out_of_range_is_absent(value: str) -> None:
+    headers = {"x-ratelimit-limit-requests": value, "x-ratelimit-remaining-tokens": value}
+    assert OpenAICodec().parse_rate_limits(headers) is None
+
+
+@pytest.mark.parametrize("value", ["1e999", "inf", "NaN", "1e300", "99999999h", "24h0m1s"])
+def test_a_rate_limit_reset_out_of_range_is_absent(value: str) -> None:
+    assert OpenAICodec().parse_rate_limits({"x-ratelimit-reset-requests": value}) is None
+
+
+def test_a_rate_limit_reset_within_a_day_is_kept() -> None:
+    info = OpenAICodec().parse_rate_limits({"x-ratelimit-reset-tokens": "23h59m59s"})
+    assert info == RateLimitInfo(tokens_reset=86399.0)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"retry-after-ms": "1e300"},
+        {"retry-after": "1e300"},
+        {"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"},
+    ],
+    ids=["milliseconds", "seconds", "http-date"],
+)
+def test_a_retry_delay_longer_than_an_hour_is_an_hour_and_no_retry(
+    headers: dict[str, str],
+) -> None:
+    codec = OpenAICodec()
+    assert codec.parse_rate_limits(headers) == RateLimitInfo(retry_after=3600.0)
+    error = codec.map_error(429, headers, error_body("Slow down."))
+    assert error.retry_after == 3600.0
+    assert codec.retry_advice(error, headers) == RetryAdvice(retryable=False, delay=3600.0)
+
+
+@pytest.mark.parametrize("created", ["1e300", "253402300800"], ids=["1e300", "year-10000"])
+def test_a_created_time_out_of_range_is_now(created: str) -> None:
+    body = (
+        b'{"id":"c","object":"chat.completion","created":' + created.encode() + b',"model":"m",'
+        b'"choices":[{"index":0,"message":{"role":"assistant","content":"ok"},'
+        b'"finish_reason":"stop"}]}'
+    )
+    before = datetime.now(UTC)
+    response = OpenAICodec().decode_response(request(), body)
+    assert before <= response.created <= datetime.now(UTC)
+    assert response.text == "ok"
+
+
+def test_a_model_created_time_out_of_range_is_absent() -> None:
+    body = b'{"data":[{"id":"gpt-4o","object":"model","created":1e300,"owned_by":"system"}]}'
+    [model] = OpenAICodec().decode_models(body)
+    assert model.id == "gpt-4o"
+    assert model.created is None
+
+
+OUT_OF_RANGE_USAGE = [
+    {"prompt_tokens": -1, "completion_tokens": 2},
+    {"prompt_tokens": 10**40, "completion_tokens": 2},
+    {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": -3},
+    {
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "completion_tokens_details": {"reasoning_tokens": -3},
+    },
+]
+
+
+@pytest.mark.parametrize("usage", OUT_OF_RANGE_USAGE)
+def test_a_body_usage_with_a_count_out_of_range_is_absent(usage: dict[str, Any]) -> None:
+    body = completion_body(text="ok", reasoning=None, calls=[], finish="stop", usage=usage)
+    response = OpenAICodec().decode_response(request(), body)
+    assert response.text == "ok"
+    assert response.usage is None
+
+
+@pytest.mark.parametrize("usage", OUT_OF_RANGE_USAGE)
+def test_a_streamed_usage_with_a_count_out_of_range_is_absent(usage: dict[str, Any]) -> None:
+    chunks = decode_stream(sse(chunk({"content": "ok"}, "stop"), chunk(choices=[], usage=usage)))
+    assert [c.usage for c in chunks] == [None]
+    assert chunks[0].finish_reason == "stop"
+
+
+def test_json_nested_too_deep_in_a_stream_is_a_streaming_failure_after_what_came() -> None:
+    chunks = decode_stream(sse(chunk({"content": "a"}), DEEP_FIELD))
+    assert chunks[0].text == "a"
+    error = chunks[-1].error
+    assert error is not None
+    assert error.code == ErrorCode.STREAMING_FAILED
+    assert not error.retryable
+
+
+def test_an_error_event_nested_too_deep_is_still_an_error_chunk() -> None:
+    chunks = decode_stream(b"event: error\ndata: " + NESTED + b"\n\n")
+    assert len(chunks) == 1
+    assert chunks[0].error is not None
+
+
+def test_a_body_nested_too_deep_is_a_provider_error() -> None:
+    with pytest.raises(ProviderError, match="malformed response body"):
+        OpenAICodec().decode_response(request(), DEEP_FIELD)
+
+
+def test_an_error_body_nested_too_deep_is_classified_by_its_status() -> None:
+    error = OpenAICodec().map_error(429, {}, b'{"error": ' + NESTED + b"}")
+    assert isinstance(error, RateLimited)
+    assert error.status == 429
+
+
+def test_a_model_list_nested_too_deep_is_a_provider_error() -> None:
+    with pytest.raises(ProviderError, match="malformed model list"):
+        OpenAICodec().decode_models(DEEP_FIELD)

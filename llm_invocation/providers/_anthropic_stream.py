@@ -49,7 +49,7 @@ from ._anthropic_wire import (
     finish_reason,
     normalise_usage,
 )
-from ._base import StreamDecoder
+from ._base import JSON_ERRORS, StreamDecoder
 from ._sse import SSEParser
 
 __all__ = ["AnthropicStreamDecoder"]
@@ -142,7 +142,7 @@ class AnthropicStreamDecoder(StreamDecoder):
         except msgspec.ValidationError as exc:
             self._untyped(data, exc, out)
             return
-        except msgspec.DecodeError as exc:
+        except JSON_ERRORS as exc:
             if data.strip():
                 self._fail(out, f"malformed stream event: {exc}", reason="malformed")
             return
@@ -255,7 +255,7 @@ class AnthropicStreamDecoder(StreamDecoder):
         """An event that failed typed decoding: skip a kind we do not know, else fail."""
         try:
             loose = LOOSE_DECODER.decode(data)
-        except msgspec.DecodeError:
+        except JSON_ERRORS:
             self._fail(out, f"malformed stream event: {exc}", reason="malformed")
             return
         kind = loose.type

@@ -26,7 +26,7 @@ from ..errors import (
     RateLimited,
 )
 from ..types import FinishReason, Usage
-from ._base import error_for_status
+from ._base import checked_usage, error_for_status
 
 __all__ = [
     "ERROR_STATUS",
@@ -344,11 +344,12 @@ def finish_reason(native: str | None) -> FinishReason | None:
     return _FINISH.get(native, "other")
 
 
-def normalise_usage(usage: WireUsage, start: WireUsage | None = None) -> Usage:
+def normalise_usage(usage: WireUsage, start: WireUsage | None = None) -> Usage | None:
     """The normalised `Usage` of ``usage``, input counts missing there taken from ``start``.
 
     ``message_delta`` usage is cumulative but may omit the input counts (older servers), which
-    ``message_start`` carried: pass that as ``start``.
+    ``message_start`` carried: pass that as ``start``. None when a count is out of range
+    (`checked_usage`).
     """
     fresh = usage.input_tokens
     written = usage.cache_creation_input_tokens
@@ -367,12 +368,14 @@ def normalise_usage(usage: WireUsage, start: WireUsage | None = None) -> Usage:
     reasoning = details.thinking_tokens if details is not None else None
     written = written or 0
     read = read or 0
-    return Usage(
-        prompt_tokens=(fresh or 0) + written + read,
-        completion_tokens=output or 0,
-        cache_read_tokens=read,
-        cache_write_tokens=written,
-        reasoning_tokens=reasoning or 0,
+    return checked_usage(
+        Usage(
+            prompt_tokens=(fresh or 0) + written + read,
+            completion_tokens=output or 0,
+            cache_read_tokens=read,
+            cache_write_tokens=written,
+            reasoning_tokens=reasoning or 0,
+        )
     )
 
 

@@ -37,14 +37,20 @@ from ..errors import (
     ProviderOverloaded,
     RateLimited,
 )
-from ..types import Feature, ModelInfo, Request, Response, StreamChunk
+from ..types import Feature, ModelInfo, Request, Response, StreamChunk, Usage
 
 __all__ = [
+    "JSON_ERRORS",
+    "MAX_COUNT",
+    "MAX_RESET",
     "HttpRequest",
     "ProviderCodec",
     "RateLimitInfo",
     "RetryAdvice",
     "StreamDecoder",
+    "checked_usage",
+    "count_in_range",
+    "datetime_from_unix",
     "error_for_status",
     "parse_duration_header",
     "parse_retry_after",
@@ -108,11 +114,32 @@ class StreamDecoder(abc.ABC):
         """Whether the provider's terminal event was seen."""
 
 
+JSON_ERRORS: Final = (msgspec.DecodeError, RecursionError)
+"""What decoding a provider's JSON raises on bad input: msgspec's errors (validation errors
+included), and `RecursionError` for nesting deeper than msgspec follows."""
+
+MAX_COUNT: Final = 2**53 - 1
+"""The largest count (tokens, requests) a provider may report: the largest integer a JSON
+number carries exactly (I-JSON, RFC 7493). A count above it, or below 0, is out of range."""
+
+MAX_RESET: Final = 24 * 60 * 60.0
+"""The longest rate-limit reset a header may announce: no provider's window is longer than a
+day (daily quotas reset within 24 hours). A later one is out of range."""
+
 _MAX_HONOURED_DELAY: Final = 60.0 * 60
 
 
+def count_in_range(value: int) -> int | None:
+    """``value`` if it is a count a provider can mean (0 to `MAX_COUNT`), else None."""
+    return value if 0 <= value <= MAX_COUNT else None
+
+
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date).
+
+    A value that is not a number or a date, negative or infinite is ignored; a delay longer
+    than an hour is an hour (long enough to refuse a retry, short enough to recover).
+    """
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
         try:
@@ -120,7 +147,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
         except ValueError:
             value = math.nan
         if math.isfinite(value) and value >= 0:
-            return value
+            return min(value, _MAX_HONOURED_DELAY)
     raw = headers.get("retry-after")
     if not raw:
         return None
@@ -129,12 +156,12 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            value = when.timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, OverflowError):
             return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        value = when.timestamp() - (time.time() if now is None else now)
-        return max(0.0, value)
+        return min(max(0.0, value), _MAX_HONOURED_DELAY)
     if not math.isfinite(value) or value < 0:
         return None
     return min(value, _MAX_HONOURED_DELAY)
@@ -147,23 +174,32 @@ def parse_duration_header(text: str) -> float | None:
     """Parse Go-style durations from rate-limit headers: ``12ms``, ``1s``, ``6m0s``, ``1h2m3.5s``.
 
     Also accepts a bare number of seconds and an RFC 3339 timestamp (Anthropic's resets),
-    returned as seconds from now. Returns None when the text is none of these.
+    returned as seconds from now (0 when it has passed). Returns None when the text is none of
+    these, or when the duration is out of range (infinite or longer than `MAX_RESET`).
     """
-    text = text.strip()
+    seconds = _duration(text.strip())
+    if seconds is None or not 0 <= seconds <= MAX_RESET:
+        return None
+    return seconds
+
+
+def _duration(text: str) -> float | None:
     if not text:
         return None
     try:
-        return max(0.0, float(text))
+        value = float(text)
     except ValueError:
         pass
+    else:
+        return max(0.0, value) if math.isfinite(value) else None
     if "T" in text and ("-" in text or ":" in text):
         try:
             when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            return max(0.0, when.timestamp() - time.time())
+        except (ValueError, OverflowError):
             return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return max(0.0, when.timestamp() - time.time())
     total = 0.0
     number = ""
     i = 0
@@ -189,11 +225,42 @@ def parse_duration_header(text: str) -> float | None:
     return total
 
 
+def datetime_from_unix(value: float | None) -> datetime | None:
+    """A provider's unix timestamp as an aware UTC datetime; None when it is missing, zero,
+    negative, not finite or beyond what a datetime holds."""
+    if value is None or not math.isfinite(value) or value <= 0:
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def unix_to_datetime(value: float | None) -> datetime:
-    """A provider's unix timestamp as an aware UTC datetime (now when missing)."""
-    if value is None or value <= 0:
-        return datetime.now(UTC)
-    return datetime.fromtimestamp(value, UTC)
+    """A provider's unix timestamp as an aware UTC datetime (now when missing or out of
+    range: a creation time is informative, never worth failing an answer for)."""
+    when = datetime_from_unix(value)
+    return datetime.now(UTC) if when is None else when
+
+
+def checked_usage(usage: Usage) -> Usage | None:
+    """``usage`` if its counts are in range (0 to `MAX_COUNT`), else None: a provider's usage
+    that cannot be true is no usage (the caller then estimates it). A cost that is negative
+    or beyond `MAX_COUNT` dollars is dropped (unknown), the counts kept."""
+    counts = (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.total_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
+    )
+    if any(count_in_range(count) is None for count in counts):
+        return None
+    cost = usage.cost
+    if cost is not None and not (cost.is_finite() and 0 <= cost <= MAX_COUNT):
+        return msgspec.structs.replace(usage, cost=None)
+    return usage
 
 
 def error_for_status(

@@ -33,6 +33,7 @@ import msgspec
 
 from ..errors import InvalidRequest
 from ..types import ImagePart, Message, NamedToolChoice, ReasoningPart, Request, TextPart
+from ._base import JSON_ERRORS
 
 __all__ = ["GENERATION_KEYS", "MAX_STOP_SEQUENCES", "build_body", "guess_mime_type", "model_path"]
 
@@ -204,7 +205,7 @@ def _function_response(text: str, *, is_error: bool) -> dict[str, Any]:
     if text.lstrip()[:1] == "{":
         try:
             value = _JSON.decode(text)
-        except msgspec.DecodeError:
+        except JSON_ERRORS:
             value = None
     if isinstance(value, dict):
         return {"error": value} if is_error else value  # pyright: ignore[reportUnknownVariableType]

@@ -29,7 +29,7 @@ import msgspec
 
 from ..errors import LLMError, StreamingFailed
 from ..types import StreamChunk, ToolCallDelta, Usage
-from ._base import StreamDecoder
+from ._base import JSON_ERRORS, StreamDecoder
 from ._gemini_wire import (
     Candidate,
     ErrorEnvelope,
@@ -326,7 +326,7 @@ class ChunkConverter:
             return []
         try:
             response = _RESPONSE_DECODER.decode(data)
-        except msgspec.DecodeError as exc:
+        except JSON_ERRORS as exc:
             error = StreamingFailed(
                 f"malformed Gemini stream object: {exc}", provider=self.provider
             )
@@ -660,7 +660,7 @@ def _stray_error(tail: bytes, provider: str) -> LLMError | None:
             try:
                 objects = JSONArrayScanner().feed(tail[start:])
                 envelope = _ENVELOPE_DECODER.decode(objects[0]) if objects else None
-            except (MalformedStream, msgspec.DecodeError):
+            except (MalformedStream, *JSON_ERRORS):
                 envelope = None
             if envelope is not None and envelope.error is not None:
                 status = envelope.error
@@ -709,7 +709,7 @@ class GeminiJSONArrayDecoder(StreamDecoder):
             ):
                 try:
                     response = _RESPONSE_DECODER.decode(data[first.start() : last + 1])
-                except msgspec.DecodeError:
+                except JSON_ERRORS:
                     pass
                 else:
                     return converter.convert(response)

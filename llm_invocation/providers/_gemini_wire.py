@@ -34,7 +34,7 @@ from ..errors import (
     RateLimited,
 )
 from ..types import FinishReason, Usage
-from ._base import error_for_status, parse_duration_header
+from ._base import JSON_ERRORS, checked_usage, error_for_status, parse_duration_header
 
 __all__ = [
     "RETRYABLE_STATUSES",
@@ -211,7 +211,8 @@ def finish_reason(native: str, *, called_tools: bool) -> FinishReason:
 
 
 def normalise_usage(meta: UsageMetadata | None) -> Usage | None:
-    """The normalised `Usage` of ``usageMetadata`` (None when it carries no counts)."""
+    """The normalised `Usage` of ``usageMetadata`` (None when it carries no counts, or a count
+    out of range: `checked_usage`)."""
     if meta is None:
         return None
     prompt = meta.prompt_token_count + meta.tool_use_prompt_token_count
@@ -219,12 +220,14 @@ def normalise_usage(meta: UsageMetadata | None) -> Usage | None:
     completion = meta.candidates_token_count + thoughts
     if not (prompt or completion):
         return None
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=meta.total_token_count or prompt + completion,
-        cache_read_tokens=meta.cached_content_token_count,
-        reasoning_tokens=thoughts,
+    return checked_usage(
+        Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=meta.total_token_count or prompt + completion,
+            cache_read_tokens=meta.cached_content_token_count,
+            reasoning_tokens=thoughts,
+        )
     )
 
 
@@ -268,7 +271,7 @@ def decode_error_body(body: bytes) -> RpcStatus | None:
     """
     try:
         envelope = _ENVELOPE_DECODER.decode(body)
-    except msgspec.DecodeError:
+    except JSON_ERRORS:
         return None
     if isinstance(envelope, list):
         envelope = envelope[0] if envelope else ErrorEnvelope()

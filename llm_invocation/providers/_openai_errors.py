@@ -22,7 +22,7 @@ from ..errors import (
     ProviderOverloaded,
     RateLimited,
 )
-from ._base import error_for_status
+from ._base import JSON_ERRORS, error_for_status
 
 __all__ = [
     "classify_error",
@@ -75,7 +75,7 @@ def parse_error_body(body: bytes) -> tuple[str, dict[str, Any]]:
     if stripped[:1] == b"{":
         try:
             payload: Any = _ANY_JSON.decode(stripped)
-        except msgspec.DecodeError:
+        except JSON_ERRORS:
             payload = None
         if isinstance(payload, dict):
             fields: dict[str, Any] = payload  # pyright: ignore[reportUnknownVariableType]

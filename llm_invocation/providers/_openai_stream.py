@@ -30,7 +30,7 @@ import msgspec
 
 from ..errors import LLMError, StreamingFailed
 from ..types import FinishReason, StreamChunk, ToolCallDelta, Usage
-from ._base import StreamDecoder
+from ._base import JSON_ERRORS, StreamDecoder
 from ._openai_wire import (
     CHUNK_DECODER,
     FINISH_REASONS,
@@ -144,7 +144,7 @@ class OpenAIStreamDecoder(StreamDecoder):
             return
         try:
             payload = CHUNK_DECODER.decode(data)
-        except msgspec.DecodeError as exc:
+        except JSON_ERRORS as exc:
             out.append(self._malformed(data, exc))
             return
         if payload.error:
@@ -211,8 +211,9 @@ class OpenAIStreamDecoder(StreamDecoder):
         wire_usage = payload.usage
         if wire_usage is None and payload.x_groq is not None:
             wire_usage = payload.x_groq.usage
-        if wire_usage is not None:
-            self._attach_usage(usage_from_wire(wire_usage), payload, start, out)
+        usage = usage_from_wire(wire_usage) if wire_usage is not None else None
+        if usage is not None:
+            self._attach_usage(usage, payload, start, out)
 
     def _attach_usage(
         self, usage: Usage, payload: StreamPayload, start: int, out: list[StreamChunk]
@@ -302,14 +303,14 @@ class OpenAIStreamDecoder(StreamDecoder):
     def _error_event(self, data: bytes) -> StreamChunk:
         try:
             payload: Any = _ANY_JSON.decode(data)
-        except msgspec.DecodeError:
+        except JSON_ERRORS:
             payload = None
         if not isinstance(payload, dict) or "error" not in payload:
             text = data.decode("utf-8", "replace").strip() or "error event without a message"
             payload = {"error": {"message": text}}
         return self._error_chunk(self._map_error(payload))
 
-    def _malformed(self, data: bytes, exc: msgspec.DecodeError) -> StreamChunk:
+    def _malformed(self, data: bytes, exc: Exception) -> StreamChunk:
         quoted = data[:_MAX_QUOTED].decode("utf-8", "replace")
         return self._error_chunk(
             StreamingFailed(

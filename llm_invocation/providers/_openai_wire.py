@@ -18,6 +18,7 @@ from typing import Any, Final
 import msgspec
 
 from ..types import FinishReason, Usage
+from ._base import checked_usage
 
 __all__ = [
     "CHUNK_DECODER",
@@ -207,8 +208,11 @@ def normalise_finish(native: str) -> FinishReason:
     return FINISH_REASONS.get(native, "other")
 
 
-def usage_from_wire(usage: WireUsage) -> Usage:
-    """Normalise a usage object (WIRE-FORMATS 6.2): cached tokens stay in the prompt count."""
+def usage_from_wire(usage: WireUsage) -> Usage | None:
+    """Normalise a usage object (WIRE-FORMATS 6.2): cached tokens stay in the prompt count.
+
+    None when a count is out of range (`checked_usage`).
+    """
     prompt = usage.prompt_tokens or 0
     completion = usage.completion_tokens or 0
     cache_read = 0
@@ -222,12 +226,14 @@ def usage_from_wire(usage: WireUsage) -> Usage:
     reasoning = 0
     if usage.completion_tokens_details is not None:
         reasoning = usage.completion_tokens_details.reasoning_tokens or 0
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=usage.total_tokens or prompt + completion,
-        cache_read_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        reasoning_tokens=reasoning,
-        cost=usage.cost,
+    return checked_usage(
+        Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=usage.total_tokens or prompt + completion,
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+            reasoning_tokens=reasoning,
+            cost=usage.cost,
+        )
     )

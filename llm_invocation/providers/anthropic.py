@@ -54,10 +54,12 @@ from ._anthropic_wire import (
     normalise_usage,
 )
 from ._base import (
+    JSON_ERRORS,
     HttpRequest,
     ProviderCodec,
     RateLimitInfo,
     RetryAdvice,
+    count_in_range,
     error_for_status,
     parse_duration_header,
     parse_retry_after,
@@ -295,7 +297,7 @@ class AnthropicCodec(ProviderCodec):
         """
         try:
             message = _MESSAGE_DECODER.decode(body)
-        except msgspec.DecodeError as exc:
+        except JSON_ERRORS as exc:
             raise ProviderError(
                 f"malformed Anthropic message body: {exc}", provider=self.name
             ) from exc
@@ -384,7 +386,7 @@ class AnthropicCodec(ProviderCodec):
         request_id = headers.get("request-id")
         try:
             parsed = _ERROR_DECODER.decode(body)
-        except msgspec.DecodeError:
+        except JSON_ERRORS:
             parsed = None
         if parsed is not None and parsed.error is not None:
             error = parsed.error
@@ -462,7 +464,7 @@ class AnthropicCodec(ProviderCodec):
         """
         try:
             page = _MODELS_DECODER.decode(body)
-        except msgspec.DecodeError as exc:
+        except JSON_ERRORS as exc:
             raise ProviderError(
                 f"malformed Anthropic models list: {exc}", provider=self.name
             ) from exc
@@ -521,7 +523,7 @@ class AnthropicCodec(ProviderCodec):
         """
         try:
             return _COUNT_DECODER.decode(body).input_tokens
-        except msgspec.DecodeError as exc:
+        except JSON_ERRORS as exc:
             raise ProviderError(
                 f"malformed Anthropic token count: {exc}", provider=self.name
             ) from exc
@@ -536,9 +538,10 @@ _LIMIT_KINDS: Final = (
 
 
 def _int_header(value: str | None) -> int | None:
+    """A count header; None when it is not an integer or out of range."""
     if not value:
         return None
     try:
-        return int(value.strip())
+        return count_in_range(int(value.strip()))
     except ValueError:
         return None

@@ -48,6 +48,7 @@ from ..types import (
     StreamChunk,
 )
 from ._base import (
+    JSON_ERRORS,
     HttpRequest,
     ProviderCodec,
     RateLimitInfo,
@@ -301,7 +302,7 @@ class GeminiCodec(ProviderCodec):
         else:
             try:
                 decoded = _RESPONSE_DECODER.decode(body)
-            except msgspec.DecodeError as exc:
+            except JSON_ERRORS as exc:
                 raise ProviderError(
                     f"malformed Gemini response: {exc}", provider=self.name
                 ) from exc
@@ -372,7 +373,7 @@ class GeminiCodec(ProviderCodec):
         """
         try:
             listing = _MODELS_DECODER.decode(body)
-        except msgspec.DecodeError as exc:
+        except JSON_ERRORS as exc:
             raise ProviderError(f"malformed Gemini model list: {exc}", provider=self.name) from exc
         models: list[ModelInfo] = []
         for wire in listing.models:
@@ -422,5 +423,5 @@ class GeminiCodec(ProviderCodec):
         """
         try:
             return _COUNT_DECODER.decode(body).total_tokens
-        except msgspec.DecodeError as exc:
+        except JSON_ERRORS as exc:
             raise ProviderError(f"malformed Gemini token count: {exc}", provider=self.name) from exc

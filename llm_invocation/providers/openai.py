@@ -18,6 +18,7 @@ Encoding rules worth knowing:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
@@ -40,10 +41,13 @@ from ..types import (
     ToolSpec,
 )
 from ._base import (
+    JSON_ERRORS,
     HttpRequest,
     ProviderCodec,
     RateLimitInfo,
     RetryAdvice,
+    count_in_range,
+    datetime_from_unix,
     parse_duration_header,
     parse_retry_after,
     unix_to_datetime,
@@ -116,15 +120,18 @@ def _user_parts(parts: list[Part]) -> list[dict[str, Any]]:
 
 
 def _int_header(value: str | None) -> int | None:
+    """A count header (``5000``, also ``5000.0``); None when malformed or out of range."""
     if not value:
         return None
     try:
-        return int(value)
+        return count_in_range(int(value))
     except ValueError:
-        try:
-            return int(float(value))
-        except ValueError:
-            return None
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return count_in_range(int(number)) if math.isfinite(number) else None
 
 
 def _duration_header(value: str | None) -> float | None:
@@ -454,7 +461,7 @@ class OpenAICodec(ProviderCodec):
         """
         try:
             completion = COMPLETION_DECODER.decode(body)
-        except msgspec.DecodeError as exc:
+        except JSON_ERRORS as exc:
             raise ProviderError(
                 f"malformed response body: {exc}", provider=self.name, retryable=False
             ) from exc
@@ -619,7 +626,7 @@ class OpenAICodec(ProviderCodec):
         """
         try:
             listing = MODELS_DECODER.decode(body)
-        except msgspec.DecodeError as exc:
+        except JSON_ERRORS as exc:
             raise ProviderError(
                 f"malformed model list: {exc}", provider=self.name, retryable=False
             ) from exc
@@ -633,7 +640,7 @@ class OpenAICodec(ProviderCodec):
                     context_window=window[0] if window else None,
                     max_output_tokens=window[1] if window else None,
                     features=self.model_features(entry.id),
-                    created=unix_to_datetime(entry.created) if entry.created else None,
+                    created=datetime_from_unix(entry.created),
                     metadata={"owned_by": entry.owned_by} if entry.owned_by else None,
                 )
             )
