@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
+import msgspec
 import pytest
 import trio
 from hypothesis import HealthCheck, event, given, settings
@@ -971,3 +972,52 @@ async def test_a_codec_bug_fails_only_its_own_call_retried_only_before_content(
     check_contained(run, IN_FLIGHT)
     assert describe(run.outcome.error) == outcome
     assert run.statistics.malformed == malformed
+
+
+# -- what any codec decodes is checked before the governor and the accountant see it -------------
+
+
+async def test_impossible_values_from_any_codec_never_reach_the_governor_or_the_accountant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A codec of one's own may parse what the built-in ones refuse: the session and the
+    # invocation check its rate limits and usage before they travel on.
+    from llm_invocation.providers._base import RateLimitInfo
+    from llm_invocation.providers.openai import OpenAICodec
+    from llm_invocation.testing import MockTransport, Scenario, Scenarios
+
+    def wild_limits(self: OpenAICodec, headers: Any) -> RateLimitInfo:
+        return RateLimitInfo(
+            requests_limit=10**400,
+            requests_remaining=0,
+            requests_reset=float("inf"),
+            tokens_remaining=-5,
+            retry_after=float("nan"),
+        )
+
+    real_decode = OpenAICodec.decode_response
+
+    def wild_usage(self: OpenAICodec, request: llm.Request, body: bytes) -> llm.Response:
+        response = real_decode(self, request, body)
+        usage = llm.Usage(prompt_tokens=10**40, completion_tokens=-3)
+        return msgspec.structs.replace(response, usage=usage)
+
+    monkeypatch.setattr(OpenAICodec, "parse_rate_limits", wild_limits)
+    monkeypatch.setattr(OpenAICodec, "decode_response", wild_usage)
+    scenarios = Scenarios(Scenario(text="fine"))
+    config = llm.Config.from_dict(
+        {"provider": "openai", "providers": {"openai": {"api_key": "sk-test-WILD-0000000000"}}}
+    )
+    transport = MockTransport(scenarios, format="openai")
+    async with llm.open_client(config, transports={"openai": lambda: transport}) as client:
+        for _ in range(3):
+            response = await client.invoke_sync(
+                model="gpt-4o-mini", messages=[llm.user("hi")], stream=False
+            )
+            assert response.text == "fine"
+            assert response.usage is not None and response.usage.estimated
+        report = await client.usage()
+        runtime = client.runtime.statistics()
+    assert report.total.ok == 3
+    assert runtime.restarts == 0
+    assert not [a.name for a in runtime.actors if a.crashes or a.restarts]

@@ -44,7 +44,13 @@ from ..errors import (
     error_from_info,
 )
 from ..http import HttpPool, HttpResponse, HttpSettings, PoolStatistics, TransportFactory
-from ..providers._base import HttpRequest, ProviderCodec, RateLimitInfo, RetryAdvice
+from ..providers._base import (
+    HttpRequest,
+    ProviderCodec,
+    RateLimitInfo,
+    RetryAdvice,
+    checked_rate_limits,
+)
 from ..runtime import Actor, Call, Context, ReplyError, Stream
 from ..types import ModelInfo, Request, Response, StreamChunk
 from ._resilience import CircuitBreaker, KeyRing, backoff_delay, counts_against_breaker
@@ -383,6 +389,8 @@ class ProviderSession(Actor[SessionMsg]):
             return
         try:
             rate_limits = self.codec.parse_rate_limits(headers)
+            if rate_limits is not None:
+                rate_limits = checked_rate_limits(rate_limits)
         except Exception as exc:  # noqa: BLE001 - advisory headers never fail a call
             log.warning(
                 "%s: unreadable rate-limit headers ignored (%s: %s)",

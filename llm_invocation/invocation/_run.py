@@ -36,6 +36,7 @@ from ..errors import (
     ProviderOverloaded,
     RateLimited,
 )
+from ..providers._base import checked_usage
 from ..runtime import ActorCrashed, ActorDead, ActorRef
 from ..types import Request, Response, Usage
 from ._governance import Admission, Status
@@ -217,8 +218,11 @@ class Run:
     def end_attempt(self, usage: Usage | None, *, failed: bool) -> None:
         """The current attempt is over: give its lease back with the tokens it used.
 
-        A failed attempt's reported usage is kept and settled with its candidate.
+        A failed attempt's reported usage is kept and settled with its candidate. A usage
+        whose counts cannot be true (whatever codec decoded it) counts as none reported.
         """
+        if usage is not None:
+            usage = checked_usage(usage)
         if failed and usage is not None:
             self._pending_usage = (
                 usage if self._pending_usage is None else self._pending_usage + usage
@@ -329,6 +333,8 @@ class Run:
             return None
         self._active = False
         self.end_attempt(usage, failed=False)
+        if usage is not None:
+            usage = checked_usage(usage)
         reported = usage
         if self._pending_usage is not None:
             reported = self._pending_usage if usage is None else self._pending_usage + usage

@@ -43,6 +43,7 @@ __all__ = [
     "JSON_ERRORS",
     "MAX_COUNT",
     "MAX_RESET",
+    "checked_rate_limits",
     "HttpRequest",
     "ProviderCodec",
     "RateLimitInfo",
@@ -261,6 +262,44 @@ def checked_usage(usage: Usage) -> Usage | None:
     if cost is not None and not (cost.is_finite() and 0 <= cost <= MAX_COUNT):
         return msgspec.structs.replace(usage, cost=None)
     return usage
+
+
+_COUNT_FIELDS: Final = (
+    "requests_limit",
+    "requests_remaining",
+    "tokens_limit",
+    "tokens_remaining",
+    "input_tokens_limit",
+    "input_tokens_remaining",
+    "output_tokens_limit",
+    "output_tokens_remaining",
+)
+_RESET_FIELDS: Final = (
+    "requests_reset",
+    "tokens_reset",
+    "input_tokens_reset",
+    "output_tokens_reset",
+)
+
+
+def checked_rate_limits(info: RateLimitInfo) -> RateLimitInfo:
+    """``info`` with every value that cannot be true left out: counts outside 0 to
+    `MAX_COUNT`, resets that are not finite or longer than `MAX_RESET`, a ``retry_after``
+    that is negative, not finite or longer than an hour. What any codec parsed, the built-in
+    ones or yours, goes through this before the rate-limit governor sees it."""
+    changes: dict[str, Any] = {}
+    for name in _COUNT_FIELDS:
+        value = getattr(info, name)
+        if value is not None and (type(value) is not int or count_in_range(value) is None):
+            changes[name] = None
+    for name in (*_RESET_FIELDS, "retry_after"):
+        value = getattr(info, name)
+        limit = _MAX_HONOURED_DELAY if name == "retry_after" else MAX_RESET
+        if value is not None and not (
+            isinstance(value, int | float) and 0 <= value <= limit  # NaN fails both
+        ):
+            changes[name] = None
+    return msgspec.structs.replace(info, **changes) if changes else info
 
 
 def error_for_status(
