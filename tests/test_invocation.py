@@ -292,3 +292,107 @@ async def test_the_offline_default_says_so_once(caplog: pytest.LogCaptureFixture
         await client.invoke_sync(model="mock", messages=[llm.user("hi again")])
     notes = [r for r in caplog.records if "built-in mock" in r.getMessage()]
     assert len(notes) == 1
+
+
+# -- the non-streamed path is the same path ----------------------------------------------------
+
+
+def with_fallback(**overrides: Any) -> llm.Config:
+    return make_config(
+        providers={
+            "openai": {"api_key": KEY},
+            "anthropic": {"api_key": KEY, "fallback": ["openai:backup"]},
+            "gemini": {"api_key": KEY},
+        },
+        **overrides,
+    )
+
+
+async def test_a_whole_call_retries_then_falls_back_and_settles_each_candidate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    scenarios = Scenarios()
+    scenarios.add("primary", *[Scenario(failure=HttpError(status=529)) for _ in range(3)])
+    scenarios.add("backup", Scenario(text="from the backup"))
+    async with client_for(scenarios, with_fallback()) as (client, transports):
+        response = await client.invoke_sync(request("anthropic", "primary", stream=False))
+        report = await client.usage(group_by=["provider"])
+    assert response.text == "from the backup"
+    assert response.provider == "openai"
+    assert len(transports["anthropic"].requests) == 3
+    assert client.statistics().retries == 2
+    assert client.statistics().fallbacks == 1
+    rows = {row.group["provider"]: (row.ok, row.error) for row in report.rows}
+    assert rows == {"anthropic": (0, 1), "openai": (1, 0)}
+
+
+async def test_a_whole_call_is_bounded_by_our_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    scenarios = Scenarios()
+    scenarios.add("slow", Scenario(text="late", failure=Stall(after_chunks=0, seconds=60)))
+    async with client_for(scenarios) as (client, _):
+        start = trio.current_time()
+        with pytest.raises(llm.InvocationTimeout, match="within its timeout"):
+            await client.invoke_sync(request("openai", "slow", stream=False), timeout=5)
+        assert trio.current_time() - start == pytest.approx(5, abs=0.01)
+        report = await client.usage()
+    assert (report.total.error, report.total.cancelled) == (1, 0)
+
+
+async def test_a_whole_call_cut_by_the_callers_deadline_is_recorded_as_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    scenarios = Scenarios()
+    scenarios.add("slow", Scenario(text="late", failure=Stall(after_chunks=0, seconds=60)))
+    async with client_for(scenarios) as (client, _):
+        with trio.move_on_after(5) as scope:
+            await client.invoke_sync(request("openai", "slow", stream=False), timeout=5)
+        report = await client.usage()
+    assert scope.cancelled_caught
+    assert (report.total.error, report.total.cancelled) == (0, 1)
+
+
+async def test_a_rate_limit_refusal_falls_back_before_anything_is_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # One request a minute for Anthropic: the second call is refused by the governor (after
+    # its max_wait) and the fallback serves it; nothing more reaches Anthropic.
+    scenarios = Scenarios()
+    scenarios.add("primary", Scenario(text="from the primary"))
+    scenarios.add("backup", Scenario(text="from the backup"))
+    config = make_config(
+        rate_limits={"max_wait": 1},
+        providers={
+            "openai": {"api_key": KEY},
+            "anthropic": {
+                "api_key": KEY,
+                "fallback": ["openai:backup"],
+                "rate_limits": {"requests_per_minute": 1},
+            },
+            "gemini": {"api_key": KEY},
+        },
+    )
+    async with client_for(scenarios, config) as (client, transports):
+        first = await client.invoke_sync(request("anthropic", "primary", stream=False))
+        second = await client.invoke_sync(request("anthropic", "primary"))
+    assert (first.text, second.text) == ("from the primary", "from the backup")
+    assert len(transports["anthropic"].requests) == 1
+    assert client.statistics().fallbacks == 1
+
+
+async def test_a_budget_refusal_does_not_fall_back() -> None:
+    scenarios = Scenarios()
+    scenarios.add("primary", Scenario(text="never"))
+    config = with_fallback(cost_control={"max_cost_per_request": 0.000001})
+    async with client_for(scenarios, config) as (client, transports):
+        with pytest.raises(llm.CostExceeded):
+            await client.invoke_sync(
+                llm.Request(
+                    model="anthropic:claude-sonnet-4-5",
+                    messages=[llm.user("hello " * 2000)],
+                    stream=False,
+                )
+            )
+    assert not transports["anthropic"].requests
+    assert not transports["openai"].requests
