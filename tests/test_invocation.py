@@ -9,8 +9,6 @@ unknown provider is never answered by the mock.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -21,44 +19,13 @@ import llm_invocation as llm
 from llm_invocation.actors.governor import Governor, GovernorStats
 from llm_invocation.testing import (
     HttpError,
-    MockTransport,
     Scenario,
     Scenarios,
     Stall,
     open_fake_server,
 )
 
-FORMATS = ("openai", "anthropic", "gemini")
-KEY = "sk-test-INVOKE-0123456789abcdef"
-
-
-def make_config(**overrides: Any) -> llm.Config:
-    settings: dict[str, Any] = {
-        "provider": "openai",
-        "timeout": 30,
-        "retries": {"max_attempts": 3, "initial_delay": 0.1, "max_delay": 1, "jitter": False},
-        "timeouts": {"connect": 5, "first_chunk": 10, "idle_chunk": 5},
-        "providers": {fmt: {"api_key": KEY} for fmt in FORMATS},
-    }
-    settings.update(overrides)
-    return llm.Config.from_dict(settings)
-
-
-@asynccontextmanager
-async def client_for(
-    scenarios: Scenarios, config: llm.Config | None = None
-) -> AsyncGenerator[tuple[llm.Client, dict[str, MockTransport]]]:
-    transports = {name: MockTransport(scenarios, format=name) for name in FORMATS}
-    factories = {name: (lambda t=t: t) for name, t in transports.items()}
-    async with llm.open_client(
-        config or make_config(), transports=factories, scenarios=scenarios
-    ) as client:
-        yield client, transports
-
-
-def request(provider: str, model: str, text: str = "hello there", **kw: Any) -> llm.Request:
-    return llm.Request(model=f"{provider}:{model}", messages=[llm.user(text)], **kw)
-
+from .mock_clients import FORMATS, KEY, client_for, make_config, request
 
 # -- the caller's deadline is the caller's -----------------------------------------------------
 

@@ -234,11 +234,7 @@ class Invoker:
 
     async def _complete(self, run: Run) -> Response:
         while True:
-            try:
-                await run.begin()
-            except Exception as exc:  # noqa: BLE001 - refused() re-raises it unless a fallback takes over
-                await run.refused(exc)
-                continue
+            await run.admit()
             message = AttemptOnce(request=run.attempt_request(), number=run.attempt)
             try:
                 response: Response | None = None

@@ -276,6 +276,20 @@ class Run:
             return
         await self._fail(error, partial)
 
+    async def admit(self) -> None:
+        """`begin` the next attempt, falling back to the next candidate when one is refused.
+
+        Raises:
+            CostExceeded, RateLimited, InvocationTimeout: refused, with no fallback for it.
+        """
+        while True:
+            try:
+                await self.begin()
+            except Exception as exc:  # noqa: BLE001 - refused() re-raises it unless a fallback takes over
+                await self.refused(exc)
+                continue
+            return
+
     async def refused(self, exc: Exception) -> None:
         """`begin` failed (a budget, a rate limit, our timeout): settle the candidate's
         reservation untouched, then fall back or re-raise.

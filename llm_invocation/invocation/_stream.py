@@ -141,11 +141,7 @@ class InvocationStream:
         """Admit and open the next attempt (a retry or a fallback when one failed before)."""
         run = self._run
         while True:
-            try:
-                await run.begin()
-            except Exception as exc:  # noqa: BLE001 - refused() re-raises it unless a fallback takes over
-                await run.refused(exc)
-                continue
+            await run.admit()
             self._aggregator = StreamAggregator()
             self._batch = []
             self._position = 0
