@@ -27,7 +27,18 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "stream_bench": (
         ["--quick"],
-        ["per streamed chunk", "ours / bare httpx, per chunk:", "ours / openai-python"],
+        [
+            "per streamed chunk",
+            "ours / bare httpx, per chunk:",
+            "ours / bare httpx, per request:",
+            "ours / openai-python",
+            "over TLS",
+            "ours / bare httpx over TLS, per chunk:",
+            "ours / aiohttp over TLS, per chunk:",  # a ratio, or why it was skipped
+            "through a local proxy",
+            "ours via proxy / ours direct:",
+            "bare via proxy / bare direct:",
+        ],
     ),
     "front_bench": (
         ["--quick", "--clients", "10"],

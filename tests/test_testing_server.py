@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import itertools
 import json
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import AsyncGenerator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import h11
 import httpx
 import pytest
 import trio
+import trustme
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +37,7 @@ from llm_invocation.testing import (
     serve_fake_server,
 )
 from llm_invocation.testing.fake_server import main as fake_server_main
-from llm_invocation.testing.fake_server import scenario_from_options
+from llm_invocation.testing.fake_server import scenario_from_options, tls_context
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hello server"}]}
 STREAM = {**CHAT, "stream": True}
@@ -675,3 +678,153 @@ async def test_gemini_stream_without_alt_sse_is_a_json_array(server: FakeServer)
     chunks = response.json()
     assert response.headers["content-type"].startswith("application/json")
     assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+
+
+class TlsFiles:
+    """A CA made by trustme and a certificate for 127.0.0.1 signed by it, as PEM files."""
+
+    def __init__(self, folder: Path) -> None:
+        self.ca = trustme.CA()
+        self.issued = self.ca.issue_cert("127.0.0.1", "localhost")
+        self.ca_file = folder / "ca.pem"
+        self.ca.cert_pem.write_to_path(self.ca_file)
+        self.cert_file = folder / "server.pem"  # the chain and the key
+        self.issued.private_key_and_cert_chain_pem.write_to_path(self.cert_file)
+        self.chain_file = folder / "server-chain.pem"  # the chain alone
+        for blob in self.issued.cert_chain_pems:
+            blob.write_to_path(self.chain_file, append=True)
+        self.key_file = folder / "server-key.pem"
+        self.issued.private_key_pem.write_to_path(self.key_file)
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.issued.configure_cert(context)
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> TlsFiles:
+    return TlsFiles(tmp_path)
+
+
+@pytest.fixture
+async def tls_server(tls: TlsFiles) -> AsyncGenerator[FakeServer]:
+    scenarios = Scenarios(Scenario(text="The fake server answers.", chunk_chars=5))
+    async with open_fake_server(scenarios, ssl_context=tls.server_context()) as running:
+        yield running
+
+
+async def test_a_tls_server_has_https_urls(tls_server: FakeServer) -> None:
+    assert tls_server.url == f"https://127.0.0.1:{tls_server.port}"
+    assert tls_server.base_url("openai") == f"https://127.0.0.1:{tls_server.port}/openai/v1"
+
+
+async def test_a_tls_server_answers_over_https(tls_server: FakeServer, tls: TlsFiles) -> None:
+    async with client(tls_server, verify=tls.client_context()) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "The fake server answers."
+
+
+async def test_a_tls_server_streams_each_event_as_its_own_chunk(
+    tls_server: FakeServer, tls: TlsFiles
+) -> None:
+    scenario = Scenario(text="x" * 50, chunk_chars=5)
+    tls_server.scenarios.add("chunky", scenario)
+    expected = len(OpenAIRenderer().render_stream(scenario, STREAM))
+    async with (
+        client(tls_server, verify=tls.client_context()) as http,
+        http.stream("POST", "/chat/completions", json={**STREAM, "model": "chunky"}) as response,
+    ):
+        pieces = [piece async for piece in response.aiter_raw()]
+    assert len(pieces) == expected
+    assert all(len(SSEParser().feed(piece)) == 1 for piece in pieces)
+
+
+async def test_a_tls_server_keeps_the_connection_alive(
+    tls_server: FakeServer, tls: TlsFiles
+) -> None:
+    async with client(tls_server, verify=tls.client_context()) as http:
+        for _ in range(3):
+            assert (await http.post("/chat/completions", json=STREAM)).status_code == 200
+    statistics = tls_server.statistics()
+    assert (statistics.connections_total, statistics.requests_total) == (1, 3)
+
+
+async def test_a_client_refusing_the_certificate_leaves_the_tls_server_healthy(
+    tls_server: FakeServer, tls: TlsFiles
+) -> None:
+    untrusting = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    trustme.CA().configure_trust(untrusting)  # another CA than the server's
+    async with client(tls_server, verify=untrusting) as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.post("/chat/completions", json=CHAT)
+    async with client(tls_server, verify=tls.client_context()) as http:
+        assert (await http.post("/chat/completions", json=CHAT)).status_code == 200
+    statistics = await tls_server.wait_statistics(lambda s: s.connections_open == 0)
+    assert (statistics.bad_requests, statistics.internal_errors) == (0, 0)
+    assert tls_server.last_error is None
+
+
+def test_the_module_tls_options_load_a_certificate_with_its_key(tls: TlsFiles) -> None:
+    assert isinstance(tls_context(str(tls.cert_file), None), ssl.SSLContext)
+    assert isinstance(tls_context(str(tls.chain_file), str(tls.key_file)), ssl.SSLContext)
+    assert tls_context(None, None) is None
+
+
+@pytest.mark.parametrize(
+    "which", ["key without cert", "cert without key", "missing file"], ids=str.split
+)
+def test_the_module_rejects_bad_tls_options(tls: TlsFiles, which: str) -> None:
+    argv = {
+        "key without cert": ["--tls-key", str(tls.key_file)],
+        "cert without key": ["--tls-cert", str(tls.chain_file)],
+        "missing file": ["--tls-cert", str(tls.ca_file.parent / "absent.pem")],
+    }[which]
+    with pytest.raises(SystemExit) as raised:
+        fake_server_main(argv)
+    assert raised.value.code == 2
+
+
+@pytest.mark.wall_limit(60)
+async def test_the_module_serves_https_with_tls_cert(tls: TlsFiles) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "llm_invocation.testing.fake_server",
+        "--port",
+        "0",
+        "--chunks",
+        "3",
+        "--chunk-chars",
+        "4",
+        "--tls-cert",
+        str(tls.cert_file),
+    ]
+    async with trio.open_nursery() as nursery:
+        # Leaving early (a failure) cancels run_process, which kills the server.
+        process: trio.Process = await nursery.start(
+            partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
+        )
+        assert process.stdout is not None
+        line = b""
+        with trio.fail_after(30):
+            while not line.endswith(b"\n"):
+                data = await process.stdout.receive_some(1)
+                assert data, "the server exited before READY"
+                line += data
+        word, url = line.decode().split()
+        assert (word, url.split(":")[0]) == ("READY", "https")
+        async with httpx.AsyncClient(
+            base_url=url + "/openai/v1", verify=tls.client_context()
+        ) as http:
+            response = await http.post("/chat/completions", json=CHAT)
+        assert response.json()["choices"][0]["message"]["content"] == "lorem ipsum "
+        process.terminate()
+    assert process.returncode == 0

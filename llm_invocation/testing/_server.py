@@ -32,6 +32,13 @@ cost little more than the system calls: about 4 us per event back to back and 12
 on one core. Parsing a request with h11 costs about 45 us (the hand parser it replaced took
 8 us), once per request: a cost per request, not per event.
 
+**TLS.** Given a server-side `ssl.SSLContext`, the server speaks https: each accepted
+connection is wrapped in a `trio.SSLStream` (``https_compatible``: a client may close without
+``close_notify``, and the server closes without one too, so over TLS an HTTP/1.0 body that
+ends with the connection ends with a bare close) and answers are written with its
+``send_all``, one record per server-sent event. The plain path is untouched by this: it
+still writes to the socket directly.
+
 Scripted failures act on the socket: a `Disconnect` closes the connection mid-body (no
 terminating chunk), a `Stall` stops writing and keeps the connection open, watching it, until
 its time is up or the client goes away. A client that goes away mid-answer is counted in
@@ -50,9 +57,10 @@ import heapq
 import http
 import math
 import os
+import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Final, NoReturn, final
@@ -82,6 +90,9 @@ _CHUNKED: Final = b"transfer-encoding: chunked\r\n"
 _CLOSE: Final = b"connection: close\r\n"
 _END_HEAD: Final = b"server: llm-invocation-fake\r\n\r\n"
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_Send = Callable[[bytes], Awaitable[None]]
+"""Writes bytes to the client (`FakeServer._send` on a socket, `FakeServer._send_tls`)."""
 
 
 def _reason(status: int) -> bytes:
@@ -221,10 +232,18 @@ class FakeServer:
     Made by `open_fake_server` or `serve_fake_server`, not directly.
     """
 
-    def __init__(self, scenarios: Scenarios, host: str, port: int) -> None:
+    def __init__(
+        self,
+        scenarios: Scenarios,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.scenarios = scenarios
         self.host = host
         self.port = port
+        self._ssl_context = ssl_context
         self._provider = FakeProvider(scenarios)
         self._open = 0
         self._connections = 0
@@ -246,9 +265,10 @@ class FakeServer:
 
     @property
     def url(self) -> str:
-        """``http://HOST:PORT``, without a provider prefix."""
+        """``http://HOST:PORT`` (``https://`` over TLS), without a provider prefix."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "http" if self._ssl_context is None else "https"
+        return f"{scheme}://{host}:{self.port}"
 
     def base_url(self, provider: WireFormat) -> str:
         """The base URL a provider's client should use, e.g. ``http://127.0.0.1:PORT/openai/v1``.
@@ -302,7 +322,19 @@ class FakeServer:
     # -- connections -----------------------------------------------------------------------
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
-        """Serve one connection until it closes; never raises but `trio.Cancelled`."""
+        """Serve one connection until it closes (over TLS when the server has a TLS
+        context); never raises but `trio.Cancelled`."""
+        if self._ssl_context is None:
+            await self._serve(stream, partial(self._send, stream.socket.fileno()))
+            return
+        tls = trio.SSLStream(stream, self._ssl_context, server_side=True, https_compatible=True)
+        try:
+            await self._serve(tls, partial(self._send_tls, tls))
+        finally:
+            await tls.aclose()  # https_compatible: closes the socket, no close_notify
+
+    async def _serve(self, stream: trio.abc.Stream, send: _Send) -> None:
+        """Serve requests from ``stream``, answering through ``send``, until it closes."""
         self._open += 1
         self._connections += 1
         buffer = bytearray()
@@ -312,7 +344,7 @@ class FakeServer:
                 if request is None:
                     return
                 self._requests += 1
-                keep_alive = await self._respond(stream, request, buffer)
+                keep_alive = await self._respond(stream, send, request, buffer)
                 self._changed.unpark_all()
                 if not keep_alive:
                     return
@@ -324,7 +356,7 @@ class FakeServer:
         except _ClientGone:
             self._client_gone += 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away between requests, or mid-request
+            pass  # the client went away between requests, or mid-request (or refused our TLS)
         except Exception as error:  # noqa: BLE001 - a bug must not bring the server down
             self._errors += 1
             self.last_error = error
@@ -333,14 +365,14 @@ class FakeServer:
             self._open -= 1
             self._changed.unpark_all()
 
-    async def _send_quietly(self, stream: trio.SocketStream, data: bytes) -> None:
+    async def _send_quietly(self, stream: trio.abc.Stream, data: bytes) -> None:
         try:
             await stream.send_all(data)
             self._sent += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    async def _read_request(self, stream: trio.SocketStream, buffer: bytearray) -> _Request | None:
+    async def _read_request(self, stream: trio.abc.Stream, buffer: bytearray) -> _Request | None:
         """Read the next request with h11; None when the client closes before it is whole.
 
         ``buffer`` holds bytes received but not parsed yet (a pipelined request); on return
@@ -403,7 +435,7 @@ class FakeServer:
                 raise _BadRequest(400, f"unexpected {event!r}")
 
     async def _respond(
-        self, stream: trio.SocketStream, request: _Request, buffer: bytearray
+        self, stream: trio.abc.Stream, send: _Send, request: _Request, buffer: bytearray
     ) -> bool:
         target = request.target
         if "://" in target:
@@ -420,8 +452,8 @@ class FakeServer:
             url=self.url + target if target.startswith("/") else target,
         )
         if reply.streaming:
-            return await self._play_stream(stream, reply, request, buffer)
-        return await self._play_body(stream, reply, request, buffer)
+            return await self._play_stream(stream, send, reply, request, buffer)
+        return await self._play_body(stream, send, reply, request, buffer)
 
     async def _send(self, fd: int, data: bytes) -> None:
         """Write ``data`` with as few scheduler passes as possible.
@@ -451,7 +483,19 @@ class FakeServer:
                     raise _ClientGone from error
         self._sent += len(data)
 
-    async def _stall(self, stream: trio.SocketStream, seconds: float, buffer: bytearray) -> None:
+    async def _send_tls(self, stream: trio.SSLStream[trio.SocketStream], data: bytes) -> None:
+        """Encrypt and write ``data`` (`_send` over TLS; a checkpoint).
+
+        Raises:
+            _ClientGone: the client closed or reset the connection.
+        """
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            raise _ClientGone from error
+        self._sent += len(data)
+
+    async def _stall(self, stream: trio.abc.Stream, seconds: float, buffer: bytearray) -> None:
         """Send nothing for ``seconds``, watching for the client going away.
 
         Raises:
@@ -468,31 +512,39 @@ class FakeServer:
                 buffer += data  # a pipelined request: kept for after the answer
 
     async def _play_body(
-        self, stream: trio.SocketStream, reply: Reply, request: _Request, buffer: bytearray
+        self,
+        stream: trio.abc.Stream,
+        send: _Send,
+        reply: Reply,
+        request: _Request,
+        buffer: bytearray,
     ) -> bool:
         if reply.ttft:
             await trio.sleep(reply.ttft)
-        fd = stream.socket.fileno()
         close = request.close
         framing = b"content-length: %d\r\n" % reply.content_length
         pending = _head(reply.status, reply.headers, framing, close=close)
         for event in reply.events:
             if isinstance(event, bytes):
-                await self._send(fd, pending + event)
+                await send(pending + event)
                 pending = b""
             elif isinstance(event, Stall):
                 await self._stall(stream, event.seconds, buffer)
             else:
                 if pending:
-                    await self._send(fd, pending)
+                    await send(pending)
                 self._cut += 1
                 return False
         return not close
 
     async def _play_stream(
-        self, stream: trio.SocketStream, reply: Reply, request: _Request, buffer: bytearray
+        self,
+        stream: trio.abc.Stream,
+        send: _Send,
+        reply: Reply,
+        request: _Request,
+        buffer: bytearray,
     ) -> bool:
-        fd = stream.socket.fileno()
         chunked = not request.http10
         close = request.close or not chunked
         pending = _head(reply.status, reply.headers, _CHUNKED if chunked else b"", close=close)
@@ -507,7 +559,7 @@ class FakeServer:
         self._streams += 1
         try:
             if ttft:
-                await self._send(fd, pending)
+                await send(pending)
                 pending = b""
                 await pacer.sleep_until(due)
             for index, event in enumerate(events):
@@ -531,22 +583,22 @@ class FakeServer:
                     if pending:
                         frame = pending + frame
                         pending = b""
-                    await self._send(fd, frame)
+                    await send(frame)
                 elif isinstance(event, Stall):
                     if pending:
-                        await self._send(fd, pending)
+                        await send(pending)
                         pending = b""
                     await self._stall(stream, event.seconds, buffer)
                     due = trio.current_time()
                 else:
                     if pending:
-                        await self._send(fd, pending)
+                        await send(pending)
                     self._cut += 1
                     return False
             if chunked and not ended:
-                await self._send(fd, pending + _TERMINATOR)
+                await send(pending + _TERMINATOR)
             elif pending:
-                await self._send(fd, pending)
+                await send(pending)
         finally:
             self._streaming -= 1
         return not close
@@ -558,13 +610,13 @@ def _error_response(status: int, message: str) -> bytes:
     return _head(status, headers, b"content-length: %d\r\n" % len(body), close=True) + body
 
 
-def _feed(parser: h11.Connection, data: bytes, *, started: bool) -> bool:
+def _feed(parser: h11.Connection, data: bytes | bytearray, *, started: bool) -> bool:
     """Give ``data`` to ``parser``, skipping empty lines before the request line (RFC 9112
     2.2, which h11 refuses); whether the request line has started."""
     if not started:
         data = data.lstrip(b"\r\n")
     if data:
-        parser.receive_data(data)
+        parser.receive_data(bytes(data))  # the same object when it is bytes already
         return True
     return started
 
@@ -580,6 +632,7 @@ async def serve_fake_server(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[FakeServer] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Run the fake server until cancelled; for ``nursery.start``, which returns the server.
@@ -588,6 +641,8 @@ async def serve_fake_server(
         scenarios: the scripts to answer from (a fresh default registry when None).
         host: the address to listen on.
         port: the port; 0 picks a free one (read it from `FakeServer.port`).
+        ssl_context: serve https with this server-side context (its certificate loaded);
+            None: plain http.
         task_status: given by ``nursery.start``.
 
     Raises:
@@ -595,7 +650,12 @@ async def serve_fake_server(
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port: int = listeners[0].socket.getsockname()[1]
-    server = FakeServer(scenarios if scenarios is not None else Scenarios(), host, bound_port)
+    server = FakeServer(
+        scenarios if scenarios is not None else Scenarios(),
+        host,
+        bound_port,
+        ssl_context=ssl_context,
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server._pacer.run)  # pyright: ignore[reportPrivateUsage]
         task_status.started(server)
@@ -605,21 +665,26 @@ async def serve_fake_server(
 
 @asynccontextmanager
 async def open_fake_server(
-    scenarios: Scenarios | None = None, *, host: str = "127.0.0.1", port: int = 0
+    scenarios: Scenarios | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncGenerator[FakeServer]:
     """Run a fake server for the duration of the block::
 
         async with open_fake_server(scenarios) as server:
             client = httpx.AsyncClient(base_url=server.base_url("openai"))
 
-    Leaving the block closes the listener and every open connection.
+    Leaving the block closes the listener and every open connection. With ``ssl_context``
+    (server side, its certificate loaded) it serves https.
 
     Raises:
         OSError: the address cannot be listened on.
     """
     async with trio.open_nursery() as nursery:
         server: FakeServer = await nursery.start(
-            partial(serve_fake_server, scenarios, host=host, port=port)
+            partial(serve_fake_server, scenarios, host=host, port=port, ssl_context=ssl_context)
         )
         try:
             yield server

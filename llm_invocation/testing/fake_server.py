@@ -11,6 +11,11 @@ SIGTERM, and exits 0. Every model gets one scenario built from the options::
 answer echoes the last user message (``"You said: ..."``, 12 words). With ``--stamp`` each of
 the N chunks is the time the server wrote it (``SEND_TIME``, 16 characters), for latency
 measurements.
+
+With ``--tls-cert PEM`` it serves https (and prints ``READY https://HOST:PORT``): the file holds
+the certificate chain, and its private key unless ``--tls-key PEM`` names another file::
+
+    python -m llm_invocation.testing.fake_server --port 0 --tls-cert server.pem
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -53,7 +59,35 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="each chunk is the server's time.monotonic() when written (needs --chunks)",
     )
+    parser.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="PEM",
+        help="serve https with this certificate chain (and its key, unless --tls-key)",
+    )
+    parser.add_argument(
+        "--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert"
+    )
     return parser
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server's TLS context for ``--tls-cert`` and ``--tls-key`` (None: plain http).
+
+    Raises:
+        ValueError: ``--tls-key`` without ``--tls-cert``, or the files cannot be loaded.
+    """
+    if cert is None:
+        if key is not None:
+            raise ValueError("--tls-key needs --tls-cert")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as error:
+        raise ValueError(f"cannot load --tls-cert/--tls-key: {error}") from error
+    return context
 
 
 def scenario_from_options(
@@ -76,11 +110,17 @@ def scenario_from_options(
     return Scenario(text=text, chunk_chars=chunk_chars, interval=interval, ttft=ttft)
 
 
-async def _serve(scenario: Scenario, host: str, port: int) -> None:
+async def _serve(scenario: Scenario, host: str, port: int, context: ssl.SSLContext | None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             server: FakeServer = await nursery.start(
-                partial(serve_fake_server, Scenarios(scenario), host=host, port=port)
+                partial(
+                    serve_fake_server,
+                    Scenarios(scenario),
+                    host=host,
+                    port=port,
+                    ssl_context=context,
+                )
             )
             sys.stdout.write(f"READY {server.url}\n")
             sys.stdout.flush()
@@ -101,9 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ttft=args.ttft,
             stamp=args.stamp,
         )
+        context = tls_context(args.tls_cert, args.tls_key)
     except ValueError as error:
         parser.error(str(error))
-    trio.run(_serve, scenario, args.host, args.port)
+    trio.run(_serve, scenario, args.host, args.port, context)
     return 0
 
 
