@@ -373,3 +373,35 @@ def test_an_encrypted_key_without_a_password_is_refused_without_prompting(
         "client_key_password",
         "is needed: the private key is encrypted",
     )
+
+
+# -- read deadlines over TLS --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["head", "body"])
+async def test_a_silent_tls_server_trips_the_read_timeout_and_the_connection_is_closed(
+    certificates: Certificates, stage: str
+) -> None:
+    quiet = trio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        if stage == "body":
+            await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+        await quiet.wait()  # never says more
+
+    settings = HttpSettings(verify=str(certificates.ca_file), read_timeout=0.3)
+    async with serve_tls(handler, certificates.server_context()) as server:
+        pool = HttpPool(settings, provider="openai")
+        request = HttpRequest(method="GET", url=server.url + "/v1/models", headers={})
+        start = trio.current_time()
+        try:
+            with pytest.raises(llm.InvocationTimeout):
+                async with pool.stream(request) as response:
+                    await response.read()
+            elapsed = trio.current_time() - start
+            assert 0.3 <= elapsed < 2
+            assert pool.statistics().active == 0
+        finally:
+            quiet.set()
+            await pool.aclose()

@@ -251,15 +251,26 @@ class Connection:
             return data
 
     async def _recv_tls(self, size: int, timeout: float | None) -> bytes:
-        assert self.tls is not None
+        # The read deadline is the watchdog's, as on plain sockets (a cancel scope per read
+        # costs several microseconds): when it passes, the watchdog wakes the socket's
+        # waiter with notify_closing, the TLS stream breaks, and that is our timeout.
+        tls = self.tls
+        assert tls is not None
+        if timeout is None:
+            deadline = math.inf
+        else:
+            deadline = trio.current_time() + timeout
+            if deadline < self.watchdog.wake_at:
+                self.watchdog.wake(deadline)
+        self.deadline = deadline
         try:
-            if timeout is None:
-                return bytes(await self.tls.receive_some(size))
-            with trio.move_on_after(timeout):
-                return bytes(await self.tls.receive_some(size))
+            return bytes(await tls.receive_some(size))
         except (OSError, ValueError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if not self.closed and self.deadline <= trio.current_time():
+                raise httpx.ReadTimeout(f"no data within {timeout:g}s") from None
             raise io_error(httpx.ReadError, exc) from exc
-        raise httpx.ReadTimeout(f"no data within {timeout:g}s")
+        finally:
+            self.deadline = math.inf
 
     async def send(self, data: bytes, timeout: float | None) -> None:
         """Send all of ``data``, waiting only while the kernel's buffer is full.
