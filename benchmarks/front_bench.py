@@ -62,13 +62,23 @@ TOKEN = "front-bench-token-0000000000"  # noqa: S105 - a local test token
 PROMPT = [{"role": "user", "content": "Say something."}]
 
 
+def config_for(base: str) -> llm.Config:
+    """Our client on the fake server at ``base``, in the OpenAI and Anthropic formats."""
+    return client_config(
+        {
+            "openai": {"base_url": base + "/openai/v1"},
+            "anthropic": {"base_url": base + "/anthropic/v1"},
+        }
+    )
+
+
 # -- the front process -------------------------------------------------------------------------
 
 
 async def serve_front(base: str) -> None:
     """Serve a front over a client of ``base``; answer ``cpu`` on stdin with process time."""
     config = msgspec.structs.replace(
-        client_config(base),
+        config_for(base),
         websocket=WebSocketConfig(port=0, tokens=[llm.Secret(TOKEN)]),
     )
     async with llm.open_client(config) as client:
@@ -251,7 +261,7 @@ async def cpu_phase(base: str, front: FrontProcess, quick: bool) -> dict[str, fl
     """
     streams = 20 if quick else 60
     results: dict[str, float] = {}
-    async with llm.open_client(client_config(base)) as client:
+    async with llm.open_client(config_for(base)) as client:
         warm = Tally()
         await run_many(4, 4, lambda: direct_stream(client, warm))
         await run_over_connections(front.url, 4, 4, warm)
@@ -296,7 +306,7 @@ async def paced_phase(base: str, front: FrontProcess, clients: int) -> dict[str,
     Through the front, every client connects first; then all streams start together.
     """
     results: dict[str, float] = {}
-    async with llm.open_client(client_config(base)) as client:
+    async with llm.open_client(config_for(base)) as client:
         await run_many(4, 4, lambda: direct_stream(client, Tally()))
         await run_over_connections(front.url, 4, 4, Tally())
         for name in ("direct", "front"):
