@@ -50,7 +50,7 @@ import trio
 
 from .._secrets import Secret
 from .._version import __version__
-from ..config._settings import proxy_url_problem
+from ..config._sections import proxy_url_problem
 from ..errors import (
     ConfigProblem,
     ConfigurationError,

@@ -29,7 +29,7 @@ from typing import Final, final
 import httpx
 
 from .._secrets import register_secret
-from ..config._settings import proxy_url_problem
+from ..config._sections import proxy_url_problem
 
 __all__ = [
     "PROXY_VARIABLES",
