@@ -1,0 +1,495 @@
+"""`Client`: the facade users call; `open_client` (``_tree``) makes it.
+
+::
+
+    async with open_client(Config.from_env()) as client:
+        async with client.invoke(Request(model="openai:gpt-4o-mini", messages=[user("Hi")])) as s:
+            async for chunk in s:
+                print(chunk.text, end="")
+        reply = await client.chat([user("Hi")], model="anthropic:claude-sonnet-4-5")
+
+Every name of both specifications exists: ``invoke`` (streams by default), ``invoke_sync``,
+``list_models``; ``complete``, ``stream_complete``, ``chat``, ``stream_chat``,
+``get_usage``; and provider shortcuts (`open_openai_client`...).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, final, overload
+
+import msgspec
+
+from ..actors.accountant import Accountant, BudgetLevels, GetReport
+from ..actors.provider_session import (
+    CountTokens,
+    ListModels,
+    SessionStatistics,
+    SessionStats,
+)
+from ..config import Config, MCPServerConfig
+from ..errors import ConfigurationError, LLMError, ProviderNotFound
+from ..invocation import DeltaStream, InvocationStream, Invoker, ToolLoopStream
+from ..invocation._stream import chat_delta, chat_error, completion_delta
+from ..providers._base import ProviderCodec
+from ..providers._registry import ProviderRegistry
+from ..providers.mock import Scenarios
+from ..runtime import (
+    Runtime,
+    RuntimeStatistics,
+)
+from ..store._base import (
+    BudgetLevel,
+)
+from ..tools import Tool, ToolRegistry, ToolResult
+from ..types import (
+    ChatRequest,
+    ChatResponse,
+    CompletionRequest,
+    CompletionResponse,
+    Message,
+    ModelInfo,
+    Request,
+    Response,
+    ToolCall,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from ..store.ledger import UsageReport
+
+__all__ = ["Client", "ClientStatistics"]
+
+log = logging.getLogger("llm_invocation.client")
+
+MODELS_TTL: Final = 300.0
+# The names of the supervision tree's children.
+GOVERNOR: Final = "governor"
+ACCOUNTANT: Final = "accountant"
+TOOLS: Final = "tools"
+MCP: Final = "mcp"
+
+
+@final
+class Client:
+    """The facade over a running supervision tree. Made by `open_client`; do not construct.
+
+    Every invocation goes through the invocation layer (`llm_invocation.invocation`), which
+    owns it from request to settled result; the client builds requests and delegates.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        config: Config,
+        registry: ProviderRegistry,
+        invoker: Invoker,
+        *,
+        scenarios: Scenarios | None = None,
+    ) -> None:
+        self._runtime = runtime
+        self._config = config
+        self._registry = registry
+        self._invoker = invoker
+        self._models: dict[str, tuple[float, list[ModelInfo]]] = {}
+        self.scenarios = scenarios
+        """The mock provider's `llm_invocation.testing.Scenarios` (script it in tests)."""
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def runtime(self) -> Runtime:
+        """The supervision tree (for statistics and advanced embedding)."""
+        return self._runtime
+
+    @property
+    def providers(self) -> list[str]:
+        """The configured provider names."""
+        return self._registry.names()
+
+    @property
+    def tools(self) -> ToolRegistry:
+        """The tools invocations can use: registered locally or by MCP servers."""
+        return self._invoker.tools
+
+    def codec(self, provider: str) -> ProviderCodec:
+        """The codec of ``provider``.
+
+        Raises:
+            ProviderNotFound: no such provider is configured.
+        """
+        return self._registry.codec(provider)
+
+    # -- building requests ---------------------------------------------------------------------
+
+    def _default_model(self) -> str:
+        model = self._config.default_model
+        if model:
+            return model
+        provider = self._config.default_provider
+        try:
+            known = self._registry.codec(provider).known_models()
+        except ProviderNotFound:
+            known = []
+        if known:
+            return f"{provider}:{known[0].id}"
+        raise ConfigurationError(
+            "no model given and no default model configured (set LLM_MODEL or model=)"
+        )
+
+    def _build(
+        self,
+        request: Request | None,
+        messages: Sequence[Message] | None,
+        model: str | None,
+        options: Mapping[str, Any],
+    ) -> Request:
+        if request is not None:
+            if messages is not None or model is not None or options:
+                raise TypeError("pass a Request, or messages and keywords, not both")
+            return request
+        if messages is None:
+            raise TypeError("invoke() needs a Request or messages=")
+        return Request(model=model or self._default_model(), messages=list(messages), **options)
+
+    # -- the second specification --------------------------------------------------------------
+
+    @overload
+    def invoke(
+        self,
+        request: Request | None = None,
+        /,
+        *,
+        messages: Sequence[Message] | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+        tools: Sequence[Tool | str] | None = None,
+        tool_mode: None = None,
+        max_steps: int | None = None,
+        **options: Any,
+    ) -> InvocationStream: ...
+    @overload
+    def invoke(
+        self,
+        request: Request | None = None,
+        /,
+        *,
+        messages: Sequence[Message] | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+        tools: Sequence[Tool | str] | None = None,
+        tool_mode: Literal["auto"],
+        max_steps: int | None = None,
+        **options: Any,
+    ) -> ToolLoopStream: ...
+    def invoke(
+        self,
+        request: Request | None = None,
+        /,
+        *,
+        messages: Sequence[Message] | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+        tools: Sequence[Tool | str] | None = None,
+        tool_mode: Literal["auto"] | None = None,
+        max_steps: int | None = None,
+        **options: Any,
+    ) -> InvocationStream | ToolLoopStream:
+        """Start a streaming invocation: ``async with client.invoke(request) as stream``.
+
+        ``timeout`` (default: the configured ``timeout``) bounds the upstream call once it is
+        admitted, retries and fallbacks included; the caller's own deadline applies too (and
+        a caller cancelled by it sees its own cancellation, never a timeout). A failed
+        attempt before any content is retried as ``retries`` says; fallback providers
+        configured for the provider take over on retryable and overload errors before any
+        content has arrived.
+
+        Tools: ``tools`` offers these tools (objects are registered on the client; names
+        must be registered already); with ``tool_mode="auto"`` and no ``tools``, every
+        registered tool (local and MCP) is offered. With ``tool_mode="auto"`` the result is
+        a `ToolLoopStream` that runs the tools the model calls and calls the model again,
+        up to ``max_steps`` requests (default ``tools.max_steps``).
+
+        Raises:
+            ProviderNotFound, ModelNotSupported: when the request's provider or model is
+                not available.
+            InvalidRequest: a tool object's name is taken by another tool.
+            LLMError: while iterating, the invocation's failure.
+        """
+        invoker = self._invoker
+        built = self._build(request, messages, model, options)
+        if tools is not None or tool_mode == "auto":
+            built = invoker.offer_tools(built, tools)
+        if tool_mode == "auto":
+            return invoker.tool_loop(built, max_steps=max_steps, timeout=timeout)
+        return invoker.stream(built, timeout=timeout)
+
+    # -- tools and MCP servers (the second specification) ---------------------------------------
+
+    def register_tool(self, tool: Tool, *, replace: bool = False) -> None:
+        """Make ``tool`` available to invocations (and to the model in ``tool_mode="auto"``).
+
+        Registering the same object again is a no-op.
+
+        Raises:
+            InvalidRequest: another tool has that name (unless ``replace``).
+        """
+        self._invoker.tools.register(tool, replace=replace)
+
+    async def register_mcp_server(
+        self, name: str, server: MCPServerConfig | Mapping[str, Any]
+    ) -> list[str]:
+        """Connect an MCP server and offer its tools (named ``<name>__<tool>``).
+
+        The connection is supervised: it reconnects with backoff when it drops, and its tools
+        follow the server's ``tools/list_changed`` notifications.
+
+        Returns:
+            The local names of the server's tools.
+
+        Raises:
+            ConfigurationError: ``server`` is not a valid MCP server configuration.
+            ToolExecutionFailed: the server could not be reached now.
+        """
+        from ..actors.mcp import ListServerTools, MCPConnection, mcp_child_spec
+
+        config = server if isinstance(server, MCPServerConfig) else mcp_config(name, server)
+        await self._runtime.start_child(mcp_child_spec(name, config, self.tools), supervisor=MCP)
+        ref = self._runtime.ref(f"mcp.{name}", MCPConnection)
+        return await ref.call(ListServerTools())
+
+    async def unregister_mcp_server(self, name: str) -> None:
+        """Disconnect an MCP server (ending its process for stdio) and drop its tools.
+
+        Raises:
+            UsageError: no such server is registered.
+        """
+        await self._runtime.terminate_child(f"mcp.{name}", supervisor=MCP)
+
+    async def execute_tools(self, calls: Sequence[ToolCall]) -> list[ToolResult]:
+        """Run tool calls in parallel through the executor, results in call order.
+
+        A failing, slow or unknown tool gives an error result, not an exception.
+        """
+        return await self._invoker.execute_tools(calls)
+
+    async def invoke_sync(
+        self,
+        request: Request | None = None,
+        /,
+        *,
+        messages: Sequence[Message] | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+        tools: Sequence[Tool | str] | None = None,
+        tool_mode: Literal["auto"] | None = None,
+        max_steps: int | None = None,
+        **options: Any,
+    ) -> Response:
+        """Invoke and wait for the whole response.
+
+        A streaming request (the default) is streamed and aggregated, with every stream
+        watchdog; ``stream=False`` sends one non-streamed HTTP request per attempt.
+        ``tools``, ``tool_mode="auto"`` and ``max_steps`` work as for `invoke`: the automatic
+        tool loop returns its final response with the usage of every step.
+
+        Raises:
+            LLMError: the invocation failed.
+        """
+        built = self._build(request, messages, model, options)
+        if tool_mode == "auto":
+            async with self.invoke(
+                built, timeout=timeout, tools=tools, tool_mode="auto", max_steps=max_steps
+            ) as loop:
+                return await loop.aggregate()
+        if tools is not None:
+            built = self._invoker.offer_tools(built, tools)
+        if built.stream:
+            async with self._invoker.stream(built, timeout=timeout) as stream:
+                return await stream.aggregate()
+        return await self._invoker.complete(built, timeout=timeout)
+
+    async def list_models(
+        self, provider: str | None = None, *, refresh: bool = False
+    ) -> list[ModelInfo]:
+        """The models of one provider (or of every configured one), cached for 5 minutes.
+
+        A provider that cannot list its models contributes the ones its codec knows.
+
+        Raises:
+            ProviderNotFound: ``provider`` is not configured.
+        """
+        names = [provider] if provider is not None else self._registry.names()
+        out: list[ModelInfo] = []
+        now = time.monotonic()
+        for name in names:
+            codec = self._registry.codec(name)
+            cached = self._models.get(name)
+            if cached is not None and not refresh and now - cached[0] < MODELS_TTL:
+                out.extend(cached[1])
+                continue
+            ref = self._invoker.session_ref(name)
+            try:
+                models = await ref.call(ListModels())
+            except LLMError as error:
+                if provider is not None and not codec.known_models():
+                    raise
+                log.info("%s: listing models failed (%s); using known models", name, error)
+                models = codec.known_models()
+            self._models[name] = (now, models)
+            out.extend(models)
+        return out
+
+    async def count_tokens(self, request: Request) -> int:
+        """Prompt tokens of ``request`` from the provider's count endpoint.
+
+        Raises:
+            ProviderError: the provider has no such endpoint.
+        """
+        prepared, candidates = self._invoker.prepare(request)
+        provider, model = candidates[0]
+        ref = self._invoker.session_ref(provider)
+        message = CountTokens(
+            request=msgspec.structs.replace(prepared, provider=provider, model=model)
+        )
+        return await ref.call(message)
+
+    # -- the first specification ---------------------------------------------------------------
+
+    def _completion_request(
+        self, request: CompletionRequest | str, model: str | None, options: Mapping[str, Any]
+    ) -> Request:
+        if isinstance(request, str):
+            request = CompletionRequest(prompt=request, **options)
+        elif options:
+            raise TypeError("pass a CompletionRequest, or a prompt and keywords, not both")
+        return request.to_request(model or request.model or self._default_model())
+
+    def _chat_request(
+        self,
+        request: ChatRequest | Sequence[Message],
+        model: str | None,
+        options: Mapping[str, Any],
+    ) -> Request:
+        if not isinstance(request, ChatRequest):
+            request = ChatRequest(messages=list(request), **options)
+        elif options:
+            raise TypeError("pass a ChatRequest, or messages and keywords, not both")
+        return request.to_request(model or request.model or self._default_model())
+
+    async def complete(
+        self, request: CompletionRequest | str, *, model: str | None = None, **options: Any
+    ) -> CompletionResponse:
+        """Complete a prompt (OpenAI's legacy completions endpoint where the provider has it).
+
+        Raises:
+            LLMError: the invocation failed.
+        """
+        response = await self.invoke_sync(self._completion_request(request, model, options))
+        return response.to_completion_response()
+
+    def stream_complete(
+        self, request: CompletionRequest | str, *, model: str | None = None, **options: Any
+    ) -> DeltaStream[CompletionResponse]:
+        """Stream a completion as ``CompletionResponse`` deltas (``async with`` + ``async for``).
+
+        Raises:
+            LLMError: while iterating, the invocation's failure.
+        """
+        stream = self.invoke(self._completion_request(request, model, options))
+        return DeltaStream(stream, completion_delta, None)
+
+    async def chat(
+        self,
+        request: ChatRequest | Sequence[Message],
+        *,
+        model: str | None = None,
+        **options: Any,
+    ) -> ChatResponse:
+        """Chat: the whole reply as a ``ChatResponse`` (its messages hold the reply).
+
+        Raises:
+            LLMError: the invocation failed.
+        """
+        response = await self.invoke_sync(self._chat_request(request, model, options))
+        return response.to_chat_response()
+
+    def stream_chat(
+        self,
+        request: ChatRequest | Sequence[Message],
+        *,
+        model: str | None = None,
+        raise_errors: bool = False,
+        **options: Any,
+    ) -> DeltaStream[ChatResponse]:
+        """Stream a chat as ``ChatResponse`` deltas.
+
+        As in the first specification, a failure ends the stream with one delta whose
+        ``error`` is set; with ``raise_errors=True`` the error is raised instead.
+        """
+        stream = self.invoke(self._chat_request(request, model, options))
+        return DeltaStream(stream, chat_delta, None if raise_errors else chat_error)
+
+    def get_usage(self) -> Usage:
+        """Usage of every invocation of this client so far (cost None when unknown)."""
+        return self._invoker.usage
+
+    async def usage(
+        self,
+        *,
+        group_by: Sequence[str] = ("provider", "model"),
+        since: float | None = None,
+        until: float | None = None,
+    ) -> UsageReport:
+        """A usage report from the ledger, grouped by provider, model, ``tag:<name>`` or
+        ``period:hour|day|month`` (see `llm_invocation.store.UsageReport`).
+
+        Raises:
+            CostExceeded: no ledger is configured.
+        """
+        return await self._runtime.ref(ACCOUNTANT, Accountant).call(
+            GetReport(group_by=list(group_by), since=since, until=until)
+        )
+
+    async def budget_levels(self) -> list[BudgetLevel]:
+        """Spend against every configured budget in its current period."""
+        return await self._runtime.ref(ACCOUNTANT, Accountant).call(BudgetLevels())
+
+    async def session_statistics(self) -> dict[str, SessionStatistics]:
+        """Every provider session's counters: attempts, retries, failures, breakers, pool."""
+        out: dict[str, SessionStatistics] = {}
+        for name in self._registry.names():
+            out[name] = await self._invoker.session_ref(name).call(SessionStats())
+        return out
+
+    def statistics(self) -> ClientStatistics:
+        """Invocations, retries, fallbacks, cache hits, usage and the runtime's statistics."""
+        stats = self._invoker.statistics()
+        return ClientStatistics(
+            invocations=stats.invocations,
+            retries=stats.retries,
+            fallbacks=stats.fallbacks,
+            cache_hits=stats.cache_hits,
+            usage=stats.usage,
+            runtime=self._runtime.statistics(),
+        )
+
+
+class ClientStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A client's counters (see `Client.statistics`)."""
+
+    invocations: int
+    retries: int
+    fallbacks: int
+    cache_hits: int
+    usage: Usage
+    runtime: RuntimeStatistics
+
+
+def mcp_config(name: str, data: Mapping[str, Any]) -> MCPServerConfig:
+    config = Config.from_dict({"mcp": {"servers": {name: dict(data)}}})
+    return config.mcp.servers[name]

@@ -1,0 +1,475 @@
+"""`open_client`: assembles the supervision tree and hands out the `Client` facade."""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any, final
+
+import trio
+
+from .. import tokens
+from .._secrets import Secret
+from ..actors.accountant import Accountant, AlertCallback
+from ..actors.governor import Governor, Observe, RateLimitSettings
+from ..actors.provider_session import (
+    ProviderSession,
+    ResponseInfo,
+    SessionSettings,
+)
+from ..actors.tools import ToolExecutor
+from ..config import Config, CostConfig, MCPServerConfig, ProviderConfig, RateLimitConfig
+from ..errors import LLMError, ProviderNotFound
+from ..http import TransportFactory
+from ..http import settings_for as http_settings_for
+from ..invocation import Governance, Invoker
+from ..invocation._invoker import SESSION_PREFIX
+from ..providers._base import ProviderCodec
+from ..providers._registry import ProviderRegistry, make_codec
+from ..providers.mock import MockTransport, Scenarios
+from ..runtime import (
+    ActorError,
+    ActorRef,
+    Backoff,
+    ChildSpec,
+    MailboxFull,
+    Runtime,
+    SupervisorSpec,
+    open_runtime,
+)
+from ..store._base import (
+    Budget,
+    BudgetStore,
+    RateObservation,
+    RateStore,
+)
+from ..store.memory import MemoryBudgetStore, MemoryRateStore
+from ..tools import ToolRegistry
+from ._facade import ACCOUNTANT, GOVERNOR, MCP, TOOLS, Client
+
+if TYPE_CHECKING:
+    from ..pricing import PriceBook
+    from ..store.cache import ResponseCache
+    from ..store.ledger import SQLiteLedger
+
+__all__ = [
+    "open_anthropic_client",
+    "open_client",
+    "open_gemini_client",
+    "open_mock_client",
+    "open_openai_client",
+]
+
+log = logging.getLogger("llm_invocation.client")
+
+
+def _session_settings(config: Config, provider: ProviderConfig) -> SessionSettings:
+    timeouts = config.timeouts
+    return SessionSettings(
+        first_chunk_timeout=timeouts.first_chunk,
+        idle_chunk_timeout=timeouts.idle_chunk,
+        max_retry_after=config.retries.max_retry_after,
+        http=http_settings_for(config, provider),
+    )
+
+
+def _providers(config: Config) -> dict[str, ProviderConfig]:
+    """The provider entries to run: the enabled ones and the default one.
+
+    The built-in mock provider runs only when it is configured: as an entry, or as the
+    default provider (which it is when no provider and no key is configured, so the offline
+    demo works out of the box; the client says so once when it starts).
+    """
+    entries = {name: entry for name, entry in config.providers.items() if entry.enabled}
+    default = config.default_provider
+    try:
+        entries[default] = config.provider_config(default)
+    except ProviderNotFound:
+        entries[default] = ProviderConfig()
+    return entries
+
+
+def _client_spec(
+    config: Config,
+    codecs: Mapping[str, ProviderCodec],
+    entries: Mapping[str, ProviderConfig],
+    transports: Mapping[str, TransportFactory],
+    stores: _Stores,
+    on_alert: Sequence[AlertCallback],
+    observer: _Observer,
+    registry: ToolRegistry,
+    runtime_box: _RuntimeBox,
+) -> SupervisorSpec:
+    sessions: list[ChildSpec] = []
+    for name, codec in sorted(codecs.items()):
+        entry = entries[name]
+        keys: list[Secret] = entry.keys()
+        settings = _session_settings(config, entry)
+        transport = transports.get(name)
+
+        def factory(
+            codec: ProviderCodec = codec,
+            keys: list[Secret] = keys,
+            settings: SessionSettings = settings,
+            transport: TransportFactory | None = transport,
+        ) -> ProviderSession:
+            return ProviderSession(
+                codec, keys=keys, settings=settings, transport=transport, on_response=observer
+            )
+
+        sessions.append(ChildSpec.actor(SESSION_PREFIX + name, factory, mailbox=65536))
+    providers = SupervisorSpec(
+        name="providers",
+        strategy="one_for_one",
+        max_restarts=10,
+        within=60,
+        backoff=Backoff(initial=0.05, maximum=2.0),
+        children=sessions,
+    )
+    limits = config.rate_limits
+    provider_limits = {
+        name: _rate_settings(entry.rate_limits)
+        for name, entry in entries.items()
+        if entry.rate_limits is not None
+    }
+    fail_mode = config.store_fail_mode
+
+    def governor() -> Governor:
+        return Governor(
+            stores.rate,
+            global_limits=_rate_settings(limits),
+            provider_limits=provider_limits,
+            max_wait=limits.max_wait,
+            max_queue=limits.max_queue,
+            fail_mode=fail_mode,
+        )
+
+    cost = config.cost_control
+
+    def accountant() -> Accountant:
+        return Accountant(
+            stores.budget,
+            stores.prices,
+            ledger=stores.ledger,
+            budgets=_budgets(cost),
+            max_cost_per_request=cost.max_cost_per_request,
+            thresholds=cost.alert_thresholds,
+            on_alert=on_alert,
+            fail_mode=fail_mode,
+            reservation_ttl=max(600.0, config.timeout * 2),
+        )
+
+    tools_config = config.tools
+    redact = config.logging.redact_tool_arguments
+
+    def executor() -> ToolExecutor:
+        return ToolExecutor.from_config(registry, tools_config, redact_tool_arguments=redact)
+
+    from ..actors.mcp import mcp_supervisor_spec
+
+    servers = {name: s for name, s in config.mcp.servers.items() if s.enabled}
+
+    async def connect_configured_servers(
+        *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        # Servers of the configuration connect in the background: one that is down at
+        # start does not keep the client from starting; it is retried with backoff.
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            for name, server in servers.items():
+                nursery.start_soon(_connect_with_retries, runtime_box, name, server, registry)
+
+    children = [
+        ChildSpec.actor(GOVERNOR, governor, mailbox=65536),
+        ChildSpec.actor(ACCOUNTANT, accountant, mailbox=65536),
+        ChildSpec.actor(TOOLS, executor, mailbox=65536),
+        ChildSpec.supervisor(mcp_supervisor_spec({}, registry, name=MCP)),
+        ChildSpec.supervisor(providers),
+    ]
+    if servers:
+        children.append(
+            ChildSpec.service("mcp-connect", connect_configured_servers, restart="temporary")
+        )
+    return SupervisorSpec(name="client", children=children)
+
+
+@final
+class _RuntimeBox:
+    """The runtime, for children that need it once the tree has started."""
+
+    def __init__(self) -> None:
+        self._runtime: Runtime | None = None
+        self._ready = trio.Event()
+
+    def set(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._ready.set()
+
+    async def get(self) -> Runtime:
+        await self._ready.wait()
+        assert self._runtime is not None
+        return self._runtime
+
+
+async def _connect_with_retries(
+    runtime_box: _RuntimeBox, name: str, server: MCPServerConfig, registry: ToolRegistry
+) -> None:
+    from ..actors.mcp import mcp_child_spec
+
+    runtime = await runtime_box.get()
+    delay = 0.5
+    while True:
+        try:
+            await runtime.start_child(mcp_child_spec(name, server, registry), supervisor=MCP)
+        except (LLMError, ActorError) as exc:
+            log.warning("MCP server %r unreachable (%s); retrying in %.1fs", name, exc, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        else:
+            return
+
+
+def _rate_settings(limits: RateLimitConfig) -> RateLimitSettings:
+    return RateLimitSettings(
+        requests_per_minute=limits.requests_per_minute,
+        tokens_per_minute=limits.tokens_per_minute,
+        concurrency=limits.concurrent_calls,
+    )
+
+
+def _budgets(cost: CostConfig) -> list[Budget]:
+    budgets: list[Budget] = []
+    if cost.max_budget is not None:
+        budgets.append(
+            Budget(
+                scope="global",
+                limit=cost.max_budget,
+                period=cost.budget_period or 86400.0,
+                calendar=cost.budget_calendar,
+            )
+        )
+    budgets.extend(
+        Budget(scope=b.scope, limit=b.limit, period=b.period, calendar=b.calendar)
+        for b in cost.budgets
+    )
+    return budgets
+
+
+@final
+class _Stores:
+    """What outlives the actors: shared state, the ledger and the price book."""
+
+    def __init__(
+        self,
+        rate: RateStore,
+        budget: BudgetStore,
+        ledger: SQLiteLedger | None,
+        prices: PriceBook,
+        cache: ResponseCache,
+    ) -> None:
+        self.rate = rate
+        self.budget = budget
+        self.ledger = ledger
+        self.prices = prices
+        self.cache = cache
+
+
+@final
+class _Observer:
+    """Turns each provider response's rate-limit headers into a cast to the governor."""
+
+    def __init__(self) -> None:
+        self.governor: ActorRef[Any] | None = None
+
+    def __call__(self, info: ResponseInfo) -> None:
+        governor = self.governor
+        limits = info.rate_limits
+        if governor is None or (limits is None and info.retry_after is None):
+            return
+        observation = RateObservation(
+            requests_limit=limits.requests_limit if limits else None,
+            requests_remaining=limits.requests_remaining if limits else None,
+            requests_reset=limits.requests_reset if limits else None,
+            tokens_limit=limits.tokens_limit if limits else None,
+            tokens_remaining=limits.tokens_remaining if limits else None,
+            tokens_reset=limits.tokens_reset if limits else None,
+            retry_after=info.retry_after if info.status == 429 else None,
+        )
+        try:
+            governor.send_nowait(
+                Observe(provider=info.provider, model=info.model, observation=observation)
+            )
+        except (MailboxFull, ActorError):
+            pass  # headers are advisory; the next response says it again
+
+
+async def _open_stores(config: Config, stack: AsyncExitStack) -> _Stores:
+    from ..pricing import PriceBook
+    from ..store.cache import MemoryResponseCache, RedisResponseCache
+    from ..store.ledger import open_ledger
+
+    store = config.store
+    rate: RateStore
+    budget: BudgetStore
+    cache: ResponseCache
+    if store == "memory":
+        rate, budget = MemoryRateStore(), MemoryBudgetStore()
+        cache = MemoryResponseCache()
+    else:
+        from ..store.redis import open_redis_stores
+
+        url, prefix = _split_prefix(store)
+        rate, budget = await stack.enter_async_context(open_redis_stores(url, prefix=prefix))
+        cache = await stack.enter_async_context(RedisResponseCache(url, prefix=prefix))
+    ledger = await stack.enter_async_context(open_ledger(config.ledger_path))
+    prices = PriceBook(config.cost_control.prices)
+    await prices.load()
+    # Load the tokenizer now, in a worker thread, rather than on the first request.
+    await trio.to_thread.run_sync(tokens.get_encoding, tokens.DEFAULT_ENCODING)
+    return _Stores(rate, budget, ledger, prices, cache)
+
+
+def _split_prefix(url: str, default: str = "llm:") -> tuple[str, str]:
+    """Take a ``prefix=`` query parameter (the Redis key prefix) out of a store URL."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    prefix = default
+    kept: list[tuple[str, str]] = []
+    for key, value in query:
+        if key == "prefix":
+            prefix = value
+        else:
+            kept.append((key, value))
+    rest = parts._replace(query=urllib.parse.urlencode(kept))
+    return urllib.parse.urlunsplit(rest), prefix
+
+
+def _price_provider(name: str, codec: ProviderCodec) -> str:
+    """The provider id prices are looked up under: the entry's name if it is a known one."""
+    preset = getattr(codec, "preset", None)
+    if codec.kind == "openai-compatible" and preset is not None:
+        return str(getattr(preset, "name", name))
+    if codec.kind in ("openai", "anthropic", "gemini", "azure", "mock"):
+        return codec.kind
+    return name
+
+
+@asynccontextmanager
+async def open_client(
+    config: Config | None = None,
+    *,
+    transports: Mapping[str, TransportFactory] | None = None,
+    scenarios: Scenarios | None = None,
+    on_alert: Sequence[AlertCallback] = (),
+) -> AsyncGenerator[Client]:
+    """Start the client's supervision tree for the ``async with`` block.
+
+    Args:
+        config: the configuration (default: `Config.load()`, from the environment).
+        transports: per provider name, a factory of httpx transports (tests, proxies).
+        scenarios: the mock provider's scripted answers (`llm_invocation.testing.Scenarios`;
+            a fresh default set when omitted).
+        on_alert: called with a `BudgetAlert` when a budget crosses an alert threshold
+            (sync or async; once per budget, threshold and period).
+
+    Raises:
+        ConfigurationError: the configuration is invalid or names an unknown provider kind.
+        StoreUnavailable: the configured Redis store cannot be reached at start.
+    """
+    config = config if config is not None else Config.load()
+    entries = _providers(config)
+    codecs = {name: make_codec(name, entry) for name, entry in entries.items()}
+    all_transports = dict(transports or {})
+    mock_names = [name for name, codec in codecs.items() if codec.kind == "mock"]
+    if mock_names:
+        scenarios = scenarios if scenarios is not None else Scenarios()
+        for name in mock_names:
+            all_transports.setdefault(name, lambda: MockTransport(scenarios, format="openai"))
+        if codecs[config.default_provider].kind == "mock":
+            log.info(
+                "the default provider is the built-in mock: answers are scripted and offline "
+                "(configure a provider and its key to call a real model)"
+            )
+    registry = ProviderRegistry(
+        codecs,
+        default_provider=config.default_provider,
+        models={name: entry.models for name, entry in entries.items()},
+    )
+    observer = _Observer()
+    async with AsyncExitStack() as stack:
+        stores = await _open_stores(config, stack)
+        tools = ToolRegistry()
+        runtime_box = _RuntimeBox()
+        spec = _client_spec(
+            config, codecs, entries, all_transports, stores, on_alert, observer, tools, runtime_box
+        )
+        runtime = await stack.enter_async_context(open_runtime(spec))
+        runtime_box.set(runtime)
+        governor = runtime.ref(GOVERNOR, Governor)
+        observer.governor = governor
+        governance = Governance(
+            governor,
+            runtime.ref(ACCOUNTANT, Accountant),
+            price_providers={name: _price_provider(name, c) for name, c in codecs.items()},
+            token_providers={name: _price_provider(name, c) for name, c in codecs.items()},
+        )
+        invoker = Invoker(
+            runtime,
+            config,
+            registry,
+            governance=governance,
+            cache=stores.cache,
+            tools=tools,
+            executor=runtime.ref(TOOLS, ToolExecutor),
+        )
+        yield Client(runtime, config, registry, invoker, scenarios=scenarios)
+
+
+def _shortcut(provider: str, api_key: str | Secret | None, overrides: dict[str, Any]) -> Config:
+    config = (
+        Config.load(provider=provider, **overrides) if overrides else Config.load(provider=provider)
+    )
+    if api_key is not None:
+        config = config.replace(api_key=api_key)
+    return config
+
+
+@asynccontextmanager
+async def open_openai_client(
+    api_key: str | Secret | None = None, **config: Any
+) -> AsyncGenerator[Client]:
+    """`open_client` with OpenAI as the default provider (key from the argument or env)."""
+    async with open_client(_shortcut("openai", api_key, config)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_anthropic_client(
+    api_key: str | Secret | None = None, **config: Any
+) -> AsyncGenerator[Client]:
+    """`open_client` with Anthropic as the default provider."""
+    async with open_client(_shortcut("anthropic", api_key, config)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_gemini_client(
+    api_key: str | Secret | None = None, **config: Any
+) -> AsyncGenerator[Client]:
+    """`open_client` with Google Gemini as the default provider."""
+    async with open_client(_shortcut("gemini", api_key, config)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_mock_client(scenarios: Any = None, **config: Any) -> AsyncGenerator[Client]:
+    """`open_client` on the built-in mock provider: no key, no network."""
+    base = (
+        Config(provider="mock", model="mock", **config)
+        if config
+        else Config(provider="mock", model="mock")
+    )
+    async with open_client(base, scenarios=scenarios) as client:
+        yield client
