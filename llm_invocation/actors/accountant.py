@@ -33,6 +33,7 @@ from ..store._report import UsageReport
 from ..types import Usage
 
 if TYPE_CHECKING:
+    from ..config import Config, CostConfig
     from ..pricing import PriceBook
     from ..store.ledger import SQLiteLedger
 
@@ -49,6 +50,7 @@ __all__ = [
     "Settle",
     "Settled",
     "budgets_for",
+    "budgets_of",
 ]
 
 log = logging.getLogger("llm_invocation.accountant")
@@ -134,6 +136,25 @@ class BudgetAlert(msgspec.Struct, frozen=True, kw_only=True):
 AlertCallback = Callable[[BudgetAlert], Awaitable[None] | None]
 
 
+def budgets_of(cost: CostConfig) -> list[Budget]:
+    """The budgets ``cost`` configures: ``max_budget`` (global) and ``budgets``."""
+    budgets: list[Budget] = []
+    if cost.max_budget is not None:
+        budgets.append(
+            Budget(
+                scope="global",
+                limit=cost.max_budget,
+                period=cost.budget_period or 86400.0,
+                calendar=cost.budget_calendar,
+            )
+        )
+    budgets.extend(
+        Budget(scope=b.scope, limit=b.limit, period=b.period, calendar=b.calendar)
+        for b in cost.budgets
+    )
+    return budgets
+
+
 def budgets_for(
     budgets: Sequence[Budget], provider: str, model: str, tags: Mapping[str, str]
 ) -> list[Budget]:
@@ -198,6 +219,30 @@ class Accountant(Actor[AccountantMsg]):
         self.spent = Decimal(0)
         self._nursery: trio.Nursery | None = None
         self._outage_logged = False
+
+    @classmethod
+    def from_config(
+        cls,
+        store: BudgetStore,
+        prices: PriceBook,
+        config: Config,
+        *,
+        ledger: SQLiteLedger | None = None,
+        on_alert: Sequence[AlertCallback] = (),
+    ) -> Accountant:
+        """The accountant of ``config``'s ``cost_control``."""
+        cost = config.cost_control
+        return cls(
+            store,
+            prices,
+            ledger=ledger,
+            budgets=budgets_of(cost),
+            max_cost_per_request=cost.max_cost_per_request,
+            thresholds=cost.alert_thresholds,
+            on_alert=on_alert,
+            fail_mode=config.store_fail_mode,
+            reservation_ttl=max(RESERVATION_TTL_FLOOR, config.timeout * 2),
+        )
 
     def lifespan(self, ctx: Context) -> Any:
         self._nursery = ctx.nursery

@@ -23,7 +23,7 @@ import logging
 import math
 import secrets
 from collections import deque
-from typing import Any, Final, Literal, final
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import msgspec
 import trio
@@ -32,7 +32,11 @@ from ..errors import LLMError, RateLimited
 from ..runtime import Actor, Call, Context, Msg, ReplyHandle
 from ..store._base import Grant, RateLimit, RateObservation, RateStore, StoreUnavailable
 
+if TYPE_CHECKING:
+    from ..config import Config, RateLimitConfig
+
 __all__ = [
+    "Abandon",
     "Acquire",
     "Governor",
     "GovernorMsg",
@@ -62,11 +66,23 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Acquire(Call[Lease], frozen=True, kw_only=True):
-    """Ask for a lease for one request of ``tokens`` estimated tokens."""
+    """Ask for a lease for one request of ``tokens`` estimated tokens.
+
+    ``lease`` is the lease's id, chosen by the caller so that it can `Abandon` the lease
+    when it is cancelled before the answer reaches it (None: the governor picks one).
+    """
 
     provider: str
     model: str
     tokens: int
+    lease: str | None = None
+
+
+class Abandon(Msg, frozen=True, kw_only=True):
+    """The caller of `Acquire` with this ``lease`` id gave up (it was cancelled): drop its
+    place in the queue, or give the lease back if it was granted. Unknown ids are ignored."""
+
+    lease: str
 
 
 class Release(Msg, frozen=True, kw_only=True):
@@ -98,7 +114,7 @@ class GovernorStats(Call[GovernorStatistics], frozen=True, kw_only=True):
     pass
 
 
-GovernorMsg = Acquire | Release | Observe | GovernorStats
+GovernorMsg = Acquire | Release | Abandon | Observe | GovernorStats
 
 
 class RateLimitSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -157,6 +173,7 @@ class Governor(Actor[GovernorMsg]):
         self.fail_mode = fail_mode
         self._queue: deque[_Waiter] = deque()
         self._active: dict[str, list[RateLimit]] = {}
+        self._reserved: dict[str, int] = {}  # tokens of each active lease
         self._kick = trio.Event()
         self.granted = 0
         self.refused = 0
@@ -164,6 +181,24 @@ class Governor(Actor[GovernorMsg]):
         self.degraded = 0
         self.store_errors = 0
         self._outage_logged = False
+
+    @classmethod
+    def from_config(cls, store: RateStore, config: Config) -> Governor:
+        """The governor of ``config``'s ``rate_limits`` and each provider's ones."""
+        limits = config.rate_limits
+        provider_limits = {
+            name: _rate_settings(entry.rate_limits)
+            for name, entry in config.providers.items()
+            if entry.rate_limits is not None
+        }
+        return cls(
+            store,
+            global_limits=_rate_settings(limits),
+            provider_limits=provider_limits,
+            max_wait=limits.max_wait,
+            max_queue=limits.max_queue,
+            fail_mode=config.store_fail_mode,
+        )
 
     def lifespan(self, ctx: Context) -> Any:
         ctx.nursery.start_soon(self._pump_loop)
@@ -178,6 +213,9 @@ class Governor(Actor[GovernorMsg]):
                 return await self._acquire(msg, ctx)
             case Release(lease=lease, used=used):
                 await self._release(lease, used)
+                return None
+            case Abandon(lease=lease_id):
+                await self._abandon(lease_id)
                 return None
             case Observe(provider=provider, model=model, observation=observation):
                 await self._observe(provider, model, observation)
@@ -206,7 +244,7 @@ class Governor(Actor[GovernorMsg]):
 
     async def _acquire(self, msg: Acquire, ctx: Context) -> Lease | None:
         limits = self._limits(msg.provider, msg.model)
-        lease = secrets.token_hex(8)
+        lease = msg.lease or secrets.token_hex(8)
         if not self._queue:  # nobody waits: try at once
             grant = await self._try(limits, lease, msg.tokens)
             if grant is None:
@@ -253,6 +291,7 @@ class Governor(Actor[GovernorMsg]):
         self.granted += 1
         self.waited_total += waited
         self._active[lease] = limits
+        self._reserved[lease] = tokens
         return Lease(id=lease, keys=[limit.key for limit in limits], tokens=tokens, waited=waited)
 
     def _degraded_lease(self, lease: str, limits: list[RateLimit], tokens: int) -> Lease:
@@ -285,7 +324,19 @@ class Governor(Actor[GovernorMsg]):
             log.warning("rate-limit store reachable again")
         return grant
 
+    async def _abandon(self, lease_id: str) -> None:
+        for waiter in self._queue:
+            if waiter.lease == lease_id:
+                self._queue.remove(waiter)
+                waiter.handle.fail(RateLimited("abandoned by its caller"))
+                return
+        tokens = self._reserved.get(lease_id)
+        if tokens is not None:
+            keys = [limit.key for limit in self._active.get(lease_id, [])]
+            await self._release(Lease(id=lease_id, keys=keys, tokens=tokens), 0)
+
     async def _release(self, lease: Lease, used: int) -> None:
+        self._reserved.pop(lease.id, None)
         limits = self._active.pop(lease.id, None)
         if limits is None or lease.degraded:
             return
@@ -375,6 +426,14 @@ class Governor(Actor[GovernorMsg]):
                         await self.store.renew(limits, lease=lease, ttl=LEASE_TTL)
                     except StoreUnavailable:
                         self.store_errors += 1
+
+
+def _rate_settings(limits: RateLimitConfig) -> RateLimitSettings:
+    return RateLimitSettings(
+        requests_per_minute=limits.requests_per_minute,
+        tokens_per_minute=limits.tokens_per_minute,
+        concurrency=limits.concurrent_calls,
+    )
 
 
 def _limit(key: str, settings: RateLimitSettings | None) -> RateLimit | None:

@@ -13,14 +13,14 @@ import trio
 from .. import tokens
 from .._secrets import Secret
 from ..actors.accountant import Accountant, AlertCallback
-from ..actors.governor import Governor, Observe, RateLimitSettings
+from ..actors.governor import Governor, Observe
 from ..actors.provider_session import (
     ProviderSession,
     ResponseInfo,
     SessionSettings,
 )
 from ..actors.tools import ToolExecutor
-from ..config import Config, CostConfig, MCPServerConfig, ProviderConfig, RateLimitConfig
+from ..config import Config, MCPServerConfig, ProviderConfig
 from ..errors import LLMError, ProviderNotFound
 from ..http import TransportFactory
 from ..http import settings_for as http_settings_for
@@ -40,7 +40,6 @@ from ..runtime import (
     open_runtime,
 )
 from ..store._base import (
-    Budget,
     BudgetStore,
     RateObservation,
     RateStore,
@@ -128,37 +127,13 @@ def _client_spec(
         backoff=Backoff(initial=0.05, maximum=2.0),
         children=sessions,
     )
-    limits = config.rate_limits
-    provider_limits = {
-        name: _rate_settings(entry.rate_limits)
-        for name, entry in entries.items()
-        if entry.rate_limits is not None
-    }
-    fail_mode = config.store_fail_mode
 
     def governor() -> Governor:
-        return Governor(
-            stores.rate,
-            global_limits=_rate_settings(limits),
-            provider_limits=provider_limits,
-            max_wait=limits.max_wait,
-            max_queue=limits.max_queue,
-            fail_mode=fail_mode,
-        )
-
-    cost = config.cost_control
+        return Governor.from_config(stores.rate, config)
 
     def accountant() -> Accountant:
-        return Accountant(
-            stores.budget,
-            stores.prices,
-            ledger=stores.ledger,
-            budgets=_budgets(cost),
-            max_cost_per_request=cost.max_cost_per_request,
-            thresholds=cost.alert_thresholds,
-            on_alert=on_alert,
-            fail_mode=fail_mode,
-            reservation_ttl=max(600.0, config.timeout * 2),
+        return Accountant.from_config(
+            stores.budget, stores.prices, config, ledger=stores.ledger, on_alert=on_alert
         )
 
     tools_config = config.tools
@@ -229,32 +204,6 @@ async def _connect_with_retries(
             delay = min(delay * 2, 30.0)
         else:
             return
-
-
-def _rate_settings(limits: RateLimitConfig) -> RateLimitSettings:
-    return RateLimitSettings(
-        requests_per_minute=limits.requests_per_minute,
-        tokens_per_minute=limits.tokens_per_minute,
-        concurrency=limits.concurrent_calls,
-    )
-
-
-def _budgets(cost: CostConfig) -> list[Budget]:
-    budgets: list[Budget] = []
-    if cost.max_budget is not None:
-        budgets.append(
-            Budget(
-                scope="global",
-                limit=cost.max_budget,
-                period=cost.budget_period or 86400.0,
-                calendar=cost.budget_calendar,
-            )
-        )
-    budgets.extend(
-        Budget(scope=b.scope, limit=b.limit, period=b.period, calendar=b.calendar)
-        for b in cost.budgets
-    )
-    return budgets
 
 
 @final

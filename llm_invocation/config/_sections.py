@@ -234,6 +234,11 @@ class CostConfig(Section, frozen=True, kw_only=True):
         alert_thresholds: fractions of the budget, in (0, 1], that raise an alert.
         prices: per-model price overrides, keyed ``"provider:model"`` or ``"model"``.
         budgets: more budgets, per provider, model or metadata tag (see `BudgetConfig`).
+        unknown_price: when a cap or a budget applies and a model's price is unknown,
+            ``"refuse"`` the call (`CostExceeded`, reason ``unknown_price``) or ``"allow"``
+            it; an unknown cost is never counted as zero.
+        default_max_tokens: the completion tokens reserved for a request that sets no
+            ``max_tokens`` (the model's own output limit, when smaller, wins).
     """
 
     max_cost_per_request: Decimal | None = None
@@ -243,6 +248,8 @@ class CostConfig(Section, frozen=True, kw_only=True):
     alert_thresholds: list[Threshold] = msgspec.field(default_factory=lambda: [0.5, 0.8, 1.0])
     prices: dict[str, PriceOverride] = {}
     budgets: list[BudgetConfig] = []
+    unknown_price: Literal["refuse", "allow"] = "refuse"
+    default_max_tokens: AtLeastOne = 4096
 
 
 @final
@@ -293,6 +300,8 @@ class ProviderConfig(Section, frozen=True, kw_only=True):
         fallback: ``"provider:model"`` alternatives to try when this provider fails.
         max_connections: the HTTP connection pool size.
         rate_limits: limits of this provider alone, on top of the global ``rate_limits``.
+        model_rate_limits: limits of one model of this provider (keyed by the model id), on
+            top of the provider's and the global ones.
         proxy: the proxy for every request of this provider (``http://`` or ``https://``,
             credentials in the URL); overrides the global ``proxy`` and the environment.
         trust_env: read ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``,
@@ -320,6 +329,7 @@ class ProviderConfig(Section, frozen=True, kw_only=True):
     fallback: list[str] = []
     max_connections: AtLeastOne = 256
     rate_limits: RateLimitConfig | None = None
+    model_rate_limits: dict[str, RateLimitConfig] = {}
     proxy: str | None = None
     trust_env: bool | None = None
     verify: Verify = True
