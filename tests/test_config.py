@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
+import os
 import sys
 from decimal import Decimal
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -1455,3 +1458,439 @@ def test_non_string_top_level_key_is_a_problem() -> None:
     with pytest.raises(ConfigurationError) as error:
         Config.from_dict({1: "x"})  # type: ignore[dict-item]
     assert problems_of(error)["1"].message == "keys must be strings, got 1"
+
+
+# ------------------------------------------------------------------------------ hostile input
+
+
+def only_problem(error: pytest.ExceptionInfo[ConfigurationError]) -> ConfigProblem:
+    (problem,) = error.value.problems
+    return problem
+
+
+@pytest.mark.parametrize(
+    ("environ", "path"),
+    [
+        ({"LLM_REQUESTS_PER_MINUTE": "9" * 400}, "rate_limits.requests_per_minute"),
+        ({"LLM_MAX_TOKENS_PER_MINUTE": "1" + "0" * 4400}, "rate_limits.tokens_per_minute"),
+        ({"LLM_TIMEOUT": "9" * 400}, "timeout"),
+        ({"LLM_BUDGET_PERIOD": "9" * 400 + "h"}, "cost_control.budget_period"),
+        ({"LLM_MAX_BUDGET": "1e999999"}, "cost_control.max_budget"),
+        ({"LLM_MAX_RETRIES": "9" * 400}, "retries.max_attempts"),
+        ({"LLM_WS_PORT": "9" * 5000}, "websocket.port"),
+        ({"LLM_STORE": "redis://[::1"}, "store"),
+        ({"LLM_STORE": "redis://cache:99999/0"}, "store"),
+        ({"LLM_STORE": "redis://cache/notadb"}, "store"),
+        ({"LLM_BASE_URL": "http://[::1"}, "base_url"),
+        ({"LLM_BASE_URL": "http://exa mple.com/v1"}, "base_url"),
+        ({"LLM_PROXY": "http://[::1"}, "proxy"),
+        ({"LLM_PROXY": "http://proxy:99999"}, "proxy"),
+        ({"LLM_MODEL": "gpt\udcff"}, "model"),
+    ],
+)
+def test_a_hostile_environment_variable_is_a_problem_of_its_path_and_variable(
+    environ: dict[str, str], path: str
+) -> None:
+    with pytest.raises(ConfigurationError) as error:
+        Config.from_env(environ)
+    problem = problems_of(error)[path]
+    assert problem.source == f"env {next(iter(environ))}"
+
+
+@pytest.mark.parametrize(
+    ("changes", "path", "message"),
+    [
+        ({"timeout": 10**400}, "timeout", "expected seconds or a duration"),
+        ({"timeout": math.nan}, "timeout", "expected seconds or a duration"),
+        ({"timeout": "36526d"}, "timeout", "is too long: at most 100 years"),
+        ({"retries": {"multiplier": 10**400}}, "retries.multiplier", "expected a finite"),
+        ({"retries": {"multiplier": 1000}}, "retries.multiplier", "between 1 and 100"),
+        ({"rate_limits": {"max_queue": 2**63}}, "rate_limits.max_queue", "64-bit"),
+        ({"cost_control": {"max_budget": 10**5000}}, "cost_control.max_budget", "too large"),
+        ({"cost_control": {"max_budget": "1e-30"}}, "cost_control.max_budget", "decimal places"),
+        ({"defaults": {"options": {"seed": 2**64}}}, "defaults.options.seed", "64-bit"),
+        ({"ledger_path": "usage\x00.sqlite3"}, "ledger_path", "NUL"),
+        ({"providers": {"p": {"options": {"x": object()}}}}, "providers.p.options.x", "JSON"),
+        (
+            {"providers": {"p": {"headers": {"X-A": "v\r\nB: 1"}}}},
+            "providers.p.headers.X-A",
+            "line",
+        ),
+        ({"providers": {"p": {"headers": {"X A": "v"}}}}, "providers.p.headers.X A", "header name"),
+        (
+            {
+                "mcp": {
+                    "servers": {"s": {"transport": "stdio", "command": "x", "env": {"A=B": "v"}}}
+                }
+            },
+            "mcp.servers.s.env.A=B",
+            "environment variable name",
+        ),
+    ],
+)
+def test_a_hostile_keyword_is_a_problem_of_its_path(
+    changes: dict[str, Any], path: str, message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as error:
+        Config.load(environ={}, **changes)
+    problem = problems_of(error)[path]
+    assert message in problem.message
+    assert problem.source == "keyword"
+
+
+def test_direct_construction_with_a_huge_number_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError) as error:
+        Config(timeout=10**400)
+    assert (only_problem(error).path, only_problem(error).source) == ("timeout", "keyword")
+
+
+def test_direct_construction_with_an_unknown_keyword_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError) as error:
+        Config(timeuot=5)  # type: ignore[call-arg]
+    assert only_problem(error).message == "unknown field 'timeuot' - did you mean 'timeout'?"
+
+
+def test_direct_construction_with_positional_arguments_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError) as error:
+        RetryConfig(3)  # type: ignore[misc]
+    assert only_problem(error).message == "RetryConfig takes keyword arguments only"
+
+
+def test_direct_construction_without_a_required_field_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError) as error:
+        PriceOverride(input_per_mtok=Decimal(1))  # type: ignore[call-arg]
+    assert problems_of(error)["output_per_mtok"].message == "is required"
+
+
+@pytest.mark.parametrize("value", [5, None, "provider: openai", ["provider"], b"{}"])
+def test_a_whole_input_that_is_not_a_mapping_is_a_configuration_error(value: Any) -> None:
+    with pytest.raises(ConfigurationError) as error:
+        Config.from_dict(value)
+    assert only_problem(error).message.startswith("expected a mapping of settings")
+    with pytest.raises(ConfigurationError):
+        Config().merged_with(value)
+
+
+def nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_value_nested_a_thousand_levels_deep_is_a_problem() -> None:
+    with pytest.raises(ConfigurationError) as error:
+        Config.from_dict({"providers": {"p": {"options": {"x": nested(1000)}}}})
+    problem = only_problem(error)
+    assert problem.path.startswith("providers.p.options.x[0]")
+    assert "nests deeper than 32 levels" in problem.message
+
+
+def test_a_value_that_holds_itself_is_a_problem() -> None:
+    loop: list[object] = []
+    loop.append(loop)
+    for load in (
+        lambda: Config.from_dict({"providers": {"p": {"options": {"x": loop}}}}),
+        lambda: Config(providers={"p": {"options": {"x": loop}}}),  # type: ignore[dict-item]
+        lambda: Config().replace(defaults={"options": {"provider_options": {"x": loop}}}),
+    ):
+        with pytest.raises(ConfigurationError) as error:
+            load()
+        assert "or holds itself" in only_problem(error).message
+
+
+def test_an_environment_value_that_is_not_a_string_is_a_problem_that_does_not_show_it() -> None:
+    with pytest.raises(ConfigurationError) as error:
+        Config.from_env({"LLM_API_KEY": 86753091})  # type: ignore[dict-item]
+    problem = only_problem(error)
+    assert (problem.path, problem.source) == ("api_key", "env LLM_API_KEY")
+    assert "86753091" not in everything_said(error.value)
+
+
+def test_an_environment_that_is_not_a_mapping_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError) as error:
+        Config.from_env(["LLM_TIMEOUT=5"])  # type: ignore[arg-type]
+    assert only_problem(error).source == "env"
+
+
+def test_parse_duration_says_value_error_for_a_huge_number() -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(10**400)
+    with pytest.raises(ValueError, match="duration"):
+        format_duration(10**400)
+
+
+# ------------------------------------------------------------------------------ hostile YAML
+
+
+def yaml_problem(text: str | bytes) -> ConfigProblem:
+    with pytest.raises(ConfigurationError) as error:
+        Config.from_yaml(text, environ={})
+    return only_problem(error)
+
+
+def test_yaml_with_a_nul_byte_is_a_problem_naming_the_line() -> None:
+    problem = yaml_problem("provider: openai\nmodel: gpt\x00\n")
+    assert problem.message.startswith("invalid YAML: unacceptable character #x0000")
+    assert problem.source == "yaml <text>:2"
+
+
+def test_yaml_bytes_of_invalid_utf8_are_a_problem() -> None:
+    problem = yaml_problem(b"provider: openai\nmodel: \xff\xfe\n")
+    assert problem.message == "the YAML is not valid UTF-8 (line 2, byte 24)"
+
+
+def test_a_yaml_file_of_invalid_utf8_is_a_problem(tmp_path: Path) -> None:
+    path = tmp_path / "llm.yaml"
+    path.write_bytes(b"model: \xc3\x28\n")
+    problem = yaml_problem(str(path))
+    assert problem.message.startswith("the YAML file is not valid UTF-8")
+    assert problem.source == f"yaml {path}"
+
+
+def test_yaml_larger_than_a_mebibyte_is_a_problem(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("# padding\n" * 110_000)
+    assert yaml_problem(str(path)).message == "the YAML file is larger than 1024 KiB"
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, "a: " + "[" * 40 + "]" * 40])
+def test_yaml_nested_too_deeply_is_a_problem(text: str) -> None:
+    assert "nests deeper than 32 levels" in yaml_problem(text).message
+
+
+def test_a_yaml_alias_bomb_is_a_problem() -> None:
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    problem = yaml_problem("\n".join(lines) + "\n")
+    assert (
+        problem.message == "invalid YAML: holds more than 100000 values once aliases are expanded"
+    )
+
+
+def test_a_yaml_alias_inside_its_own_anchor_is_a_problem() -> None:
+    assert "an alias refers to itself" in yaml_problem("providers: &p {a: *p}\n").message
+
+
+def test_a_yaml_number_too_long_to_read_is_a_problem_naming_the_line() -> None:
+    problem = yaml_problem("model: m\nrate_limits: {requests_per_minute: " + "9" * 5000 + "}\n")
+    assert problem.message.startswith("invalid YAML: cannot read the value")
+    assert problem.source == "yaml <text>:2"
+
+
+def test_a_yaml_key_written_twice_is_a_problem() -> None:
+    problem = yaml_problem("timeout: 5\nmodel: m\ntimeout: 6\n")
+    assert (problem.path, problem.source) == ("timeout", "yaml <text>:3")
+
+
+def test_yaml_that_is_neither_a_file_nor_text_is_a_problem() -> None:
+    assert yaml_problem(5).message == "expected a YAML file name or YAML text, got 5"  # type: ignore[arg-type]
+
+
+def test_a_yaml_file_name_with_a_nul_byte_is_a_problem() -> None:
+    problem = yaml_problem("llm\x00.yaml")
+    assert problem.message.startswith("cannot read the YAML file")
+    assert problem.source == "yaml 'llm\\x00.yaml'"
+
+
+# ------------------------------------------------------------------------- secrets by path
+
+# Tokens of six characters: never masked for their look, and each used by one test only.
+SHAPE_CASES: Final = [
+    ("websocket.tokens", "tq6Wz1", lambda t: {"websocket": {"tokens": t}}),
+    ("providers.openai.api_keys", "kb7Xy2", lambda t: {"providers": {"openai": {"api_keys": t}}}),
+    ("providers.openai.api_key", "ka3Vn8", lambda t: {"providers": {"openai": {"api_key": [t]}}}),
+    ("api_key", "km4Qp9", lambda t: {"api_key": {"value": t}}),
+    (
+        "providers.openai.client_key_password",
+        "pw5Rt3",
+        lambda t: {"providers": {"openai": {"client_key_password": [t]}}},
+    ),
+    (
+        "providers.openai.headers.Authorization",
+        "hd8Lm2",
+        lambda t: {"providers": {"openai": {"headers": {"Authorization": [f"Bearer {t}"]}}}},
+    ),
+    (
+        "mcp.servers.s.env",
+        "ev2Jk7",
+        lambda t: {"mcp": {"servers": {"s": {"transport": "stdio", "command": "x", "env": t}}}},
+    ),
+    (
+        "mcp.servers.s.headers",
+        "mh9Cd4",
+        lambda t: {
+            "mcp": {"servers": {"s": {"transport": "http", "url": "http://h", "headers": t}}}
+        },
+    ),
+    ("proxy", "px6Fg1", lambda t: {"proxy": [f"http://user:{t}@proxy:3128"]}),
+    ("store", "st3Hj8", lambda t: {"store": {"url": f"redis://:{t}@cache:6379/0"}}),
+]
+
+
+@pytest.mark.parametrize(("path", "token", "shape"), SHAPE_CASES, ids=[c[0] for c in SHAPE_CASES])
+def test_a_secret_of_the_wrong_shape_is_never_shown_from_a_dict(
+    path: str, token: str, shape: Any
+) -> None:
+    with pytest.raises(ConfigurationError) as error:
+        Config.from_dict(shape(token))
+    assert path in problems_of(error)
+    assert token not in everything_said(error.value)
+
+
+@pytest.mark.parametrize(("path", "token", "shape"), SHAPE_CASES, ids=[c[0] for c in SHAPE_CASES])
+def test_a_secret_of_the_wrong_shape_is_never_shown_from_yaml(
+    path: str, token: str, shape: Any
+) -> None:
+    text = yaml.safe_dump(shape("${SECRET}"))
+    with pytest.raises(ConfigurationError) as error:
+        Config.from_yaml(text, environ={"SECRET": token.upper()})
+    assert path in problems_of(error)
+    assert token.upper() not in everything_said(error.value)
+
+
+@pytest.mark.parametrize(("path", "token", "shape"), SHAPE_CASES, ids=[c[0] for c in SHAPE_CASES])
+def test_a_secret_of_the_wrong_shape_is_never_shown_from_keywords(
+    path: str, token: str, shape: Any
+) -> None:
+    ((top, value),) = shape(token[::-1]).items()
+    for load in (lambda: Config.load(environ={}, **{top: value}), lambda: Config(**{top: value})):
+        with pytest.raises(ConfigurationError) as error:
+            load()
+        assert path.removeprefix("<root>") in {p.path for p in error.value.problems}
+        assert token[::-1] not in everything_said(error.value)
+
+
+def test_a_websocket_token_from_yaml_where_a_list_is_expected_is_not_shown() -> None:
+    with pytest.raises(ConfigurationError) as error:
+        Config.from_yaml(
+            "websocket:\n  tokens: ${LLM_WS_TOKEN}\n", environ={"LLM_WS_TOKEN": "Yt4kQ7"}
+        )
+    problem = only_problem(error)
+    assert str(problem) == "websocket.tokens: expected a list, got a string (from yaml <text>:2)"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "secret"),
+    [
+        ("LLM_API_KEY", "  \n", None),
+        ("LLM_API_KEY", "eK7mZ2\r\n", "eK7mZ2"),
+        ("OPENAI_API_KEY", "oK5nW3\x00", "oK5nW3"),
+        ("LLM_WS_TOKENS", "wT8pL4\x7f", "wT8pL4"),
+        ("LLM_PROXY", "http://pU2:pP9xV6@[::1", "pP9xV6"),
+        ("LLM_PROXY", "socks5://sU4rT7:sP3mN8@proxy:1080", "sP3mN8"),
+        ("LLM_STORE", "redis://:rP6qH2@[::1", "rP6qH2"),
+        ("LLM_STORE", "redis://rU5sK9:rQ4wE1@cache:6379/x", "rQ4wE1"),
+    ],
+)
+def test_a_secret_variable_with_a_bad_value_is_a_problem_that_does_not_show_it(
+    variable: str, value: str, secret: str | None
+) -> None:
+    with pytest.raises(ConfigurationError) as error:
+        Config.from_env({variable: value})
+    assert only_problem(error).source == f"env {variable}"
+    if secret is not None:
+        assert secret not in everything_said(error.value)
+        assert secret[:3] not in only_problem(error).message
+
+
+def config_with_short_secrets(tmp_path: Path, secret: str) -> Config:
+    cert = tmp_path / "client.pem"
+    cert.write_text("not checked here")
+    return Config.from_dict(
+        {
+            "api_key": f"{secret}a",
+            "proxy": f"http://{secret}b@proxy:3128",
+            "store": f"redis://{secret}c:{secret}d@cache:6379/0?password={secret}e",
+            "providers": {
+                "p": {
+                    "api_key": f"{secret}f",
+                    "api_keys": [f"{secret}g"],
+                    "client_cert": str(cert),
+                    "client_key_password": f"{secret}h",
+                    "headers": {"X-Gateway": f"{secret}i", "Authorization": f"Bearer {secret}j"},
+                    "proxy": f"https://{secret}k:{secret}l@proxy:3128",
+                }
+            },
+            "mcp": {
+                "servers": {
+                    "s": {
+                        "transport": "http",
+                        "url": "http://mcp.example/mcp",
+                        "headers": {"X-Token": f"{secret}m"},
+                        "env": {"TOKEN": f"{secret}n"},
+                    }
+                }
+            },
+            "websocket": {"tokens": [f"{secret}o"]},
+        }
+    )
+
+
+@pytest.mark.parametrize("secret", ["Q", "Qz", "Qz7", "Qz7w"])
+def test_no_view_of_a_config_shows_a_short_secret_at_any_secret_path(
+    tmp_path: Path, secret: str
+) -> None:
+    config = config_with_short_secrets(tmp_path, secret)
+    views = [repr(config), str(config), config.to_json().decode(), json.dumps(config.redacted())]
+    views += [repr(config.providers["p"]), repr(config.mcp.servers["s"]), repr(config.websocket)]
+    for suffix in "abcdefghijklmno":
+        assert not any(f"{secret}{suffix}" in view for view in views), suffix
+
+
+def test_redacted_masks_proxy_and_store_credentials_whatever_their_length(tmp_path: Path) -> None:
+    redacted = config_with_short_secrets(tmp_path, "Qz").redacted()
+    assert redacted["proxy"] == "http://***@proxy:3128"
+    assert redacted["store"] == "redis://***:***@cache:6379/0?password=***"
+    assert redacted["providers"]["p"]["proxy"] == "https://***:***@proxy:3128"
+    assert redacted["providers"]["p"]["headers"] == {
+        "X-Gateway": "***",
+        "Authorization": "Bearer ***",
+    }
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    from llm_invocation.cli import main
+
+    logger = logging.getLogger("llm_invocation")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        code = main(list(argv), out=out, err=err)
+    finally:
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_config_check_never_shows_a_token_of_the_wrong_shape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "llm.yaml"
+    path.write_text("websocket:\n  tokens: ${LLM_WS_TOKEN}\n")
+    monkeypatch.setenv("LLM_WS_TOKEN", "cQ3vR8")
+    code, out, err = run_cli("--config", str(path), "config", "check")
+    assert code == 1
+    assert "websocket.tokens: expected a list, got a string" in err
+    assert "cQ3vR8" not in out + err
+
+
+def test_config_check_never_shows_a_short_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("LLM_") or n.endswith("_API_KEY")]:
+        monkeypatch.delenv(name)
+    path = tmp_path / "llm.yaml"
+    path.write_text(
+        "proxy: http://cU1:cP2@proxy:3128\n"
+        "store: redis://:cS3@cache:6379/0\n"
+        "providers:\n  p:\n    kind: mock\n    headers: {X-Gateway: cH4}\n    api_keys: [cK5]\n"
+        "mcp: {servers: {s: {transport: stdio, command: x, env: {T: cE6}}}}\n"
+        "websocket: {tokens: [cT7]}\n"
+    )
+    code, out, err = run_cli("--config", str(path), "config", "check")
+    assert code == 0, err
+    assert json.loads(out)["proxy"] == "http://***:***@proxy:3128"
+    for secret in ("cU1", "cP2", "cS3", "cH4", "cK5", "cE6", "cT7"):
+        assert secret not in out + err

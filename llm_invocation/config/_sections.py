@@ -3,23 +3,18 @@ front; the field types they share and the proxy URL check."""
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, cast, final
-from urllib.parse import urlsplit
 
 import msgspec
 
-from .._secrets import Secret, register_secret
-from ._walk import (
-    Walk,
-    check_fields,
-    format_duration,
-    scrub,
-    show,
-)
+from .._secrets import Secret
+from ..errors import ConfigurationError
+from ._checks import proxy_url_problem, text_problem
+from ._display import safe_repr
+from ._durations import format_duration
+from ._walk import Walk, check_fields, show, struct_info, unexpected, unknown_field
 
 if TYPE_CHECKING:
     from ..types import ModelOptions
@@ -42,8 +37,6 @@ __all__ = [
     "proxy_url_problem",
 ]
 
-_log = logging.getLogger("llm_invocation.config")
-
 DURATION: Final = {"format": "duration"}
 Seconds = Annotated[float, msgspec.Meta(ge=0, extra=DURATION)]
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, extra=DURATION)]
@@ -54,51 +47,19 @@ FilePath = Annotated[str, msgspec.Meta(extra={"format": "path"})]
 Name = Annotated[str, msgspec.Meta(min_length=1)]
 Threshold = Annotated[float, msgspec.Meta(gt=0, le=1)]
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
+# Secret-bearing: a problem there never shows the value, a repr or `Config.redacted` masks it.
+ProxyUrl = Annotated[str, msgspec.Meta(extra={"format": "proxy"})]
+StoreUrl = Annotated[str, msgspec.Meta(extra={"format": "store"})]
+Credential = Annotated[Secret, msgspec.Meta(extra={"format": "header-value"})]
+HeaderName = Annotated[str, msgspec.Meta(extra={"format": "header-name"})]
+HeaderValue = Annotated[str, msgspec.Meta(extra={"format": "header-value", "secret": True})]
+EnvName = Annotated[str, msgspec.Meta(extra={"format": "env-name"})]
 if TYPE_CHECKING:
     Verify = bool | str
 else:
     # The configuration walker converts ``X | None`` unions only: this field is checked and
     # normalised by `ProviderConfig._finish` instead.
     Verify = Any
-
-_PROXY_HOST: Final = re.compile(r"[A-Za-z0-9._~-]+|[0-9A-Fa-f:.]+")
-
-
-def proxy_url_problem(url: str) -> str | None:
-    """Why ``url`` is not a usable proxy URL, or None when it is one.
-
-    A proxy URL is ``http://`` or ``https://``, a host, optionally credentials and a port,
-    and nothing more. The message never repeats the URL (it may hold credentials).
-    """
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        return "is not a valid proxy URL (expected http://[user:password@]host[:port])"
-    scheme = parts.scheme.lower()
-    if scheme.startswith("socks"):
-        return "SOCKS proxies are not supported: use an http:// or https:// proxy"
-    if scheme not in ("http", "https"):
-        return "expected an http:// or https:// proxy URL"
-    if not parts.hostname or not _PROXY_HOST.fullmatch(parts.hostname):
-        return "has no valid host (expected http://[user:password@]host[:port])"
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        return "must be scheme://[user:password@]host[:port], without a path or query"
-    return None
-
-
-def check_proxy(url: str | None, walk: Walk) -> None:
-    """Check a ``proxy`` field; its credentials become secrets, masked in every message."""
-    if url is None:
-        return
-    problem = proxy_url_problem(url)
-    if problem is not None:
-        walk.add("proxy", problem)
-        return
-    parts = urlsplit(url)
-    for part in (parts.username, parts.password):
-        if part:
-            register_secret(part)
 
 
 ProviderKind = Literal[
@@ -119,32 +80,49 @@ ProviderKind = Literal[
 ]
 
 
-def _safe_repr(value: object) -> str:
-    """Repr a field value; free-form text (headers, options, URLs) is scrubbed of secrets."""
-    if isinstance(value, str):
-        return scrub(repr(value))
-    if isinstance(value, dict):
-        items = cast("dict[object, object]", value).items()
-        return "{" + ", ".join(_safe_pair(repr(k), v) for k, v in items) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_safe_repr(v) for v in cast("list[object]", value)) + "]"
-    return repr(value)  # Secrets mask themselves, sections scrub their own fields
+class _SectionMeta(msgspec.StructMeta):
+    """Makes a bad call of a section's constructor a `ConfigurationError`, like a bad value."""
+
+    if not TYPE_CHECKING:  # keep the typed signatures of the constructors for type checkers
+
+        def __call__(cls, *args, **kwargs):
+            walk = Walk(default_source="keyword")
+            if args:
+                walk.add("", f"{cls.__name__} takes keyword arguments only")
+            info = struct_info(cls)
+            names = [field.name for field in info.fields]
+            for key in kwargs:
+                if key not in names:
+                    walk.add(key, unknown_field(key, names))
+            for field in info.fields:
+                if field.required and field.name not in kwargs:
+                    walk.add(field.name, "is required")
+            if walk.problems:
+                raise walk.error()
+            try:
+                return super().__call__(**kwargs)
+            except ConfigurationError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a constructor raises ConfigurationError only
+                unexpected(walk, "", error)
+                raise walk.error() from None
 
 
-def _safe_pair(key: str, value: object) -> str:
-    if isinstance(value, str):  # scrub with the key, so ``Authorization: Bearer ...`` masks
-        return scrub(f"{key}: {value!r}")
-    return f"{scrub(key)}: {_safe_repr(value)}"
+class Section(msgspec.Struct, frozen=True, kw_only=True, metaclass=_SectionMeta):
+    """Base of the sections: validates on construction and never shows a secret.
 
-
-class Section(msgspec.Struct, frozen=True, kw_only=True):
-    """Base of the sections: validates on construction and never shows a secret."""
+    Raises:
+        ConfigurationError: on construction, listing every invalid, unknown or missing field.
+    """
 
     def __post_init__(self) -> None:
-        walk = Walk()
+        walk = Walk(default_source="keyword")
         check_fields(self, walk)
         if not walk.problems:
-            self._finish(walk)
+            try:
+                self._finish(walk)
+            except Exception as error:  # noqa: BLE001 - a constructor raises ConfigurationError only
+                unexpected(walk, "", error)
         if walk.problems:
             raise walk.error()
 
@@ -152,8 +130,9 @@ class Section(msgspec.Struct, frozen=True, kw_only=True):
         """Normalise and check across fields once every field is valid."""
 
     def __repr__(self) -> str:
+        info = struct_info(type(self))
         fields = ", ".join(
-            f"{name}={_safe_repr(getattr(self, name))}" for name in self.__struct_fields__
+            f"{f.name}={safe_repr(f.type, getattr(self, f.name))}" for f in info.fields
         )
         return f"{type(self).__name__}({fields})"
 
@@ -174,7 +153,7 @@ class RetryConfig(Section, frozen=True, kw_only=True):
     max_attempts: AtLeastOne = 3
     initial_delay: Seconds = 0.1
     max_delay: Seconds = 2.0
-    multiplier: Annotated[float, msgspec.Meta(ge=1)] = 2.0
+    multiplier: Annotated[float, msgspec.Meta(ge=1, le=100)] = 2.0
     jitter: bool = True
     max_retry_after: Seconds = 60.0
 
@@ -316,8 +295,8 @@ class ProviderConfig(Section, frozen=True, kw_only=True):
     """
 
     enabled: bool = True
-    api_key: Secret | None = None
-    api_keys: list[Secret] = []
+    api_key: Credential | None = None
+    api_keys: list[Credential] = []
     base_url: HttpUrl | None = None
     models: list[Name] = []
     options: dict[str, Any] = {}
@@ -325,12 +304,12 @@ class ProviderConfig(Section, frozen=True, kw_only=True):
     organization: str | None = None
     api_version: str | None = None
     deployment: str | None = None
-    headers: dict[str, str] = {}
+    headers: dict[HeaderName, HeaderValue] = {}
     fallback: list[str] = []
     max_connections: AtLeastOne = 256
     rate_limits: RateLimitConfig | None = None
     model_rate_limits: dict[str, RateLimitConfig] = {}
-    proxy: str | None = None
+    proxy: ProxyUrl | None = None
     trust_env: bool | None = None
     verify: Verify = True
     client_cert: FilePath | None = None
@@ -346,22 +325,23 @@ class ProviderConfig(Section, frozen=True, kw_only=True):
         for index, target in enumerate(self.fallback):
             provider, _, model = target.partition(":")
             if not provider or not model:
-                walk.add(f"fallback[{index}]", f"expected 'provider:model', got {target!r}")
-        check_proxy(self.proxy, walk)
+                walk.add(f"fallback[{index}]", f"expected 'provider:model', got {show(target)}")
         self._finish_tls(walk)
 
     def _finish_tls(self, walk: Walk) -> None:
         verify = cast("object", self.verify)
+        if isinstance(verify, os.PathLike):
+            verify = os.fspath(cast("os.PathLike[str]", verify))
         if isinstance(verify, str) and verify.strip().lower() in ("true", "false"):
-            msgspec.structs.force_setattr(self, "verify", verify.strip().lower() == "true")
-        elif isinstance(verify, os.PathLike):
-            msgspec.structs.force_setattr(
-                self, "verify", os.fspath(cast("os.PathLike[str]", verify))
-            )
-        elif not isinstance(verify, bool | str):
+            verify = verify.strip().lower() == "true"
+        if not isinstance(verify, bool | str):
             walk.add("verify", f"expected true, false or a CA bundle path, got {show(verify)}")
-        if isinstance(self.verify, str) and not os.path.exists(self.verify):
-            walk.add("verify", f"no CA bundle file or directory at {self.verify!r}")
+        elif isinstance(verify, str) and (problem := text_problem(verify)) is not None:
+            walk.add("verify", problem)
+        else:
+            msgspec.structs.force_setattr(self, "verify", verify)
+            if isinstance(verify, str) and not os.path.exists(verify):
+                walk.add("verify", f"no CA bundle file or directory at {verify!r}")
         for name in ("client_cert", "client_key"):
             path = getattr(self, name)
             if path is not None and not os.path.isfile(path):
@@ -402,10 +382,10 @@ class MCPServerConfig(Section, frozen=True, kw_only=True):
     transport: Literal["stdio", "http", "sse"]
     command: str | None = None
     args: list[str] = []
-    env: dict[str, Secret] = {}
+    env: dict[EnvName, Secret] = {}
     cwd: FilePath | None = None
     url: HttpUrl | None = None
-    headers: dict[str, Secret] = {}
+    headers: dict[HeaderName, Credential] = {}
     timeout: PositiveSeconds = 30.0
     enabled: bool = True
 
@@ -476,7 +456,7 @@ class WebSocketConfig(Section, frozen=True, kw_only=True):
 
     host: Name = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
-    tokens: list[Secret] = []
+    tokens: list[Credential] = []
     allowed_origins: list[Name] = []
     max_message_size: AtLeastOne = 1 << 20
     max_concurrent_per_connection: AtLeastOne = 16

@@ -33,27 +33,36 @@ precedence above decides between layers; a `Config` made directly with both spel
 
 Durations accept seconds or strings (`parse_duration`); money is a `~decimal.Decimal` read
 from a string, int or float through ``str``. API keys and tokens are
-`~llm_invocation._secrets.Secret` values (plain strings are converted): they never appear in a
-repr, an error message, `Config.redacted` or `Config.to_json`. The loose forms (strings for
-durations, secrets and sections as dicts) are accepted at run time by the constructors too;
-typed code passes the precise types.
+`~llm_invocation._secrets.Secret` values (plain strings are converted). The loose forms
+(strings for durations, secrets and sections as dicts) are accepted at run time by the
+constructors too; typed code passes the precise types.
+
+Hostile input is bounded (64-bit integers, finite floats, durations of at most 100 years,
+nesting of at most 32 levels, YAML of at most 1 MiB with aliases expanded at most 100,000
+values...): every loader raises `ConfigurationError` and nothing else, whatever it is given.
+Secret-bearing fields (keys, tokens, header values, MCP environments, the credentials of the
+``proxy`` and ``store`` URLs) are masked by field, whatever their length or shape: a problem
+at such a path names what was expected and the type of what was found, never the value, and
+a repr, `Config.redacted` and `Config.to_json` mask them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
-from decimal import Decimal
-from typing import Annotated, Any, Final, Literal, cast, final
+from collections.abc import Generator, Mapping
+from contextlib import contextmanager
+from typing import Any, Final, Literal, cast, final
 
 import msgspec
 
-from .._secrets import Secret
-from ..errors import ProviderNotFound
+from ..errors import ConfigurationError, ProviderNotFound
+from ._display import redacted_value
+from ._durations import format_duration, parse_duration
 from ._sections import (
     BudgetConfig,
     CostConfig,
+    Credential,
     DefaultsConfig,
     FilePath,
     HttpUrl,
@@ -65,25 +74,18 @@ from ._sections import (
     PriceOverride,
     ProviderConfig,
     ProviderKind,
+    ProxyUrl,
     RateLimitConfig,
     RetryConfig,
     Section,
+    StoreUrl,
     TimeoutConfig,
     ToolsConfig,
     WebSocketConfig,
-    check_proxy,
 )
-from ._sources import Layer, env_layer, keyword_layer, yaml_layer
-from ._walk import (
-    Walk,
-    build,
-    format_duration,
-    merge,
-    parse_duration,
-    plain,
-    scrub,
-    struct_info,
-)
+from ._sources import Layer, bounded_layer, env_layer, keyword_layer, merge, plain
+from ._walk import Walk, build, key_text, struct_info, unexpected
+from ._yaml import YamlInput, yaml_layer
 
 __all__ = [
     "BudgetConfig",
@@ -138,7 +140,7 @@ class Config(Section, frozen=True, kw_only=True):
 
     provider: Name = "mock"
     model: Name | None = None
-    api_key: Secret | None = None
+    api_key: Credential | None = None
     base_url: HttpUrl | None = None
     timeout: PositiveSeconds = 30.0
     organization: str | None = None
@@ -151,16 +153,16 @@ class Config(Section, frozen=True, kw_only=True):
     tools: ToolsConfig = msgspec.field(default_factory=ToolsConfig)
     mcp: MCPConfig = msgspec.field(default_factory=MCPConfig)
     defaults: DefaultsConfig = msgspec.field(default_factory=DefaultsConfig)
-    store: Annotated[str, msgspec.Meta(extra={"format": "store"})] = "memory"
+    store: StoreUrl = "memory"
     store_fail_mode: Literal["open", "closed"] = "closed"
     ledger_path: FilePath | None = None
     cache_ttl: PositiveSeconds = 3600.0
     websocket: WebSocketConfig = msgspec.field(default_factory=WebSocketConfig)
-    proxy: str | None = None
+    proxy: ProxyUrl | None = None
     trust_env: bool = True
 
     def _finish(self, walk: Walk) -> None:
-        check_proxy(self.proxy, walk)
+        del walk  # every field is valid on its own; nothing to check across them
         # ``defaults`` is the more specific spelling: it wins in a directly made Config.
         if self.defaults.provider is not None:
             msgspec.structs.force_setattr(self, "provider", self.defaults.provider)
@@ -178,28 +180,31 @@ class Config(Section, frozen=True, kw_only=True):
             source: how problems name where the values came from.
 
         Raises:
-            ConfigurationError: listing every unknown key, bad type and bad value.
+            ConfigurationError: listing every unknown key, bad type and bad value; the only
+                exception it raises, whatever ``data`` holds.
         """
-        return _assemble([keyword_layer(data, source)], default_source=source)
+        with _guard(source):
+            return _assemble([keyword_layer(data, source)], default_source=source)
 
     @classmethod
     def from_yaml(
-        cls, path_or_text: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+        cls, path_or_text: YamlInput, *, environ: Mapping[str, str] | None = None
     ) -> Config:
         """Make a `Config` from a YAML file or YAML text.
 
         A string is a file name when it is one line ending in ``.yaml``, ``.yml`` or ``.json``
-        or naming an existing file; otherwise it is YAML text. ``${VAR}`` and
-        ``${VAR:-default}`` in string values are read from ``environ`` (default: the process
-        environment); no other environment variable is consulted.
+        or naming an existing file; otherwise it is YAML text (bytes are YAML text in UTF-8).
+        ``${VAR}`` and ``${VAR:-default}`` in string values are read from ``environ``
+        (default: the process environment); no other environment variable is consulted.
 
         Raises:
             ConfigurationError: when PyYAML is missing (install ``llm-invocation[yaml]``), the
-                file cannot be read, the YAML is invalid, a ``${VAR}`` is unset, or any value
-                is invalid.
+                file cannot be read, the YAML is invalid or too large, deep or repetitive, a
+                ``${VAR}`` is unset, or any value is invalid; the only exception it raises.
         """
-        env = os.environ if environ is None else environ
-        return _assemble([yaml_layer(path_or_text, env)])
+        with _guard("yaml"):
+            env = os.environ if environ is None else environ
+            return _assemble([yaml_layer(path_or_text, env)])
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -208,7 +213,8 @@ class Config(Section, frozen=True, kw_only=True):
         Same as ``Config.load(environ=environ)``.
 
         Raises:
-            ConfigurationError: naming the variable of every bad value.
+            ConfigurationError: naming the variable of every bad value; the only exception it
+                raises.
         """
         return cls.load(environ=environ)
 
@@ -216,7 +222,7 @@ class Config(Section, frozen=True, kw_only=True):
     def load(
         cls,
         *,
-        yaml: str | os.PathLike[str] | None = None,
+        yaml: YamlInput | None = None,
         environ: Mapping[str, str] | None = None,
         **keywords: Any,
     ) -> Config:
@@ -228,42 +234,50 @@ class Config(Section, frozen=True, kw_only=True):
             **keywords: top-level fields; a dict for a section merges key by key.
 
         Raises:
-            ConfigurationError: listing every problem of every layer.
+            ConfigurationError: listing every problem of every layer; the only exception it
+                raises, whatever the arguments hold.
         """
-        env = os.environ if environ is None else environ
-        layers: list[Layer] = []
-        if yaml is not None:
-            layers.append(yaml_layer(yaml, env))
-        elif file := env.get("LLM_CONFIG_FILE"):
-            layers.append(yaml_layer(file, env, origin="env LLM_CONFIG_FILE"))
-        configured = _provider_names(layers)
-        layers.append(env_layer(env, configured))
-        layers.append(keyword_layer(keywords, "keyword"))
-        return _assemble(layers)
+        with _guard(None):
+            env = os.environ if environ is None else environ
+            layers: list[Layer] = []
+            if yaml is not None:
+                layers.append(yaml_layer(yaml, env))
+            elif isinstance(file := _config_file(env), str) and file:
+                layers.append(yaml_layer(file, env, origin="env LLM_CONFIG_FILE"))
+            configured = _provider_names(layers)
+            layers.append(env_layer(env, configured))
+            layers.append(keyword_layer(keywords, "keyword"))
+            return _assemble(layers)
 
     def replace(self, **changes: Any) -> Config:
         """Return a copy with top-level fields replaced (a section given as a dict is rebuilt
         from its defaults, not merged: use `merged_with` for that).
 
         Raises:
-            ConfigurationError: listing every invalid change.
+            ConfigurationError: listing every invalid change; the only exception it raises.
         """
-        data = _plain_dict(self)
-        data.update(
-            {k: v if isinstance(v, msgspec.Struct) else plain(v) for k, v in changes.items()}
-        )
-        sources = dict.fromkeys(changes, "keyword")
-        walk = Walk(sources)
-        _sync_aliases(changes, data, sources, walk)
-        return _finish_load(data, walk)
+        with _guard("keyword"):
+            bounded = bounded_layer(changes, "keyword")
+            data = _plain_dict(self)
+            data.update(
+                (k, v if isinstance(v, msgspec.Struct) else plain(v))
+                for k, v in bounded.data.items()
+            )
+            sources = dict.fromkeys(changes, "keyword")
+            walk = Walk(sources, "keyword")
+            walk.problems.extend(bounded.problems)
+            _sync_aliases(bounded.data, data, sources, walk)
+            return _finish_load(data, walk)
 
     def merged_with(self, other: Mapping[str, Any], *, source: str = "dict") -> Config:
         """Return a copy with ``other`` (the YAML shape) merged over it key by key.
 
         Raises:
-            ConfigurationError: listing every problem ``other`` brings.
+            ConfigurationError: listing every problem ``other`` brings; the only exception it
+                raises.
         """
-        return _assemble([keyword_layer(other, source)], base=self, default_source=source)
+        with _guard(source):
+            return _assemble([keyword_layer(other, source)], base=self, default_source=source)
 
     # ------------------------------------------------------------------------------ views
 
@@ -304,8 +318,15 @@ class Config(Section, frozen=True, kw_only=True):
         return entry
 
     def redacted(self) -> dict[str, Any]:
-        """Return the configuration as JSON-able builtins with every secret masked."""
-        return cast("dict[str, Any]", _redact(self))
+        """Return the configuration as JSON-able builtins with every secret masked.
+
+        Masking follows the fields, whatever the values look like: API keys, tokens and the
+        values of ``mcp.servers.*.env`` show as their mask; HTTP header values as ``***``
+        (``Bearer ***`` keeps the scheme); the user, password and ``password=`` parameter
+        of the ``proxy`` and ``store`` URLs as ``***``. Other text is scrubbed of known
+        secrets and key-shaped strings.
+        """
+        return cast("dict[str, Any]", redacted_value(struct_info(Config), self))
 
     def to_json(self) -> bytes:
         """Return `redacted` as JSON."""
@@ -315,27 +336,22 @@ class Config(Section, frozen=True, kw_only=True):
 # ---------------------------------------------------------------------------------- loading
 
 
-def _redact(value: object) -> Any:
-    """Return ``value`` as JSON-able builtins with secrets masked and free text scrubbed."""
-    if isinstance(value, msgspec.Struct):
-        return {name: _redact(getattr(value, name)) for name in value.__struct_fields__}
-    if isinstance(value, Secret | Decimal):
-        return str(value)
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, list | tuple):
-        return [_redact(item) for item in cast("list[object]", value)]
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in cast("dict[str, object]", value).items():
-            if isinstance(item, str):  # scrub with the key, as in a header line
-                head = f"{key}: "
-                line = scrub(head + item)
-                out[key] = line[len(head) :] if line.startswith(head) else scrub(item)
-            else:
-                out[key] = _redact(item)
-        return out
-    return value
+@contextmanager
+def _guard(source: str | None) -> Generator[None]:
+    """Turn an exception a loader did not foresee into a `ConfigurationError` (and log it)."""
+    try:
+        yield
+    except ConfigurationError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the loaders raise only ConfigurationError
+        walk = Walk(default_source=source)
+        unexpected(walk, "", error)
+        raise walk.error() from None
+
+
+def _config_file(environ: object) -> object:
+    """``LLM_CONFIG_FILE`` (the environment layer reports a value that is not a string)."""
+    return environ.get("LLM_CONFIG_FILE") if isinstance(environ, Mapping) else None  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
 
 
 def _plain_dict(value: object) -> dict[str, Any]:
@@ -349,7 +365,7 @@ def _provider_names(layers: list[Layer]) -> set[str]:
     for layer in layers:
         providers: object = layer.data.get("providers")
         if isinstance(providers, Mapping):
-            names.update(str(name) for name in cast("Mapping[object, object]", providers))
+            names.update(key_text(name) for name in cast("Mapping[object, object]", providers))
     return names
 
 
@@ -358,11 +374,18 @@ _MISSING: Final = object()
 
 def _get(container: object, key: str) -> object:
     if isinstance(container, Mapping):
-        return container.get(key, _MISSING)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        value = container.get(key)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        return _MISSING if value is None else value  # pyright: ignore[reportUnknownVariableType]
     if isinstance(container, DefaultsConfig):
         value = getattr(container, key)
         return _MISSING if value is None else value
     return _MISSING
+
+
+def _differ(one: object, other: object) -> bool:
+    if isinstance(one, str) and isinstance(other, str):
+        return one != other
+    return one is not other
 
 
 def _sync_aliases(
@@ -374,7 +397,8 @@ def _sync_aliases(
         top_value, nested_value = _get(layer, name), _get(_get(layer, "defaults"), name)
         if top_value is _MISSING and nested_value is _MISSING:
             continue
-        if _MISSING not in (top_value, nested_value) and top_value != nested_value:
+        given_both = top_value is not _MISSING and nested_value is not _MISSING
+        if given_both and _differ(top_value, nested_value):
             walk.add(nested, f"conflicts with the top-level {name!r} given with it")
             continue
         if not isinstance(top_value if top_value is not _MISSING else nested_value, str):
@@ -396,6 +420,8 @@ def _assemble(
 ) -> Config:
     data: dict[str, Any] = _plain_dict(base) if base is not None else {}
     sources: dict[str, str] = {}
+    if default_source is None:  # for a path no layer marked (a YAML key of an odd type)
+        default_source = next((layer.sources[""] for layer in layers if "" in layer.sources), None)
     walk = Walk(sources, default_source)
     for layer in layers:
         walk.problems.extend(layer.problems)

@@ -1,23 +1,34 @@
-"""Private: the configuration layers read from YAML and from environment variables.
+"""Private: the configuration layers read from keywords, mappings and environment variables.
 
 Each reader returns a `Layer`: plain data in the shape `Config.from_dict` takes, the source of
-every path in it (``"yaml config.yaml:12"``, ``"env LLM_TIMEOUT"``) and the problems found
-while reading (a YAML syntax error, an unset ``${VAR}``, a bad ``LLM_MAX_RETRIES``). Values
-are converted and validated later, by the walker, which names these sources in its problems.
+every path in it (``"env LLM_TIMEOUT"``, ``"keyword"``) and the problems found while reading
+(a bad ``LLM_MAX_RETRIES``, a value nested without end). Values are converted and validated
+later, by the walker, which names these sources in its problems. The YAML layer is in
+``_yaml.py``; `merge` lays the layers over one another.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Container, Mapping
-from pathlib import Path
+from collections.abc import Callable, Container, Mapping
 from typing import Any, Final, NamedTuple, cast
 
-from ..errors import ConfigProblem, ConfigurationError
-from ._walk import join, label_all, show
+import msgspec
 
-__all__ = ["ENV_FIELDS", "Layer", "PROVIDER_ENV", "env_layer", "keyword_layer", "yaml_layer"]
+from ..errors import ConfigProblem
+from ._checks import MAX_NODES, oversize
+from ._walk import join, key_text, show
+
+__all__ = [
+    "ENV_FIELDS",
+    "Layer",
+    "PROVIDER_ENV",
+    "bounded_layer",
+    "env_layer",
+    "keyword_layer",
+    "label_all",
+    "merge",
+    "plain",
+]
 
 
 class Layer(NamedTuple):
@@ -28,9 +39,35 @@ class Layer(NamedTuple):
     problems: list[ConfigProblem]
 
 
-def keyword_layer(data: Mapping[str, Any], label: str) -> Layer:
-    """Return a layer whose every path comes from ``label`` (keywords, a dict)."""
-    return Layer(dict(data), label_all(data, label), [])
+def bounded_layer(data: object, label: str) -> Layer:
+    """Return ``data`` as a layer without sources; a setting nested too deeply (or holding
+    itself) or too large is left out and reported, and so is ``data`` if not a mapping.
+    """
+    if not isinstance(data, Mapping):
+        message = f"expected a mapping of settings, got {show(data)}"
+        return Layer({}, {}, [ConfigProblem(path="<root>", message=message, source=label)])
+    given = cast("Mapping[object, object]", data)
+    if len(given) > MAX_NODES:
+        message = f"holds more than {MAX_NODES} settings"
+        return Layer({}, {}, [ConfigProblem(path="<root>", message=message, source=label)])
+    kept: dict[Any, Any] = {}
+    problems: list[ConfigProblem] = []
+    for key, value in given.items():
+        found = oversize(value, key_text(key))
+        if found is None:
+            kept[key] = value
+        else:
+            problems.append(ConfigProblem(path=found.path, message=found.message, source=label))
+    return Layer(kept, {}, problems)
+
+
+def keyword_layer(data: object, label: str) -> Layer:
+    """Return a layer whose every path comes from ``label`` (keywords, a dict).
+
+    ``data`` is checked with `bounded_layer` first.
+    """
+    layer = bounded_layer(data, label)
+    return Layer(layer.data, label_all(layer.data, label), layer.problems)
 
 
 # --------------------------------------------------------------------------------- environ
@@ -89,11 +126,17 @@ def env_layer(environ: Mapping[str, str], configured: Container[str] = ()) -> La
 
     A provider's key variable creates its ``providers`` entry; its other variables (base URL,
     organization, API version) apply only with the key or to an entry a lower layer made, so a
-    stray ``OPENAI_API_VERSION`` does not conjure an Azure provider.
+    stray ``OPENAI_API_VERSION`` does not conjure an Azure provider. A value that is not a
+    string (in a mapping passed as ``environ``) is a problem, and so is an ``environ`` that is
+    not a mapping.
     """
     data: dict[str, Any] = {}
     sources: dict[str, str] = {}
     problems: list[ConfigProblem] = []
+    if not isinstance(cast("object", environ), Mapping):
+        message = f"the environment must be a mapping of names to strings, got {show(environ)}"
+        return Layer(data, sources, [ConfigProblem(path="<root>", message=message, source="env")])
+    environ = _strings(environ, problems)
 
     def put(path: tuple[str, ...], value: object, variable: str) -> None:
         node = data
@@ -134,134 +177,110 @@ def env_layer(environ: Mapping[str, str], configured: Container[str] = ()) -> La
     return Layer(data, sources, problems)
 
 
-# ------------------------------------------------------------------------------------ yaml
-
-_INTERPOLATION: Final = re.compile(
-    r"\$(?P<escaped>\$)\{|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}"
-    r"|(?P<bad>\$\{)"
-)
-_MISSING_YAML: Final = (
-    "reading YAML configuration needs PyYAML: install 'llm-invocation[yaml]'"
-    " (pip install 'llm-invocation[yaml]')"
-)
-
-
-def _is_file(path_or_text: str | os.PathLike[str]) -> bool:
-    if not isinstance(path_or_text, str):
-        return True
-    if "\n" in path_or_text:
-        return False
-    return path_or_text.strip().endswith((".yaml", ".yml", ".json")) or Path(path_or_text).is_file()
+_PATHS: Final[dict[str, str]] = {
+    **{variable: ".".join(path) for variable, path in (ENV_FIELDS | ENV_LISTS).items()},
+    "LLM_MAX_RETRIES": "retries.max_attempts",
+    "LLM_CONFIG_FILE": "<root>",
+    **{
+        variable: f"providers.{provider}.{field}"
+        for provider, fields in PROVIDER_ENV.items()
+        for field, variables in fields.items()
+        for variable in variables
+    },
+}
 
 
-def yaml_layer(
-    path_or_text: str | os.PathLike[str],
-    environ: Mapping[str, str],
-    *,
-    origin: str | None = None,
-) -> Layer:
-    """Read YAML from a file or from text, interpolating ``${VAR}`` and ``${VAR:-default}``.
+def _strings(environ: Mapping[str, str], problems: list[ConfigProblem]) -> dict[str, str]:
+    """The variables this layer reads, those set to a string; the others are problems."""
+    found: dict[str, str] = {}
+    for variable, path in _PATHS.items():
+        value = cast("object", environ.get(variable))
+        if value is None or value == "":
+            continue
+        if isinstance(value, str):
+            found[variable] = value
+        else:  # the value may be a key: name only its type
+            kind = type(value).__name__
+            message = f"expected a string, as environment variables are, got a {kind}"
+            problems.append(ConfigProblem(path=path, message=message, source=f"env {variable}"))
+    return found
 
-    A string is a file name when it is one line that ends in ``.yaml``, ``.yml`` or ``.json``
-    or names an existing file; anything else is YAML text.
 
-    Raises:
-        ConfigurationError: when PyYAML is not installed.
+# ---------------------------------------------------------------------------------- layers
+
+
+def plain(value: object) -> object:
+    """Return a deep copy of ``value`` with Structs and mappings as dicts, sequences as lists.
+
+    Call it on bounded data only (see `~._checks.oversize`): it recurses.
     """
-    try:
-        import yaml
-    except ImportError:
-        raise ConfigurationError(_MISSING_YAML) from None
-    problems: list[ConfigProblem] = []
-    if _is_file(path_or_text):
-        label = f"yaml {os.fspath(path_or_text)}"
-        try:
-            text = Path(path_or_text).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            reason = getattr(error, "strerror", None) or str(error.__class__.__name__)
-            message = f"cannot read the YAML file {os.fspath(path_or_text)!r}: {reason}"
-            problems.append(ConfigProblem(path="<root>", message=message, source=origin or label))
-            return Layer({}, {}, problems)
-    else:
-        label, text = "yaml <text>", str(path_or_text)
-    lines: dict[str, str] = {"": label}
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = cast("object", loader.construct_document(node)) if node is not None else None  # pyright: ignore[reportUnknownMemberType] - the stub leaves it untyped
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-        where = f"{label}:{mark.line + 1}" if mark is not None else label
-        # Only the parser's reason: its snippet of the offending line could hold a key.
-        reason = getattr(error, "problem", None) or "not valid YAML"
-        problems.append(
-            ConfigProblem(path="<root>", message=f"invalid YAML: {reason}", source=where)
-        )
-        return Layer({}, {}, problems)
-    finally:
-        loader.dispose()  # pyright: ignore[reportUnknownMemberType] - the stub leaves it untyped
-    if data is None:
-        return Layer({}, lines, problems)
-    if not isinstance(data, dict):
-        message = f"the top level must be a mapping, got {show(data)}"
-        problems.append(ConfigProblem(path="<root>", message=message, source=label))
-        return Layer({}, lines, problems)
-    _line_marks(node, "", label, lines)
-    interpolated = _interpolate(cast("dict[str, object]", data), "", environ, lines, problems)
-    return Layer(cast("dict[str, Any]", interpolated), lines, problems)
+    if isinstance(value, msgspec.Struct):
+        return {name: plain(getattr(value, name)) for name in value.__struct_fields__}
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in cast("Mapping[object, object]", value).items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in cast("list[object] | tuple[object, ...]", value)]
+    return value
 
 
-def _line_marks(node: Any, path: str, label: str, out: dict[str, str]) -> None:
-    """Record ``"<label>:<line>"`` for every key and list item under ``node``."""
-    value = getattr(node, "value", None)
-    if node.id == "mapping":
-        for key_node, value_node in cast("list[tuple[Any, Any]]", value):
-            here = join(path, str(key_node.value))
-            out[here] = f"{label}:{key_node.start_mark.line + 1}"
-            _line_marks(value_node, here, label, out)
-    elif node.id == "sequence":
-        for index, item in enumerate(cast("list[Any]", value)):
-            here = f"{path}[{index}]"
-            out[here] = f"{label}:{item.start_mark.line + 1}"
-            _line_marks(item, here, label, out)
+def label_all(
+    value: object, label: str, path: str = "", out: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Return a sources map giving ``label`` to ``path`` and every path below it."""
+    out = {} if out is None else out
+    out[path] = label
+    if isinstance(value, Mapping):
+        for key, item in cast("Mapping[object, object]", value).items():
+            label_all(item, label, join(path, key_text(key)), out)
+    elif isinstance(value, list):
+        for index, item in enumerate(cast("list[object]", value)):
+            label_all(item, label, f"{path}[{index}]", out)
+    return out
 
 
-def _interpolate(
-    value: object,
-    path: str,
-    environ: Mapping[str, str],
-    lines: Mapping[str, str],
-    problems: list[ConfigProblem],
-) -> object:
-    if isinstance(value, dict):
-        return {
-            key: _interpolate(item, join(path, str(key)), environ, lines, problems)
-            for key, item in cast("dict[object, object]", value).items()
-        }
-    if isinstance(value, list):
-        return [
-            _interpolate(item, f"{path}[{index}]", environ, lines, problems)
-            for index, item in enumerate(cast("list[object]", value))
-        ]
-    if not isinstance(value, str) or "$" not in value:
-        return value
+def merge(
+    target: dict[str, Any],
+    sources: dict[str, str],
+    layer: Mapping[str, Any],
+    layer_sources: Mapping[str, str],
+    path: str = "",
+) -> None:
+    """Merge ``layer`` over ``target`` key by key; mappings merge, anything else replaces.
 
-    def substitute(match: re.Match[str]) -> str:
-        if match.group("escaped"):
-            return "${"
-        name = match.group("name")
-        if name is None:
-            message = "invalid ${...} reference: use ${NAME}, ${NAME:-default} or $${ for '${'"
-            problems.append(ConfigProblem(path=path, message=message, source=lines.get(path)))
-            return ""
-        found = environ.get(name)
-        default = match.group("default")
-        if default is not None and not found:
-            return default
-        if found is None:
-            message = f"environment variable {name} is not set (write ${{{name}:-default}})"
-            problems.append(ConfigProblem(path=path, message=message, source=lines.get(path)))
-            return ""
-        return found
+    ``sources`` follows along: a replaced subtree takes the layer's sources. The work is
+    proportional to the size of the layer and of what it replaces.
+    """
+    for key, value in layer.items():
+        here = join(path, key_text(key))
+        current = target.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            if here in layer_sources:
+                sources[here] = layer_sources[here]
+            merge(
+                cast("dict[str, Any]", current),
+                sources,
+                cast("Mapping[str, Any]", value),
+                layer_sources,
+                here,
+            )
+            continue
+        _each_path(cast("object", current), here, lambda p: sources.pop(p, None))
+        target[key] = plain(cast("object", value))
+        _each_path(cast("object", value), here, lambda p: _adopt(sources, layer_sources, p))
 
-    return _INTERPOLATION.sub(substitute, value)
+
+def _adopt(sources: dict[str, str], layer_sources: Mapping[str, str], path: str) -> None:
+    source = layer_sources.get(path)
+    if source is not None:
+        sources[path] = source
+
+
+def _each_path(value: object, path: str, visit: Callable[[str], object]) -> None:
+    """Call ``visit`` on ``path`` and on the path of everything below ``value``."""
+    visit(path)
+    if isinstance(value, Mapping):
+        for key, item in cast("Mapping[object, object]", value).items():
+            _each_path(item, join(path, key_text(key)), visit)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(cast("list[object] | tuple[object, ...]", value)):
+            _each_path(item, f"{path}[{index}]", visit)

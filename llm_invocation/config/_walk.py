@@ -1,53 +1,74 @@
-"""Private: the conversion walker, durations and layer merging behind `Config`.
+"""Private: the conversion walker behind `Config`.
 
 One walker converts loose values (YAML scalars, environment strings, keyword arguments) into
 the types a `msgspec.Struct` declares, driven by `msgspec.inspect.type_info`. Constraints
-come from ``msgspec.Meta`` (``gt``/``ge``/``lt``/``le``, lengths) and from a ``format`` key in
+come from ``msgspec.Meta`` (``gt``/``ge``/``lt``/``le``, lengths) and from keys in
 ``Meta.extra``:
 
-- ``"duration"``: a number of seconds or a string such as ``"1h30m"`` (see `parse_duration`);
-- ``"path"``: a string or an ``os.PathLike``;
-- ``"http-url"``: an ``http://`` or ``https://`` URL;
-- ``"store"``: ``"memory"`` or a ``redis://`` / ``rediss://`` URL.
+- ``format``: ``"duration"`` (seconds or a string such as ``"1h30m"``, see `parse_duration`),
+  ``"path"`` (a string or an ``os.PathLike``), ``"http-url"``, ``"store"`` (``"memory"`` or a
+  ``redis://`` URL), ``"proxy"``, ``"header-name"``, ``"header-value"``, ``"env-name"``;
+- ``schema``: validates a free-form ``dict`` against a Struct, keeping only the given keys;
+- ``secret``: the value is secret-bearing (as every `Secret` is, and every ``"proxy"`` and
+  ``"store"`` URL): a problem there names the path and what was expected, never the value.
 
-A ``schema`` key in ``Meta.extra`` validates a free-form ``dict`` against a Struct, keeping only
-the keys that were given. Every problem is collected in a `Walk` with its dotted path and the
+Integers are 64-bit, floats finite, durations at most `MAX_SECONDS`, free-form mappings hold
+JSON-like values only. Every problem is collected in a `Walk` with its dotted path and the
 source that supplied the value; nothing is raised halfway, so one run reports every problem.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final, cast
-from urllib.parse import urlsplit
+from typing import Final, cast
 
 import msgspec
 import msgspec.inspect as mi
 
 from .._secrets import Secret, redact
 from ..errors import ConfigProblem, ConfigurationError
+from ._checks import (
+    MAX_INT,
+    MIN_INT,
+    env_name_problem,
+    header_name_problem,
+    header_value_problem,
+    http_url_problem,
+    json_like_problem,
+    money_problem,
+    proxy_url_problem,
+    register_url_credentials,
+    store_url_problem,
+    text_problem,
+)
+from ._durations import DURATION_HINT, MAX_SECONDS, parse_duration
 
 __all__ = [
     "INVALID",
+    "UNEXPECTED",
     "Walk",
     "build",
     "check_fields",
     "convert",
-    "format_duration",
     "join",
-    "label_all",
-    "merge",
-    "parse_duration",
-    "plain",
+    "key_text",
     "scrub",
     "show",
     "struct_info",
+    "unexpected",
+    "unknown_field",
 ]
+
+_log = logging.getLogger("llm_invocation.config")
+
+#: How a problem begins when a check failed in a way it did not foresee (a bug, not bad input).
+UNEXPECTED: Final = "could not be checked"
 
 
 class _Invalid:
@@ -60,86 +81,6 @@ class _Invalid:
 
 
 INVALID: Final = _Invalid()
-
-# ------------------------------------------------------------------------------- durations
-
-_UNITS: Final[dict[str, Decimal]] = {
-    "ns": Decimal("1e-9"),
-    "us": Decimal("1e-6"),
-    "µs": Decimal("1e-6"),
-    "μs": Decimal("1e-6"),
-    "ms": Decimal("0.001"),
-    "s": Decimal(1),
-    "m": Decimal(60),
-    "h": Decimal(3600),
-    "d": Decimal(86400),
-}
-_NUMBER: Final = re.compile(r"\d+(?:\.\d*)?|\.\d+")
-_PART: Final = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|µs|μs|ms|s|m|h|d)")
-_DURATION_HINT: Final = "expected seconds or a duration such as '100ms', '30s', '1h30m', '2d'"
-
-
-def parse_duration(text: str | float) -> float:
-    """Return the number of seconds a duration stands for.
-
-    Accepts a non-negative number of seconds (``30``, ``1.5``, ``"30"``) or a string of one or
-    more ``<number><unit>`` parts with units ``ns``, ``us``, ``ms``, ``s``, ``m``, ``h`` and
-    ``d``: ``"100ms"``, ``"1.5s"``, ``"5m"``, ``"1h30m"``, ``"2d"``, Go's ``"6m0s"``.
-
-    Raises:
-        ValueError: when ``text`` is negative, not finite, a bool, or not a duration.
-    """
-    if isinstance(text, bool) or not isinstance(cast("object", text), str | int | float):
-        raise ValueError(f"expected a duration, got {type(text).__name__}")
-    if not isinstance(text, str):
-        if not math.isfinite(text) or text < 0:
-            raise ValueError(f"a duration must be a finite number >= 0, got {text!r}")
-        return float(text)
-    stripped = text.strip()
-    if _NUMBER.fullmatch(stripped):
-        return float(stripped)
-    total = Decimal(0)
-    position = 0
-    while position < len(stripped):
-        match = _PART.match(stripped, position)
-        if match is None:
-            raise ValueError(f"invalid duration {text!r}: {_DURATION_HINT}")
-        total += Decimal(match.group(1)) * _UNITS[match.group(2)]
-        position = match.end()
-    if position == 0:
-        raise ValueError(f"invalid duration {text!r}: {_DURATION_HINT}")
-    return float(total)
-
-
-def format_duration(seconds: float) -> str:
-    """Return ``seconds`` as the shortest readable duration: ``"100ms"``, ``"30s"``, ``"1h30m"``.
-
-    `parse_duration` reads the result back (to the microsecond).
-
-    Raises:
-        ValueError: when ``seconds`` is negative or not finite.
-    """
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"a duration must be a finite number >= 0, got {seconds!r}")
-    if seconds == 0:
-        return "0s"
-    if seconds < 1:
-        return f"{_decimal_text(seconds * 1000)}ms"
-    parts: list[str] = []
-    rest = seconds
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        count = int(rest // size)
-        if count:
-            parts.append(f"{count}{unit}")
-            rest -= count * size
-    text = _decimal_text(rest)
-    if text != "0" or not parts:
-        parts.append(f"{text}s")
-    return "".join(parts)
-
-
-def _decimal_text(value: float) -> str:
-    return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
 # ------------------------------------------------------------------------------------ paths
@@ -154,22 +95,70 @@ def join(path: str, key: str) -> str:
     return f"{path}.{key}"
 
 
+def key_text(key: object) -> str:
+    """Return a mapping key as a path component, whatever its type or size."""
+    return key if isinstance(key, str) else show(key)
+
+
 def _parent(path: str) -> str:
     cut = max(path.rfind("."), path.rfind("["))
     return path[:cut] if cut > 0 else ""
 
 
-def _under(path: str, prefix: str) -> bool:
-    return path == prefix or path.startswith((prefix + ".", prefix + "["))
+# ------------------------------------------------------------------------------------- show
+
+
+def _int_text(value: int) -> str:
+    return str(value) if abs(value) < 10**18 else "a number of more than 18 digits"
+
+
+def show(value: object) -> str:
+    """Describe ``value`` for a message without echoing anything long enough to be a key."""
+    if isinstance(value, Secret):
+        return "a secret"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 24 else f"a {len(value)}-character string"
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return _int_text(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, Decimal):
+        return str(value) if len(value.as_tuple().digits) <= 18 else "a long number"
+    return f"a {type(value).__name__}"
+
+
+def _kind(value: object) -> str:
+    """Describe only the type of ``value``: for the secret-bearing paths."""
+    if isinstance(value, Secret | str):
+        return "a string"
+    if isinstance(value, bool):
+        return "true or false"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float | Decimal):
+        return "a number"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
 
 
 # ------------------------------------------------------------------------------------- walk
 
 
 class Walk:
-    """Collects problems while converting; knows which source supplied each path."""
+    """Collects problems while converting; knows which source supplied each path.
 
-    __slots__ = ("default_source", "problems", "sources")
+    While it converts a secret-bearing value (``hiding``), `show` names only the type of a
+    value, never the value.
+    """
+
+    __slots__ = ("default_source", "hiding", "problems", "sources")
 
     def __init__(
         self, sources: Mapping[str, str] | None = None, default_source: str | None = None
@@ -177,6 +166,7 @@ class Walk:
         self.sources: Mapping[str, str] = {} if sources is None else sources
         self.default_source = default_source
         self.problems: list[ConfigProblem] = []
+        self.hiding = 0
 
     def add(self, path: str, message: str, *, source: str | None = None) -> None:
         """Record a problem at ``path``; the message is scrubbed of secrets."""
@@ -187,6 +177,10 @@ class Walk:
                 source=source if source is not None else self.source_of(path),
             )
         )
+
+    def show(self, value: object) -> str:
+        """Describe ``value`` for a message: only its type while hiding."""
+        return _kind(value) if self.hiding else show(value)
 
     def source_of(self, path: str) -> str | None:
         """Return the source of ``path``, or of its nearest ancestor that has one."""
@@ -203,22 +197,14 @@ class Walk:
         return ConfigurationError(problems=self.problems)
 
 
-def show(value: object) -> str:
-    """Describe ``value`` for a message without echoing anything long enough to be a key."""
-    if isinstance(value, Secret):
-        return "a secret"
-    if isinstance(value, str):
-        return repr(value) if len(value) <= 24 else f"a {len(value)}-character string"
-    if value is None or isinstance(value, bool | int | float):
-        return repr(value)
-    if isinstance(value, Decimal):
-        return str(value)
-    return f"a {type(value).__name__}"
+# ------------------------------------------------------------------------------ conversions
 
 
 def _number_text(value: float | Decimal) -> str:
     if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+        return _int_text(int(value))
+    if isinstance(value, int):
+        return _int_text(value)
     return str(value)
 
 
@@ -231,29 +217,37 @@ def _to_bool(value: object, path: str, walk: Walk) -> object:
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    walk.add(path, f"expected true or false, got {show(value)}")
+    walk.add(path, f"expected true or false, got {walk.show(value)}")
     return INVALID
 
 
 def _to_number(t: mi.IntType | mi.FloatType, value: object, path: str, walk: Walk) -> object:
     integer = isinstance(t, mi.IntType)
-    number: int | float
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        number = math.nan
-    elif isinstance(value, str):
+    number: int | float | None = None
+    if isinstance(value, str):
         try:
             number = int(value.strip()) if integer else float(value.strip())
-        except ValueError:
-            number = math.nan
-    else:
+        except ValueError:  # not a number, or more digits than int() reads
+            number = None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
         number = value
-    if integer and not isinstance(number, int):
-        walk.add(path, f"expected an integer, got {show(value)}")
+    if number is None or (integer and not isinstance(number, int)):
+        kind = "an integer" if integer else "a number"
+        walk.add(path, f"expected {kind}, got {walk.show(value)}")
         return INVALID
+    if integer:
+        assert isinstance(number, int)
+        if not MIN_INT <= number <= MAX_INT:
+            walk.add(path, f"is out of range for a 64-bit integer, got {walk.show(number)}")
+            return INVALID
+        return number if _in_bounds(t, number, path, walk) else INVALID
+    try:
+        number = float(number)
+    except OverflowError:  # an int beyond the floats
+        number = math.inf
     if not math.isfinite(number):
-        walk.add(path, f"expected a finite number, got {show(value)}")
+        walk.add(path, f"expected a finite number, got {walk.show(value)}")
         return INVALID
-    number = number if integer else float(number)
     return number if _in_bounds(t, number, path, walk) else INVALID
 
 
@@ -269,7 +263,8 @@ def _in_bounds(t: mi.IntType | mi.FloatType, value: float, path: str, walk: Walk
         bound = f"{'>=' if t.ge is not None else '>'} {_number_text(cast('float', low))}"
     else:
         bound = f"{'<=' if t.le is not None else '<'} {_number_text(cast('float', high))}"
-    walk.add(path, f"must be {bound}, got {_number_text(value)}")
+    got = "" if walk.hiding else f", got {_number_text(value)}"
+    walk.add(path, f"must be {bound}{got}")
     return False
 
 
@@ -277,23 +272,28 @@ def _to_decimal(value: object, path: str, walk: Walk) -> object:
     number: Decimal | None = None
     if isinstance(value, Decimal):
         number = value
-    elif isinstance(value, str | int | float) and not isinstance(value, bool):
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = Decimal(value)
+    elif isinstance(value, str | float):
         try:
             number = Decimal(str(value).strip())
-        except InvalidOperation:
+        except (InvalidOperation, ValueError):
             number = None
     if number is None or not number.is_finite():
-        walk.add(path, f"expected an amount of money such as 0.50, got {show(value)}")
+        walk.add(path, f"expected an amount of money such as 0.50, got {walk.show(value)}")
         return INVALID
     if number < 0:
-        walk.add(path, f"must not be negative, got {number}")
+        walk.add(path, f"must not be negative, got {walk.show(number)}")
+        return INVALID
+    if (problem := money_problem(number)) is not None:
+        walk.add(path, problem)
         return INVALID
     return number
 
 
 def _to_str(t: mi.StrType, value: object, path: str, walk: Walk) -> object:
     if not isinstance(value, str):
-        walk.add(path, f"expected a string, got {show(value)}")
+        walk.add(path, f"expected a string, got {walk.show(value)}")
         return INVALID
     if t.min_length is not None and len(value) < t.min_length:
         walk.add(path, "must not be empty" if t.min_length == 1 else "is too short")
@@ -301,26 +301,29 @@ def _to_str(t: mi.StrType, value: object, path: str, walk: Walk) -> object:
     if t.max_length is not None and len(value) > t.max_length:
         walk.add(path, f"must be at most {t.max_length} characters long")
         return INVALID
+    if (problem := text_problem(value)) is not None:
+        walk.add(path, problem)
+        return INVALID
     return value
 
 
 def _to_literal(t: mi.LiteralType, value: object, path: str, walk: Walk) -> object:
-    if value in t.values:
+    if isinstance(value, str | int | bool) and value in t.values:
         return value
     if isinstance(value, str) and value.strip().lower() in t.values:
         return value.strip().lower()
     choices = ", ".join(repr(v) for v in t.values)
     hint = ""
-    if isinstance(value, str):
+    if isinstance(value, str) and not walk.hiding and len(value) <= 100:
         close = difflib.get_close_matches(value, [str(v) for v in t.values], n=1)
         hint = f" - did you mean {close[0]!r}?" if close else ""
-    walk.add(path, f"must be one of {choices}, got {show(value)}{hint}")
+    walk.add(path, f"must be one of {choices}, got {walk.show(value)}{hint}")
     return INVALID
 
 
 def _to_list(t: mi.ListType, value: object, path: str, walk: Walk) -> object:
     if not isinstance(value, list | tuple):
-        walk.add(path, f"expected a list, got {show(value)}")
+        walk.add(path, f"expected a list, got {walk.show(value)}")
         return INVALID
     items = cast("list[object] | tuple[object, ...]", value)
     if t.max_length is not None and len(items) > t.max_length:
@@ -332,65 +335,149 @@ def _to_list(t: mi.ListType, value: object, path: str, walk: Walk) -> object:
 
 def _to_dict(t: mi.DictType, value: object, path: str, walk: Walk) -> object:
     if not isinstance(value, Mapping):
-        walk.add(path, f"expected a mapping, got {show(value)}")
+        walk.add(path, f"expected a mapping, got {walk.show(value)}")
         return INVALID
     out: dict[str, object] = {}
     valid = True
+    free_form = isinstance(t.value_type, mi.AnyType)
+    hiding, walk.hiding = walk.hiding, 0  # keys are names, not secrets
+    try:
+        keys = {
+            key: _dict_key(t.key_type, key, path, walk)
+            for key in cast("Mapping[object, object]", value)
+        }
+    finally:
+        walk.hiding = hiding
     for key, item in cast("Mapping[object, object]", value).items():
-        if not isinstance(key, str):
-            walk.add(join(path, str(key)), f"keys must be strings, got {show(key)}")
+        checked = keys[key]
+        if checked is INVALID:
             valid = False
             continue
-        converted = convert(t.value_type, item, join(path, key), walk)
+        assert isinstance(key, str)
+        here = join(path, key)
+        if free_form and (found := json_like_problem(item, here)) is not None:
+            walk.add(found.path, found.message)
+            valid = False
+            continue
+        converted = convert(t.value_type, item, here, walk)
         valid = valid and converted is not INVALID
         out[key] = converted
     return out if valid else INVALID
 
 
-def _to_secret(value: object, path: str, walk: Walk) -> object:
+def _dict_key(t: mi.Type, key: object, path: str, walk: Walk) -> object:
+    if not isinstance(key, str):
+        walk.add(join(path, key_text(key)), f"keys must be strings, got {show(key)}")
+        return INVALID
+    if isinstance(t, mi.Metadata | mi.StrType) and (problem := _key_problem(t, key)) is not None:
+        walk.add(join(path, key), problem)
+        return INVALID
+    return key
+
+
+def _key_problem(t: mi.Metadata | mi.StrType, key: str) -> str | None:
+    if (problem := text_problem(key)) is not None:
+        return f"the name {problem}"
+    if isinstance(t, mi.Metadata):
+        kind = _extra(t).get("format")
+        check = _NAME_CHECKS.get(kind) if isinstance(kind, str) else None
+        if check is not None:
+            return check(key)
+    return None
+
+
+def _to_secret(t: mi.CustomType, value: object, path: str, walk: Walk) -> object:
+    del t  # only Secret is supported
     if isinstance(value, Secret):
-        return value
-    if isinstance(value, str):
-        if not value.strip():
-            walk.add(path, "must not be empty")
-            return INVALID
-        return Secret(value)
-    walk.add(path, f"expected a secret string, got {show(value)}")
-    return INVALID
+        text = value.reveal()
+    elif isinstance(value, str):
+        text = value
+    else:
+        walk.add(path, f"expected a string, got {_kind(value)}")
+        return INVALID
+    if not text.strip():
+        walk.add(path, "must not be empty")
+        return INVALID
+    if (problem := text_problem(text)) is not None:
+        walk.add(path, problem)
+        return INVALID
+    return value if isinstance(value, Secret) else Secret(text)
+
+
+# ------------------------------------------------------------------------------- formats
+
+
+def _extra(t: mi.Metadata) -> Mapping[str, object]:
+    return cast("Mapping[str, object]", t.extra or {})  # pyright: ignore[reportUnknownMemberType] - msgspec types it as a bare dict
 
 
 def _check_http_url(value: str, path: str, walk: Walk) -> object:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        walk.add(path, f"expected an http:// or https:// URL, got {show(value)}")
-        return INVALID
-    return value
+    problem = http_url_problem(value)
+    if problem is None:
+        return value
+    if problem.startswith("expected"):
+        problem = f"{problem}, got {walk.show(value)}"
+    walk.add(path, problem)
+    return INVALID
 
 
 def _check_store(value: str, path: str, walk: Walk) -> object:
-    if value == "memory":
-        return value
-    parts = urlsplit(value)
-    if parts.scheme not in ("redis", "rediss") or not parts.netloc:
-        walk.add(path, "expected 'memory' or a redis:// or rediss:// URL")
+    if (problem := store_url_problem(value)) is not None:
+        walk.add(path, problem)
         return INVALID
+    register_url_credentials(value)
     return value
 
 
+def _check_proxy(value: str, path: str, walk: Walk) -> object:
+    if (problem := proxy_url_problem(value)) is not None:
+        walk.add(path, problem)
+        return INVALID
+    register_url_credentials(value)
+    return value
+
+
+def _checker(check: Callable[[str], str | None]) -> Callable[[str, str, Walk], object]:
+    def run(value: str, path: str, walk: Walk) -> object:
+        if (problem := check(value)) is not None:
+            walk.add(path, problem)
+            return INVALID
+        return value
+
+    return run
+
+
+_NAME_CHECKS: Final[dict[str, Callable[[str], str | None]]] = {
+    "header-name": header_name_problem,
+    "env-name": env_name_problem,
+}
 _CHECKS: Final[dict[str, Callable[[str, str, Walk], object]]] = {
     "http-url": _check_http_url,
     "store": _check_store,
+    "proxy": _check_proxy,
+    "header-value": _checker(header_value_problem),
+    **{kind: _checker(check) for kind, check in _NAME_CHECKS.items()},
 }
 
 
+def _to_seconds(value: str | float, path: str, walk: Walk) -> object:
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        walk.add(path, f"{DURATION_HINT}, got {walk.show(value)}")
+        return INVALID
+    if seconds > MAX_SECONDS:
+        walk.add(path, "is too long: at most 100 years (36525d)")
+        return INVALID
+    return seconds
+
+
 def _to_formatted(t: mi.Metadata, value: object, path: str, walk: Walk) -> object:
-    extra = cast("Mapping[str, object]", t.extra or {})  # pyright: ignore[reportUnknownMemberType] - msgspec types it as a bare dict
+    extra = _extra(t)
     kind = extra.get("format")
     if kind == "duration" and isinstance(value, str | int | float) and not isinstance(value, bool):
-        try:
-            value = parse_duration(value)
-        except ValueError:
-            walk.add(path, f"{_DURATION_HINT}, got {show(value)}")
+        value = _to_seconds(value, path, walk)
+        if value is INVALID:
             return INVALID
     elif kind == "path" and isinstance(value, os.PathLike):
         value = os.fspath(cast("os.PathLike[str]", value))
@@ -398,8 +485,11 @@ def _to_formatted(t: mi.Metadata, value: object, path: str, walk: Walk) -> objec
     if converted is INVALID:
         return INVALID
     check = _CHECKS.get(kind) if isinstance(kind, str) else None
-    if check is not None and isinstance(converted, str):
-        return check(converted, path, walk)
+    if check is not None:
+        text = converted.reveal() if isinstance(converted, Secret) else converted
+        if isinstance(text, str) and check(text, path, walk) is INVALID:
+            return INVALID
+        return converted
     schema = extra.get("schema")
     if isinstance(schema, type) and isinstance(converted, dict):
         given = cast("dict[str, object]", converted)
@@ -412,7 +502,7 @@ def _to_formatted(t: mi.Metadata, value: object, path: str, walk: Walk) -> objec
 
 def _to_union(t: mi.UnionType, value: object, path: str, walk: Walk) -> object:
     optional = any(isinstance(option, mi.NoneType) for option in t.types)
-    if optional and (value is None or value == ""):
+    if optional and (value is None or (isinstance(value, str) and value == "")):
         return None
     options = [option for option in t.types if not isinstance(option, mi.NoneType)]
     if len(options) != 1:  # the config schema only uses ``X | None``
@@ -420,8 +510,34 @@ def _to_union(t: mi.UnionType, value: object, path: str, walk: Walk) -> object:
     return convert(options[0], value, path, walk)
 
 
-def convert(t: mi.Type, value: object, path: str, walk: Walk) -> object:
-    """Return ``value`` converted to type ``t``, or `INVALID` after recording a problem."""
+_sensitivity: dict[int, tuple[mi.Type, bool]] = {}
+
+
+def _sensitive(t: mi.Type) -> bool:
+    """Whether values of type ``t`` are, or hold, secrets (cached: the types are few)."""
+    known = _sensitivity.get(id(t))
+    if known is None or known[0] is not t:
+        known = _sensitivity[id(t)] = (t, _find_sensitive(t))  # keeps ``t`` and its id alive
+    return known[1]
+
+
+def _find_sensitive(t: mi.Type) -> bool:
+    if isinstance(t, mi.CustomType):
+        return t.cls is Secret
+    if isinstance(t, mi.Metadata):
+        extra = _extra(t)
+        secret = bool(extra.get("secret")) or extra.get("format") in ("proxy", "store")
+        return secret or _find_sensitive(t.type)
+    if isinstance(t, mi.UnionType):
+        return any(_find_sensitive(option) for option in t.types)
+    if isinstance(t, mi.ListType):
+        return _find_sensitive(t.item_type)
+    if isinstance(t, mi.DictType):
+        return _find_sensitive(t.value_type)
+    return False
+
+
+def _convert(t: mi.Type, value: object, path: str, walk: Walk) -> object:
     result: object
     if isinstance(t, mi.AnyType):
         result = value
@@ -446,10 +562,33 @@ def convert(t: mi.Type, value: object, path: str, walk: Walk) -> object:
     elif isinstance(t, mi.StructType):
         result = build(t, value, path, walk)
     elif isinstance(t, mi.CustomType) and t.cls is Secret:
-        result = _to_secret(value, path, walk)
+        result = _to_secret(t, value, path, walk)
     else:
         raise AssertionError(f"unsupported configuration type at {path}: {t}")
     return result
+
+
+def convert(t: mi.Type, value: object, path: str, walk: Walk) -> object:
+    """Return ``value`` converted to type ``t``, or `INVALID` after recording a problem.
+
+    Never raises: a check that fails unexpectedly is recorded as a problem at ``path``
+    (beginning with `UNEXPECTED`) and logged once, without the value.
+    """
+    hide = not walk.hiding and _sensitive(t)
+    walk.hiding += hide
+    try:
+        return _convert(t, value, path, walk)
+    except Exception as error:  # noqa: BLE001 - the loaders raise only ConfigurationError
+        unexpected(walk, path, error)
+        return INVALID
+    finally:
+        walk.hiding -= hide
+
+
+def unexpected(walk: Walk, path: str, error: BaseException) -> None:
+    """Record (and log once, by type only) a check that failed in a way it did not foresee."""
+    _log.warning("configuration check at %s failed: %s", scrub(path), type(error).__name__)
+    walk.add(path, f"{UNEXPECTED}: {type(error).__name__}")
 
 
 # ---------------------------------------------------------------------------------- structs
@@ -468,8 +607,9 @@ def struct_info(cls: type[msgspec.Struct]) -> mi.StructType:
     return info
 
 
-def _unknown(key: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(key, names, n=1)
+def unknown_field(key: str, names: list[str]) -> str:
+    """The message for a key that names no field, with a suggestion when one is close."""
+    close = difflib.get_close_matches(key, names, n=1) if len(key) <= 100 else []
     hint = f" - did you mean {close[0]!r}?" if close else ""
     return f"unknown field {show(key)}{hint}"
 
@@ -483,7 +623,7 @@ def build(info: mi.StructType, data: object, path: str, walk: Walk) -> object:
     if isinstance(data, cls):
         return data
     if not isinstance(data, Mapping):
-        walk.add(path, f"expected a mapping, got {show(data)}")
+        walk.add(path, f"expected a mapping, got {walk.show(data)}")
         return INVALID
     given = cast("Mapping[object, object]", data)
     fields = {field.name: field for field in info.fields}
@@ -491,11 +631,11 @@ def build(info: mi.StructType, data: object, path: str, walk: Walk) -> object:
     values: dict[str, object] = {}
     for key, raw in given.items():
         if not isinstance(key, str):
-            walk.add(join(path, str(key)), f"keys must be strings, got {show(key)}")
+            walk.add(join(path, key_text(key)), f"keys must be strings, got {show(key)}")
             continue
         field = fields.get(key)
         if field is None:
-            walk.add(join(path, key), _unknown(key, list(fields)))
+            walk.add(join(path, key), unknown_field(key, list(fields)))
             continue
         values[key] = convert(field.type, raw, join(path, key), walk)
     for field in info.fields:
@@ -507,7 +647,8 @@ def build(info: mi.StructType, data: object, path: str, walk: Walk) -> object:
         return cls(**values)
     except ConfigurationError as error:  # cross-field checks of the section's __post_init__
         for problem in error.problems:
-            walk.add(join(path, problem.path), problem.message)
+            here = path if problem.path == "<root>" else join(path, problem.path)
+            walk.add(here, problem.message)
         return INVALID
 
 
@@ -518,66 +659,6 @@ def check_fields(obj: msgspec.Struct, walk: Walk) -> None:
         converted = convert(field.type, value, field.name, walk)
         if converted is not INVALID and converted is not value:
             msgspec.structs.force_setattr(obj, field.name, converted)
-
-
-# ---------------------------------------------------------------------------------- layers
-
-
-def plain(value: object) -> object:
-    """Return a deep copy of ``value`` with Structs and mappings as dicts, sequences as lists."""
-    if isinstance(value, msgspec.Struct):
-        return {name: plain(getattr(value, name)) for name in value.__struct_fields__}
-    if isinstance(value, Mapping):
-        return {k: plain(v) for k, v in cast("Mapping[object, object]", value).items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in cast("list[object] | tuple[object, ...]", value)]
-    return value
-
-
-def label_all(
-    value: object, label: str, path: str = "", out: dict[str, str] | None = None
-) -> dict[str, str]:
-    """Return a sources map giving ``label`` to ``path`` and every path below it."""
-    out = {} if out is None else out
-    out[path] = label
-    if isinstance(value, Mapping):
-        for key, item in cast("Mapping[object, object]", value).items():
-            label_all(item, label, join(path, str(key)), out)
-    elif isinstance(value, list):
-        for index, item in enumerate(cast("list[object]", value)):
-            label_all(item, label, f"{path}[{index}]", out)
-    return out
-
-
-def merge(
-    target: dict[str, Any],
-    sources: dict[str, str],
-    layer: Mapping[str, Any],
-    layer_sources: Mapping[str, str],
-    path: str = "",
-) -> None:
-    """Merge ``layer`` over ``target`` key by key; mappings merge, anything else replaces.
-
-    ``sources`` follows along: a replaced subtree takes the layer's sources.
-    """
-    for key, value in layer.items():
-        here = join(path, str(key))
-        current = target.get(key)
-        if isinstance(value, Mapping) and isinstance(current, dict):
-            if here in layer_sources:
-                sources[here] = layer_sources[here]
-            merge(
-                cast("dict[str, Any]", current),
-                sources,
-                cast("Mapping[str, Any]", value),
-                layer_sources,
-                here,
-            )
-            continue
-        for stale in [p for p in sources if _under(p, here)]:
-            del sources[stale]
-        target[key] = plain(cast("object", value))
-        sources.update((p, s) for p, s in layer_sources.items() if _under(p, here))
 
 
 _URL_PASSWORD: Final = re.compile(r"(?P<head>\b[a-z][a-z0-9+.\-]*://[^\s:/@]*:)[^\s/@]+@", re.I)
