@@ -173,7 +173,7 @@ def _proxy_problem(url: str) -> str | None:
         try:
             httpx.Proxy(url)
         except (ValueError, httpx.InvalidURL):
-            problem = "is not a valid proxy URL (expected http://[user:password@]host[:port])"
+            problem = "is not a valid proxy URL (expected http://host:port, credentials optional)"
     return problem
 
 
