@@ -1,9 +1,12 @@
 """Hypothesis state machines: the memory stores against simple reference models.
 
 The rate store is driven with random acquires, settles, observations and clock steps on a
-manual clock. Two plain reference buckets, advanced by hand, must make the same grant
-decision for every acquire; no window of L seconds admits more than ``capacity + rate * L``
-requests; concurrency never exceeds its limit; and a refusal's ``wait`` is honest: after
+manual clock, and with waiters that join the line (a ticket), ask again or leave. Two plain
+reference buckets, advanced by hand, and a plain list of the waiters in line must make the
+same grant decision for every acquire: a request fits when the buckets and the concurrency
+cover it plus what every older waiter in line claims (one request, its tokens, one slot). No
+window of L seconds admits more than ``capacity + rate * L`` requests; concurrency never
+exceeds its limit; and a refusal's ``wait`` is honest when nobody waits in line: after
 waiting exactly that long, with nothing else happening, the same request is admitted.
 
 The budget store is checked against a plain list of (time, amount) spends: spent plus
@@ -23,7 +26,14 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from llm_invocation.store._base import Budget, RateLimit, RateObservation, bucket_width
+from llm_invocation.store._base import (
+    Budget,
+    Grant,
+    RateLimit,
+    RateObservation,
+    Ticket,
+    bucket_width,
+)
 from llm_invocation.store.memory import MemoryBudgetStore, MemoryRateStore
 
 RPM = 30.0
@@ -51,6 +61,7 @@ class RateMachine(RuleBasedStateMachine):
         self.grants: list[tuple[float, int]] = []  # (time, tokens charged after settling)
         self.charge: dict[str, int] = {}  # lease -> index in grants
         self.blocked_until = -math.inf
+        self.line: list[tuple[str, int, float]] = []  # waiters with a ticket, oldest first
         # The reference: two plain token buckets, advanced by hand.
         self.ref_requests = RPM
         self.ref_tokens = TPM
@@ -62,36 +73,57 @@ class RateMachine(RuleBasedStateMachine):
         self.ref_requests = min(RPM, self.ref_requests + elapsed * RPM / 60)
         self.ref_tokens = min(TPM, self.ref_tokens + elapsed * TPM / 60)
 
-    @rule(tokens=st.sampled_from([100, 500, 1000, 1500]) | st.integers(1, 1500))
-    def acquire(self, tokens: int) -> None:
-        lease = f"l{self.next_lease}"
-        self.next_lease += 1
-        self._advance_reference()
-        grant = self.store.acquire_nowait([LIMIT], lease=lease, tokens=tokens, ttl=1e9)
+    def _fits(self, tokens: int, older: list[tuple[str, int, float]]) -> tuple[bool, bool]:
+        """(the reference's decision, whether it is too close to call) for a request behind
+        ``older`` waiters."""
+        requests = self.ref_requests - len(older)
+        spare = self.ref_tokens - sum(t for _, t, _ in older)
         expected = (
-            self.ref_requests >= 1
-            and self.ref_tokens >= tokens
-            and len(self.active) < CONCURRENCY
+            requests >= 1
+            and spare >= tokens
+            and len(self.active) + len(older) < CONCURRENCY
             and self.clock.now >= self.blocked_until
         )
-        borderline = abs(self.ref_tokens - tokens) < 1e-6 or abs(self.ref_requests - 1) < 1e-9
+        borderline = abs(spare - tokens) < 1e-6 or abs(requests - 1) < 1e-9
+        return expected, borderline
+
+    def _granted(self, lease: str, tokens: int) -> None:
+        self.ref_requests -= 1
+        self.ref_tokens -= tokens
+        assert self.clock.now >= self.blocked_until
+        self.active[lease] = tokens
+        self.charge[lease] = len(self.grants)
+        self.grants.append((self.clock.now, tokens))
+
+    def _new_lease(self) -> str:
+        lease = f"l{self.next_lease}"
+        self.next_lease += 1
+        return lease
+
+    @rule(tokens=st.sampled_from([100, 500, 1000, 1500]) | st.integers(1, 1500))
+    def acquire(self, tokens: int) -> None:
+        lease = self._new_lease()
+        self._advance_reference()
+        grant = self.store.acquire_nowait([LIMIT], lease=lease, tokens=tokens, ttl=1e9)
+        expected, borderline = self._fits(tokens, self.line)
         if not borderline:
             assert grant.granted == expected, (grant, self.ref_requests, self.ref_tokens)
         if grant.granted:
-            self.ref_requests -= 1
-            self.ref_tokens -= tokens
-            assert self.clock.now >= self.blocked_until
-            self.active[lease] = tokens
-            self.charge[lease] = len(self.grants)
-            self.grants.append((self.clock.now, tokens))
+            self._granted(lease, tokens)
+            return
+        self._check_refusal(grant, tokens)
+
+    def _check_refusal(self, grant: Grant, tokens: int) -> None:
+        if grant.reason == "concurrency":
+            assert len(self.active) + len(self.line) >= CONCURRENCY
+            assert grant.wait == 0  # as soon as a lease is released
             return
         assert grant.wait > 0
-        if grant.reason == "concurrency":
-            assert len(self.active) >= CONCURRENCY
-            return
         if grant.wait == math.inf:
             assert tokens > TPM
             return
+        if self.line:
+            return  # the wait counts older claims, which may be served earlier or leave
         # An honest wait: on a copy of the state, waiting exactly that long admits it.
         probe = MemoryRateStore(clock=self.clock)
         probe._keys = _clone(self.store)  # pyright: ignore[reportPrivateUsage]
@@ -100,6 +132,46 @@ class RateMachine(RuleBasedStateMachine):
         later = probe.acquire_nowait([LIMIT], lease="probe", tokens=tokens, ttl=1e9)
         self.clock.now = saved
         assert later.granted or later.reason == "concurrency", (grant, later)
+
+    @rule(tokens=st.sampled_from([100, 500, 1000]) | st.integers(1, 1500))
+    def join_the_line(self, tokens: int) -> None:
+        lease = self._new_lease()
+        self._advance_reference()
+        ticket = Ticket(ttl=1e9)
+        grant = self.store.acquire_nowait(
+            [LIMIT], lease=lease, tokens=tokens, ttl=1e9, ticket=ticket
+        )
+        expected, borderline = self._fits(tokens, self.line)
+        if not borderline:
+            assert grant.granted == expected, (grant, self.line)
+        if grant.granted:
+            self._granted(lease, tokens)
+        elif grant.wait < math.inf:
+            self.line.append((lease, tokens, grant.now))
+
+    @precondition(lambda self: bool(self.line))
+    @rule(data=st.data())
+    def ask_again(self, data: st.DataObject) -> None:
+        index = data.draw(st.integers(0, len(self.line) - 1))
+        lease, tokens, since = self.line[index]
+        self._advance_reference()
+        ticket = Ticket(since=since, ttl=1e9)
+        grant = self.store.acquire_nowait(
+            [LIMIT], lease=lease, tokens=tokens, ttl=1e9, ticket=ticket
+        )
+        expected, borderline = self._fits(tokens, self.line[:index])
+        if not borderline:
+            assert grant.granted == expected, (index, grant, self.line)
+        if grant.granted:
+            del self.line[index]
+            self._granted(lease, tokens)
+
+    @precondition(lambda self: bool(self.line))
+    @rule(data=st.data())
+    def leave_the_line(self, data: st.DataObject) -> None:
+        index = data.draw(st.integers(0, len(self.line) - 1))
+        lease, _, _ = self.line.pop(index)
+        self.store.leave_nowait([LIMIT], lease=lease)
 
     @precondition(lambda self: bool(self.active))
     @rule(data=st.data(), ratio=st.floats(0, 1))
@@ -125,6 +197,12 @@ class RateMachine(RuleBasedStateMachine):
     @invariant()
     def concurrency_never_exceeds_the_limit(self) -> None:
         assert len(self.active) <= CONCURRENCY
+
+    @invariant()
+    def the_store_holds_exactly_the_tickets_in_line(self) -> None:
+        state = self.store._keys.get("k")  # pyright: ignore[reportPrivateUsage]
+        tickets = set(state.tickets) if state is not None else set()
+        assert tickets == {lease for lease, _, _ in self.line}
 
     @invariant()
     def no_window_admits_more_requests_than_the_bucket_allows(self) -> None:

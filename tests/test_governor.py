@@ -22,7 +22,13 @@ from llm_invocation.actors.governor import (
 )
 from llm_invocation.errors import RateLimited
 from llm_invocation.runtime import ActorRef, ChildSpec, SupervisorSpec, open_runtime
-from llm_invocation.store._base import Grant, RateLimit, RateObservation, StoreUnavailable
+from llm_invocation.store._base import (
+    Grant,
+    RateLimit,
+    RateObservation,
+    StoreUnavailable,
+    Ticket,
+)
 from llm_invocation.store.memory import MemoryRateStore
 
 
@@ -240,7 +246,13 @@ class BrokenStore(MemoryRateStore):
     synchronous = False  # a remote store that is down
 
     async def acquire(
-        self, limits: Sequence[RateLimit], *, lease: str, tokens: int, ttl: float
+        self,
+        limits: Sequence[RateLimit],
+        *,
+        lease: str,
+        tokens: int,
+        ttl: float,
+        ticket: Ticket | None = None,
     ) -> Grant:
         raise StoreUnavailable("redis is down")
 
@@ -312,3 +324,44 @@ async def test_a_thousand_concurrent_acquires_never_exceed_the_limits(
             start = by_time[i][0]
             window = [tok for t, tok in by_time[i:] if t - start <= 30]
             assert sum(window) <= tpm + tpm * 30 / 60 + 1e-6
+
+
+# -- observations out of range ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "observation",
+    [
+        RateObservation(requests_limit=10**400),
+        RateObservation(requests_remaining=0, requests_reset=math.inf),
+        RateObservation(tokens_limit=-1, tokens_remaining=-5),
+        RateObservation(retry_after=math.nan),
+        RateObservation(retry_after=1e12),
+    ],
+)
+async def test_an_out_of_range_observation_is_ignored_and_counted(
+    observation: RateObservation, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with governor() as gov:
+        for _ in range(3):
+            await gov.send(Observe(provider="p", model="m", observation=observation))
+        with trio.fail_after(1):
+            lease = await gov.call(acquire())  # not blocked, and the governor lives on
+        assert lease.waited == 0
+        stats = await gov.call(GovernorStats())
+        assert stats.ignored_observations == 3
+    warnings = [r for r in caplog.records if r.name == "llm_invocation.governor"]
+    assert len(warnings) == 1
+    assert "out-of-range" in warnings[0].getMessage()
+
+
+async def test_a_store_that_cannot_record_an_observation_is_counted_not_fatal() -> None:
+    class Unreachable(MemoryRateStore):
+        def observe_nowait(self, limit: RateLimit, observation: RateObservation) -> None:
+            raise StoreUnavailable("down")
+
+    async with governor(store=Unreachable()) as gov:
+        await gov.send(Observe(provider="p", model="m", observation=RateObservation(retry_after=1)))
+        stats = await gov.call(GovernorStats())
+        assert stats.store_errors == 1
+        await gov.call(acquire())

@@ -27,6 +27,7 @@ from llm_invocation.store._base import (
     RateLimit,
     RateObservation,
     StoreUnavailable,
+    Ticket,
     period_id,
 )
 from llm_invocation.store.cache import (
@@ -186,6 +187,21 @@ async def test_every_key_shares_the_prefix_hash_tag_and_expires(
         f"{tag}alert:global:0.8:{levels[1].period_id}",
     }
     assert all(ttl > 0 for ttl in keys.values()), keys
+
+
+@pytest.mark.redis
+async def test_a_waiters_ticket_lives_under_the_hash_tag_and_expires(
+    redis_stores: tuple[RedisRateStore, RedisBudgetStore], prefix: str
+) -> None:
+    rate, _ = redis_stores
+    limit = RateLimit(key="openai", concurrency=1)
+    await rate.acquire([limit], lease="l1", tokens=0, ttl=30)
+    await rate.acquire([limit], lease="l2", tokens=0, ttl=30, ticket=Ticket(ttl=3))
+    keys = await keys_under(rate, prefix)
+    tag = "{" + prefix + "}"
+    assert 0 < keys[f"{tag}wait:openai"] <= 4_000
+    await rate.leave([limit], lease="l2")
+    assert f"{tag}wait:openai" not in await keys_under(rate, prefix)
 
 
 @pytest.mark.redis

@@ -13,6 +13,13 @@ processes, atomic Lua scripts):
     tightens a key from what the provider reported (rate-limit headers, a 429's
     retry-after): the next request waits before anything is sent.
 
+    Waiting is first come, first served across every user of the store: a refused request
+    that will wait registers a `Ticket` on each key where it does not fit; older tickets
+    have a prior claim on a key's free capacity, so a younger request (or a newcomer) is
+    refused while what is free would not cover the older claims and its own. Tickets expire
+    unless asked again, so a process that died stops claiming. `RateStore.watch` tells a
+    waiting user when another user released capacity on keys somebody waits for.
+
 `BudgetStore`
     Spend per scope (``"global"``, ``"provider:openai"``, ``"model:openai:gpt-4o"``,
     ``"tag:team=search"``) over rolling windows or calendar periods. `BudgetStore.reserve`
@@ -29,7 +36,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 from typing import Final, Literal
@@ -37,6 +44,9 @@ from typing import Final, Literal
 import msgspec
 
 __all__ = [
+    "MAX_OBSERVED_COUNT",
+    "MAX_OBSERVED_SECONDS",
+    "TICKET_TTL",
     "Budget",
     "BudgetCheck",
     "BudgetLevel",
@@ -47,10 +57,12 @@ __all__ = [
     "RateObservation",
     "RateStore",
     "StoreUnavailable",
+    "Ticket",
     "bucket_width",
+    "checked_observation",
     "from_nanos",
-    "period_id",
     "period_bounds",
+    "period_id",
     "to_nanos",
 ]
 
@@ -100,19 +112,44 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         granted: everything was taken and the lease registered.
         wait: when not granted, seconds until the request may fit (``inf``: it never will,
-            for example more tokens than a bucket holds).
+            for example more tokens than a bucket holds). A request refused for
+            ``"concurrency"`` only may fit as soon as a lease is released, which the store
+            cannot foresee: its wait is 0 (`RateStore.watch` says when to ask again).
         key: the key that refused, when not granted.
         reason: "requests", "tokens", "concurrency" or "blocked" (a provider's retry-after).
+        now: the store's clock when it decided (`Ticket.since` is on this clock).
     """
 
     granted: bool
     wait: float = 0.0
     key: str | None = None
     reason: str | None = None
+    now: float = 0.0
+
+
+TICKET_TTL: Final = 5.0
+"""Seconds a waiter's ticket lives unless the waiter asks again (a dead waiter stops
+claiming)."""
+
+
+class Ticket(msgspec.Struct, frozen=True, kw_only=True):
+    """A request's place in the line of waiters, shared by every user of the store.
+
+    Attributes:
+        since: when the request started waiting, on the store's clock (`Grant.now`); None
+            for now. Older tickets are served first; equal ones by lease id.
+        ttl: seconds the store keeps the ticket unless the request asks again.
+    """
+
+    since: float | None = None
+    ttl: float = TICKET_TTL
 
 
 class RateObservation(msgspec.Struct, frozen=True, kw_only=True):
-    """What a provider said about a key's limits (headers or a 429)."""
+    """What a provider said about a key's limits (headers or a 429).
+
+    Stores and the governor use only values in range (`checked_observation`).
+    """
 
     requests_limit: int | None = None
     requests_remaining: int | None = None
@@ -123,6 +160,51 @@ class RateObservation(msgspec.Struct, frozen=True, kw_only=True):
     retry_after: float | None = None
 
 
+MAX_OBSERVED_COUNT: Final = 10**12
+"""The largest limit or remaining count an observation may report (requests or tokens)."""
+MAX_OBSERVED_SECONDS: Final = 86_400.0
+"""The longest reset or retry-after an observation may report: one day."""
+
+_COUNTS: Final = ("requests_limit", "requests_remaining", "tokens_limit", "tokens_remaining")
+_SECONDS: Final = ("requests_reset", "tokens_reset", "retry_after")
+
+
+def _in_range(value: object, low: float, high: float) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return low <= value <= high  # False for NaN; exact for big ints
+    except OverflowError:  # pragma: no cover - int/float comparisons do not overflow
+        return False
+
+
+def checked_observation(observation: RateObservation) -> tuple[RateObservation, list[str]]:
+    """``observation`` without its out-of-range values, and the names of those dropped.
+
+    Counts (limits and remaining) must be whole numbers from 0 to `MAX_OBSERVED_COUNT` (a
+    limit at least 1); resets and retry-after finite seconds from 0 to
+    `MAX_OBSERVED_SECONDS`. Anything else (negative, NaN, infinite, absurdly large, not a
+    number) is dropped, never trusted: a provider's header must not block a key forever or
+    overflow a bucket.
+    """
+    dropped: list[str] = []
+    for name in _COUNTS:
+        value = getattr(observation, name)
+        low = 1 if name.endswith("_limit") else 0
+        if value is not None and not (
+            _in_range(value, low, MAX_OBSERVED_COUNT) and float(value).is_integer()
+        ):
+            dropped.append(name)
+    for name in _SECONDS:
+        value = getattr(observation, name)
+        if value is not None and not _in_range(value, 0.0, MAX_OBSERVED_SECONDS):
+            dropped.append(name)
+    if not dropped:
+        return observation, dropped
+    cleaned = msgspec.structs.replace(observation, **dict.fromkeys(dropped))
+    return cleaned, dropped
+
+
 class RateStore(abc.ABC):
     """Token buckets and concurrency leases, shared by everyone using the same store."""
 
@@ -130,8 +212,18 @@ class RateStore(abc.ABC):
     """True when the ``*_nowait`` methods exist and do the same work without awaiting (the
     memory store): the governor then serves its whole queue in one scheduler pass."""
 
+    logs_outages: bool = False
+    """True when the store logs its own outages (once each, with the fail mode in force):
+    its users then only count the `StoreUnavailable` errors they see."""
+
     def acquire_nowait(
-        self, limits: Sequence[RateLimit], *, lease: str, tokens: int, ttl: float
+        self,
+        limits: Sequence[RateLimit],
+        *,
+        lease: str,
+        tokens: int,
+        ttl: float,
+        ticket: Ticket | None = None,
     ) -> Grant:
         """`acquire` without awaiting, for stores that are ``synchronous``."""
         raise NotImplementedError
@@ -142,11 +234,33 @@ class RateStore(abc.ABC):
         """`settle` without awaiting, for stores that are ``synchronous``."""
         raise NotImplementedError
 
+    def leave_nowait(self, limits: Sequence[RateLimit], *, lease: str) -> None:
+        """`leave` without awaiting, for stores that are ``synchronous``."""
+        raise NotImplementedError
+
+    def observe_nowait(self, limit: RateLimit, observation: RateObservation) -> None:
+        """`observe` without awaiting, for stores that are ``synchronous``."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     async def acquire(
-        self, limits: Sequence[RateLimit], *, lease: str, tokens: int, ttl: float
+        self,
+        limits: Sequence[RateLimit],
+        *,
+        lease: str,
+        tokens: int,
+        ttl: float,
+        ticket: Ticket | None = None,
     ) -> Grant:
         """Take one request, ``tokens`` tokens and a concurrency slot from every key, or nothing.
+
+        Older waiters come first: capacity that the tickets of older waiters claim (one
+        request, their tokens and one concurrency slot each, on the keys where they wait) is
+        not free for this request. Without a ``ticket`` the request is a newcomer (younger
+        than every ticket) and a refusal leaves nothing behind. With one, a refusal
+        registers (or refreshes) the ticket ``lease`` on every key where the request does
+        not fit and drops it from the others, unless the request can never fit (an
+        infinite wait); a grant drops it everywhere.
 
         Raises:
             StoreUnavailable: the store cannot be reached.
@@ -163,16 +277,43 @@ class RateStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def leave(self, limits: Sequence[RateLimit], *, lease: str) -> None:
+        """Drop the ticket ``lease`` (its waiter gave up); nothing if there is none.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+        """
+
+    @abc.abstractmethod
+    async def watch(self, on_release: Callable[[frozenset[str]], None]) -> None:
+        """Call ``on_release(keys)`` whenever another user of the store may have freed
+        capacity on ``keys`` that somebody waits for (a settle, a waiter leaving); run until
+        cancelled.
+
+        Notices are hints: one may be lost (a broken connection), so waiters also ask again
+        from time to time. Never raises but `trio.Cancelled`.
+        """
+
+    @abc.abstractmethod
     async def renew(self, limits: Sequence[RateLimit], *, lease: str, ttl: float) -> None:
         """Extend a lease still in use (a long stream) by ``ttl`` from now."""
 
     @abc.abstractmethod
     async def observe(self, limit: RateLimit, observation: RateObservation) -> None:
-        """Tighten ``limit.key`` by what the provider reported."""
+        """Tighten ``limit.key`` by what the provider reported.
+
+        Out-of-range values are ignored (`checked_observation`), with one warning.
+        """
 
     @abc.abstractmethod
     async def levels(self, limit: RateLimit) -> dict[str, float]:
-        """The key's current levels: requests, tokens, leases, blocked_for (seconds)."""
+        """The key's current levels: requests, tokens, leases, waiting (live tickets),
+        blocked_for (seconds)."""
+
+    def set_fail_mode(self, mode: str) -> None:
+        """Name the fail mode its users apply when the store is unreachable, for the store's
+        outage log lines (`logs_outages`); nothing for stores that never fail."""
+        return
 
     async def aclose(self) -> None:
         """Release connections (nothing for the memory store)."""
@@ -225,6 +366,15 @@ class BudgetLevel(msgspec.Struct, frozen=True, kw_only=True):
 
 class BudgetStore(abc.ABC):
     """Spend per scope and period, with reservations, shared through the same store."""
+
+    logs_outages: bool = False
+    """True when the store logs its own outages (once each, with the fail mode in force):
+    its users then only count the `StoreUnavailable` errors they see."""
+
+    def set_fail_mode(self, mode: str) -> None:
+        """Name the fail mode its users apply when the store is unreachable, for the store's
+        outage log lines (`logs_outages`); nothing for stores that never fail."""
+        return
 
     @abc.abstractmethod
     async def reserve(

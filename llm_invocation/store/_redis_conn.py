@@ -4,6 +4,13 @@ One coredis client (one connection pool) per `Connection`, the key names, and th
 boundary where coredis, anyio and socket errors become `StoreUnavailable`: `Connection.run`.
 `RedisUser` is what every Redis-backed store and cache shares: its connection, whether it
 owns it, open and close.
+
+Outages are logged here, once per connection: the first operation that fails logs one
+ERROR naming the fail mode in force (``store_fail_mode``, see `Connection.fail_mode`), the
+next one that succeeds logs one INFO; what fails in between is only raised. The stores'
+users (the governor, the accountant) therefore count `StoreUnavailable` errors instead of
+logging them. `Connection.listen` keeps one subscription to a pub/sub channel, reconnecting
+after a failure; its failures count as outages too.
 coredis is imported when a connection opens, never before, so importing the package stays
 cheap without Redis.
 
@@ -14,6 +21,7 @@ same task, with ``async with``.
 
 from __future__ import annotations
 
+import logging
 import math
 import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -34,8 +42,19 @@ __all__ = ["Connection", "RedisUser", "hash_tagged"]
 
 T = TypeVar("T")
 
+log = logging.getLogger("llm_invocation.store")
+
+_FAIL_MODES: Final = {
+    "closed": "calls are refused until it is back",
+    "open": "calls are admitted unchecked until it is back",
+}
+
+LISTEN_RETRY_MAX: Final = 5.0
+"""The longest pause between two attempts to subscribe again after a failure."""
+
 SCRIPTS: Final = {
     "acquire": _redis_lua.ACQUIRE,
+    "leave": _redis_lua.LEAVE,
     "settle_rate": _redis_lua.SETTLE_RATE,
     "renew": _redis_lua.RENEW,
     "observe": _redis_lua.OBSERVE,
@@ -104,9 +123,14 @@ class Connection:
         prefix: the key prefix as given (``"llm:"``).
         base: the prefix as a hash tag (``"{llm:}"``): the start of every store key.
         timeout: seconds an operation may take before it fails with `StoreUnavailable`.
+        fail_mode: what the users of the connection do while Redis is unreachable
+            (``"closed"``, ``"open"``), named in the outage log lines; None: not said.
+        down: whether the last operation failed (an outage is under way).
     """
 
-    def __init__(self, url: str, *, prefix: str, timeout: float) -> None:
+    def __init__(
+        self, url: str, *, prefix: str, timeout: float, fail_mode: str | None = None
+    ) -> None:
         self.location, self._secrets = _redact(url)
         scheme = url.partition("://")[0].lower()
         if scheme not in ("redis", "rediss", "unix"):
@@ -122,6 +146,9 @@ class Connection:
         self._translated: tuple[type[BaseException], ...] = ()
         self._opened = False
         self._users = 0
+        self.fail_mode = fail_mode
+        self.down = False
+        self._listen_warned = False
 
     def __repr__(self) -> str:
         return f"Connection({self.location!r}, prefix={self.prefix!r})"
@@ -217,6 +244,9 @@ class Connection:
     async def run(self, what: str, operation: Callable[[coredis.Redis[bytes]], Awaitable[T]]) -> T:
         """Run ``operation`` on the client within the timeout: the error boundary.
 
+        The first failure of an outage is logged (ERROR), and the first success after it
+        (INFO); see the module documentation.
+
         Raises:
             StoreUnavailable: the connection is not open, Redis cannot be reached or answered
                 with an error, or it did not answer within the timeout. The lower-layer
@@ -228,17 +258,102 @@ class Connection:
             raise StoreUnavailable(f"the Redis connection to {self.location} is {state}")
         with trio.move_on_after(self.timeout):
             try:
-                return await operation(client)
+                result = await operation(client)
             except Exception as exc:
                 if not self._is_transport_error(exc):
                     raise
                 detail = self._scrub(f"{type(exc).__name__}: {exc}")
-                raise StoreUnavailable(
-                    f"Redis at {self.location} failed in {what}: {detail}"
-                ) from exc
-        raise StoreUnavailable(
-            f"Redis at {self.location} did not answer {what} within {self.timeout:g} s"
+                error = StoreUnavailable(
+                    f"Redis at {self.location} is unreachable or failed in {what}: {detail}"
+                )
+                self.went_down(error)
+                raise error from exc
+            self.came_back()
+            return result
+        error = StoreUnavailable(
+            f"Redis at {self.location} is unreachable: it did not answer {what} within "
+            f"{self.timeout:g} s"
         )
+        self.went_down(error)
+        raise error
+
+    def went_down(self, error: StoreUnavailable) -> None:
+        """Note a failure: the first of an outage is logged once (ERROR)."""
+        if self.down:
+            return
+        self.down = True
+        mode = self.fail_mode
+        if mode is None:
+            log.error("%s", error)
+        else:
+            consequence = _FAIL_MODES.get(mode, "")
+            log.error(
+                "%s (store_fail_mode=%s%s)",
+                error,
+                mode,
+                f": {consequence}" if consequence else "",
+            )
+
+    def came_back(self) -> None:
+        """Note a success: the first after an outage is logged once (INFO)."""
+        if not self.down:
+            return
+        self.down = False
+        mode = f" (store_fail_mode={self.fail_mode})" if self.fail_mode is not None else ""
+        log.info("Redis at %s is reachable again%s", self.location, mode)
+
+    async def listen(self, channel: str, on_message: Callable[[bytes], None]) -> None:
+        """Call ``on_message(data)`` for every message published on ``channel``, until
+        cancelled.
+
+        One dedicated connection of the pool is subscribed. When the subscription breaks it
+        is made again at once, then after pauses growing to `LISTEN_RETRY_MAX`; a failure to
+        subscribe counts as an outage (`went_down`). Messages published meanwhile are lost.
+        Outside the connection's ``async with`` it waits until cancelled.
+        Never raises but `trio.Cancelled`.
+        """
+        delay = 0.0
+        while True:
+            client = self._client
+            if client is None:
+                await trio.sleep_forever()
+                return  # pragma: no cover - sleep_forever never returns
+            subscribed = False
+            try:
+                from coredis.retry import NoRetryPolicy
+
+                async with client.pubsub(
+                    channels=[channel],
+                    retry_policy=NoRetryPolicy(),
+                    ignore_subscribe_messages=True,
+                    subscription_timeout=self.timeout,
+                ) as pubsub:
+                    subscribed = True
+                    delay = 0.0
+                    self.came_back()
+                    async for message in pubsub:
+                        data = message["data"]
+                        if isinstance(data, bytes):
+                            on_message(data)
+            except Exception as exc:  # noqa: BLE001 - a hint channel: retried, never fatal
+                detail = self._scrub(f"{type(exc).__name__}: {exc}")
+                if not subscribed and self._is_transport_error(exc):
+                    self.went_down(
+                        StoreUnavailable(
+                            f"Redis at {self.location} is unreachable (subscribing to its "
+                            f"release notices): {detail}"
+                        )
+                    )
+                elif not self._is_transport_error(exc) and not self._listen_warned:
+                    self._listen_warned = True
+                    log.warning(
+                        "the subscription to Redis release notices at %s failed: %s; it is "
+                        "made again, and waiters ask Redis again meanwhile (reported once)",
+                        self.location,
+                        detail,
+                    )
+            await trio.sleep(delay)
+            delay = min(max(2 * delay, 0.05), LISTEN_RETRY_MAX)
 
     def _is_transport_error(self, exc: BaseException) -> bool:
         if isinstance(exc, BaseExceptionGroup):
@@ -264,6 +379,8 @@ class RedisUser:
             ``unix://``. The password never appears in reprs or error messages.
         prefix: the start of every key.
         timeout: seconds an operation may take before it raises `StoreUnavailable`.
+        fail_mode: what the users do while Redis is unreachable (``"closed"`` or
+            ``"open"``), named in the outage log lines (see `set_fail_mode`).
 
     Raises:
         ValueError: the URL is not a Redis URL, the prefix is empty or the timeout is not
@@ -275,8 +392,15 @@ class RedisUser:
     _closed: bool
     _cm: AbstractAsyncContextManager[Connection] | None
 
-    def __init__(self, url: str, *, prefix: str = "llm:", timeout: float = 1.0) -> None:
-        self._setup(Connection(url, prefix=prefix, timeout=timeout), owns=True)
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "llm:",
+        timeout: float = 1.0,
+        fail_mode: str | None = None,
+    ) -> None:
+        self._setup(Connection(url, prefix=prefix, timeout=timeout, fail_mode=fail_mode), owns=True)
 
     @classmethod
     def _on(cls, connection: Connection) -> Self:
@@ -294,6 +418,12 @@ class RedisUser:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._conn.location!r}, prefix={self._conn.prefix!r})"
+
+    def set_fail_mode(self, mode: str) -> None:
+        """Name the fail mode the connection's users apply while Redis is unreachable
+        (``"closed"``, ``"open"``), for its outage log lines. The connection is shared by
+        the stores opened together, so one call covers them all."""
+        self._conn.fail_mode = mode
 
     async def __aenter__(self) -> Self:
         """Open this user's own connection pool.

@@ -23,6 +23,7 @@ from typing import Final
 __all__ = [
     "ACQUIRE",
     "BUDGET_LEVELS",
+    "LEAVE",
     "OBSERVE",
     "RATE_LEVELS",
     "RENEW",
@@ -48,11 +49,16 @@ end
 
 # -- rate limits ------------------------------------------------------------------------------
 #
-# Per rate key two Redis keys: a hash of the buckets (rc/rl/ru: requests capacity, level,
+# Per rate key three Redis keys: a hash of the buckets (rc/rl/ru: requests capacity, level,
 # updated; tc/tl/tu: the same for tokens; bu: blocked until; lr/lt: learned requests and
-# tokens per minute) and a sorted set of leases scored by their expiry. A script's KEYS are
-# these pairs, one per limit; its per-limit ARGV are (requests_per_minute,
-# tokens_per_minute, concurrency), after the script's own leading arguments.
+# tokens per minute; sq: the tickets' serial), a sorted set of leases scored by their
+# expiry, and a hash of the waiters' tickets (lease id -> "since expires tokens serial
+# owner", the owner being the store that registered it). A script's KEYS are these triples,
+# one per limit; its per-limit ARGV are (requests_per_minute, tokens_per_minute,
+# concurrency, the key's name), after the script's own leading arguments. A script that
+# frees capacity somebody waits for publishes on the prefix's channel the sender's origin,
+# then one line per key: its name, a tab, and the owners of the tickets that should ask
+# again (see `next_owners`).
 
 _RATE: Final = (
     _COMMON
@@ -87,9 +93,9 @@ local function refill(cap, lvl, upd, capacity, now)
 end
 
 -- _Bucket.wait_for
-local function wait_for(amount, cap, lvl)
+local function wait_for(amount, claimed, cap, lvl)
   if amount > cap then return math.huge end
-  local missing = amount - lvl
+  local missing = amount + claimed - lvl
   if missing <= 0 then return 0.0 end
   return missing * 60.0 / cap
 end
@@ -140,83 +146,206 @@ local function save(s, now, idle)
   local last = redis.call('ZRANGE', s.z, -1, -1, 'WITHSCORES')
   if #last > 0 then redis.call('PEXPIRE', s.z, ms(tonumber(last[2]) - now + 1)) end
 end
+
+-- The live tickets of w, oldest first (by since, then by serial: the order of
+-- registration); expired or unreadable ones are dropped on the way.
+local function tickets(w, now)
+  local flat = redis.call('HGETALL', w)
+  local entries, dead = {}, {}
+  for j = 1, #flat, 2 do
+    local a, b, c, d, o = string.match(flat[j + 1], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+    local e = {id = flat[j], since = tonumber(a), expires = tonumber(b), tokens = tonumber(c),
+               serial = tonumber(d), owner = o}
+    if e.since == nil or e.expires == nil or e.serial == nil or e.expires <= now then
+      dead[#dead + 1] = e.id
+    else
+      entries[#entries + 1] = e
+    end
+  end
+  if #dead > 0 then redis.call('HDEL', w, unpack(dead)) end
+  table.sort(entries, function(x, y)
+    if x.since ~= y.since then return x.since < y.since end
+    return x.serial < y.serial
+  end)
+  return entries
+end
+
+-- _Key.claims: the tickets older than lease, waiting since `since`, and their tokens (a
+-- request not registered here is younger than every ticket of its since); and lease's own
+-- serial (nil when not registered).
+local function claims(entries, lease, since)
+  local mine = math.huge
+  for _, e in ipairs(entries) do
+    if e.id == lease then mine = e.serial end
+  end
+  local count, tokens = 0, 0
+  for _, e in ipairs(entries) do
+    if e.id ~= lease and (e.since < since or (e.since == since and e.serial < mine)) then
+      count = count + 1
+      tokens = tokens + (e.tokens or 0)
+    end
+  end
+  if mine == math.huge then mine = nil end
+  return count, tokens, mine
+end
+
+-- Who should ask again after capacity was freed on a key: the owners of its oldest
+-- tickets, one per free concurrency slot (at least one); everyone for a bucket.
+local function next_owners(entries, conc, z)
+  local n = #entries
+  if conc ~= nil then n = math.max(1, conc - redis.call('ZCARD', z)) end
+  local owners, seen = {}, {}
+  for i = 1, math.min(n, #entries) do
+    local owner = entries[i].owner
+    if not seen[owner] then
+      seen[owner] = true
+      owners[#owners + 1] = owner
+    end
+  end
+  return table.concat(owners, ' ')
+end
+
+-- Publish "<key>\t<owner> <owner>..." lines, one per key, after the sender's origin.
+local function announce(channel, origin, lines)
+  if #lines > 0 then
+    redis.call('PUBLISH', channel, origin .. '\n' .. table.concat(lines, '\n'))
+  end
+end
 """
 )
 
 ACQUIRE: Final = (
     _RATE
     + r"""
--- ARGV: lease, tokens, ttl, idle, then (rpm, tpm, concurrency) per limit
+-- ARGV: lease, tokens, ttl, idle, queue ('1' or ''), since ('' for now), ticket ttl,
+--       channel, origin, then (rpm, tpm, concurrency, name) per limit
 local now = clock()
 local lease, tokens, ttl, idle = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local n = #KEYS / 2
+local queue = ARGV[5] == '1'
+local since = opt(ARGV[6]) or now
+if since > now then since = now end
+local n = #KEYS / 3
 local cache, order, plan = {}, {}, {}
 local granted, worst_wait, worst_i, worst_reason = true, 0.0, 0, ''
 for i = 1, n do
-  local base = 4 + (i - 1) * 3
+  local base = 9 + (i - 1) * 4
   local conc = opt(ARGV[base + 3])
-  local s = load(cache, order, KEYS[2 * i - 1], KEYS[2 * i])
+  local s = load(cache, order, KEYS[3 * i - 2], KEYS[3 * i - 1])
+  local w = KEYS[3 * i]
   prepare(s, opt(ARGV[base + 1]), opt(ARGV[base + 2]), now)
-  plan[i] = {s, conc}
+  local entries = tickets(w, now)
+  local older, older_tokens, serial = claims(entries, lease, since)
   local wait, reason = 0.0, nil
   if s.bu > now then wait, reason = s.bu - now, 'blocked' end
   if s.rc ~= nil then
-    local needed = wait_for(1, s.rc, s.rl)
+    local needed = wait_for(1, older, s.rc, s.rl)
     if needed > wait then wait, reason = needed, 'requests' end
   end
   if s.tc ~= nil and tokens > 0 then
-    local needed = wait_for(tokens, s.tc, s.tl)
+    local needed = wait_for(tokens, older_tokens, s.tc, s.tl)
     if needed > wait then wait, reason = needed, 'tokens' end
   end
-  if conc ~= nil then
-    local count = redis.call('ZCARD', s.z)
-    if count >= conc then
-      local needed = 0.0
-      if count > 0 then
-        local first = redis.call('ZRANGE', s.z, 0, 0, 'WITHSCORES')
-        needed = math.max(0.0, tonumber(first[2]) - now)
-      end
-      if reason == nil or needed > wait then
-        wait, reason = math.max(wait, needed), 'concurrency'
-      end
-    end
+  if conc ~= nil and reason == nil then
+    if redis.call('ZCARD', s.z) + older >= conc then reason = 'concurrency' end
   end
+  plan[i] = {s = s, conc = conc, w = w, misfit = reason ~= nil, serial = serial,
+             entries = entries, name = ARGV[base + 4]}
   if reason ~= nil and (granted or wait > worst_wait) then
     granted, worst_wait, worst_i, worst_reason = false, wait, i, reason
   end
 end
 if granted then
   for i = 1, n do
-    local s, conc = plan[i][1], plan[i][2]
-    if s.rc ~= nil then s.rl = s.rl - 1 end
-    if s.tc ~= nil then s.tl = s.tl - tokens end
-    if conc ~= nil then redis.call('ZADD', s.z, fmt(now + ttl), lease) end
+    local p = plan[i]
+    if p.s.rc ~= nil then p.s.rl = p.s.rl - 1 end
+    if p.s.tc ~= nil then p.s.tl = p.s.tl - tokens end
+    if p.conc ~= nil then redis.call('ZADD', p.s.z, fmt(now + ttl), lease) end
+    if p.serial ~= nil then redis.call('HDEL', p.w, lease) end
   end
+elseif queue and worst_wait < math.huge then
+  local ticket_ttl = tonumber(ARGV[7])
+  local entry = fmt(since) .. ' ' .. fmt(now + ticket_ttl) .. ' ' .. int(tokens) .. ' '
+  local freed = {}
+  for i = 1, n do
+    local p = plan[i]
+    if p.misfit then
+      local serial = p.serial
+      if serial == nil then serial = redis.call('HINCRBY', p.s.h, 'sq', 1) end
+      redis.call('HSET', p.w, lease, entry .. int(serial) .. ' ' .. ARGV[9])
+      if redis.call('PTTL', p.w) < ticket_ttl * 1000 + 1 then
+        redis.call('PEXPIRE', p.w, ms(ticket_ttl + 1))
+      end
+    elseif p.serial ~= nil then
+      -- It fits here now but waits elsewhere: its claim here is given up, the next wake.
+      redis.call('HDEL', p.w, lease)
+      local rest = {}
+      for _, e in ipairs(p.entries) do
+        if e.id ~= lease then rest[#rest + 1] = e end
+      end
+      if #rest > 0 then freed[#freed + 1] = p.name .. '\t' .. next_owners(rest, p.conc, p.s.z) end
+    end
+  end
+  announce(ARGV[8], ARGV[9], freed)
 end
 for _, s in ipairs(order) do save(s, now, idle) end
-if granted then return {1} end
-return {0, fmt(worst_wait), worst_i, worst_reason}
+if granted then return {1, fmt(now)} end
+return {0, fmt(worst_wait), worst_i, worst_reason, fmt(now)}
 """
 )
 
 SETTLE_RATE: Final = (
     _RATE
     + r"""
--- ARGV: lease, reserved, used, idle, then (rpm, tpm, concurrency) per limit
+-- ARGV: lease, reserved, used, idle, channel, origin, then (rpm, tpm, concurrency, name)
+--       per limit
 local now = clock()
 local lease, reserved, used, idle = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4])
-local cache, order = {}, {}
-for i = 1, #KEYS / 2 do
-  local base = 4 + (i - 1) * 3
-  local s = load(cache, order, KEYS[2 * i - 1], KEYS[2 * i])
+local cache, order, freed = {}, {}, {}
+for i = 1, #KEYS / 3 do
+  local base = 6 + (i - 1) * 4
+  local s = load(cache, order, KEYS[3 * i - 2], KEYS[3 * i - 1])
   prepare(s, opt(ARGV[base + 1]), opt(ARGV[base + 2]), now)
-  redis.call('ZREM', s.z, lease)
+  local released = redis.call('ZREM', s.z, lease) == 1
+  local refunded = false
   if s.tc ~= nil and reserved ~= used then
     s.tl = math.min(s.tc, s.tl + (reserved - used))
+    refunded = reserved > used
+  end
+  if released or refunded then
+    local entries = tickets(KEYS[3 * i], now)
+    if #entries > 0 then
+      local conc = opt(ARGV[base + 3])
+      if not released then conc = nil end
+      freed[#freed + 1] = ARGV[base + 4] .. '\t' .. next_owners(entries, conc, s.z)
+    end
   end
 end
 for _, s in ipairs(order) do save(s, now, idle) end
+announce(ARGV[5], ARGV[6], freed)
+return 1
+"""
+)
+
+LEAVE: Final = (
+    _RATE
+    + r"""
+-- KEYS: the rate key's triple per limit; ARGV: lease, channel, origin, then
+--       (concurrency, name) per limit
+local now = clock()
+local lease = ARGV[1]
+local freed = {}
+for i = 1, #KEYS / 3 do
+  local w = KEYS[3 * i]
+  if redis.call('HDEL', w, lease) == 1 then
+    local entries = tickets(w, now)
+    if #entries > 0 then
+      local conc = opt(ARGV[2 + 2 * i])
+      freed[#freed + 1] = ARGV[3 + 2 * i] .. '\t' .. next_owners(entries, conc, KEYS[3 * i - 1])
+    end
+  end
+end
+announce(ARGV[2], ARGV[3], freed)
 return 1
 """
 )
@@ -263,7 +392,7 @@ return 1
 RATE_LEVELS: Final = (
     _RATE
     + r"""
--- ARGV: rpm, tpm, idle
+-- KEYS: the rate key's triple; ARGV: rpm, tpm, idle
 local now = clock()
 local s = load({}, {}, KEYS[1], KEYS[2])
 prepare(s, opt(ARGV[1]), opt(ARGV[2]), now)
@@ -271,7 +400,8 @@ save(s, now, tonumber(ARGV[3]))
 local requests, tokens = 'inf', 'inf'
 if s.rc ~= nil then requests = fmt(s.rl) end
 if s.tc ~= nil then tokens = fmt(s.tl) end
-return {requests, tokens, redis.call('ZCARD', s.z), fmt(math.max(0.0, s.bu - now))}
+local waiting = #tickets(KEYS[3], now)
+return {requests, tokens, redis.call('ZCARD', s.z), fmt(math.max(0.0, s.bu - now)), waiting}
 """
 )
 

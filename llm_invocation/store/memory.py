@@ -1,12 +1,14 @@
 """In-process stores: the embedded default, exact for one process.
 
 Rate limits run on `trio.current_time` (monotonic, so tests under ``autojump_clock`` are
-exact); budgets on the wall clock (``time.time``), because calendar periods are days, weeks
-and months of UTC. Both take a ``clock`` argument for tests.
+exact), and `MemoryRateStore.watch` tells every governor using the store about releases on
+keys with waiters; budgets run on the wall clock (``time.time``), because calendar periods
+are days, weeks and months of UTC. Both take a ``clock`` argument for tests.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,13 +26,17 @@ from ._base import (
     RateLimit,
     RateObservation,
     RateStore,
+    Ticket,
     bucket_width,
+    checked_observation,
     from_nanos,
     period_id,
     to_nanos,
 )
 
 __all__ = ["MemoryBudgetStore", "MemoryRateStore"]
+
+log = logging.getLogger("llm_invocation.store")
 
 
 def _min(a: float | None, b: float | None) -> float | None:
@@ -60,20 +66,40 @@ class _Bucket:
             self.level = min(self.capacity, self.level + elapsed * self.capacity / 60.0)
         self.updated = now
 
-    def wait_for(self, amount: float) -> float:
+    def wait_for(self, amount: float, claimed: float = 0.0) -> float:
+        """Seconds until ``amount`` fits after what older waiters claim (inf: it never will)."""
         if amount > self.capacity:
             return math.inf
-        missing = amount - self.level
+        missing = amount + claimed - self.level
         return 0.0 if missing <= 0 else missing * 60.0 / self.capacity
 
 
+class _Ticket:
+    __slots__ = ("expires", "serial", "since", "tokens")
+
+    def __init__(self, since: float, expires: float, tokens: int, serial: int) -> None:
+        self.since = since
+        self.expires = expires
+        self.tokens = tokens
+        self.serial = serial  # the order of registration, for tickets of the same since
+
+
 class _Key:
-    __slots__ = ("blocked_until", "learned_rpm", "learned_tpm", "leases", "requests", "tokens")
+    __slots__ = (
+        "blocked_until",
+        "learned_rpm",
+        "learned_tpm",
+        "leases",
+        "requests",
+        "tickets",
+        "tokens",
+    )
 
     def __init__(self) -> None:
         self.requests: _Bucket | None = None
         self.tokens: _Bucket | None = None
         self.leases: dict[str, float] = {}
+        self.tickets: dict[str, _Ticket] = {}
         self.blocked_until = -math.inf
         self.learned_rpm: float | None = None
         self.learned_tpm: float | None = None
@@ -97,6 +123,25 @@ class _Key:
             expired = [lease for lease, until in self.leases.items() if until <= now]
             for lease in expired:
                 del self.leases[lease]
+        if self.tickets:
+            gone = [lease for lease, ticket in self.tickets.items() if ticket.expires <= now]
+            for lease in gone:
+                del self.tickets[lease]
+
+    def claims(self, lease: str, since: float) -> tuple[int, int]:
+        """How many live tickets are older than ``lease`` waiting since ``since``, and their
+        tokens. Of the same since, the first registered is older; a request not registered
+        here is younger than all of them."""
+        own = self.tickets.get(lease)
+        serial = own.serial if own is not None else math.inf
+        count = tokens = 0
+        for other, ticket in self.tickets.items():
+            if other == lease:
+                continue
+            if ticket.since < since or (ticket.since == since and ticket.serial < serial):
+                count += 1
+                tokens += ticket.tokens
+        return count, tokens
 
 
 @final
@@ -108,6 +153,9 @@ class MemoryRateStore(RateStore):
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._clock = clock or trio.current_time
         self._keys: dict[str, _Key] = {}
+        self._watchers: list[Callable[[frozenset[str]], None]] = []
+        self._warned = False
+        self._serial = 0
 
     def _key(self, name: str) -> _Key:
         state = self._keys.get(name)
@@ -116,48 +164,81 @@ class MemoryRateStore(RateStore):
         return state
 
     async def acquire(
-        self, limits: Sequence[RateLimit], *, lease: str, tokens: int, ttl: float
+        self,
+        limits: Sequence[RateLimit],
+        *,
+        lease: str,
+        tokens: int,
+        ttl: float,
+        ticket: Ticket | None = None,
     ) -> Grant:
         await trio.lowlevel.checkpoint()
-        return self.acquire_nowait(limits, lease=lease, tokens=tokens, ttl=ttl)
+        return self.acquire_nowait(limits, lease=lease, tokens=tokens, ttl=ttl, ticket=ticket)
 
     def acquire_nowait(
-        self, limits: Sequence[RateLimit], *, lease: str, tokens: int, ttl: float
+        self,
+        limits: Sequence[RateLimit],
+        *,
+        lease: str,
+        tokens: int,
+        ttl: float,
+        ticket: Ticket | None = None,
     ) -> Grant:
         """`acquire` without a checkpoint (the governor's hot path)."""
         now = self._clock()
-        worst = Grant(granted=True)
-        states: list[tuple[RateLimit, _Key]] = []
+        since = now if ticket is None or ticket.since is None else min(ticket.since, now)
+        worst = Grant(granted=True, now=now)
+        states: list[tuple[RateLimit, _Key, bool]] = []
         for limit in limits:
             state = self._key(limit.key)
             state.prepare(limit, now)
-            states.append((limit, state))
+            older, older_tokens = state.claims(lease, since)
             wait, reason = 0.0, None
             if state.blocked_until > now:
                 wait, reason = state.blocked_until - now, "blocked"
             if state.requests is not None:
-                needed = state.requests.wait_for(1)
+                needed = state.requests.wait_for(1, older)
                 if needed > wait:
                     wait, reason = needed, "requests"
             if state.tokens is not None and tokens > 0:
-                needed = state.tokens.wait_for(tokens)
+                needed = state.tokens.wait_for(tokens, older_tokens)
                 if needed > wait:
                     wait, reason = needed, "tokens"
-            if limit.concurrency is not None and len(state.leases) >= limit.concurrency:
-                needed = max(0.0, min(state.leases.values()) - now) if state.leases else 0.0
-                if reason is None or needed > wait:
-                    wait, reason = max(wait, needed), "concurrency"
+            if (
+                limit.concurrency is not None
+                and len(state.leases) + older >= limit.concurrency
+                and reason is None
+            ):
+                reason = "concurrency"  # fits when a lease is released: nobody knows when
+            states.append((limit, state, reason is not None))
             if reason is not None and (worst.granted or wait > worst.wait):
-                worst = Grant(granted=False, wait=wait, key=limit.key, reason=reason)
+                worst = Grant(granted=False, wait=wait, key=limit.key, reason=reason, now=now)
         if not worst.granted:
+            if ticket is not None and worst.wait < math.inf:  # it will wait: hold its place
+                expires = now + ticket.ttl
+                freed: list[str] = []
+                for limit, state, misfit in states:
+                    if misfit:
+                        known = state.tickets.get(lease)
+                        if known is None:
+                            self._serial += 1
+                            serial = self._serial
+                        else:
+                            serial = known.serial
+                        state.tickets[lease] = _Ticket(since, expires, tokens, serial)
+                    elif state.tickets.pop(lease, None) is not None and state.tickets:
+                        freed.append(limit.key)  # its claim here is given up: wake the next
+                self._notify(freed)
             return worst
-        for limit, state in states:
+        for limit, state, _ in states:
             if state.requests is not None:
                 state.requests.level -= 1
             if state.tokens is not None:
                 state.tokens.level -= tokens
             if limit.concurrency is not None:
                 state.leases[lease] = now + ttl
+            if state.tickets:
+                state.tickets.pop(lease, None)
         return worst
 
     async def settle(
@@ -170,6 +251,7 @@ class MemoryRateStore(RateStore):
         self, limits: Sequence[RateLimit], *, lease: str, reserved: int, used: int
     ) -> None:
         now = self._clock()
+        waited_on: list[str] = []
         for limit in limits:
             state = self._key(limit.key)
             state.prepare(limit, now)
@@ -178,6 +260,40 @@ class MemoryRateStore(RateStore):
                 state.tokens.level = min(
                     state.tokens.capacity, state.tokens.level + (reserved - used)
                 )
+            if state.tickets:
+                waited_on.append(limit.key)
+        self._notify(waited_on)
+
+    async def leave(self, limits: Sequence[RateLimit], *, lease: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.leave_nowait(limits, lease=lease)
+
+    def leave_nowait(self, limits: Sequence[RateLimit], *, lease: str) -> None:
+        waited_on: list[str] = []
+        for limit in limits:
+            state = self._keys.get(limit.key)
+            if state is not None and state.tickets.pop(lease, None) is not None and state.tickets:
+                waited_on.append(limit.key)
+        self._notify(waited_on)
+
+    def _notify(self, keys: list[str]) -> None:
+        if not keys or not self._watchers:
+            return
+        released = frozenset(keys)
+        for watcher in list(self._watchers):
+            try:
+                watcher(released)
+            except Exception:  # another user's bug must not fail this caller's settle
+                log.exception("a rate-store watcher failed; it is dropped")
+                self._watchers.remove(watcher)
+
+    async def watch(self, on_release: Callable[[frozenset[str]], None]) -> None:
+        self._watchers.append(on_release)
+        try:
+            await trio.sleep_forever()
+        finally:
+            if on_release in self._watchers:
+                self._watchers.remove(on_release)
 
     async def renew(self, limits: Sequence[RateLimit], *, lease: str, ttl: float) -> None:
         await trio.lowlevel.checkpoint()
@@ -192,9 +308,16 @@ class MemoryRateStore(RateStore):
         self.observe_nowait(limit, observation)
 
     def observe_nowait(self, limit: RateLimit, observation: RateObservation) -> None:
+        o, dropped = checked_observation(observation)
+        if dropped and not self._warned:
+            self._warned = True
+            log.warning(
+                "ignored out-of-range rate-limit values for %s: %s (reported once)",
+                limit.key,
+                ", ".join(f"{name}={getattr(observation, name)!r:.40}" for name in dropped),
+            )
         now = self._clock()
         state = self._key(limit.key)
-        o = observation
         if o.requests_limit:
             state.learned_rpm = float(o.requests_limit)
         if o.tokens_limit:
@@ -218,6 +341,7 @@ class MemoryRateStore(RateStore):
             "requests": state.requests.level if state.requests else math.inf,
             "tokens": state.tokens.level if state.tokens else math.inf,
             "leases": float(len(state.leases)),
+            "waiting": float(len(state.tickets)),
             "blocked_for": max(0.0, state.blocked_until - now),
         }
 

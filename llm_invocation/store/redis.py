@@ -27,7 +27,18 @@ URL's password. Operations after `aclose` (or outside the ``async with``) raise
 `StoreUnavailable` too. Nothing is retried but a script's load on NOSCRIPT: a script that
 timed out or lost its connection may have run. So the first operation on a pooled
 connection that Redis dropped without the pool noticing yet (a server restart) fails; the
-next one connects again.
+next one connects again. An outage is logged by the connection the stores share: one ERROR
+when it starts, one INFO when Redis answers again, both naming the fail mode
+(``fail_mode``, or `RedisRateStore.set_fail_mode`); callers only count their errors.
+
+Waiting. The line of waiters is kept in Redis, so it is one for every process: a refused
+request that will wait registers a ticket (`Ticket`) on the keys where it does not fit,
+and older tickets have a prior claim on what is freed (see `RateStore.acquire`). A script
+that frees capacity on a key somebody waits for - a settle, a waiter leaving, a waiter
+giving up a claim it no longer needs - publishes a notice on the channel ``P released``
+naming the stores whose tickets are next in line (as many as slots were freed, everyone
+for a bucket); `RedisRateStore.watch` keeps one subscription per store and passes on the
+notices meant for it. A lost notice (a broken subscription) costs the waiter a poll.
 
 Key layout. ``P`` is the prefix as a Redis Cluster hash tag: ``"llm:"`` gives ``"{llm:}"``,
 so every key below hashes to the same slot and every script's keys are co-located (on a
@@ -39,11 +50,15 @@ do not use yet. Each key carries an expiry, refreshed by the scripts that write 
 key                                        type   contents and expiry
 =========================================  =====  ==========================================
 ``P rate:<key>``                           hash   the token buckets (capacity, level,
-                                                  updated), ``blocked_until`` and learned
-                                                  limits of a rate key; kept 24 h after the
-                                                  last use (longer while blocked)
+                                                  updated), ``blocked_until``, learned
+                                                  limits and the tickets' serial of a rate
+                                                  key; kept 24 h after the last use
+                                                  (longer while blocked)
 ``P lease:<key>``                          zset   lease id -> expiry (unix seconds); until
                                                   the last lease expires
+``P wait:<key>``                           hash   waiters' tickets: lease id -> "since
+                                                  expires tokens serial owner"; until the
+                                                  last ticket expires
 ``P budget:<calendar>:<period>:<scope>``   hash   spend in nano-dollars: a field per time
                                                   bucket index (rolling windows, buckets of
                                                   `bucket_width` seconds) or per period id
@@ -58,13 +73,15 @@ key                                        type   contents and expiry
 ``P alert:<scope>:<threshold>:<period>``   str    an alert claimed (SET NX PX); its TTL
 =========================================  =====  ==========================================
 
-Scripts and their keys: ``acquire`` / ``settle`` take the ``rate`` and ``lease`` keys of
-every limit; ``renew`` the ``lease`` keys; ``observe`` and ``levels`` the two keys of one
-limit; ``reserve``, ``settle`` and ``levels`` of budgets take the ``budget``,
-``reservations`` and ``reserved`` keys of every budget. Budget ``settle`` also increments
-the ``spend:<day>`` hash, whose name it computes from ``TIME`` (undeclared, but in the same
-slot thanks to the hash tag). Expired leases and reservations are pruned by the scripts
-that read them; a reservation's amount is subtracted from the ``total`` when it is pruned.
+Scripts and their keys: ``acquire``, ``settle`` and ``leave`` take the ``rate``, ``lease``
+and ``wait`` keys of every limit; ``renew`` the ``lease`` keys; ``observe`` the ``rate``
+and ``lease`` keys of one limit, ``levels`` its three keys; ``reserve``, ``settle`` and
+``levels`` of budgets take the ``budget``, ``reservations`` and ``reserved`` keys of every
+budget. Budget ``settle`` also increments the ``spend:<day>`` hash, whose name it computes
+from ``TIME`` (undeclared, but in the same slot thanks to the hash tag). Expired leases and
+reservations are pruned by the scripts that read them, expired tickets by the scripts that
+read the ``wait`` hash; a reservation's amount is subtracted from the ``total`` when it is
+pruned.
 
 Differences from the memory stores, none of which shows when the stores are used as the
 governor and the accountant use them: time is the Redis server's wall clock (the memory
@@ -79,7 +96,9 @@ dollars (2**53 nano-dollars) lose precision.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import AsyncGenerator, Sequence
+import logging
+import secrets
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any, Final, final
@@ -95,7 +114,9 @@ from ._base import (
     RateLimit,
     RateObservation,
     RateStore,
+    Ticket,
     bucket_width,
+    checked_observation,
     from_nanos,
     period_id,
     to_nanos,
@@ -103,6 +124,8 @@ from ._base import (
 from ._redis_conn import Connection, RedisUser
 
 __all__ = ["RedisBudgetStore", "RedisRateStore", "open_redis_stores"]
+
+log = logging.getLogger("llm_invocation.store")
 
 RATE_STATE_TTL: Final = 86_400.0
 """Seconds a rate key's buckets and learned limits are kept after their last use."""
@@ -133,20 +156,41 @@ class _RedisStore(RedisUser):
 class RedisRateStore(_RedisStore, RateStore):
     """Token buckets and concurrency leases in Redis, shared by every process using it.
 
+    Waiters' tickets live in Redis too, so the line of waiters is one for every process. A
+    script that frees capacity on a key that somebody waits for (a settle, a waiter leaving
+    or giving up its claim) publishes a notice on the prefix's channel naming the stores
+    whose waiters are next in line; `watch` passes on those meant for this store.
+
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) or
             ``unix://``. The password never appears in reprs or error messages.
         prefix: the start of every key (as a Redis Cluster hash tag, see the module).
         timeout: seconds an operation may take before it raises `StoreUnavailable`.
+        fail_mode: what the users do while Redis is unreachable, for the outage log lines.
 
     Raises:
         ValueError: the URL is not a Redis URL, the prefix is empty or the timeout is not
             positive.
     """
 
+    logs_outages = True
+
+    _origin: str
+    _warned: bool
+
+    def _setup(self, connection: Connection, *, owns: bool) -> None:
+        super()._setup(connection, owns=owns)
+        self._origin = secrets.token_hex(8)  # tells our own notices from the others'
+        self._warned = False
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel of this prefix's release notices."""
+        return f"{self._conn.base}released"
+
     def _keys(self, limit: RateLimit) -> list[str]:
         base = self._conn.base
-        return [f"{base}rate:{limit.key}", f"{base}lease:{limit.key}"]
+        return [f"{base}rate:{limit.key}", f"{base}lease:{limit.key}", f"{base}wait:{limit.key}"]
 
     @staticmethod
     def _limit_args(limit: RateLimit) -> list[str]:
@@ -155,12 +199,30 @@ class RedisRateStore(_RedisStore, RateStore):
             _number(limit.requests_per_minute),
             _number(limit.tokens_per_minute),
             concurrency,
+            limit.key,
         ]
 
+    def _prepare(self, limits: Sequence[RateLimit]) -> tuple[list[str], list[str]]:
+        keys: list[str] = []
+        args: list[str] = []
+        for limit in limits:
+            keys += self._keys(limit)
+            args += self._limit_args(limit)
+        return keys, args
+
     async def acquire(
-        self, limits: Sequence[RateLimit], *, lease: str, tokens: int, ttl: float
+        self,
+        limits: Sequence[RateLimit],
+        *,
+        lease: str,
+        tokens: int,
+        ttl: float,
+        ticket: Ticket | None = None,
     ) -> Grant:
         """Take one request, ``tokens`` tokens and a concurrency slot from every key, or nothing.
+
+        Older waiters' tickets come first; with a ``ticket`` a refusal registers it (see
+        `RateStore.acquire`).
 
         Raises:
             StoreUnavailable: Redis cannot be reached, failed or was too slow.
@@ -169,19 +231,27 @@ class RedisRateStore(_RedisStore, RateStore):
             self._check_open()
             await trio.lowlevel.checkpoint()
             return Grant(granted=True)
-        keys: list[str] = []
-        args = [lease, str(int(tokens)), _number(ttl), _number(RATE_STATE_TTL)]
-        for limit in limits:
-            keys += self._keys(limit)
-            args += self._limit_args(limit)
-        reply = await self._script("acquire", keys, args)
+        keys, per_limit = self._prepare(limits)
+        head = [
+            lease,
+            str(int(tokens)),
+            _number(ttl),
+            _number(RATE_STATE_TTL),
+            "1" if ticket is not None else "",
+            _number(ticket.since) if ticket is not None else "",
+            _number(ticket.ttl) if ticket is not None else "",
+            self.channel,
+            self._origin,
+        ]
+        reply = await self._script("acquire", keys, head + per_limit)
         if int(reply[0]) == 1:
-            return Grant(granted=True)
+            return Grant(granted=True, now=float(reply[1]))
         return Grant(
             granted=False,
             wait=float(reply[1]),
             key=limits[int(reply[2]) - 1].key,
             reason=_text(reply[3]),
+            now=float(reply[4]),
         )
 
     async def settle(
@@ -196,12 +266,51 @@ class RedisRateStore(_RedisStore, RateStore):
             self._check_open()
             await trio.lowlevel.checkpoint()
             return
+        keys, per_limit = self._prepare(limits)
+        head = [
+            lease,
+            str(int(reserved)),
+            str(int(used)),
+            _number(RATE_STATE_TTL),
+            self.channel,
+            self._origin,
+        ]
+        await self._script("settle_rate", keys, head + per_limit)
+
+    async def leave(self, limits: Sequence[RateLimit], *, lease: str) -> None:
+        """Drop the ticket ``lease`` (its waiter gave up); nothing if there is none.
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached, failed or was too slow.
+        """
+        if not limits:
+            self._check_open()
+            await trio.lowlevel.checkpoint()
+            return
         keys: list[str] = []
-        args = [lease, str(int(reserved)), str(int(used)), _number(RATE_STATE_TTL)]
+        args = [lease, self.channel, self._origin]
         for limit in limits:
             keys += self._keys(limit)
-            args += self._limit_args(limit)
-        await self._script("settle_rate", keys, args)
+            args += ["" if limit.concurrency is None else str(int(limit.concurrency)), limit.key]
+        await self._script("leave", keys, args)
+
+    async def watch(self, on_release: Callable[[frozenset[str]], None]) -> None:
+        """Pass on the release notices meant for this store, until cancelled.
+
+        Never raises but `trio.Cancelled` (see `Connection.listen`).
+        """
+
+        def notice(data: bytes) -> None:
+            _, *lines = data.decode(errors="replace").split("\n")
+            keys = [
+                name
+                for name, _, owners in (line.partition("\t") for line in lines)
+                if self._origin in owners.split(" ")
+            ]
+            if keys:
+                on_release(frozenset(keys))
+
+        await self._conn.listen(self.channel, notice)
 
     async def renew(self, limits: Sequence[RateLimit], *, lease: str, ttl: float) -> None:
         """Extend a lease still in use (a long stream) by ``ttl`` from now.
@@ -217,12 +326,20 @@ class RedisRateStore(_RedisStore, RateStore):
         await self._script("renew", keys, [lease, _number(ttl)])
 
     async def observe(self, limit: RateLimit, observation: RateObservation) -> None:
-        """Tighten ``limit.key`` by what the provider reported.
+        """Tighten ``limit.key`` by what the provider reported (out-of-range values are
+        ignored, with one warning).
 
         Raises:
             StoreUnavailable: Redis cannot be reached, failed or was too slow.
         """
-        o = observation
+        o, dropped = checked_observation(observation)
+        if dropped and not self._warned:
+            self._warned = True
+            log.warning(
+                "ignored out-of-range rate-limit values for %s: %s (reported once)",
+                limit.key,
+                ", ".join(f"{name}={getattr(observation, name)!r:.40}" for name in dropped),
+            )
         # The memory store's truthiness tests, decided here: "" means "does not apply".
         block = o.requests_reset if o.requests_remaining == 0 and o.requests_reset else None
         args = [
@@ -236,10 +353,10 @@ class RedisRateStore(_RedisStore, RateStore):
             _number(block),
             _number(o.retry_after or None),
         ]
-        await self._script("observe", self._keys(limit), args)
+        await self._script("observe", self._keys(limit)[:2], args)
 
     async def levels(self, limit: RateLimit) -> dict[str, float]:
-        """The key's current levels: requests, tokens, leases, blocked_for (seconds).
+        """The key's current levels: requests, tokens, leases, waiting, blocked_for (seconds).
 
         Raises:
             StoreUnavailable: Redis cannot be reached, failed or was too slow.
@@ -254,6 +371,7 @@ class RedisRateStore(_RedisStore, RateStore):
             "requests": float(reply[0]),
             "tokens": float(reply[1]),
             "leases": float(reply[2]),
+            "waiting": float(reply[4]),
             "blocked_for": float(reply[3]),
         }
 
@@ -275,6 +393,8 @@ class RedisBudgetStore(_RedisStore, BudgetStore):
         ValueError: the URL is not a Redis URL, the prefix is empty or the timeout is not
             positive.
     """
+
+    logs_outages = True
 
     def _budget(self, budget: Budget) -> tuple[list[str], list[str]]:
         """The three keys and five arguments of one budget, as the scripts take them."""
@@ -428,7 +548,7 @@ class RedisBudgetStore(_RedisStore, BudgetStore):
 
 @asynccontextmanager
 async def open_redis_stores(
-    url: str, *, prefix: str = "llm:", timeout: float = 1.0
+    url: str, *, prefix: str = "llm:", timeout: float = 1.0, fail_mode: str | None = None
 ) -> AsyncGenerator[tuple[RedisRateStore, RedisBudgetStore]]:
     """A rate store and a budget store on one Redis connection pool, for the block.
 
@@ -440,12 +560,15 @@ async def open_redis_stores(
             ``unix://``. The password never appears in reprs or error messages.
         prefix: the start of every key (as a Redis Cluster hash tag, see the module).
         timeout: seconds an operation may take before it raises `StoreUnavailable`.
+        fail_mode: what the stores' users do while Redis is unreachable (``"closed"`` or
+            ``"open"``: the configuration's ``store_fail_mode``), named in the one ERROR
+            logged per outage and the one INFO when Redis is back.
 
     Raises:
         ValueError: the URL is not a Redis URL, the prefix is empty or the timeout is not
             positive.
     """
-    connection = Connection(url, prefix=prefix, timeout=timeout)
+    connection = Connection(url, prefix=prefix, timeout=timeout, fail_mode=fail_mode)
     rate = RedisRateStore._on(connection)  # pyright: ignore[reportPrivateUsage]
     budget = RedisBudgetStore._on(connection)  # pyright: ignore[reportPrivateUsage]
     try:
