@@ -18,7 +18,11 @@ most (`PriceBook.worst_case`). Prices come from, in order:
 
 A model found nowhere has an unknown price: `PriceBook.cost` returns None, never a made-up 0,
 and the book logs one warning per ``(provider, model)`` on the ``llm_invocation.pricing``
-logger. Give local models a price of 0 explicitly with an override such as ``"ollama:*"``.
+logger. Give a fine-tune or a local model a price with an override (``"openai:ft:..."``,
+``"ollama:*"``, 0 for a free local model). The invocation layer then uses the cost the
+provider reported, if any (OpenRouter's ``usage.cost``), and the accountant refuses a model
+of unknown price when a cap or a budget applies, unless ``cost_control.unknown_price`` is
+``"allow"``.
 
 Arithmetic is exact: prices are `~decimal.Decimal`, a cost is computed with integers and
 becomes a `~decimal.Decimal` once, so no float ever enters a sum. With the normalised `Usage`
@@ -208,13 +212,17 @@ def _decimals(value: Decimal) -> int:
 
 class _Entry:
     """The cached lookup of one (provider, model): a fixed plan, or genai-prices' model whose
-    prices depend on the date (compiled once per price set)."""
+    prices depend on the date (compiled once per price set); ``info`` is the genai-prices
+    model it came from, if any."""
 
-    __slots__ = ("model", "plan", "plans", "warned")
+    __slots__ = ("info", "model", "plan", "plans", "warned")
 
-    def __init__(self, plan: _Plan | None, model: ModelInfo | None = None) -> None:
+    def __init__(
+        self, plan: _Plan | None, model: ModelInfo | None = None, info: ModelInfo | None = None
+    ) -> None:
         self.plan = plan
         self.model = model
+        self.info = info if info is not None else model
         self.plans: dict[int, tuple[ModelPrice, _Plan | None]] = {}
         self.warned = False
 
@@ -364,7 +372,9 @@ def _genai_model(provider: str, model: str) -> ModelInfo | None:
 class PriceBook:
     """Prices per model from overrides, the mock price and genai-prices; exact costs.
 
-    Not thread-safe: use one book from one trio run (the accountant owns it).
+    Not thread-safe: use one book from one trio run (the client shares its book between the
+    invocation layer, which prices settlements, and the accountant, which prices worst
+    cases). Lookups are pure: they read the configuration and the price table only.
 
     Args:
         overrides: ``CostConfig.prices``: prices keyed ``"provider:model"``, ``"model"`` or
@@ -433,6 +443,23 @@ class PriceBook:
             return None
         return plan.cost(usage)
 
+    def has_override(self, provider: str, model: str) -> bool:
+        """Whether a configured override prices ``model`` under this provider name (keyed
+        ``"provider:model"``, ``"model"`` or a pattern)."""
+        return self._overrides.find(provider, model) is not None
+
+    def context_window(self, provider: str, model: str) -> int | None:
+        """Return the model's context window in tokens from the price table, or None.
+
+        Only genai-prices models have one (overrides and the mock price do not). A call's
+        completion cannot outgrow the window less its prompt, which bounds what a request
+        without ``max_tokens`` reserves.
+        """
+        entry = self._entry(provider, model)
+        info = entry.info
+        window = info.context_window if info is not None else None
+        return window if isinstance(window, int) and window > 0 else None
+
     def worst_case(
         self,
         prompt_tokens: int,
@@ -482,7 +509,7 @@ class PriceBook:
         from genai_prices.types import ModelPrice
 
         if isinstance(info.prices, ModelPrice):
-            return _Entry(_compile(info.prices))
+            return _Entry(_compile(info.prices), info=info)
         return _Entry(None, info)
 
     def _warn(self, entry: _Entry, provider: str, model: str) -> None:

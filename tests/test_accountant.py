@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 import trio
@@ -227,3 +229,189 @@ async def test_a_cached_request_is_answered_from_the_cache_without_cost() -> Non
         uncached = await c.invoke_sync(ask())  # without cache=True: sent again
         assert uncached.text == "cached answer"
         assert scenarios.calls("mock") == 2
+
+
+# -- unknown prices -----------------------------------------------------------------------------
+
+KEY = "sk-test-KEY-0123456789abcdef"
+
+
+@asynccontextmanager
+async def openai_client(**cost: Any) -> AsyncGenerator[llm.Client]:
+    from llm_invocation.testing import MockTransport
+
+    config = llm.Config.from_dict(
+        {"provider": "openai", "providers": {"openai": {"api_key": KEY}}, "cost_control": cost}
+    )
+    transport = MockTransport(scripted(100, 50), format="openai")
+    async with llm.open_client(config, transports={"openai": lambda: transport}) as c:
+        yield c
+
+
+def finetune(max_tokens: int = 100) -> llm.Request:
+    return llm.Request(
+        model="openai:my-finetune-x",
+        messages=[llm.user("hi")],
+        options=llm.ModelOptions(max_tokens=max_tokens),
+    )
+
+
+@pytest.mark.parametrize("cost", [{"max_cost_per_request": "0.000001"}, {"max_budget": "0.000001"}])
+async def test_a_model_of_unknown_price_is_refused_when_a_cap_or_a_budget_applies(
+    cost: dict[str, str],
+) -> None:
+    async with openai_client(**cost) as c:
+        for _ in range(3):
+            with pytest.raises(llm.CostExceeded) as info:
+                await c.invoke_sync(finetune())
+            assert info.value.details["reason"] == "unknown_price"
+        with pytest.raises(llm.CostExceeded) as known:
+            await c.invoke_sync(model="openai:gpt-4", messages=[llm.user("hi")])
+        assert known.value.details.get("reason") != "unknown_price"  # priced, and too dear
+        report = await c.usage()
+    assert report.total.calls == 0  # nothing was sent
+
+
+async def test_an_allowed_model_of_unknown_price_goes_through_with_its_cost_unknown() -> None:
+    async with openai_client(max_budget="1", unknown_price="allow") as c:
+        for _ in range(3):
+            response = await c.invoke_sync(finetune())
+            assert response.usage is not None and response.usage.cost is None
+        report = await c.usage()
+    assert report.total.calls == 3
+    assert report.total.unknown_cost_calls == 3  # never a made-up 0
+
+
+async def test_a_price_override_prices_a_fine_tune_and_lets_it_through_a_cap() -> None:
+    prices = {"openai:my-finetune-x": {"input_per_mtok": "3", "output_per_mtok": "6"}}
+    async with openai_client(max_cost_per_request="0.01", prices=prices) as c:
+        response = await c.invoke_sync(finetune())
+    assert response.usage is not None
+    assert response.usage.cost == Decimal(100 * 3 + 50 * 6) / 1_000_000
+
+
+async def test_a_price_override_keyed_by_our_provider_name_prices_a_local_model() -> None:
+    from llm_invocation.testing import MockTransport
+
+    config = llm.Config.from_dict(
+        {
+            "provider": "local",
+            "model": "llama3",
+            "providers": {"local": {"kind": "ollama", "base_url": "http://127.0.0.1:9/v1"}},
+            "cost_control": {
+                "max_budget": "1",
+                "prices": {"local:llama3": {"input_per_mtok": "0", "output_per_mtok": "0.5"}},
+            },
+        }
+    )
+    transport = MockTransport(scripted(100, 50))
+    async with llm.open_client(config, transports={"local": lambda: transport}) as c:
+        response = await c.invoke_sync(messages=[llm.user("hi")])
+        (level,) = await c.budget_levels()
+    assert response.usage is not None
+    assert response.usage.cost == Decimal("0.000025")  # 50 completion tokens at $0.5/M
+    assert level.spent == Decimal("0.000025")
+
+
+def openrouter_answer(cost: str, *, streamed: bool) -> httpx.MockTransport:
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "cost": cost}
+    body: dict[str, Any] = {
+        "id": "gen-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "acme/unlisted-model",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+        ],
+        "usage": usage,
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if not streamed:
+            return httpx.Response(200, json=body)
+        chunk = {
+            "id": "gen-1",
+            "model": "acme/unlisted-model",
+            "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}],
+        }
+        tail = {"id": "gen-1", "model": "acme/unlisted-model", "choices": [], "usage": usage}
+        events = b"".join(b"data: " + json.dumps(data).encode() + b"\n\n" for data in (chunk, tail))
+        return httpx.Response(
+            200, content=events + b"data: [DONE]\n\n", headers={"content-type": "text/event-stream"}
+        )
+
+    return httpx.MockTransport(answer)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_the_cost_the_provider_reports_is_used_when_no_price_is_known(
+    streamed: bool,
+) -> None:
+    config = llm.Config.from_dict(
+        {
+            "provider": "openrouter",
+            "providers": {"openrouter": {"api_key": KEY}},
+            "cost_control": {"max_budget": "1", "unknown_price": "allow"},
+        }
+    )
+    transport = openrouter_answer("0.000042", streamed=streamed)
+    async with llm.open_client(config, transports={"openrouter": lambda: transport}) as c:
+        response = await c.invoke_sync(
+            model="openrouter:acme/unlisted-model", messages=[llm.user("hi")], stream=streamed
+        )
+        report = await c.usage()
+        (level,) = await c.budget_levels()
+    assert response.usage is not None
+    assert response.usage.cost == Decimal("0.000042")
+    assert report.total.cost == Decimal("0.000042")
+    assert report.total.unknown_cost_calls == 0
+    assert level.spent == Decimal("0.000042")
+
+
+# -- what a call without max_tokens reserves ----------------------------------------------------
+
+
+def reserved_completion(error: llm.CostExceeded) -> int:
+    """The completion tokens a call refused by the per-request cap reserved."""
+    reserved: int = error.details["max_tokens"]
+    return reserved
+
+
+async def test_a_call_without_max_tokens_reserves_default_max_tokens() -> None:
+    # The mock model's output limit is 16,384 tokens: above both defaults here.
+    async with client(scripted(), max_cost_per_request="0.000001") as c:
+        with pytest.raises(llm.CostExceeded) as default:
+            await c.invoke_sync(messages=[llm.user("hi")], model="mock")
+    async with client(scripted(), max_cost_per_request="0.000001", default_max_tokens=1000) as c:
+        with pytest.raises(llm.CostExceeded) as configured:
+            await c.invoke_sync(messages=[llm.user("hi")], model="mock")
+    assert reserved_completion(default.value) == 4096
+    assert reserved_completion(configured.value) == 1000
+
+
+async def test_a_call_without_max_tokens_reserves_no_more_than_the_models_output_limit() -> None:
+    async with client(scripted(), max_cost_per_request="0.000001", default_max_tokens=100_000) as c:
+        with pytest.raises(llm.CostExceeded) as info:
+            await c.invoke_sync(messages=[llm.user("hi")], model="mock")
+    assert reserved_completion(info.value) == 16_384
+
+
+async def test_a_low_tpm_limit_admits_calls_without_max_tokens_within_default_max_tokens() -> None:
+    # 2,000 tokens a minute: a reserve of 4,096 completion tokens could never fit.
+    settings = {
+        "provider": "mock",
+        "model": "mock",
+        "rate_limits": {"tokens_per_minute": 2000, "max_wait": 1},
+        "cost_control": {"default_max_tokens": 500},
+    }
+    async with llm.open_client(llm.Config.from_dict(settings), scenarios=scripted()) as c:
+        for _ in range(3):
+            response = await c.invoke_sync(messages=[llm.user("hi")], model="mock")
+            assert response.text == "ok"
+
+
+async def test_a_dated_snapshot_reserves_the_output_limit_of_its_model() -> None:
+    async with openai_client(max_cost_per_request="0.000001", default_max_tokens=100_000) as c:
+        with pytest.raises(llm.CostExceeded) as info:
+            await c.invoke_sync(model="openai:gpt-4o-2024-08-06", messages=[llm.user("hi")])
+    assert reserved_completion(info.value) == 16_384  # gpt-4o's output limit

@@ -293,6 +293,35 @@ async def test_a_whole_call_retries_then_falls_back_and_settles_each_candidate(
     assert rows == {"anthropic": (0, 1), "openai": (1, 0)}
 
 
+async def test_a_fallback_attempt_takes_a_lease_from_the_fallback_providers_limits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # OpenAI allows one request a minute: once the fallback's attempt took it, the next
+    # call to OpenAI is refused by that limit.
+    scenarios = Scenarios()
+    scenarios.add("primary", *[Scenario(failure=HttpError(status=529)) for _ in range(3)])
+    scenarios.add("backup", Scenario(text="from the backup"))
+    scenarios.add("plain", Scenario(text="plain"))
+    config = make_config(
+        rate_limits={"max_wait": 1},
+        providers={
+            "openai": {"api_key": KEY, "rate_limits": {"requests_per_minute": 1, "max_wait": 1}},
+            "anthropic": {"api_key": KEY, "fallback": ["openai:backup"]},
+            "gemini": {"api_key": KEY},
+        },
+    )
+    async with client_for(scenarios, config) as (client, transports):
+        response = await client.invoke_sync(request("anthropic", "primary", stream=False))
+        with pytest.raises(llm.RateLimited) as info:
+            await client.invoke_sync(request("openai", "plain"))
+        granted = (await client.runtime.ref("governor", Governor).call(GovernorStats())).granted
+    assert response.text == "from the backup"
+    assert info.value.details["key"] == "p:openai"
+    assert len(transports["anthropic"].requests) == 3
+    assert len(transports["openai"].requests) == 1  # the fallback's; the next call never left
+    assert granted == 4  # one lease per HTTP attempt, the fallback's included
+
+
 async def test_a_whole_call_is_bounded_by_our_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -10,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +21,7 @@ import trio
 import trio.testing
 
 from llm_invocation.store.ledger import (
+    MAX_STORED_COUNT,
     SCHEMA_VERSION,
     LedgerEntry,
     LedgerError,
@@ -27,6 +29,7 @@ from llm_invocation.store.ledger import (
     UsageReport,
     new_entry_id,
     open_ledger,
+    open_ledger_writer,
 )
 from llm_invocation.types import Usage
 
@@ -574,3 +577,206 @@ def test_a_report_builds_its_total_from_its_rows() -> None:
 
     assert report.total.calls == 0
     assert report.to_table().splitlines()[-1].startswith("TOTAL")
+
+
+# -- entries the ledger cannot trust -----------------------------------------------------------
+
+
+async def test_counts_out_of_range_are_stored_clamped(ledger: SQLiteLedger) -> None:
+    wild = LedgerEntry(provider="p", model="m", prompt_tokens=2**70, completion_tokens=-3)
+
+    await ledger.append(wild)
+
+    [read] = await ledger.entries()
+    assert (read.prompt_tokens, read.completion_tokens) == (MAX_STORED_COUNT, 0)
+    assert ledger.statistics().clamped == 1
+
+
+async def test_append_many_refuses_an_entry_it_cannot_store_alone(
+    ledger: SQLiteLedger, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = [entry(), entry()]
+    batch = [good[0], entry(status="exploded"), entry(cost="NaN"), good[1]]
+
+    stored = await ledger.append_many(batch)
+
+    assert stored == 2
+    assert {item.id for item in await ledger.entries()} == {item.id for item in good}
+    assert ledger.statistics().refused == 2
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+
+
+async def poison(path: Path) -> None:
+    """Make the database refuse rows of the model "poison" (and only those)."""
+
+    def create() -> None:
+        with sqlite3.connect(path) as conn:
+            conn.execute(
+                "CREATE TRIGGER poison BEFORE INSERT ON usage_entries "
+                "WHEN NEW.model = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
+            )
+
+    await trio.to_thread.run_sync(create)
+
+
+async def test_a_row_the_database_refuses_does_not_fail_the_others_of_its_batch(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.sqlite"
+    async with open_ledger(path) as ledger:
+        await poison(path)
+        batch = [entry(), entry(model="poison"), entry()]
+
+        stored = await ledger.append_many(batch)
+
+        assert stored == 2
+        assert len(await ledger.entries()) == 2
+
+
+async def test_a_refused_append_fails_alone_in_its_group_commit(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    failures: list[str] = []
+    async with open_ledger(path) as ledger:
+        await poison(path)
+
+        async def append(item: LedgerEntry) -> None:
+            try:
+                await ledger.append(item)
+            except LedgerError:
+                failures.append(item.model)
+
+        async with trio.open_nursery() as nursery:
+            for model in ("a", "poison", "b", "c"):
+                nursery.start_soon(append, entry(model=model))
+
+        assert failures == ["poison"]
+        assert sorted(item.model for item in await ledger.entries()) == ["a", "b", "c"]
+
+
+async def test_report_token_sums_are_exact_past_sqlite_integer_overflow(
+    ledger: SQLiteLedger,
+) -> None:
+    huge = [entry(prompt_tokens=2**60) for _ in range(1_100)]  # clamped to MAX_STORED_COUNT
+    await ledger.append_many(huge)
+
+    report = await ledger.report(())
+
+    assert report.total.prompt_tokens == 1_100 * MAX_STORED_COUNT
+
+
+# -- the batching writer -----------------------------------------------------------------------
+
+
+async def test_the_writer_commits_what_was_put_meanwhile_in_one_transaction(
+    ledger: SQLiteLedger,
+) -> None:
+    async with open_ledger_writer(ledger) as writer:
+        for _ in range(500):
+            writer.put_nowait(entry())
+        await writer.flush()
+        stats = writer.statistics()
+
+    assert (stats.committed, stats.batches, stats.largest_batch) == (500, 1, 500)
+    assert len(await ledger.entries()) == 500
+
+
+async def test_no_more_than_one_batch_of_entries_waits_for_its_commit(
+    ledger: SQLiteLedger,
+) -> None:
+    async with open_ledger_writer(ledger, max_batch=3) as writer:
+        for _ in range(3):
+            writer.put_nowait(entry())
+        with pytest.raises(trio.WouldBlock):
+            writer.put_nowait(entry())
+        await writer.put(entry())  # waits for the first three to commit
+        assert writer.statistics().committed >= 3
+        await writer.flush()
+
+    assert len(await ledger.entries()) == 4
+
+
+async def test_flush_returns_once_everything_put_before_is_committed(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    put = [entry() for _ in range(50)]
+    async with open_ledger(path) as ledger, open_ledger_writer(ledger) as writer:
+        for item in put:
+            await writer.put(item)
+
+        await writer.flush()
+
+        assert await trio.to_thread.run_sync(read_ids, path) == {item.id for item in put}
+
+
+async def test_a_failing_transaction_is_retried(
+    ledger: SQLiteLedger, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    real = SQLiteLedger.append_many
+    attempts: list[int] = []
+
+    async def once_locked(self: SQLiteLedger, entries: Sequence[LedgerEntry]) -> int:
+        attempts.append(len(entries))
+        if len(attempts) == 1:
+            raise LedgerError("database is locked")
+        return await real(self, entries)
+
+    monkeypatch.setattr(SQLiteLedger, "append_many", once_locked)
+    async with open_ledger_writer(ledger) as writer:
+        writer.put_nowait(entry())
+        await writer.flush()
+
+    assert attempts == [1, 1]
+    assert len(await ledger.entries()) == 1
+
+
+async def test_a_transaction_failing_every_attempt_is_given_up_and_logged_once(
+    ledger: SQLiteLedger,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(self: SQLiteLedger, entries: Sequence[LedgerEntry]) -> int:
+        await trio.lowlevel.checkpoint()
+        raise LedgerError("disk I/O error")
+
+    monkeypatch.setattr(SQLiteLedger, "append_many", broken)
+    async with open_ledger_writer(ledger) as writer:
+        for _ in range(3):
+            writer.put_nowait(entry())
+            await writer.flush()  # each is its own batch, given up in turn
+        stats = writer.statistics()
+
+    assert (stats.failed, stats.committed, stats.pending) == (3, 0, 0)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "could not write 1 usage ledger entries after 5 attempts" in errors[0].getMessage()
+
+
+async def test_closing_the_writer_commits_what_it_accepted(ledger: SQLiteLedger) -> None:
+    async with open_ledger_writer(ledger) as writer:
+        for _ in range(10):
+            writer.put_nowait(entry())
+
+    assert len(await ledger.entries()) == 10
+    with pytest.raises(trio.ClosedResourceError):
+        writer.put_nowait(entry())
+
+
+async def test_a_cancelled_block_still_commits_what_the_writer_accepted(
+    ledger: SQLiteLedger,
+) -> None:
+    with trio.CancelScope() as scope:
+        async with open_ledger_writer(ledger) as writer:
+            for _ in range(10):
+                writer.put_nowait(entry())
+            scope.cancel()
+            await trio.sleep_forever()
+
+    assert len(await ledger.entries()) == 10
+
+
+async def test_an_exception_from_the_writers_block_comes_out_as_itself(
+    ledger: SQLiteLedger,
+) -> None:
+    with pytest.raises(KeyError, match="mine"):
+        async with open_ledger_writer(ledger):
+            raise KeyError("mine")

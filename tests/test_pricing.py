@@ -456,3 +456,33 @@ def test_an_override_wins_over_the_mock_price() -> None:
     price = book.price("mock", "mock")
 
     assert price is not None and price.source == "override"
+
+
+# -- what else the price data tells ------------------------------------------------------------
+
+
+def test_the_context_window_comes_from_the_price_table() -> None:
+    book = PriceBook()
+
+    window = book.context_window("openai", "gpt-4o-mini")
+
+    info = genai_prices.data_snapshot.get_snapshot().find_provider_model(
+        "gpt-4o-mini", None, "openai", None
+    )[1]
+    assert window == info.context_window
+    assert window is not None and window > 0
+
+
+def test_an_override_or_an_unknown_model_has_no_context_window() -> None:
+    book = PriceBook({"openai:my-finetune": override("1", "2")})
+
+    assert book.context_window("openai", "my-finetune") is None
+    assert book.context_window("ollama", "llama3") is None
+
+
+def test_has_override_says_which_names_an_override_prices() -> None:
+    book = PriceBook({"local:llama3": override("0", "0"), "my-tune": override("1", "1")})
+
+    assert book.has_override("local", "llama3")
+    assert not book.has_override("ollama", "llama3")
+    assert book.has_override("anyone", "my-tune")  # a bare model key prices it everywhere

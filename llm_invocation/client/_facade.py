@@ -435,7 +435,11 @@ class Client:
         return DeltaStream(stream, chat_delta, None if raise_errors else chat_error)
 
     def get_usage(self) -> Usage:
-        """Usage of every invocation of this client so far (cost None when unknown)."""
+        """Usage of every invocation of this client so far (cost None when unknown).
+
+        An invocation is counted as soon as it has returned (its usage is priced by the
+        caller, without a round trip).
+        """
         return self._invoker.usage
 
     async def usage(
@@ -448,15 +452,28 @@ class Client:
         """A usage report from the ledger, grouped by provider, model, ``tag:<name>`` or
         ``period:hour|day|month`` (see `llm_invocation.store.UsageReport`).
 
+        Every invocation that returned before this call is in it: the report first waits
+        for the settlements already sent to be committed.
+
         Raises:
             CostExceeded: no ledger is configured.
+            ValueError: a group key is not one of the report's.
+            LedgerError: the ledger's database failed.
         """
         return await self._runtime.ref(ACCOUNTANT, Accountant).call(
             GetReport(group_by=list(group_by), since=since, until=until)
         )
 
     async def budget_levels(self) -> list[BudgetLevel]:
-        """Spend against every configured budget in its current period."""
+        """Spend against every configured budget in its current period.
+
+        Every invocation that returned before this call is counted: the levels are read
+        once the settlements already sent are applied.
+
+        Raises:
+            CostExceeded: the budget store is unreachable (``details["reason"]`` is
+                ``"store_unavailable"``).
+        """
         return await self._runtime.ref(ACCOUNTANT, Accountant).call(BudgetLevels())
 
     async def session_statistics(self) -> dict[str, SessionStatistics]:
@@ -476,6 +493,7 @@ class Client:
             cache_hits=stats.cache_hits,
             usage=stats.usage,
             runtime=self._runtime.statistics(),
+            lost_casts=stats.lost_casts,
         )
 
 
@@ -488,6 +506,9 @@ class ClientStatistics(msgspec.Struct, frozen=True, kw_only=True):
     cache_hits: int
     usage: Usage
     runtime: RuntimeStatistics
+    lost_casts: int = 0
+    """Settlements (or give-backs) that could not be handed to their actor; see
+    `llm_invocation.invocation.InvocationStatistics.lost_casts`."""
 
 
 def mcp_config(name: str, data: Mapping[str, Any]) -> MCPServerConfig:

@@ -6,13 +6,13 @@ import logging
 import urllib.parse
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
 
 from .. import tokens
 from .._secrets import Secret
-from ..actors.accountant import Accountant, AlertCallback
+from ..actors.accountant import Accountant, AlertCallback, Flush
 from ..actors.governor import Governor, Observe
 from ..actors.provider_session import (
     ProviderSession,
@@ -50,6 +50,7 @@ from ._facade import ACCOUNTANT, GOVERNOR, MCP, TOOLS, Client
 
 if TYPE_CHECKING:
     from ..pricing import PriceBook
+    from ..store._ledger_writer import LedgerWriter
     from ..store.cache import ResponseCache
     from ..store.ledger import SQLiteLedger
 
@@ -133,7 +134,12 @@ def _client_spec(
 
     def accountant() -> Accountant:
         return Accountant.from_config(
-            stores.budget, stores.prices, config, ledger=stores.ledger, on_alert=on_alert
+            stores.budget,
+            stores.prices,
+            config,
+            ledger=stores.ledger,
+            writer=stores.writer,
+            on_alert=on_alert,
         )
 
     tools_config = config.tools
@@ -208,19 +214,21 @@ async def _connect_with_retries(
 
 @final
 class _Stores:
-    """What outlives the actors: shared state, the ledger and the price book."""
+    """What outlives the actors: shared state, the ledger and its writer, the price book."""
 
     def __init__(
         self,
         rate: RateStore,
         budget: BudgetStore,
         ledger: SQLiteLedger | None,
+        writer: LedgerWriter | None,
         prices: PriceBook,
         cache: ResponseCache,
     ) -> None:
         self.rate = rate
         self.budget = budget
         self.ledger = ledger
+        self.writer = writer
         self.prices = prices
         self.cache = cache
 
@@ -256,6 +264,7 @@ class _Observer:
 
 async def _open_stores(config: Config, stack: AsyncExitStack) -> _Stores:
     from ..pricing import PriceBook
+    from ..store._ledger_writer import open_ledger_writer
     from ..store.cache import MemoryResponseCache, RedisResponseCache
     from ..store.ledger import open_ledger
 
@@ -273,11 +282,32 @@ async def _open_stores(config: Config, stack: AsyncExitStack) -> _Stores:
         rate, budget = await stack.enter_async_context(open_redis_stores(url, prefix=prefix))
         cache = await stack.enter_async_context(RedisResponseCache(url, prefix=prefix))
     ledger = await stack.enter_async_context(open_ledger(config.ledger_path))
+    # The writer outlives the accountant's restarts; it commits what it holds when it closes.
+    writer = await stack.enter_async_context(open_ledger_writer(ledger))
     prices = PriceBook(config.cost_control.prices)
     await prices.load()
     # Load the tokenizer now, in a worker thread, rather than on the first request.
     await trio.to_thread.run_sync(tokens.get_encoding, tokens.DEFAULT_ENCODING)
-    return _Stores(rate, budget, ledger, prices, cache)
+    return _Stores(rate, budget, ledger, writer, prices, cache)
+
+
+FLUSH_LIMIT: Final = 10.0
+"""How long closing a client waits for the settlements already sent to be applied."""
+
+
+async def _flush(accountant: ActorRef[Any]) -> None:
+    """Before the tree stops: let the accountant take every settlement already cast (the
+    ones still in its mailbox would be dropped with it); bounded, and shielded so that a
+    cancelled block still records its calls."""
+    with trio.move_on_after(FLUSH_LIMIT, shield=True) as bounded:
+        try:
+            await accountant.call(Flush())
+        except (ActorError, LLMError) as exc:
+            log.error("the last settlements could not be applied before closing: %s", exc)
+    if bounded.cancelled_caught:
+        log.error(
+            "the last settlements were not applied within %gs of closing the client", FLUSH_LIMIT
+        )
 
 
 def _split_prefix(url: str, default: str = "llm:") -> tuple[str, str]:
@@ -358,11 +388,15 @@ async def open_client(
         runtime_box.set(runtime)
         governor = runtime.ref(GOVERNOR, Governor)
         observer.governor = governor
+        accountant = runtime.ref(ACCOUNTANT, Accountant)
         governance = Governance(
             governor,
-            runtime.ref(ACCOUNTANT, Accountant),
+            accountant,
             price_providers={name: _price_provider(name, c) for name, c in codecs.items()},
             token_providers={name: _price_provider(name, c) for name, c in codecs.items()},
+            prices=stores.prices,
+            codecs=codecs,
+            default_max_tokens=config.cost_control.default_max_tokens,
         )
         invoker = Invoker(
             runtime,
@@ -373,7 +407,10 @@ async def open_client(
             tools=tools,
             executor=runtime.ref(TOOLS, ToolExecutor),
         )
-        yield Client(runtime, config, registry, invoker, scenarios=scenarios)
+        try:
+            yield Client(runtime, config, registry, invoker, scenarios=scenarios)
+        finally:
+            await _flush(accountant)
 
 
 def _shortcut(provider: str, api_key: str | Secret | None, overrides: dict[str, Any]) -> Config:

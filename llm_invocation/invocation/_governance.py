@@ -3,38 +3,56 @@
 Per candidate (a provider and model; fallbacks are other candidates): count the prompt
 (`llm_invocation.tokens`) and reserve its worst case with the accountant (`CostExceeded`
 refuses), then settle the cost exactly once however the candidate ended. Per HTTP attempt
-(retries included): take a lease from the governor (`RateLimited` refuses or waits) and give
-it back with the tokens the attempt used. Settling runs shielded from cancellation (bounded),
-so a cancelled or failed stream pays for what it consumed and frees its capacity.
+(retries and fallbacks included): take a lease from the governor (`RateLimited` refuses or
+waits) and give it back with the tokens the attempt used.
+
+Reservations and leases are named here, before they are asked for: a caller cancelled while
+it waits for one casts `Abandon` with its id, so nothing is left behind whichever await the
+cancellation hit.
+
+Settling does not wait for the accountant. The usage is priced here (the price book is pure):
+by the model's price, or else by the cost the provider reported (OpenRouter's
+``usage.cost``), or else it is unknown (None, never a made-up 0). The settlement is then cast
+to the accountant, which applies settlements in the order they arrive. Casting never drops
+one: when the accountant's mailbox is full it waits (backpressure), shielded from the
+caller's cancellation and bounded by `SETTLE_LIMIT`. A settlement that cannot be handed over
+at all keeps the safe side: its reservation keeps the worst case charged until it expires,
+and it is logged once.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-from typing import TYPE_CHECKING, Final, Literal, final
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import msgspec
 import trio
 
 from .. import tokens
+from ..actors.accountant import Abandon as AbandonReservation
 from ..actors.accountant import Reservation, Reserve, Settle
+from ..actors.governor import Abandon as AbandonLease
 from ..actors.governor import Acquire, Lease, Release
 from ..errors import LLMError
-from ..runtime import ActorError, ActorRef, MailboxFull
+from ..runtime import ActorError, ActorRef, MailboxFull, Msg
 from ..types import Request, Response, Usage
 
 if TYPE_CHECKING:
     from ..actors.accountant import AccountantMsg
     from ..actors.governor import GovernorMsg
+    from ..pricing import PriceBook
+    from ..providers._base import ProviderCodec
 
-__all__ = ["Admission", "Governance", "Status", "estimated_usage"]
+__all__ = ["SETTLE_LIMIT", "Admission", "Governance", "Status", "estimated_usage"]
 
 log = logging.getLogger("llm_invocation.invocation")
 
-# Settling after a cancellation may take this long (shielded) before it is given up; the
-# reservation then expires by itself in the store, keeping its worst case charged.
 SETTLE_LIMIT: Final = 5.0
+"""How long handing a cast (a settlement, an abandoned reservation or lease) to a full
+mailbox may wait, shielded from the caller's cancellation, before it is given up."""
 
 Status = Literal["ok", "error", "cancelled"]
 
@@ -83,9 +101,33 @@ def estimated_usage(admission: Admission, response: Response | None) -> Usage:
     )
 
 
+def _output_limit(codec: ProviderCodec, model: str) -> int | None:
+    """The model's output limit from what the codec knows of it (a dated snapshot of a known
+    model shares its limit)."""
+    best: tuple[int, int | None] | None = None
+    for info in codec.known_models():
+        if info.id == model:
+            return info.max_output_tokens
+        if model.startswith(info.id + "-") and (best is None or len(info.id) > best[0]):
+            best = (len(info.id), info.max_output_tokens)
+    return best[1] if best is not None else None
+
+
 @final
 class Governance:
-    """The invocation layer's link to the governor and the accountant."""
+    """The invocation layer's link to the governor and the accountant.
+
+    Args:
+        governor: the governor actor.
+        accountant: the accountant actor.
+        price_providers: our provider names to the names prices are looked up under.
+        token_providers: our provider names to the names token rules are chosen by.
+        prices: the price book settlements are priced with (None: the accountant prices
+            them).
+        codecs: the providers' codecs, for the models' output limits.
+        default_max_tokens: the completion tokens reserved for a request that sets no
+            ``max_tokens``, unless the model's output limit is smaller.
+    """
 
     def __init__(
         self,
@@ -93,31 +135,93 @@ class Governance:
         accountant: ActorRef[AccountantMsg],
         price_providers: dict[str, str],
         token_providers: dict[str, str],
+        *,
+        prices: PriceBook | None = None,
+        codecs: Mapping[str, ProviderCodec] | None = None,
+        default_max_tokens: int = tokens.DEFAULT_MAX_COMPLETION_TOKENS,
     ) -> None:
         self.governor = governor
         self.accountant = accountant
+        self.prices = prices
+        self.default_max_tokens = default_max_tokens
         self._price_providers = price_providers
         self._token_providers = token_providers
+        self._codecs = dict(codecs or {})
+        self._budgets: dict[tuple[str, str], int] = {}
+        self._handover_failed = 0
+        self._handover_logged = False
+
+    @property
+    def lost_casts(self) -> int:
+        """Settlements and give-backs that could not be handed to their actor (their
+        reservation or lease was left to expire, keeping the safe side)."""
+        return self._handover_failed
+
+    def price_provider(self, provider: str, model: str) -> str:
+        """The provider name ``model`` of our ``provider`` is priced under: ours when a price
+        override is keyed by it (``"local:llama3"``), else the price table's name for it
+        (a compatible preset's, or the codec's kind)."""
+        if self.prices is not None and self.prices.has_override(provider, model):
+            return provider
+        return self._price_providers.get(provider, provider)
+
+    def completion_budget(self, provider: str, model: str) -> int:
+        """The completion tokens reserved for a request to ``model`` that sets no
+        ``max_tokens``: ``default_max_tokens``, or the model's output limit when smaller
+        (from the codec's model information)."""
+        key = (provider, model)
+        budget = self._budgets.get(key)
+        if budget is None:
+            budget = self.default_max_tokens
+            codec = self._codecs.get(provider)
+            limit = _output_limit(codec, model) if codec is not None else None
+            if limit is not None and 0 < limit < budget:
+                budget = limit
+            self._budgets[key] = budget
+        return budget
 
     async def reserve(self, request: Request, provider: str, model: str) -> Admission:
         """Count the prompt and reserve the worst-case cost of one candidate.
 
         Raises:
-            CostExceeded: a cap or a budget refuses it.
+            CostExceeded: a cap or a budget refuses it, or its price is unknown.
         """
         probe = msgspec.structs.replace(request, model=model)
+        price_provider = self.price_provider(provider, model)
         estimate = await tokens.count_request(
-            probe, provider=self._token_providers.get(provider, provider)
+            probe,
+            provider=self._token_providers.get(provider, provider),
+            default_max_tokens=self.completion_budget(provider, model),
         )
-        reservation = await self.accountant.call(
-            Reserve(
-                provider=self._price_providers.get(provider, provider),
-                model=model,
-                prompt_tokens=estimate.prompt_tokens,
-                max_tokens=estimate.max_completion_tokens,
-                tags=_tags(request),
+        if request.options.max_tokens is None and self.prices is not None:
+            # The price data knows the context window: the completion cannot outgrow it.
+            window = self.prices.context_window(price_provider, model)
+            if window is not None:
+                room = max(1, window - estimate.prompt_tokens)
+                if room < estimate.max_completion_tokens:
+                    estimate = msgspec.structs.replace(estimate, max_completion_tokens=room)
+        tags = _tags(request)
+        rid = secrets.token_hex(8)
+        try:
+            reservation = await self.accountant.call(
+                Reserve(
+                    provider=price_provider,
+                    model=model,
+                    prompt_tokens=estimate.prompt_tokens,
+                    max_tokens=estimate.max_completion_tokens,
+                    tags=tags,
+                    reservation=rid,
+                )
             )
-        )
+        except LLMError:
+            raise  # refused: nothing was reserved
+        except BaseException:
+            # Cancelled (or the accountant failed) while the answer was on its way.
+            abandon = AbandonReservation(
+                reservation=rid, provider=price_provider, model=model, tags=tags
+            )
+            await self._hand_over(self.accountant, abandon)
+            raise
         return Admission(provider, model, estimate, reservation)
 
     async def acquire(self, admission: Admission) -> Lease:
@@ -126,21 +230,42 @@ class Governance:
         Raises:
             RateLimited: the governor refuses it (or it waited longer than ``max_wait``).
         """
-        return await self.governor.call(
-            Acquire(
-                provider=admission.provider,
-                model=admission.model,
-                tokens=admission.estimate.total,
+        lease = secrets.token_hex(8)
+        try:
+            return await self.governor.call(
+                Acquire(
+                    provider=admission.provider,
+                    model=admission.model,
+                    tokens=admission.estimate.total,
+                    lease=lease,
+                )
             )
-        )
+        except LLMError:
+            raise  # refused: no lease
+        except BaseException:
+            # Cancelled while queued or while the answer was on its way: drop the place in
+            # the queue, or give the lease back.
+            await self._hand_over(self.governor, AbandonLease(lease=lease))
+            raise
 
     def release(self, lease: Lease, used: int) -> None:
         """Give a lease back with the tokens its attempt used (a cast: never waits)."""
         try:
             self.governor.send_nowait(Release(lease=lease, used=used))
         except (MailboxFull, ActorError) as exc:
-            # The lease expires by itself in the store; its capacity comes back then.
-            log.warning("a rate-limit lease was left to expire: %s", exc)
+            self._lost("a rate-limit lease was left to expire", exc)
+
+    def price(self, admission: Admission, usage: Usage) -> Usage:
+        """``usage`` with its cost: at the model's price, else the cost the provider
+        reported, else unknown (None)."""
+        cost = None
+        if self.prices is not None:
+            cost = self.prices.cost(
+                usage, provider=admission.reservation.provider, model=admission.model
+            )
+        if cost is None:
+            cost = usage.cost
+        return usage if cost == usage.cost else msgspec.structs.replace(usage, cost=cost)
 
     async def settle(
         self,
@@ -155,30 +280,64 @@ class Governance:
         """Settle the cost of ``admission``'s candidate; returns the usage with its cost.
 
         ``usage`` None means the provider reported none: the usage is counted locally from
-        ``response`` (what was streamed) and the prompt estimate. Runs shielded (bounded by
-        `SETTLE_LIMIT`), so it completes even for a cancelled caller. Settling twice is a
-        no-op.
+        ``response`` (what was streamed) and the prompt estimate. The settlement is cast to
+        the accountant (see the module documentation); it completes for a cancelled caller
+        too. Settling twice is a no-op.
         """
         if admission.settled:
             return usage or Usage()
         admission.settled = True
         if usage is None:
             usage = estimated_usage(admission, response)
-        settled_usage = usage
-        with trio.move_on_after(SETTLE_LIMIT, shield=True):
+        if self.prices is not None:
+            usage = self.price(admission, usage)
+        message = Settle(
+            reservation=admission.reservation,
+            usage=usage,
+            status=status,
+            error_code=error.code.value if error is not None else None,
+            duration=time.monotonic() - admission.started,
+            request_id=request_id,
+            at=time.time(),
+        )
+        try:
+            self.accountant.send_nowait(message)
+        except MailboxFull:
+            await self._hand_over(self.accountant, message)
+        except ActorError as exc:
+            self._lost("a settlement could not reach the accountant", exc)
+        return usage
+
+    async def _hand_over(self, ref: ActorRef[Any], msg: Msg) -> None:
+        """Cast ``msg``, waiting for room in a full mailbox (shielded, at most
+        `SETTLE_LIMIT`); a cast that cannot be handed over is logged once."""
+        try:
+            ref.send_nowait(msg)
+            return
+        except MailboxFull:
+            pass
+        except ActorError as exc:
+            self._lost("a cast could not reach its actor", exc)
+            return
+        with trio.move_on_after(SETTLE_LIMIT, shield=True) as bounded:
             try:
-                settled = await self.accountant.call(
-                    Settle(
-                        reservation=admission.reservation,
-                        usage=usage,
-                        status=status,
-                        error_code=error.code.value if error is not None else None,
-                        duration=time.monotonic() - admission.started,
-                        request_id=request_id,
-                    )
-                )
-            except (LLMError, ActorError) as exc:
-                log.warning("settling an invocation failed; its reservation expires: %s", exc)
-            else:
-                settled_usage = settled.usage
-        return settled_usage
+                await ref.send(msg)
+            except ActorError as exc:
+                self._lost("a cast could not reach its actor", exc)
+                return
+        if bounded.cancelled_caught:
+            self._lost(
+                "a cast found no room in a full mailbox",
+                TimeoutError(f"waited {SETTLE_LIMIT:g}s"),
+            )
+
+    def _lost(self, what: str, exc: BaseException) -> None:
+        self._handover_failed += 1
+        if not self._handover_logged:
+            self._handover_logged = True
+            log.error(
+                "%s (%s): its reservation or lease keeps the worst case until it expires "
+                "(further ones are counted in the client's statistics)",
+                what,
+                exc,
+            )

@@ -55,6 +55,9 @@ class InvocationStatistics(msgspec.Struct, frozen=True, kw_only=True):
     cache_hits: int
     usage: Usage
     """Usage and cost of every invocation so far."""
+    lost_casts: int = 0
+    """Settlements (or give-backs of a reservation or lease) that could not be handed to
+    their actor: their reservation or lease keeps the worst case until it expires."""
 
 
 def _parse_target(text: str, *, where: str) -> tuple[str, str]:
@@ -343,4 +346,5 @@ class Invoker:
             fallbacks=self._fallbacks,
             cache_hits=self._cache_hits,
             usage=self._usage,
+            lost_casts=self.governance.lost_casts if self.governance is not None else 0,
         )

@@ -122,6 +122,7 @@ class Run:
         "_invoker",
         "_lease",
         "_pending_usage",
+        "_started",
         "_timeout",
         "attempted",
         "candidates",
@@ -148,6 +149,7 @@ class Run:
         self._lease: Lease | None = None
         self._attempt = 0
         self._pending_usage: Usage | None = None  # reported by failed attempts of a candidate
+        self._started = False  # an attempt of the current candidate was let through
         self.usage: Usage | None = None
         """The settled usage (with cost) of the last candidate settled."""
         self.attempted: list[str] = []
@@ -196,6 +198,7 @@ class Run:
             self.attempted.append(f"{self.provider}:{self.model}")
         try:
             if governance is None:
+                self._started = True
                 return
             if self._admission is None:
                 self._admission = await governance.reserve(self.request, self.provider, self.model)
@@ -211,6 +214,7 @@ class Run:
                         provider=self.provider,
                         retryable=False,
                     )
+            self._started = True
         finally:
             if self._timeout is not None and self._deadline == math.inf:
                 self._deadline = trio.current_time() + self._timeout
@@ -273,6 +277,7 @@ class Run:
             self._attempt = 0
             self._admission = None
             self._pending_usage = None
+            self._started = False
             return
         await self._fail(error, partial)
 
@@ -309,6 +314,7 @@ class Run:
             self._attempt = 0
             self._admission = None
             self._pending_usage = None
+            self._started = False
             return
         await self.settle("error", _NO_USAGE, error=exc)
         raise exc
@@ -342,6 +348,8 @@ class Run:
 
         ``usage`` is what the last attempt reported (None: nothing, counted locally from
         ``partial`` when the call did not succeed); earlier failed attempts' usage is added.
+        A candidate none of whose attempts was let through (refused, or cancelled while it
+        waited for its lease) consumed nothing.
         """
         if not self._active:
             return None
@@ -353,6 +361,8 @@ class Run:
         if self._pending_usage is not None:
             reported = self._pending_usage if usage is None else self._pending_usage + usage
             self._pending_usage = None
+        if reported is None and not self._started:
+            reported = _NO_USAGE
         admission, self._admission = self._admission, None
         governance = self._invoker.governance
         settled = reported

@@ -12,8 +12,9 @@ queries share (the ``WHERE`` clause) and the exact encoding of costs in the tabl
 * both NULL: the cost is unknown.
 
 Sums are therefore exact `~decimal.Decimal` values, and the common case stays in C. If a
-``SUM`` of ``cost_pico`` would overflow 64 bits (more than about 9.2 million currency units in
-one group), the query is run again with ``exact_sum`` for that column too.
+``SUM`` of ``cost_pico`` or of a token count would overflow 64 bits (more than about 9.2
+million currency units in one group), the query is run again with ``exact_sum`` for those
+columns too.
 """
 
 from __future__ import annotations
@@ -188,8 +189,8 @@ def build_report_query(
 ) -> tuple[str, list[Any]]:
     """Return the report's ``GROUP BY`` query and its parameters.
 
-    With ``exact``, ``cost_pico`` is summed by ``exact_sum`` instead of ``SUM`` (after an
-    integer overflow).
+    With ``exact``, ``cost_pico`` and the token counts are summed by ``exact_sum`` instead
+    of ``SUM`` (after an integer overflow).
 
     Raises:
         ValueError: a group key is not one of `GROUP_KEYS`.
@@ -200,18 +201,19 @@ def build_report_query(
         expression, expression_params = _group_expression(key)
         select.append(f"{expression} AS g{index}")
         params.extend(expression_params)
-    pico_sum = "exact_sum(cost_pico)" if exact else "SUM(cost_pico)"
+    # Exactly: sums that overflow 64 bits are summed in Python (counts and costs alike).
+    total = "exact_sum" if exact else "SUM"
     select += [
         "COUNT(*)",
         "SUM(status = 'ok')",
         "SUM(status = 'error')",
         "SUM(status = 'cancelled')",
-        "SUM(prompt_tokens)",
-        "SUM(completion_tokens)",
-        "SUM(cache_read_tokens)",
-        "SUM(cache_write_tokens)",
-        "SUM(reasoning_tokens)",
-        pico_sum,
+        f"{total}(prompt_tokens)",
+        f"{total}(completion_tokens)",
+        f"{total}(cache_read_tokens)",
+        f"{total}(cache_write_tokens)",
+        f"{total}(reasoning_tokens)",
+        f"{total}(cost_pico)",
         "exact_sum(cost_text) FILTER (WHERE cost_text IS NOT NULL)",
         "SUM(cost_pico IS NULL AND cost_text IS NULL)",
         "SUM(estimated)",

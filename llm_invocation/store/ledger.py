@@ -21,7 +21,15 @@ thread doing the work cannot be interrupted anyway) for the previous commit, tak
 entry that joined meanwhile and commits them in one transaction; the others wait for that
 commit. A cancelled append may therefore still be committed. Appending an entry whose
 ``id`` is already in the ledger does nothing (``INSERT OR IGNORE``): a retried append is
-harmless.
+harmless. `SQLiteLedger.append_many` commits a batch in one transaction of its own: the
+batching writer (`LedgerWriter`, `open_ledger_writer`) uses it, so that settling an
+invocation never waits for a commit.
+
+Robustness: an entry is never trusted. Token counts are stored within 0 and
+``MAX_STORED_COUNT`` (clamped), a time or a duration that is not a finite number is replaced,
+and an entry the database still cannot take is refused alone: the other entries of its
+transaction are committed. Each kind is logged once per ledger and counted in
+`SQLiteLedger.statistics`.
 
 Threads: sqlite3 blocks, so all database work runs in trio's worker threads through
 `trio.to_thread.run_sync`, each connection behind its own ``CapacityLimiter(1)``. trio may
@@ -43,7 +51,7 @@ where ``json_extract`` costs well under a microsecond per row. (An expression in
 filtering on one hot tag.) Costs are stored exactly, as integer 10**-12 units or, when a cost
 is finer than that, as decimal text (see `llm_invocation.store._report`); sums are exact
 `~decimal.Decimal` values. The schema version is SQLite's ``user_version``; opening a database
-runs the missing steps of ``_MIGRATIONS`` in one transaction, and refuses a newer one.
+runs the missing steps of its migrations in one transaction, and refuses a newer one.
 """
 
 from __future__ import annotations
@@ -62,6 +70,18 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, cast, fina
 import msgspec
 import trio
 
+from ._ledger_schema import (
+    MAX_STORED_COUNT,
+    SCHEMA_VERSION,
+    SELECT,
+    TABLE,
+    LedgerError,
+    migrate,
+    storable_count,
+    storable_seconds,
+    write_rows,
+)
+from ._ledger_writer import LedgerWriter, WriterStatistics, open_ledger_writer
 from ._report import (
     ExactSum,
     UsageReport,
@@ -78,16 +98,20 @@ if TYPE_CHECKING:
     from ..types import Usage
 
 __all__ = [
+    "MAX_STORED_COUNT",
     "SCHEMA_VERSION",
     "LedgerEntry",
     "LedgerError",
     "LedgerStatistics",
+    "LedgerWriter",
     "SQLiteLedger",
     "Status",
     "UsageReport",
     "UsageReportRow",
+    "WriterStatistics",
     "new_entry_id",
     "open_ledger",
+    "open_ledger_writer",
 ]
 
 _log = logging.getLogger("llm_invocation.store.ledger")
@@ -186,11 +210,15 @@ class LedgerStatistics(msgspec.Struct, frozen=True, kw_only=True):
 
     Attributes:
         path: the database file; None in memory.
-        appended: entries committed by `SQLiteLedger.append`.
+        appended: entries committed by `SQLiteLedger.append` and `SQLiteLedger.append_many`
+            (an ``id`` already in the ledger included).
         commits: transactions committed for them (group commit makes it much smaller).
         largest_batch: the most entries committed in one transaction.
         pending: entries waiting for their commit now.
         closed: whether `SQLiteLedger.aclose` was called.
+        refused: entries that could not be stored (an unknown status, a cost that is not a
+            number, a row the database refused); each was refused alone.
+        clamped: entries stored with a count, a time or a duration brought into range.
     """
 
     path: str | None
@@ -199,123 +227,53 @@ class LedgerStatistics(msgspec.Struct, frozen=True, kw_only=True):
     largest_batch: int
     pending: int
     closed: bool
-
-
-class LedgerError(Exception):
-    """The ledger's database failed (cannot be opened, is newer than this code, a disk error).
-
-    The SQLite error is the ``__cause__``.
-    """
-
-
-_TABLE: Final = "usage_entries"
-_COLUMNS: Final = (
-    "id",
-    "at",
-    "provider",
-    "model",
-    "tags",
-    "prompt_tokens",
-    "completion_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_pico",
-    "cost_text",
-    "estimated",
-    "status",
-    "error_code",
-    "duration",
-    "request_id",
-)
-_INSERT: Final = (
-    f"INSERT OR IGNORE INTO {_TABLE} ({', '.join(_COLUMNS)}) "  # noqa: S608 - constants only
-    f"VALUES ({', '.join('?' * len(_COLUMNS))})"
-)
-_SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM {_TABLE}"  # noqa: S608 - constants only
-
-
-def _schema_1(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        f"""CREATE TABLE {_TABLE} (
-            seq INTEGER PRIMARY KEY,
-            id TEXT NOT NULL UNIQUE,
-            at REAL NOT NULL,
-            provider TEXT NOT NULL,
-            model TEXT NOT NULL,
-            tags TEXT NOT NULL DEFAULT '{{}}',
-            prompt_tokens INTEGER NOT NULL DEFAULT 0,
-            completion_tokens INTEGER NOT NULL DEFAULT 0,
-            cache_read_tokens INTEGER NOT NULL DEFAULT 0,
-            cache_write_tokens INTEGER NOT NULL DEFAULT 0,
-            reasoning_tokens INTEGER NOT NULL DEFAULT 0,
-            cost_pico INTEGER,
-            cost_text TEXT,
-            estimated INTEGER NOT NULL DEFAULT 0,
-            status TEXT NOT NULL,
-            error_code TEXT,
-            duration REAL NOT NULL DEFAULT 0,
-            request_id TEXT
-        )"""
-    )
-    conn.execute(f"CREATE INDEX {_TABLE}_at ON {_TABLE} (at)")
-    conn.execute(f"CREATE INDEX {_TABLE}_provider_model ON {_TABLE} (provider, model, at)")
-
-
-_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_schema_1,)
-"""Step ``i`` takes the schema from version ``i`` to ``i + 1`` (version 0: an empty file).
-Add a step to change the schema; never edit a released one."""
-
-SCHEMA_VERSION: Final = len(_MIGRATIONS)
-"""The schema version this code writes (SQLite's ``PRAGMA user_version``)."""
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise LedgerError(
-                f"the ledger's schema version {version} is newer than this code's "
-                f"({SCHEMA_VERSION}); upgrade llm-invocation to open it"
-            )
-        for step in _MIGRATIONS[version:]:
-            step(conn)
-        if version != SCHEMA_VERSION:
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    refused: int = 0
+    clamped: int = 0
 
 
 _encode_tags: Final = msgspec.json.Encoder().encode
 _decode_tags: Final = msgspec.json.Decoder(dict[str, str]).decode
 
 
-def _row(entry: LedgerEntry) -> tuple[Any, ...]:
+_COUNT_FIELDS: Final = (
+    "prompt_tokens",
+    "completion_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+
+def _row(entry: LedgerEntry) -> tuple[tuple[Any, ...], bool]:
+    """The row of ``entry``, and whether a value had to be brought into range.
+
+    Raises:
+        ValueError: the status is unknown, or the cost is not a finite number.
+    """
     if entry.status not in _STATUSES:
         raise ValueError(f"status must be one of {sorted(_STATUSES)}, not {entry.status!r}")
     pico, text = encode_cost(entry.cost)
-    return (
-        entry.id,
-        entry.at,
-        entry.provider,
-        entry.model,
+    counts = [int(getattr(entry, name)) for name in _COUNT_FIELDS]
+    stored = [storable_count(count) for count in counts]
+    at = storable_seconds(float(entry.at), time.time())
+    duration = storable_seconds(float(entry.duration), 0.0)
+    clamped = stored != counts or at != entry.at or duration != entry.duration
+    row = (
+        str(entry.id),
+        at,
+        str(entry.provider),
+        str(entry.model),
         _encode_tags(entry.tags).decode(),
-        entry.prompt_tokens,
-        entry.completion_tokens,
-        entry.cache_read_tokens,
-        entry.cache_write_tokens,
-        entry.reasoning_tokens,
+        *stored,
         pico,
         text,
-        int(entry.estimated),
+        int(bool(entry.estimated)),
         entry.status,
         entry.error_code,
-        entry.duration,
+        duration,
         entry.request_id,
     )
+    return row, clamped
 
 
 def _entry(row: Sequence[Any]) -> LedgerEntry:
@@ -346,12 +304,13 @@ def _unix(value: float | datetime | None) -> float | None:
 class _Batch:
     """Entries committed together; the first one's append leads the commit."""
 
-    __slots__ = ("done", "error", "rows")
+    __slots__ = ("done", "error", "refused", "rows")
 
     def __init__(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
         self.done = trio.Event()
         self.error: BaseException | None = None
+        self.refused: dict[int, Exception] = {}
 
 
 @final
@@ -395,6 +354,10 @@ class SQLiteLedger:
         self._appended = 0
         self._commits = 0
         self._largest_batch = 0
+        self._refused = 0
+        self._clamped = 0
+        self._refusal_logged = False
+        self._clamp_logged = False
 
     @property
     def path(self) -> str | None:
@@ -433,21 +396,23 @@ class SQLiteLedger:
         """Record one entry; return once it is committed.
 
         Concurrent appends are committed together (see the module docstring). If this call
-        is cancelled the entry may still be committed.
+        is cancelled the entry may still be committed. Counts out of range are clamped.
 
         Raises:
             ValueError: the entry's status is unknown or its cost is not finite.
             trio.ClosedResourceError: the ledger was closed.
-            LedgerError: the database failed; the entry is not recorded.
+            LedgerError: the database failed, or refused this entry; it is not recorded.
         """
-        row = _row(entry)
+        row = self._checked(entry, raising=True)
+        assert row is not None
         self._check_open()
         if self._conn is None:
             await self.open()
             self._check_open()
         batch = self._pending
+        index = len(batch.rows)
         batch.rows.append(row)
-        if len(batch.rows) == 1:
+        if index == 0:
             await self._lead(batch)
         else:
             await batch.done.wait()
@@ -455,22 +420,98 @@ class SQLiteLedger:
             raise LedgerError(
                 f"could not write to the usage ledger: {batch.error}"
             ) from batch.error
+        refusal = batch.refused.get(index)
+        if refusal is not None:
+            raise LedgerError(f"the usage ledger refused the entry: {refusal}") from refusal
 
-    async def _lead(self, batch: _Batch) -> None:
+    async def append_many(self, entries: Sequence[LedgerEntry]) -> int:
+        """Record ``entries`` in one transaction of their own; return how many were stored.
+
+        An entry that cannot be stored (an unknown status, a cost that is not a number, a row
+        the database refuses) is refused alone: the others are committed. Refusals are
+        logged once per ledger and counted in `statistics`. Entries whose ``id`` is already
+        in the ledger count as stored. Cancellation does not interrupt it once it waits for
+        the database (a worker thread cannot be interrupted).
+
+        Raises:
+            trio.ClosedResourceError: the ledger was closed.
+            LedgerError: the database failed; none of the entries is recorded.
+        """
+        rows: list[tuple[Any, ...]] = []
+        for entry in entries:
+            row = self._checked(entry, raising=False)
+            if row is not None:
+                rows.append(row)
+        self._check_open()
+        if self._conn is None:
+            await self.open()
+            self._check_open()
+        if not rows:
+            await trio.lowlevel.checkpoint()
+            return 0
+        batch = _Batch()
+        batch.rows = rows
+        await self._lead(batch, alone=True)
+        if batch.error is not None:
+            raise LedgerError(
+                f"could not write to the usage ledger: {batch.error}"
+            ) from batch.error
+        return len(rows) - len(batch.refused)
+
+    def _checked(self, entry: LedgerEntry, *, raising: bool) -> tuple[Any, ...] | None:
+        """The row of ``entry`` (counted, and logged once, when clamped); None if refused.
+
+        Raises:
+            ValueError: (with ``raising``) the entry cannot be stored.
+        """
+        try:
+            row, clamped = _row(entry)
+        except (ValueError, TypeError, OverflowError, msgspec.EncodeError) as exc:
+            if raising:
+                if isinstance(exc, ValueError):
+                    raise
+                raise ValueError(str(exc)) from exc
+            self._refuse(exc)
+            return None
+        if clamped:
+            self._clamped += 1
+            if not self._clamp_logged:
+                self._clamp_logged = True
+                _log.warning(
+                    "a usage ledger entry had a count, a time or a duration out of range: "
+                    "it is stored clamped (further ones are only counted in statistics())"
+                )
+        return row
+
+    def _refuse(self, exc: BaseException) -> None:
+        self._refused += 1
+        if not self._refusal_logged:
+            self._refusal_logged = True
+            _log.error(
+                "the usage ledger refused an entry it cannot store (%s); the other entries "
+                "are stored (further refusals are only counted in statistics())",
+                exc,
+            )
+
+    async def _lead(self, batch: _Batch, *, alone: bool = False) -> None:
         # Shielded: a leader that left would strand its batch, and the wait is bounded by the
         # commit ahead of it (a worker thread cannot be interrupted anyway).
         with trio.CancelScope(shield=True):
             async with self._write_lock:
-                self._pending = _Batch()
+                if not alone:
+                    self._pending = _Batch()
                 try:
-                    await self._run(self._write, batch.rows)
+                    refused = await self._run(self._write, batch.rows)
                 except BaseException as exc:
                     batch.error = exc
                     if not isinstance(exc, Exception):
                         raise
                 else:
+                    batch.refused = dict(refused)
+                    for _, reason in refused:
+                        self._refuse(reason)
                     self._commits += 1
-                    self._appended += len(batch.rows)
+                    self._appended += len(batch.rows) - len(refused)
                     self._largest_batch = max(self._largest_batch, len(batch.rows))
                 finally:
                     batch.done.set()
@@ -506,7 +547,7 @@ class SQLiteLedger:
             since=_unix(since), until=_unix(until), provider=provider, model=model, tags=tags
         )
         order = "DESC" if newest_first else "ASC"
-        sql = f"{_SELECT}{where} ORDER BY at {order}, seq {order}"
+        sql = f"{SELECT}{where} ORDER BY at {order}, seq {order}"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
@@ -549,8 +590,8 @@ class SQLiteLedger:
         where, params = where_clause(
             since=start, until=end, provider=provider, model=model, tags=tags
         )
-        fast = build_report_query(_TABLE, keys, where, params, exact=False)
-        exact = build_report_query(_TABLE, keys, where, params, exact=True)
+        fast = build_report_query(TABLE, keys, where, params, exact=False)
+        exact = build_report_query(TABLE, keys, where, params, exact=True)
         rows = await self._query(self._select_report, keys, fast, exact)
         return UsageReport.build(keys, rows, since=start, until=end)
 
@@ -563,6 +604,8 @@ class SQLiteLedger:
             largest_batch=self._largest_batch,
             pending=len(self._pending.rows),
             closed=self._closed,
+            refused=self._refused,
+            clamped=self._clamped,
         )
 
     async def aclose(self) -> None:
@@ -627,7 +670,7 @@ class SQLiteLedger:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            _migrate(conn)
+            migrate(conn)
             reader = conn if self._path is None else self._new_connection()
         except BaseException as exc:
             conn.close()
@@ -657,16 +700,8 @@ class SQLiteLedger:
             raise
         return conn
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(_INSERT, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    def _write(self, rows: list[tuple[Any, ...]]) -> list[tuple[int, Exception]]:
+        return write_rows(self._connection(), rows)
 
     def _select_entries(self, sql: str, params: list[Any]) -> list[LedgerEntry]:
         rows = cast("list[tuple[Any, ...]]", self._reading().execute(sql, params).fetchall())

@@ -197,8 +197,9 @@ class TokenEstimate(msgspec.Struct, frozen=True, kw_only=True):
 
     Attributes:
         prompt_tokens: the prompt's tokens.
-        max_completion_tokens: the completion's budget: ``max_tokens``, or
-            `DEFAULT_MAX_COMPLETION_TOKENS` when the request sets none.
+        max_completion_tokens: the completion's budget: ``max_tokens``, or the default
+            budget (`DEFAULT_MAX_COMPLETION_TOKENS` unless the caller passes its own) when
+            the request sets none.
         estimated: the prompt count comes from an approximate rule, not the provider's own
             tokenizer rule or endpoint.
         method: how it was counted: ``"provider"`` (the count-tokens endpoint),
@@ -216,12 +217,17 @@ class TokenEstimate(msgspec.Struct, frozen=True, kw_only=True):
         return self.prompt_tokens + self.max_completion_tokens
 
 
-def _max_completion(request: Request) -> int:
+def _max_completion(request: Request, default: int) -> int:
     value = request.options.max_tokens
-    return value if value is not None and value > 0 else DEFAULT_MAX_COMPLETION_TOKENS
+    return value if value is not None and value > 0 else max(1, default)
 
 
-def estimate(request: Request, *, provider: str) -> TokenEstimate:
+def estimate(
+    request: Request,
+    *,
+    provider: str,
+    default_max_tokens: int = DEFAULT_MAX_COMPLETION_TOKENS,
+) -> TokenEstimate:
     """Count or estimate the prompt tokens of ``request`` sent to ``provider``, synchronously.
 
     OpenAI models get OpenAI's chat rule (exact for text-only requests to ``openai`` or
@@ -232,12 +238,15 @@ def estimate(request: Request, *, provider: str) -> TokenEstimate:
     Args:
         request: the request.
         provider: the provider's name (``"openai"``, ``"anthropic"``, ``"groq"``, ...).
+        default_max_tokens: the completion budget of a request that sets no ``max_tokens``
+            (the client passes ``cost_control.default_max_tokens``, or the model's output
+            limit when smaller).
 
     Raises:
         ConfigurationError: when the tokenizer data is missing or fails its hash check.
     """
     family = family_of(provider, request.model)
-    max_completion = _max_completion(request)
+    max_completion = _max_completion(request, default_max_tokens)
     if family == "openai":
         counted = count_chat(
             request.messages,
@@ -319,7 +328,11 @@ def _plain(message: Message) -> bool:
 
 
 async def count_request(
-    request: Request, *, provider: str, counter: TokenCounter | None = None
+    request: Request,
+    *,
+    provider: str,
+    counter: TokenCounter | None = None,
+    default_max_tokens: int = DEFAULT_MAX_COMPLETION_TOKENS,
 ) -> TokenEstimate:
     """Count the prompt tokens of ``request`` without stalling the event loop.
 
@@ -334,6 +347,7 @@ async def count_request(
         request: the request.
         provider: the provider's name.
         counter: asks the provider to count ``request``.
+        default_max_tokens: the completion budget of a request that sets no ``max_tokens``.
 
     Raises:
         ConfigurationError: when the tokenizer data is missing or fails its hash check.
@@ -349,17 +363,19 @@ async def count_request(
                 raise ValueError(f"the token counter answered a negative count: {tokens}")
             return TokenEstimate(
                 prompt_tokens=tokens,
-                max_completion_tokens=_max_completion(request),
+                max_completion_tokens=_max_completion(request, default_max_tokens),
                 estimated=False,
                 method="provider",
             )
     family = family_of(provider, request.model)
     encoding = encoding_name_for_model(request.model) if family == "openai" else DEFAULT_ENCODING
     if _text_size(request) > LARGE_INPUT or not is_loaded(encoding):
-        work = functools.partial(estimate, request, provider=provider)
+        work = functools.partial(
+            estimate, request, provider=provider, default_max_tokens=default_max_tokens
+        )
         return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
     await trio.lowlevel.checkpoint()
-    return estimate(request, provider=provider)
+    return estimate(request, provider=provider, default_max_tokens=default_max_tokens)
 
 
 # ---------------------------------------------------------------------------------------------
