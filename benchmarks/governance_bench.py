@@ -1,12 +1,21 @@
-"""Acquire-and-release per second: the stores alone and the governor actor, in memory and
-through Redis, side by side in one run.
+"""Governance figures: acquire-and-release per second (the stores alone and the governor
+actor, in memory and through Redis, side by side in one run), settlement under load, and
+fairness across processes sharing one Redis limit.
 
-    python benchmarks/governance_bench.py [--n 3000] [--redis redis://127.0.0.1:6379/15]
+    python benchmarks/governance_bench.py [--n 3000] [--calls 10000] [--fairness 3]
+                                          [--redis redis://127.0.0.1:6379/15]
 
 * store: `RateStore.acquire` + `RateStore.settle` on three keys (global, provider, model),
   as one task and as 50 concurrent tasks;
 * governor: `Acquire` (a call) + `Release` (a cast) through the governor actor;
 * budgets: `BudgetStore.reserve` + `BudgetStore.settle` on two budgets.
+
+* settlement (`_settlement.py`): ``--calls`` concurrent invocations with a file ledger:
+  settle throughput, ledger rows per second, and the p99 latency settlement adds to a call
+  (target <= 1 ms);
+* fairness (`_fairness.py`): four processes share one Redis concurrency limit for
+  ``--fairness`` seconds: how much of it is in use (target >= 90%), each process's share,
+  refusals and waits.
 
 Redis numbers need a server (``LLM_REDIS_URL`` or ``--redis``); without one they are left out.
 """
@@ -22,6 +31,8 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 
 import trio
+from _fairness import fairness_report
+from _settlement import settlement_report
 
 from llm_invocation.actors.governor import Acquire, Governor, RateLimitSettings, Release
 from llm_invocation.runtime import ChildSpec, SupervisorSpec, open_runtime
@@ -122,9 +133,11 @@ async def redis_stores(url: str | None) -> AsyncGenerator[tuple[RateStore, Budge
         yield None
 
 
-async def main(n: int, url: str | None) -> None:
+async def main(n: int, url: str | None, calls: int, fairness: float) -> None:
     rows: list[tuple[str, float, float | None]] = []
+    shared_available = False
     async with redis_stores(url) as shared:
+        shared_available = shared is not None
         for tasks in (1, 50):
             memory_rate = await (await rate(n, tasks))(MemoryRateStore())
             redis_rate = (
@@ -142,6 +155,11 @@ async def main(n: int, url: str | None) -> None:
         redis_text = f"{redis:12,.0f}" if redis is not None else f"{'-':>12}"
         ratio = f"{memory / redis:13.1f}x" if redis else f"{'-':>14}"
         print(f"{name:44}{memory:12,.0f}{redis_text}{ratio}")
+    print()
+    print("\n".join(await settlement_report(calls)))
+    if url is not None and shared_available:
+        print()
+        print("\n".join(await fairness_report(url, duration=fairness)))
 
 
 if __name__ == "__main__":
@@ -150,5 +168,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--redis", default=os.environ.get("LLM_REDIS_URL", "redis://127.0.0.1:6379/15")
     )
+    parser.add_argument("--calls", type=int, default=10_000, help="settlement: invocations")
+    parser.add_argument("--fairness", type=float, default=3.0, help="fairness: seconds measured")
     args = parser.parse_args()
-    trio.run(main, args.n, args.redis or None)
+    trio.run(main, args.n, args.redis or None, args.calls, args.fairness)

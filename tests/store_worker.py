@@ -93,7 +93,7 @@ async def _hammer(config: dict[str, Any]) -> dict[str, Any]:
                 grant = await rate.acquire([limit], lease=lease, tokens=0, ttl=10.0)
                 if not grant.granted:
                     counts["refused"] += 1
-                    await trio.sleep(min(grant.wait, 0.05))
+                    await trio.sleep(min(max(grant.wait, 0.005), 0.05))  # wait 0: on a release
                     continue
                 counts["admitted"] += 1
                 check = await budgets.reserve([budget], reservation=lease, amount=reserve, ttl=10)

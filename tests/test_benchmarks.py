@@ -22,8 +22,14 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
         ["bare channel request/reply", "actor call", "call / bare pair:"],
     ),
     "governance_bench": (
-        ["--n", "200"],
-        ["store acquire+settle, 50 task(s)", "governor Acquire+Release", "budget reserve+settle"],
+        ["--n", "200", "--calls", "300", "--fairness", "1"],
+        [
+            "store acquire+settle, 50 task(s)",
+            "governor Acquire+Release",
+            "budget reserve+settle",
+            "settlement",
+            "shared concurrency in use",
+        ],
     ),
     "stream_bench": (
         ["--quick"],

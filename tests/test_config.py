@@ -75,7 +75,7 @@ def test_defaults_follow_the_specification() -> None:
     assert config.timeouts == TimeoutConfig(connect=10.0, first_chunk=60.0, idle_chunk=30.0)
     assert config.rate_limits == RateLimitConfig()
     assert config.rate_limits.requests_per_minute is None
-    assert config.rate_limits.max_queue == 10_000
+    assert config.rate_limits.max_queue is None  # inherited: the global default, 10,000
     assert config.cost_control.budget_period == 86400.0
     assert config.cost_control.alert_thresholds == [0.5, 0.8, 1.0]
     assert config.cost_control.budget_calendar == "rolling"

@@ -209,6 +209,23 @@ async def test_from_config_honours_provider_and_model_sections(
         assert (error.details["key"], error.details["reason"]) == ("m:openai:gpt-4o", "requests")
 
 
+async def test_a_model_section_without_max_wait_inherits_its_providers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A model section that sets only a limit keeps its provider's 0.3 s, not a default 30 s.
+    async with configured(
+        providers={
+            "openai": {
+                "rate_limits": {"max_wait": 0.3},
+                "model_rate_limits": {"gpt-4o": {"concurrent_calls": 1}},
+            }
+        },
+    ) as gov:
+        await gov.call(acquire("openai", "gpt-4o"))
+        _, waited = await refused_after(gov, acquire("openai", "gpt-4o"))
+    assert waited == pytest.approx(0.3, abs=0.01)
+
+
 def tpm_config(**settings: Any) -> llm.Config:
     return llm.Config.from_dict({"provider": "mock", "model": "mock", **settings})
 

@@ -233,3 +233,34 @@ async def test_a_store_call_in_an_outage_fails_quickly() -> None:
         with pytest.raises(StoreUnavailable):
             await rate.acquire([RateLimit(key="k", concurrency=1)], lease="l", tokens=0, ttl=1)
         assert trio.current_time() - started < 1.0
+
+
+async def test_a_client_in_an_outage_logs_one_error_for_its_stores_and_its_cache(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The governor, the accountant and the response cache share one Redis connection: calls
+    # that use all three during an outage leave one ERROR line, not one per call or per user.
+    import llm_invocation as llm
+
+    prefix = f"test-outage-{secrets.token_hex(4)}"
+    caplog.set_level(logging.INFO)
+    async with relayed() as (relay, url):
+        config = llm.Config(
+            provider="mock",
+            model="mock",
+            store=f"{url}?prefix={prefix}:",
+            store_fail_mode="open",
+            cost_control={"max_budget": 100},
+        )
+        async with llm.open_client(config) as client:
+            await client.invoke_sync(model="mock", messages=[llm.user("before")], cache=True)
+            relay.cut()
+            for index in range(5):
+                response = await client.invoke_sync(
+                    model="mock", messages=[llm.user(f"during {index}")], cache=True
+                )
+                assert response.text
+            errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # (Closing the client during the outage says once more what it had to give up.)
+    assert [r.name for r in errors] == ["llm_invocation.store"], [r.getMessage() for r in errors]
+    assert "store_fail_mode=open" in errors[0].getMessage()

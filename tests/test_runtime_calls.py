@@ -525,3 +525,19 @@ async def test_an_actor_may_stop_itself_and_a_transient_one_is_not_restarted() -
         await trio.testing.wait_all_tasks_blocked()
         with pytest.raises(ActorDead):
             await ref.call(Quit())
+
+
+async def test_an_answer_already_delivered_survives_the_callers_cancellation() -> None:
+    # The handler answered before its caller parked: the answer is the caller's even if the
+    # caller is cancelled now (a lease or reservation granted must not be lost in between).
+    import outcome
+
+    from llm_invocation.runtime._envelope import ReplySlot
+
+    slot = ReplySlot()
+    assert slot.answer(outcome.Value(42))
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        assert await slot.wait() == 42
+        await trio.lowlevel.checkpoint()  # the cancellation lands at the next checkpoint
+    assert scope.cancelled_caught

@@ -279,8 +279,13 @@ async def _open_stores(config: Config, stack: AsyncExitStack) -> _Stores:
         from ..store.redis import open_redis_stores
 
         url, prefix = _split_prefix(store)
-        rate, budget = await stack.enter_async_context(open_redis_stores(url, prefix=prefix))
-        cache = await stack.enter_async_context(RedisResponseCache(url, prefix=prefix))
+        rate, budget = await stack.enter_async_context(
+            open_redis_stores(url, prefix=prefix, fail_mode=config.store_fail_mode)
+        )
+        # The cache shares the stores' connection: one pool, one log line per outage.
+        redis_cache = RedisResponseCache.sharing(rate)
+        stack.push_async_callback(redis_cache.aclose)
+        cache = redis_cache
     ledger = await stack.enter_async_context(open_ledger(config.ledger_path))
     # The writer outlives the accountant's restarts; it commits what it holds when it closes.
     writer = await stack.enter_async_context(open_ledger_writer(ledger))

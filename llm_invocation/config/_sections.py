@@ -180,15 +180,18 @@ class RateLimitConfig(Section, frozen=True, kw_only=True):
         requests_per_minute: requests started per minute.
         tokens_per_minute: prompt plus completion tokens per minute.
         concurrent_calls: calls in flight at once.
-        max_wait: how long a call may queue for capacity before `RateLimited`.
-        max_queue: how many calls may queue; more fail at once.
+        max_wait: how long a call may queue for capacity before `RateLimited`; None: the
+            broader section's (a model's falls back to its provider's, then the global
+            one, which defaults to 30 s).
+        max_queue: how many calls may queue, more fail at once; None: the broader
+            section's (the global default is 10,000).
     """
 
     requests_per_minute: AtLeastOne | None = None
     tokens_per_minute: AtLeastOne | None = None
     concurrent_calls: AtLeastOne | None = None
-    max_wait: Seconds = 30.0
-    max_queue: NonNegative = 10_000
+    max_wait: Seconds | None = None
+    max_queue: NonNegative | None = None
 
 
 @final

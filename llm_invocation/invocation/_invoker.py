@@ -292,7 +292,8 @@ class Invoker:
         try:
             data = await self._cache.get(key)
         except StoreUnavailable as exc:
-            log.warning("response cache unreachable: %s", exc)
+            # The connection logs the outage once; a cache miss is the safe side.
+            log.debug("response cache unreachable: %s", exc)
             return None
         if data is None:
             return None
@@ -314,7 +315,8 @@ class Invoker:
         try:
             await self._cache.set(key, to_json(response), self._config.cache_ttl)
         except StoreUnavailable as exc:
-            log.warning("response cache unreachable: %s", exc)
+            # The connection logs the outage once; a cache miss is the safe side.
+            log.debug("response cache unreachable: %s", exc)
 
     # -- the record ----------------------------------------------------------------------------
 

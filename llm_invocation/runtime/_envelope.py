@@ -100,7 +100,10 @@ class ReplySlot:
         ready = self._outcome
         if ready is not None:
             self._outcome = None
-            await trio.lowlevel.checkpoint()
+            # The answer is already ours: a cancellation here must not lose it (a lease or
+            # a reservation granted to a caller that never sees it would leak). Yield without
+            # raising; the caller's cancellation lands at its next checkpoint.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return ready.unwrap()
         self._task = trio.lowlevel.current_task()
 

@@ -218,9 +218,16 @@ class ConfiguredLimits(msgspec.Struct, frozen=True, kw_only=True):
     max_queue: int
 
 
+DEFAULT_MAX_WAIT: Final = 30.0
+"""Seconds a call may wait for capacity when no section sets ``max_wait``."""
+DEFAULT_MAX_QUEUE: Final = 10_000
+"""Calls that may wait when no section sets ``max_queue``."""
+
+
 def configured_limits(config: Config) -> ConfiguredLimits:
     """The rate-limit settings of ``config``: ``rate_limits``, each provider's
     ``rate_limits`` and each model's ``model_rate_limits``."""
+    limits = config.rate_limits
     return ConfiguredLimits(
         global_limits=_settings(config.rate_limits),
         provider_limits={
@@ -233,8 +240,8 @@ def configured_limits(config: Config) -> ConfiguredLimits:
             for name, entry in config.providers.items()
             for model, settings in entry.model_rate_limits.items()
         },
-        max_wait=config.rate_limits.max_wait,
-        max_queue=config.rate_limits.max_queue,
+        max_wait=DEFAULT_MAX_WAIT if limits.max_wait is None else limits.max_wait,
+        max_queue=DEFAULT_MAX_QUEUE if limits.max_queue is None else limits.max_queue,
     )
 
 

@@ -409,6 +409,13 @@ class RedisUser:
         user._setup(connection, owns=False)
         return user
 
+    @classmethod
+    def sharing(cls, other: RedisUser) -> Self:
+        """A user of ``other``'s connection (for example the response cache on the stores'
+        pool): one pool, and one outage log line for all of them. ``other``'s opener opens
+        and closes it; call `aclose` on this user when done."""
+        return cls._on(other._conn)
+
     def _setup(self, connection: Connection, *, owns: bool) -> None:
         self._conn = connection
         self._owns = owns
