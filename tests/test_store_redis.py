@@ -121,6 +121,7 @@ async def test_scripts_are_loaded_again_after_script_flush(
 ) -> None:
     rate, budget = redis_stores
     limit = RateLimit(key="k", requests_per_minute=60)
+    started = time.monotonic()
     assert (await rate.acquire([limit], lease="l1", tokens=0, ttl=10)).granted
     await run(rate, lambda client: client.script_flush())
     assert (await rate.acquire([limit], lease="l2", tokens=0, ttl=10)).granted
@@ -129,7 +130,9 @@ async def test_scripts_are_loaded_again_after_script_flush(
             [Budget(scope="g", limit=Decimal(1))], reservation="r", amount=Decimal("0.1"), ttl=10
         )
     ).ok
-    assert (await rate.levels(limit))["requests"] == pytest.approx(58, abs=0.05)
+    requests = (await rate.levels(limit))["requests"]
+    # Two taken; the bucket refills one a second while the test runs.
+    assert 58 - 1e-6 <= requests <= 58 + (time.monotonic() - started) + 0.01
 
 
 @pytest.mark.redis
