@@ -69,13 +69,12 @@ async def settlement_report(calls: int = 10_000) -> list[str]:
         added.append(time.perf_counter() - started)
 
     with tempfile.TemporaryDirectory() as folder:
-        config = llm.Config.from_dict(
-            {
-                "provider": "mock",
-                "model": "mock",
-                "ledger_path": str(Path(folder) / "usage.sqlite"),
-                "cost_control": {"max_budget": "1000000"},
-            }
+        # No rate limits or cap: the settlement path is measured, not the admission's waits.
+        config = llm.Config.unlimited(
+            provider="mock",
+            model="mock",
+            ledger_path=str(Path(folder) / "usage.sqlite"),
+            cost_control={"max_budget": "1000000"},
         )
         with patch.object(InvocationStream, "_end", timed_end):
             async with llm.open_client(config, scenarios=scenarios) as client:
@@ -161,13 +160,12 @@ async def _accountant_alone(count: int) -> str:
     )
     usage = llm.Usage(prompt_tokens=12, completion_tokens=3, cost=Decimal("0.000018"))
     with tempfile.TemporaryDirectory() as folder:
-        config = llm.Config.from_dict(
-            {
-                "provider": "mock",
-                "model": "mock",
-                "ledger_path": str(Path(folder) / "usage.sqlite"),
-                "cost_control": {"max_budget": "1000000"},
-            }
+        # No rate limits or cap: the settlement path is measured, not the admission's waits.
+        config = llm.Config.unlimited(
+            provider="mock",
+            model="mock",
+            ledger_path=str(Path(folder) / "usage.sqlite"),
+            cost_control={"max_budget": "1000000"},
         )
         async with llm.open_client(config) as client:
             accountant = client.runtime.ref("accountant", Accountant)

@@ -8,6 +8,8 @@ provider's scenarios and the fake provider server are in `llm_invocation.testing
 from ._secrets import Secret as Secret
 from ._version import __version__ as __version__
 from .actors.accountant import BudgetAlert as BudgetAlert
+from .actors.mcp import InProcessMCPServer as InProcessMCPServer
+from .actors.mcp import mcp_server as mcp_server
 from .client import Client as Client
 from .client import open_anthropic_client as open_anthropic_client
 from .client import open_client as open_client
@@ -15,6 +17,7 @@ from .client import open_gemini_client as open_gemini_client
 from .client import open_mock_client as open_mock_client
 from .client import open_openai_client as open_openai_client
 from .config import Config as Config
+from .config import MCPServerConfig as MCPServerConfig
 from .errors import AuthenticationError as AuthenticationError
 from .errors import ConfigProblem as ConfigProblem
 from .errors import ConfigurationError as ConfigurationError
@@ -25,6 +28,7 @@ from .errors import InvalidRequest as InvalidRequest
 from .errors import InvocationCanceled as InvocationCanceled
 from .errors import InvocationTimeout as InvocationTimeout
 from .errors import LLMError as LLMError
+from .errors import MissingAPIKey as MissingAPIKey
 from .errors import ModelNotSupported as ModelNotSupported
 from .errors import ProviderError as ProviderError
 from .errors import ProviderNotFound as ProviderNotFound
@@ -32,6 +36,8 @@ from .errors import ProviderOverloaded as ProviderOverloaded
 from .errors import RateLimited as RateLimited
 from .errors import StreamingFailed as StreamingFailed
 from .errors import ToolExecutionFailed as ToolExecutionFailed
+from .invocation._middleware import CallInfo as CallInfo
+from .invocation._middleware import Middleware as Middleware
 from .invocation._stream import DeltaStream as DeltaStream
 from .invocation._stream import InvocationStream as InvocationStream
 from .invocation._toolloop import ToolCallsEvent as ToolCallsEvent
@@ -79,6 +85,7 @@ from .types import user as user
 __all__ = [
     "AuthenticationError",
     "BudgetAlert",
+    "CallInfo",
     "ChatRequest",
     "ChatResponse",
     "Choice",
@@ -96,6 +103,7 @@ __all__ = [
     "FinishReason",
     "FunctionTool",
     "ImagePart",
+    "InProcessMCPServer",
     "InvalidRequest",
     "InvocationCanceled",
     "InvocationRequest",
@@ -103,7 +111,10 @@ __all__ = [
     "InvocationStream",
     "InvocationTimeout",
     "LLMError",
+    "MCPServerConfig",
     "Message",
+    "Middleware",
+    "MissingAPIKey",
     "ModelInfo",
     "ModelNotSupported",
     "ModelOptions",
@@ -137,6 +148,7 @@ __all__ = [
     "Usage",
     "assistant",
     "developer",
+    "mcp_server",
     "open_anthropic_client",
     "open_client",
     "open_gemini_client",

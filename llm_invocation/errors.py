@@ -6,10 +6,11 @@ so callers catch exactly what they care about::
     Exception
     └── LLMError                    code, provider, status, retry_after, request_id, details
         ├── ConfigurationError      bad or missing configuration (problems: every field path)
+        │   └── MissingAPIKey       a provider that needs a key has none (nothing was sent)
         ├── AuthenticationError     missing, invalid or revoked credentials (401, 403, bad key)
         ├── RateLimited             provider 429 or the local governor refused (retry_after set)
         ├── InvocationTimeout       connect, first-chunk, idle-chunk or whole-call deadline
-        ├── InvocationCanceled      the caller or a client disconnect cancelled the call
+        ├── InvocationCanceled      a WebSocket client's call was cancelled (``cancel`` frame)
         ├── InvalidRequest          the request is malformed or the provider rejected it (400/422)
         ├── ProviderError           the provider failed (5xx, malformed answer)
         │   └── ProviderOverloaded  529 / 503 overloaded, in a status or in a stream error event
@@ -19,14 +20,38 @@ so callers catch exactly what they care about::
         ├── ToolExecutionFailed     a tool raised, timed out or got bad arguments
         └── StreamingFailed         a stream broke after it started (disconnect, bad frame)
 
-Errors from lower layers (httpx, coredis, mcp) are translated into these at exactly one
-boundary each and chained with ``__cause__``. Messages are scrubbed of secrets when the error
-is made, so printing or logging an error never shows an API key.
+Error codes (`ErrorCode`) are the strings of the specifications: ``provider_not_found``,
+``model_not_supported``, ``rate_limit_exceeded``, ``invalid_request``,
+``tool_execution_failed``, ``streaming_failed``, and ours for the rest. `error_from_info`
+still reads the older ``rate_limit``.
+
+**Causes.** Errors from lower layers (httpx, OS and TLS errors, JSON decoding, coredis, mcp)
+are translated into these at exactly one boundary each and chained with ``__cause__``: a
+refused connection's `ProviderError` has the ``httpx.ConnectError`` as its cause, a malformed
+answer's error the decoding exception, an MCP failure the SDK's exception, our own timeouts
+``trio.TooSlowError``. The cause survives the hop from the provider session to the caller,
+including when a stream carries the error as an `ErrorInfo` (`error_from_info` gives it
+back in the same process). An error the provider *answered* (an HTTP error status, an error
+event in a stream) has no cause: nothing failed below us, and the provider's own words are
+in ``message``, ``status``, ``request_id`` and ``details``.
+
+**Secrets.** Messages are scrubbed of secrets when the error is made, and so is the chain of
+the exception being handled at that moment (the cause to be): the strings in its ``args``,
+its attributes and notes, so that neither ``str``, ``repr`` nor a printed traceback of any
+exception in the chain shows an API key, a credential header or a ``?key=`` query.
+
+**Cancellation** is trio's: cancelling the caller's cancel scope raises `trio.Cancelled` in
+the caller, never an `LLMError`, and our timeouts (`InvocationTimeout`) only name our own
+limits. `InvocationCanceled` exists for the WebSocket protocol, where a client's ``cancel``
+frame (or a disconnect) ends a call that has no Python caller to cancel: the front answers
+with an ``error`` frame of code ``canceled``, which `error_from_info` turns into
+`InvocationCanceled` on a client that rebuilds errors from frames.
 """
 
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final, cast
 
@@ -45,6 +70,7 @@ __all__ = [
     "InvocationCanceled",
     "InvocationTimeout",
     "LLMError",
+    "MissingAPIKey",
     "ModelNotSupported",
     "ProviderError",
     "ProviderNotFound",
@@ -53,15 +79,22 @@ __all__ = [
     "StreamingFailed",
     "ToolExecutionFailed",
     "error_from_info",
+    "scrub_exception",
 ]
 
 
 class ErrorCode(enum.StrEnum):
-    """The error codes of both specifications, one per `LLMError` subclass."""
+    """The error codes of both specifications, one per `LLMError` subclass.
+
+    Where a specification names a code, its spelling is used (``rate_limit_exceeded``...).
+    ``RATE_LIMIT`` is another name of ``RATE_LIMIT_EXCEEDED``, and the earlier value
+    ``"rate_limit"`` is read as it, so older frames and records still decode.
+    """
 
     CONFIGURATION = "configuration"
     AUTHENTICATION = "authentication"
-    RATE_LIMIT = "rate_limit"
+    RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+    RATE_LIMIT = "rate_limit_exceeded"  # the older name of the member: same value
     TIMEOUT = "timeout"
     CANCELED = "canceled"
     INVALID_REQUEST = "invalid_request"
@@ -71,10 +104,24 @@ class ErrorCode(enum.StrEnum):
     MODEL_NOT_SUPPORTED = "model_not_supported"
     TOOL_EXECUTION_FAILED = "tool_execution_failed"
     STREAMING_FAILED = "streaming_failed"
+    MISSING_API_KEY = "missing_api_key"
+
+    @classmethod
+    def _missing_(cls, value: object) -> ErrorCode | None:
+        renamed = _RENAMED.get(value) if isinstance(value, str) else None
+        return None if renamed is None else cls(renamed)
 
 
-class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """The wire form of an `LLMError`: what a stream chunk or a WebSocket frame carries."""
+_RENAMED: Final = {"rate_limit": "rate_limit_exceeded"}
+"""Codes spelled differently before, and their spelling now."""
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, dict=True):
+    """The wire form of an `LLMError`: what a stream chunk or a WebSocket frame carries.
+
+    An `ErrorInfo` made by `LLMError.info` also remembers, in this process only (never on
+    the wire), the error's ``__cause__``, so that `error_from_info` chains it again.
+    """
 
     code: ErrorCode
     message: str
@@ -124,6 +171,9 @@ class LLMError(Exception):
         self.details: dict[str, Any] = dict(details) if details else {}
         self.retryable = self.default_retryable if retryable is None else retryable
         super().__init__(self.message)
+        handled = sys.exception()
+        if handled is not None:  # most likely this error's cause: scrub it before it shows
+            scrub_exception(handled)
 
     def __str__(self) -> str:
         prefix = f"[{self.provider}] " if self.provider else ""
@@ -142,9 +192,9 @@ class LLMError(Exception):
         return (_rebuild, (type(self), self.info()))
 
     def info(self) -> ErrorInfo:
-        """Return the wire form of this error."""
+        """Return the wire form of this error (which remembers its cause in this process)."""
         kind = type(self).__name__
-        return ErrorInfo(
+        info = ErrorInfo(
             code=self.code,
             message=self.message,
             kind=None if _BY_CODE.get(self.code) is type(self) else kind,
@@ -155,6 +205,13 @@ class LLMError(Exception):
             retryable=self.retryable,
             details=_jsonable(self.details) or None,
         )
+        cause = self.__cause__
+        if cause is not None:
+            vars(info)[_CAUSE] = cause  # not a field: never encoded, copied or pickled
+        return info
+
+
+_CAUSE: Final = "_cause"
 
 
 def _rebuild(cls: type[LLMError], info: ErrorInfo) -> LLMError:
@@ -223,6 +280,18 @@ class ConfigurationError(LLMError):
         super().__init__(message, details=details, **kwargs)
 
 
+class MissingAPIKey(ConfigurationError):
+    """A provider that needs an API key has none, so the client refused to open.
+
+    Raised by `open_client` (and the provider shortcuts such as ``open_openai_client``)
+    before anything is sent. The message names the provider and where a key would come from
+    (environment variables, configuration fields), never a value; ``details`` holds the same
+    as ``providers``, ``variables`` and ``fields``.
+    """
+
+    code = ErrorCode.MISSING_API_KEY
+
+
 class AuthenticationError(LLMError):
     """Credentials are missing, invalid, revoked or lack permission."""
 
@@ -236,7 +305,7 @@ class RateLimited(LLMError):
     Quota exhaustion (OpenAI ``insufficient_quota``) is a `RateLimited` that is not retryable.
     """
 
-    code = ErrorCode.RATE_LIMIT
+    code = ErrorCode.RATE_LIMIT_EXCEEDED
     default_retryable = True
 
 
@@ -248,7 +317,14 @@ class InvocationTimeout(LLMError):
 
 
 class InvocationCanceled(LLMError):
-    """The invocation was cancelled before it finished (by its caller or a disconnect)."""
+    """A WebSocket client's call was cancelled before it finished (code ``canceled``).
+
+    In Python, cancellation is trio's: a caller that cancels its own cancel scope sees
+    `trio.Cancelled`, never this error. It exists for the WebSocket protocol, where a
+    ``cancel`` frame or a disconnect ends a call that has no Python caller: the front sends an
+    ``error`` frame with code ``canceled`` (and the usage streamed so far), and
+    `error_from_info` makes that frame this error on a client that rebuilds typed errors.
+    """
 
     code = ErrorCode.CANCELED
 
@@ -317,6 +393,7 @@ _BY_CODE: Final[dict[ErrorCode, type[LLMError]]] = {
         ModelNotSupported,
         ToolExecutionFailed,
         StreamingFailed,
+        MissingAPIKey,
     )
 }
 
@@ -327,10 +404,84 @@ _BY_KIND: Final[dict[str, type[LLMError]]] = {
 
 
 def error_from_info(info: ErrorInfo) -> LLMError:
-    """Rebuild the typed error that `LLMError.info` described (for example from a frame)."""
-    cls = _BY_CODE[info.code]
+    """Rebuild the typed error that `LLMError.info` described (for example from a frame).
+
+    The older code ``"rate_limit"`` is read as ``rate_limit_exceeded`` (`RateLimited`); a code
+    this version does not know gives a `ProviderError` whose ``details["code"]`` keeps it. In
+    the process that made ``info``, the error's ``__cause__`` is chained again.
+    """
+    try:
+        cls = _BY_CODE[ErrorCode(info.code)]
+    except (ValueError, KeyError):
+        cls = ProviderError
+        info = msgspec.structs.replace(
+            info, details={**(info.details or {}), "code": redact(str(info.code))[:100]}
+        )
     if info.kind is not None:
         cls = _BY_KIND.get(info.kind, cls)
     elif cls is ProviderError and info.status in (503, 529):
         cls = ProviderOverloaded
-    return _rebuild(cls, info)
+    error = _rebuild(cls, info)
+    cause: object = vars(info).get(_CAUSE)
+    if isinstance(cause, BaseException):
+        error.__cause__ = cause
+    return error
+
+
+# -- scrubbing the exceptions a cause chain holds ------------------------------------------
+
+_MAX_CHAIN: Final = 32
+_OS_FIELDS: Final = ("strerror", "filename", "filename2")
+
+
+def scrub_exception(exc: BaseException) -> None:
+    """Mask secrets in ``exc`` and every exception it chains, in place.
+
+    Walks ``__cause__``, ``__context__`` and the members of exception groups (at most 32
+    exceptions), and rewrites, where a secret shows (`llm_invocation._secrets.redact`): the
+    strings in ``args``, the string attributes (an `OSError`'s ``strerror`` and file names
+    included) and ``__notes__``. The exceptions keep their type and traceback, so a caller
+    can still ``isinstance`` a cause; only their text changes. Our own errors are scrubbed
+    when they are made and are walked through, not rewritten.
+    """
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending and len(seen) < _MAX_CHAIN:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if not isinstance(current, LLMError):
+            _scrub_one(current)
+        pending.extend(link for link in (current.__cause__, current.__context__) if link)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(cast("BaseExceptionGroup[BaseException]", current).exceptions)
+
+
+def _scrub_one(exc: BaseException) -> None:
+    try:
+        args = tuple(_scrubbed(arg) for arg in exc.args)
+        if args != exc.args:
+            exc.args = args
+        if isinstance(exc, OSError):
+            for name in _OS_FIELDS:
+                value: object = getattr(exc, name, None)
+                if isinstance(value, str) and (clean := redact(value)) != value:
+                    setattr(exc, name, clean)
+        attributes: dict[str, Any] = getattr(exc, "__dict__", {})
+        for name, value in list(attributes.items()):
+            clean = _scrubbed(value)
+            if clean is not value and clean != value:
+                attributes[name] = clean
+    except Exception:  # noqa: BLE001, S110 - a read-only exception stays as it is
+        pass
+
+
+def _scrubbed(value: object) -> object:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list | tuple):
+        items = cast("list[object] | tuple[object, ...]", value)
+        cleaned = [redact(item) if isinstance(item, str) else item for item in items]
+        return cleaned if isinstance(value, list) else tuple(cleaned)
+    return value

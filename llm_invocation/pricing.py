@@ -9,6 +9,8 @@ most (`PriceBook.worst_case`). Prices come from, in order:
    matching ignores case; an exact key wins over a pattern, and a longer pattern (more literal
    characters) over a shorter one;
 2. the ``mock`` provider's fixed demonstration price, `MOCK_PRICE`, so the demos show a cost;
+   and zero, `LOCAL_PRICE`, for the providers the book is told run locally (``free_providers``:
+   the client names the local presets, ``ollama`` and ``vllm``), which cost nothing per token;
 3. the price table of `genai-prices <https://github.com/pydantic/genai-prices>`_, with our
    provider names mapped to its provider ids (``gemini`` is its ``google``; ``azure`` is its
    ``azure``, which falls back to OpenAI's prices; ``groq``, ``together``, ``openrouter``,
@@ -52,7 +54,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation
 from typing import TYPE_CHECKING, Final, final
@@ -66,7 +68,7 @@ if TYPE_CHECKING:
     from .config import PriceOverride
     from .types import Usage
 
-__all__ = ["MOCK_PRICE", "Price", "PriceBook"]
+__all__ = ["LOCAL_PRICE", "MOCK_PRICE", "Price", "PriceBook"]
 
 _log = logging.getLogger("llm_invocation.pricing")
 
@@ -89,7 +91,8 @@ class Price(msgspec.Struct, frozen=True, kw_only=True):
         cache_write: prompt tokens written to the cache; None: the input price.
         reasoning: reasoning tokens; None: the output price.
         source: where the price came from: ``"override"`` (the configuration),
-            ``"genai-prices"`` (its price table) or ``"mock"`` (`MOCK_PRICE`).
+            ``"genai-prices"`` (its price table), ``"mock"`` (`MOCK_PRICE`) or ``"local"``
+            (`LOCAL_PRICE`).
     """
 
     input: Decimal
@@ -103,6 +106,9 @@ class Price(msgspec.Struct, frozen=True, kw_only=True):
 MOCK_PRICE: Final = Price(input=Decimal(1), output=Decimal(2), source="mock")
 """The ``mock`` provider's price: $1 per million prompt tokens, $2 per million completion
 tokens. Small enough to be obviously fake, large enough for a demo's cost to show."""
+
+LOCAL_PRICE: Final = Price(input=Decimal(0), output=Decimal(0), source="local")
+"""The price of a model served locally (Ollama, vLLM): nothing per token."""
 
 # Our provider names -> the genai-prices provider ids to try, in order. A name not listed here
 # is tried as a genai-prices id as it is.
@@ -379,10 +385,19 @@ class PriceBook:
     Args:
         overrides: ``CostConfig.prices``: prices keyed ``"provider:model"``, ``"model"`` or
             a pattern with ``*``; they win over every other source.
+        free_providers: provider names (as prices are looked up) whose models run locally
+            and cost nothing per token: priced `LOCAL_PRICE` unless an override says
+            otherwise.
     """
 
-    def __init__(self, overrides: Mapping[str, PriceOverride] | None = None) -> None:
+    def __init__(
+        self,
+        overrides: Mapping[str, PriceOverride] | None = None,
+        *,
+        free_providers: Iterable[str] = (),
+    ) -> None:
         self._overrides = _Overrides(overrides or {})
+        self._free = frozenset(name.lower() for name in free_providers)
         self._cache: dict[tuple[str, str], _Entry] = {}
 
     async def load(self) -> None:
@@ -503,6 +518,8 @@ class PriceBook:
             return _Entry(plan)
         if provider.lower() == "mock":
             return _Entry(_Plan(MOCK_PRICE, []))
+        if provider.lower() in self._free:
+            return _Entry(_Plan(LOCAL_PRICE, []))
         info = _genai_model(provider, model)
         if info is None:
             return _Entry(None)  # unknown: cached, and it warns once
@@ -516,7 +533,9 @@ class PriceBook:
         if not entry.warned:
             entry.warned = True
             _log.warning(
-                "no price known for %s:%s; its cost is unknown (set CostConfig.prices to price it)",
+                "no price known for %s:%s; its cost is unknown (price it in "
+                "cost_control.prices; under a cap or a budget it is refused unless "
+                "cost_control.unknown_price is 'allow')",
                 provider,
                 model,
             )

@@ -19,18 +19,14 @@ from llm_invocation.testing import Scenario, Scenarios, ScriptedUsage
 
 
 async def main(settings: dict[str, Any]) -> dict[str, Any]:
-    config = llm.Config.from_dict(
-        {
-            "provider": "mock",
-            "model": "mock",
-            "store": settings["store"],
-            "store_fail_mode": settings.get("fail_mode", "closed"),
-            "rate_limits": {
-                "requests_per_minute": settings["rpm"],
-                "max_wait": settings["max_wait"],
-            },
-            "cost_control": {"max_budget": settings["budget"]},
-        }
+    # Only the limits this test sets apply (Config.unlimited lifts the defaults).
+    config = llm.Config.unlimited(
+        provider="mock",
+        model="mock",
+        store=settings["store"],
+        store_fail_mode=settings.get("fail_mode", "closed"),
+        rate_limits={"requests_per_minute": settings["rpm"], "max_wait": settings["max_wait"]},
+        cost_control={"max_budget": settings["budget"]},
     )
     usage = ScriptedUsage(prompt_tokens=5, completion_tokens=50)
     scenarios = Scenarios(Scenario(text="ok", usage=usage))

@@ -6,8 +6,11 @@ import functools
 import inspect
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import threading
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +88,40 @@ def load_index(folder: Path) -> list[dict[str, Any]]:
     data = json.loads((folder / "index.json").read_text(encoding="utf-8"))
     fixtures: list[dict[str, Any]] = data["fixtures"]
     return fixtures
+
+
+MCP_DEMO = Path(__file__).parent / "mcp_servers" / "demo_server.py"
+
+# Serves the demo server over streamable HTTP at the SDK's default path (/mcp) on a port the
+# system picks, and prints that port first.
+HTTP_LAUNCHER = textwrap.dedent(
+    """
+    import socket, sys
+    sys.path.insert(0, sys.argv[1])
+    import anyio, uvicorn
+    from demo_server import server
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    print(sock.getsockname()[1], flush=True)
+    config = uvicorn.Config(server.streamable_http_app(), log_level="warning")
+    anyio.run(uvicorn.Server(config).serve, [sock])
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def mcp_http_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    launcher = tmp_path_factory.mktemp("mcp_http") / "launch.py"
+    launcher.write_text(HTTP_LAUNCHER)
+    command = [sys.executable, str(launcher), str(MCP_DEMO.parent)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            yield int(process.stdout.readline())
+        finally:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()

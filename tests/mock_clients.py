@@ -18,7 +18,9 @@ KEY: Final = "sk-test-KEY-0123456789abcdef"
 
 
 def make_config(**overrides: Any) -> llm.Config:
-    """Three providers with a key each, quick retries without jitter, and ``overrides``."""
+    """Three providers with a key each, quick retries without jitter, no rate limits, cap or
+    budget (these tests are not about them; the scripted models have no price), and
+    ``overrides`` (a section given as a dict merges over that, key by key)."""
     settings: dict[str, Any] = {
         "provider": "openai",
         "timeout": 30,
@@ -27,7 +29,7 @@ def make_config(**overrides: Any) -> llm.Config:
         "providers": {fmt: {"api_key": KEY} for fmt in FORMATS},
     }
     settings.update(overrides)
-    return llm.Config.from_dict(settings)
+    return llm.Config.unlimited(**settings)
 
 
 @asynccontextmanager

@@ -28,7 +28,8 @@ OUTPUT_PRICE = Decimal(2) / 1_000_000
 async def client(
     scenarios: Scenarios | None = None, alerts: list[BudgetAlert] | None = None, **cost: Any
 ) -> AsyncGenerator[llm.Client]:
-    config = llm.Config(provider="mock", model="mock", cost_control=cost)
+    # Only the limits this test sets apply (Config.unlimited lifts the defaults).
+    config = llm.Config.unlimited(provider="mock", model="mock", cost_control=cost)
     callbacks = [alerts.append] if alerts is not None else []
     async with llm.open_client(config, scenarios=scenarios or Scenarios(), on_alert=callbacks) as c:
         yield c
@@ -191,12 +192,11 @@ async def test_a_cancelled_stream_settles_and_frees_its_reservation() -> None:
 async def test_an_unknown_price_gives_no_cost_and_never_zero(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    config = llm.Config.from_dict(
-        {
-            "provider": "local",
-            "model": "some-local-model",
-            "providers": {"local": {"kind": "ollama", "base_url": "http://127.0.0.1:9/v1"}},
-        }
+    # A plain compatible server (no preset: no price), and no cap or budget to refuse it.
+    config = llm.Config.unlimited(
+        provider="local",
+        model="some-local-model",
+        providers={"local": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"}},
     )
     from llm_invocation.testing import MockTransport
 
@@ -240,8 +240,9 @@ KEY = "sk-test-KEY-0123456789abcdef"
 async def openai_client(**cost: Any) -> AsyncGenerator[llm.Client]:
     from llm_invocation.testing import MockTransport
 
-    config = llm.Config.from_dict(
-        {"provider": "openai", "providers": {"openai": {"api_key": KEY}}, "cost_control": cost}
+    # Only the limits this test sets apply (Config.unlimited lifts the defaults).
+    config = llm.Config.unlimited(
+        provider="openai", providers={"openai": {"api_key": KEY}}, cost_control=cost
     )
     transport = MockTransport(scripted(100, 50), format="openai")
     async with llm.open_client(config, transports={"openai": lambda: transport}) as c:
@@ -404,7 +405,7 @@ async def test_a_low_tpm_limit_admits_calls_without_max_tokens_within_default_ma
         "rate_limits": {"tokens_per_minute": 2000, "max_wait": 1},
         "cost_control": {"default_max_tokens": 500},
     }
-    async with llm.open_client(llm.Config.from_dict(settings), scenarios=scripted()) as c:
+    async with llm.open_client(llm.Config.unlimited(**settings), scenarios=scripted()) as c:
         for _ in range(3):
             response = await c.invoke_sync(messages=[llm.user("hi")], model="mock")
             assert response.text == "ok"

@@ -39,6 +39,7 @@ LIMIT = RateLimit(key="global", concurrency=CONCURRENCY)
 
 
 def settings(store: str) -> dict[str, Any]:
+    # Only the limits this test sets apply (Config.unlimited lifts the defaults).
     return {
         "provider": "mock",
         "model": "mock",
@@ -169,7 +170,7 @@ async def test_random_cancellations_leave_nothing_behind_in_memory(
 ) -> None:
     rng = random.Random(20261202)
     async with recording_stores(monkeypatch) as (rates, budgets):
-        config = llm.Config.from_dict(settings("memory"))
+        config = llm.Config.unlimited(**settings("memory"))
         async with llm.open_client(config, scenarios=scenarios()) as client:
             cut = await cancel_at_random(client, rng, await typical_duration(client))
             await check_records(client, cut)
@@ -213,7 +214,7 @@ async def test_random_cancellations_leave_nothing_behind_in_redis() -> None:
     url = redis_url_or_skip()
     prefix = f"llmcancel{secrets.token_hex(4)}:"
     rng = random.Random(7_20261202)
-    config = llm.Config.from_dict(settings(f"{url}{'&' if '?' in url else '?'}prefix={prefix}"))
+    config = llm.Config.unlimited(**settings(f"{url}{'&' if '?' in url else '?'}prefix={prefix}"))
     async with llm.open_client(config, scenarios=scenarios()) as client:
         cut = await cancel_at_random(client, rng, await typical_duration(client))
         await check_records(client, cut)

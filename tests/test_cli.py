@@ -260,3 +260,76 @@ def test_serve_runs_the_front_and_shuts_down_cleanly_on_sigterm() -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+# -- the note about the mock tells the truth ------------------------------------------------------
+
+
+async def test_chat_with_llm_api_key_talks_to_openai_and_makes_no_note_about_the_mock() -> None:
+    from llm_invocation.testing import Scenario, Scenarios, open_fake_server
+
+    async with open_fake_server(Scenarios(Scenario(text="from the server"))) as server:
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+        env = {k: v for k, v in env.items() if not k.startswith("LLM_")}
+        env |= {"LLM_API_KEY": KEY, "LLM_BASE_URL": server.base_url("openai")}
+        done = await trio.run_process(
+            [sys.executable, "-m", "llm_invocation", "chat", "hello"],
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        seen = server.requests
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, err
+    assert out.startswith("from the server")
+    assert "mock" not in err
+    assert [(r.path, r.model, r.headers["authorization"]) for r in seen] == [
+        ("/openai/v1/chat/completions", "gpt-4", "present")
+    ]
+    assert KEY not in out + err
+
+
+def test_a_model_whose_provider_has_no_key_is_one_error_line_naming_the_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLM_MODEL", "gpt-4")
+    code, out, err = run("chat", "hi")
+    assert (code, out) == (1, "")
+    assert err.startswith("error: [openai] provider 'openai' needs an API key")
+    assert "LLM_API_KEY" in err and "OPENAI_API_KEY" in err
+    assert err.endswith("(missing_api_key)\n")
+    assert "mock" not in err
+
+
+def test_the_mock_asked_for_answers_without_the_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_PROVIDER", "mock")
+    code, out, err = run("chat", "hello")
+    assert code == 0
+    assert out.startswith("You said: hello")
+    assert "note:" not in err
+
+
+@pytest.mark.parametrize(
+    ("env", "provider", "model"),
+    [({}, "mock", None), ({"LLM_API_KEY": KEY}, "openai", "gpt-4")],
+)
+def test_config_check_prints_the_provider_and_model_that_answer(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], provider: str, model: str | None
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, _ = run("config", "check")
+    assert code == 0
+    effective = json.loads(out)
+    assert (effective["provider"], effective["model"]) == (provider, model)
+    assert KEY not in out
+
+
+def test_the_note_is_said_once_not_again_by_the_clients_log(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run("chat", "hello")
+    assert code == 0
+    assert err.count("built-in mock") == 1
+    assert "built-in mock" not in capsys.readouterr().err

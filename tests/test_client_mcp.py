@@ -12,6 +12,13 @@ import trio
 import llm_invocation as llm
 from llm_invocation.testing import Scenario, Scenarios, ScriptedToolCall
 
+pytestmark = [
+    # The SDK's streamable HTTP client leaves httpx2's async generators to the garbage
+    # collector (see tests/test_mcp.py).
+    pytest.mark.filterwarnings("ignore:Async generator 'httpx2\\.:ResourceWarning"),
+    pytest.mark.filterwarnings("ignore:Async generator 'httpcore2\\.:ResourceWarning"),
+]
+
 DEMO = Path(__file__).parent / "mcp_servers" / "demo_server.py"
 
 
@@ -84,3 +91,25 @@ async def test_a_configured_server_that_is_down_does_not_stop_the_client(
         with trio.fail_after(20):
             while not any("unreachable" in r.getMessage() for r in caplog.records):
                 await trio.sleep(0.05)
+
+
+async def test_a_bare_host_and_port_is_the_streamable_http_server_at_mcp(
+    mcp_http_port: int,
+) -> None:
+    async with llm.open_mock_client() as client:
+        names = await client.register_mcp_server("net", f"127.0.0.1:{mcp_http_port}")
+        assert "net__add" in names
+        (result,) = await client.execute_tools(
+            [llm.ToolCall(id="c1", name="net__add", arguments='{"a": 1, "b": 2}')]
+        )
+        assert (result.content, result.is_error) == ("3", False)
+
+
+async def test_a_command_list_is_a_stdio_server() -> None:
+    async with llm.open_mock_client() as client:
+        names = await client.register_mcp_server("srv", [sys.executable, str(DEMO)], timeout=10)
+        assert "srv__echo" in names
+        (result,) = await client.execute_tools(
+            [llm.ToolCall(id="c1", name="srv__echo", arguments='{"text": "over stdio"}')]
+        )
+        assert result.content == "over stdio"

@@ -59,13 +59,14 @@ def everything_said(error: ConfigurationError) -> str:
 def test_defaults_follow_the_specification() -> None:
     config = Config()
     assert (config.provider, config.model, config.api_key, config.timeout) == (
-        "mock",
+        None,
         None,
         None,
         30.0,
     )
+    assert (config.default_provider, config.mock_fallback) == ("mock", True)
     assert config.retries == RetryConfig(
-        max_attempts=3,
+        max_attempts=4,
         initial_delay=0.1,
         max_delay=2.0,
         multiplier=2.0,
@@ -73,10 +74,13 @@ def test_defaults_follow_the_specification() -> None:
         max_retry_after=60.0,
     )
     assert config.timeouts == TimeoutConfig(connect=10.0, first_chunk=60.0, idle_chunk=30.0)
-    assert config.rate_limits == RateLimitConfig()
-    assert config.rate_limits.requests_per_minute is None
+    assert config.rate_limits == RateLimitConfig(
+        requests_per_minute=60, tokens_per_minute=100_000, concurrent_calls=10
+    )
     assert config.rate_limits.max_queue is None  # inherited: the global default, 10,000
     assert config.cost_control.budget_period == 86400.0
+    assert config.cost_control.max_cost_per_request == Decimal("0.50")
+    assert config.cost_control.max_budget == Decimal(100)
     assert config.cost_control.alert_thresholds == [0.5, 0.8, 1.0]
     assert config.cost_control.budget_calendar == "rolling"
     assert (config.logging.level, config.logging.format) == ("info", "text")
@@ -139,7 +143,7 @@ def test_direct_construction_reports_every_problem_of_a_section() -> None:
 
 def test_direct_construction_of_config_prefixes_the_section_path() -> None:
     with pytest.raises(ConfigurationError) as error:
-        Config(rate_limits={"requests_per_minute": 0})  # type: ignore[arg-type]
+        Config(rate_limits={"requests_per_minute": -1})  # type: ignore[arg-type]
     assert "rate_limits.requests_per_minute" in problems_of(error)
 
 
@@ -523,7 +527,7 @@ def test_provider_config_of_an_unknown_provider_raises_provider_not_found() -> N
     config = Config.from_dict({"providers": {"anthropic": {}}})
     with pytest.raises(ProviderNotFound) as error:
         config.provider_config("gemini")
-    assert error.value.details["available"] == ["anthropic", "mock"]
+    assert error.value.details["available"] == ["anthropic"]  # the default: the one entry
 
 
 def test_default_provider_entry_without_top_level_settings_is_returned_as_is() -> None:
@@ -1001,7 +1005,7 @@ def test_bad_llm_max_retries_names_the_variable(value: str) -> None:
     [
         ("LLM_TIMEOUT", "soon", "timeout"),
         ("LLM_REQUESTS_PER_MINUTE", "lots", "rate_limits.requests_per_minute"),
-        ("LLM_MAX_TOKENS_PER_MINUTE", "0", "rate_limits.tokens_per_minute"),
+        ("LLM_MAX_TOKENS_PER_MINUTE", "-1", "rate_limits.tokens_per_minute"),
         ("LLM_MAX_CONCURRENT_CALLS", "1.5", "rate_limits.concurrent_calls"),
         ("LLM_MAX_COST_PER_REQUEST", "cheap", "cost_control.max_cost_per_request"),
         ("LLM_MAX_BUDGET", "-5", "cost_control.max_budget"),
@@ -1245,9 +1249,12 @@ def test_replace_changes_a_field_and_validates() -> None:
 
 
 def test_replace_rebuilds_a_section_given_as_a_dict() -> None:
-    config = Config.from_dict({"rate_limits": {"requests_per_minute": 60}})
+    config = Config.from_dict({"rate_limits": {"requests_per_minute": 5}})
     replaced = config.replace(rate_limits={"tokens_per_minute": 100})
-    assert replaced.rate_limits == RateLimitConfig(tokens_per_minute=100)
+    # rebuilt from the section's defaults (the first specification's), not from ``config``
+    assert replaced.rate_limits == RateLimitConfig(
+        requests_per_minute=60, tokens_per_minute=100, concurrent_calls=10
+    )
 
 
 def test_replace_of_the_provider_moves_the_default_provider() -> None:
@@ -1264,7 +1271,9 @@ def test_replace_leaves_the_original_alone() -> None:
 def test_merged_with_merges_key_by_key() -> None:
     config = Config.from_dict({"rate_limits": {"requests_per_minute": 60}, "model": "a"})
     merged = config.merged_with({"rate_limits": {"tokens_per_minute": 100}})
-    assert merged.rate_limits == RateLimitConfig(requests_per_minute=60, tokens_per_minute=100)
+    assert merged.rate_limits == RateLimitConfig(
+        requests_per_minute=60, tokens_per_minute=100, concurrent_calls=10
+    )
     assert merged.model == "a"
 
 
@@ -1414,7 +1423,7 @@ def test_errors_never_show_an_unshaped_secret_in_a_long_value() -> None:
 def test_log_capture_never_shows_a_key(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="llm_invocation.config")
     config = Config.load(environ={"LLM_API_KEY": KEY, "OPENAI_API_KEY": OTHER_KEY})
-    logging.getLogger("test").warning("using %s / %r", config, config.provider_config("mock"))
+    logging.getLogger("test").warning("using %s / %r", config, config.provider_config("openai"))
     try:
         Config.from_dict({"timeout": KEY, "api_key": KEY, "retries": {"max_delay": KEY}})
     except ConfigurationError:

@@ -64,7 +64,7 @@ STATUS_ERRORS = {
     401: (ErrorCode.AUTHENTICATION, False),
     403: (ErrorCode.AUTHENTICATION, False),
     404: (ErrorCode.MODEL_NOT_SUPPORTED, False),
-    429: (ErrorCode.RATE_LIMIT, True),
+    429: (ErrorCode.RATE_LIMIT_EXCEEDED, True),
     500: (ErrorCode.PROVIDER_ERROR, True),
     503: (ErrorCode.PROVIDER_ERROR, True),
 }

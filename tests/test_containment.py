@@ -99,20 +99,19 @@ def renderer_of(provider: str) -> Renderer:
 
 
 def config_for(provider: str) -> llm.Config:
-    return llm.Config.from_dict(
-        {
-            "provider": provider,
-            "timeout": 60,
-            "retries": {
-                "max_attempts": 2,
-                "initial_delay": 0.001,
-                "max_delay": 0.01,
-                "jitter": False,
-                "max_retry_after": 0.05,
-            },
-            "rate_limits": {"max_wait": 1},
-            "providers": {provider: PROVIDERS[provider]},
-        }
+    # Not about limits or costs (the scripted models have no price): nothing is limited.
+    return llm.Config.unlimited(
+        provider=provider,
+        timeout=60,
+        retries={
+            "max_attempts": 2,
+            "initial_delay": 0.001,
+            "max_delay": 0.01,
+            "jitter": False,
+            "max_retry_after": 0.05,
+        },
+        rate_limits={"max_wait": 1},
+        providers={provider: PROVIDERS[provider]},
     )
 
 

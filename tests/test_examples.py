@@ -17,10 +17,18 @@ EXPECTED = {
     "advanced.py": ["Token usage:", "Cost: $", "TOTAL"],
     "tools.py": ["-> calling ['get_weather']", "It is sunny", "steps: 2"],
     "mcp_tools.py": ["calc__multiply", "6 times 7 is 42."],
+    "mcp_in_process.py": ["['papers__search']", "-> calling ['papers__search']", "Logical qubits"],
     "fan_out.py": ["300 answers", "fan-out"],
     "embed_in_trio_app.py": ["[worker]", "gave up on a slow call", "0 calls in flight"],
     "websocket_client.py": ["story: error (canceled)", "joke: done", "joke (371 characters)"],
     "web_integration.py": ["chat page at http://127.0.0.1:", "GET / -> 200"],
+    "custom_provider.py": [
+        "LineChat heard: hello there [stop]",
+        "streamed usage: 2 in, 4 out",
+        "whole answer: 'LineChat heard: hi'",
+        "busy model: ProviderOverloaded",
+        "registered twice: duplicate_provider",
+    ],
 }
 
 ARGUMENTS = {"web_integration.py": ["--check"]}

@@ -47,7 +47,8 @@ async def governed(stamps: list[float], **settings: Any) -> AsyncGenerator[llm.C
     usage = ScriptedUsage(prompt_tokens=5, completion_tokens=50)
     scenarios = Scenarios(Scenario(text="ok", usage=usage, interval=0.01))
     transport = Stamping(MockTransport(scenarios), stamps)
-    config = llm.Config.from_dict({"provider": "mock", "model": "mock", **settings})
+    # Only the limits this test sets apply (Config.unlimited lifts the defaults).
+    config = llm.Config.unlimited(**{"provider": "mock", "model": "mock", **settings})
     async with llm.open_client(config, transports={"mock": lambda: transport}) as client:
         yield client
 

@@ -39,7 +39,8 @@ def governor(**kwargs: Any) -> Any:
 
 
 def configured(**settings: Any) -> Any:
-    config = llm.Config.from_dict({"provider": "mock", "model": "mock", **settings})
+    # Only the limits this test sets apply (Config.unlimited lifts the defaults).
+    config = llm.Config.unlimited(**{"provider": "mock", "model": "mock", **settings})
     store = MemoryRateStore()
     return running(lambda: Governor.from_config(store, config))
 
@@ -227,7 +228,8 @@ async def test_a_model_section_without_max_wait_inherits_its_providers(
 
 
 def tpm_config(**settings: Any) -> llm.Config:
-    return llm.Config.from_dict({"provider": "mock", "model": "mock", **settings})
+    # Only the limits this test sets apply (Config.unlimited lifts the defaults).
+    return llm.Config.unlimited(**{"provider": "mock", "model": "mock", **settings})
 
 
 @pytest.mark.parametrize(

@@ -185,7 +185,8 @@ def config(**overrides: Any) -> llm.Config:
             settings_["providers"]["openai"].update(value)
         else:
             settings_[key] = value
-    return llm.Config.from_dict(settings_)
+    # Not about limits, and model "m" has no price: nothing is limited.
+    return llm.Config.unlimited(**settings_)
 
 
 def ask() -> llm.Request:
@@ -295,6 +296,9 @@ async def test_llm_proxy_sets_the_global_proxy(monkeypatch: pytest.MonkeyPatch) 
                 "OPENAI_API_KEY": KEY,
                 "OPENAI_BASE_URL": "http://api.provider.invalid/v1",
                 "LLM_MAX_RETRIES": "0",
+                # model "m" has no price: no cap, no budget
+                "LLM_MAX_COST_PER_REQUEST": "0",
+                "LLM_MAX_BUDGET": "0",
             }
         )
         assert cfg.proxy == proxy.url

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from llm_invocation.errors import (
     AuthenticationError,
+    ConfigurationError,
     ErrorCode,
     InvalidRequest,
     InvocationTimeout,
@@ -255,7 +256,7 @@ def test_default_max_tokens_from_the_constructor_or_options() -> None:
 
 @pytest.mark.parametrize("value", [0, -1, "many", True])
 def test_invalid_default_max_tokens_is_refused(value: Any) -> None:
-    with pytest.raises(InvalidRequest, match="default_max_tokens"):
+    with pytest.raises(ConfigurationError, match="default_max_tokens"):
         AnthropicCodec(default_max_tokens=value)
 
 

@@ -845,7 +845,7 @@ def test_an_error_written_outside_data_lines_is_reported() -> None:
     chunks = feed_all(decoder, sse(obj(text("a"))) + raw + b"\r\n")
     info = chunks[-1].error
     assert info is not None
-    assert (info.code, info.status) == (ErrorCode.RATE_LIMIT, 429)
+    assert (info.code, info.status) == (ErrorCode.RATE_LIMIT_EXCEEDED, 429)
 
 
 def test_a_malformed_event_is_an_error_chunk() -> None:

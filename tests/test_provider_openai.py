@@ -759,7 +759,7 @@ def test_an_in_stream_quota_error_is_not_retryable() -> None:
     }
     (only,) = decode_stream(sse(error))
     assert only.error is not None
-    assert only.error.code is ErrorCode.RATE_LIMIT
+    assert only.error.code is ErrorCode.RATE_LIMIT_EXCEEDED
     assert not only.error.retryable
 
 

@@ -6,8 +6,14 @@ import pytest
 
 from llm_invocation.config import ProviderConfig
 from llm_invocation.errors import ConfigurationError, ModelNotSupported, ProviderNotFound
-from llm_invocation.providers._registry import ProviderRegistry, codec_kinds, make_codec
-from llm_invocation.types import Request, user
+from llm_invocation.providers._registry import (
+    ProviderRegistry,
+    codec_kinds,
+    make_codec,
+    provider_name_problem,
+)
+from llm_invocation.providers.openai import OpenAICodec
+from llm_invocation.types import ModelInfo, Request, user
 
 
 def req(model: str, provider: str | None = None) -> Request:
@@ -134,3 +140,38 @@ def test_an_openai_fine_tune_id_keeps_its_colons() -> None:
 def test_a_configured_model_with_a_colon_is_served_by_the_default_provider() -> None:
     reg = registry("openai", default="openai", models={"openai": ["team:gpt-4o"]})
     assert reg.resolve(req("team:gpt-4o")) == ("openai", "team:gpt-4o")
+
+
+# -- providers of one's own --------------------------------------------------------------------
+
+
+class _Broken(OpenAICodec):  # a codec whose model list is a bug
+    kind = "broken"
+
+    def known_models(self) -> list[ModelInfo]:
+        raise RuntimeError("bug")
+
+
+def test_registering_a_provider_adds_it_once() -> None:
+    reg = registry("openai")
+    reg.register(make_codec("extra", ProviderConfig(kind="groq")), models=["m1"])
+    assert reg.names() == ["extra", "openai"]
+    assert reg.resolve(req("extra:m1")) == ("extra", "m1")
+    with pytest.raises(ModelNotSupported):
+        reg.resolve(req("extra:m2"))
+    with pytest.raises(ConfigurationError) as info:
+        reg.register(make_codec("extra", ProviderConfig(kind="groq")))
+    assert info.value.details["reason"] == "duplicate_provider"
+
+
+def test_a_codec_whose_known_models_raise_does_not_break_resolution() -> None:
+    reg = ProviderRegistry({"b": _Broken(name="b")}, default_provider="b")
+    assert reg.resolve(req("anything")) == ("b", "anything")
+    with pytest.raises(ProviderNotFound):  # it knows no model "x:y": "x" names a provider
+        reg.resolve(req("x:y"))
+
+
+@pytest.mark.parametrize("name", ["", "a:b", "a b", "a/b", "tab\t"])
+def test_a_provider_name_must_be_plain(name: str) -> None:
+    assert provider_name_problem(name) is not None
+    assert provider_name_problem("my-provider_2") is None

@@ -1,4 +1,4 @@
-"""Backoff, the circuit breaker and key rotation of provider sessions."""
+"""Backoff and the circuit breaker of provider sessions (their keys: test_key_management)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from llm_invocation._secrets import Secret
 from llm_invocation.actors._resilience import (
     CircuitBreaker,
-    KeyRing,
     backoff_delay,
     counts_against_breaker,
 )
@@ -112,29 +110,3 @@ async def test_a_probe_released_without_verdict_lets_the_next_call_probe(
     breaker.before_call("p")
     breaker.release_probe()
     breaker.before_call("p")  # admitted as the new probe
-
-
-async def test_key_ring_rotates_on_rate_limits_and_sets_aside_rejected_keys(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    a, b, c = Secret("sk-aaaaaaaaaaaaaaaa"), Secret("sk-bbbbbbbbbbbbbbbb"), Secret("sk-cccccccc")
-    ring = KeyRing([a, b, c])
-    assert ring.current() is a
-    assert ring.rotate(a)
-    assert ring.current() is b
-    assert ring.reject(b)
-    assert ring.current() is c
-    assert ring.reject(c)
-    assert ring.current() is a
-    assert not ring.reject(a)  # every key rejected now
-    with pytest.raises(AuthenticationError, match="all 3 API keys"):
-        ring.current()
-    await trio.sleep(301)
-    assert ring.current() in (a, b, c)
-    assert ring.statistics().usable == 3
-
-
-async def test_a_single_key_does_not_rotate_and_no_key_means_none() -> None:
-    single = KeyRing([Secret("sk-onlyoneonlyone")])
-    assert not single.rotate(single.current())
-    assert KeyRing([]).current() is None

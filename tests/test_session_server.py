@@ -45,7 +45,8 @@ async def serve(
             },
         }
         settings.update(overrides)
-        async with llm.open_client(llm.Config.from_dict(settings)) as client:
+        # Not about limits, and the scripted models have no price: nothing is limited.
+        async with llm.open_client(llm.Config.unlimited(**settings)) as client:
             yield client, server
 
 

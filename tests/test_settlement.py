@@ -90,7 +90,8 @@ def ask(**metadata: str) -> llm.Request:
 
 @asynccontextmanager
 async def mock_client(**settings: Any) -> AsyncGenerator[llm.Client]:
-    config = llm.Config.from_dict({"provider": "mock", "model": "mock", **settings})
+    # Only the limits this test sets apply (Config.unlimited lifts the defaults).
+    config = llm.Config.unlimited(**{"provider": "mock", "model": "mock", **settings})
     async with llm.open_client(config, scenarios=scripted()) as client:
         yield client
 

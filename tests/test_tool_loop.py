@@ -59,12 +59,11 @@ async def client_for(
     scenarios: Scenarios, **tools_config: Any
 ) -> AsyncGenerator[tuple[llm.Client, dict[str, MockTransport]]]:
     transports = {name: MockTransport(scenarios, format=name) for name in FORMATS}
-    config = llm.Config.from_dict(
-        {
-            "provider": "openai",
-            "providers": {name: {"api_key": KEY} for name in FORMATS},
-            "tools": {"max_steps": 4, **tools_config},
-        }
+    # Not about limits, and the scripted models have no price: nothing is limited.
+    config = llm.Config.unlimited(
+        provider="openai",
+        providers={name: {"api_key": KEY} for name in FORMATS},
+        tools={"max_steps": 4, **tools_config},
     )
     async with llm.open_client(
         config, transports={name: (lambda t=t: t) for name, t in transports.items()}
@@ -236,8 +235,10 @@ async def test_only_the_offered_tools_are_sent_and_unknown_names_are_errors() ->
         await client.invoke_sync(request, tools=["add"], tool_mode="auto")
         sent = transports["openai"].requests[-1].json
         assert [t["function"]["name"] for t in sent["tools"]] == ["add"]
-        with pytest.raises(llm.ToolExecutionFailed):
+        with pytest.raises(llm.InvalidRequest) as info:
             client.invoke(request, tools=["nope"], tool_mode="auto")
+        assert info.value.details["name"] == "nope"
+        assert "add" in info.value.details["available"]
 
 
 async def test_without_tool_mode_tool_calls_come_back_to_the_caller() -> None:

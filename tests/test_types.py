@@ -1061,7 +1061,10 @@ def test_aggregator_raises_the_typed_error_a_chunk_carried() -> None:
     agg.add(
         StreamChunk(
             error=ErrorInfo(
-                code=ErrorCode.RATE_LIMIT, message="slow down", provider="openai", retry_after=2.0
+                code=ErrorCode.RATE_LIMIT_EXCEEDED,
+                message="slow down",
+                provider="openai",
+                retry_after=2.0,
             )
         )
     )

@@ -641,7 +641,7 @@ async def test_invocations_beyond_the_per_connection_limit_are_refused_as_overlo
         assert front.statistics().overloaded == 1
 
 
-async def test_the_per_connection_rate_limit_refuses_with_rate_limit() -> None:
+async def test_the_per_connection_rate_limit_refuses_with_rate_limit_exceeded() -> None:
     async with front_running(ws={"client_requests_per_minute": 2}) as (_, front):
         async with connect(front) as peer:
             for id in ("r1", "r2"):
@@ -651,7 +651,7 @@ async def test_the_per_connection_rate_limit_refuses_with_rate_limit() -> None:
             await peer.send(invoke("r3"))
             _, refused = await peer.finish("r3")
             assert isinstance(refused, ErrorFrame)
-            assert refused.code == "rate_limit"
+            assert refused.code == "rate_limit_exceeded"
             assert refused.retry_after is not None
             assert 0 < refused.retry_after <= 30
         async with connect(front) as other:  # the bucket is per connection

@@ -1,17 +1,13 @@
-"""Retry delays, the circuit breaker and API-key rotation of a provider session."""
+"""Retry delays and the circuit breaker of a provider session (its API keys: `_keys`)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from typing import Final, Literal, final
+from typing import Literal, final
 
-import msgspec
 import trio
 
-from .._secrets import Secret
 from ..errors import (
-    AuthenticationError,
     InvocationTimeout,
     LLMError,
     ProviderError,
@@ -19,7 +15,7 @@ from ..errors import (
     StreamingFailed,
 )
 
-__all__ = ["BreakerState", "CircuitBreaker", "KeyRing", "backoff_delay", "counts_against_breaker"]
+__all__ = ["BreakerState", "CircuitBreaker", "backoff_delay", "counts_against_breaker"]
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -116,71 +112,3 @@ class CircuitBreaker:
     def release_probe(self) -> None:
         """A probe ended without a verdict (cancelled, or a client-side error)."""
         self._probe = False
-
-
-class KeyStatistics(msgspec.Struct, frozen=True, kw_only=True):
-    keys: int
-    usable: int
-    rotations: int
-
-
-_DISABLE_FOR: Final = 300.0
-
-
-@final
-class KeyRing:
-    """Several API keys of one provider: rotate on 429, set aside on 401 for a while."""
-
-    __slots__ = ("_disabled_until", "_index", "_keys", "rotations")
-
-    def __init__(self, keys: Sequence[Secret]) -> None:
-        self._keys = list(keys)
-        self._index = 0
-        self._disabled_until = [0.0] * len(self._keys)
-        self.rotations = 0
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def current(self) -> Secret | None:
-        """The key to use now (None when the provider needs no key).
-
-        Raises:
-            AuthenticationError: every key was rejected recently.
-        """
-        if not self._keys:
-            return None
-        now = trio.current_time()
-        for step in range(len(self._keys)):
-            index = (self._index + step) % len(self._keys)
-            if self._disabled_until[index] <= now:
-                self._index = index
-                return self._keys[index]
-        raise AuthenticationError(
-            f"all {len(self._keys)} API keys were rejected in the last {_DISABLE_FOR:g}s"
-        )
-
-    def rotate(self, key: Secret | None) -> bool:
-        """Move past ``key`` (after a 429); return whether another key is available."""
-        if key is None or len(self._keys) < 2:
-            return False
-        if self._keys[self._index] is key:
-            self._index = (self._index + 1) % len(self._keys)
-            self.rotations += 1
-        return True
-
-    def reject(self, key: Secret | None) -> bool:
-        """Set ``key`` aside after a 401; return whether another key is usable."""
-        if key is None:
-            return False
-        for index, candidate in enumerate(self._keys):
-            if candidate is key:
-                self._disabled_until[index] = trio.current_time() + _DISABLE_FOR
-        self.rotations += 1
-        now = trio.current_time()
-        return any(until <= now for until in self._disabled_until)
-
-    def statistics(self) -> KeyStatistics:
-        now = trio.current_time()
-        usable = sum(until <= now for until in self._disabled_until)
-        return KeyStatistics(keys=len(self._keys), usable=usable, rotations=self.rotations)

@@ -10,14 +10,18 @@ another one makes sense:
 * watchdogs: ``first_chunk`` runs until the first event that carries content (text,
   reasoning, a tool-call delta, a finish), ``idle_chunk`` between events after that; the
   `InvocationTimeout` names the limit that fired;
-* a circuit breaker per model, and rotation over several API keys on 401 and 429;
+* a circuit breaker per model; the provider's API keys (`KeyRing`, shared by every
+  incarnation): rotation on 429, and on 401 that key set aside for that model family alone,
+  with a short growing backoff, and an `AuthenticationError` that says so;
 * retry advice: a failed attempt raises `AttemptFailed` with the typed error, whether the
   session advises another attempt (the codec's advice, ``x-should-retry``, a spare key, never
   after content reached the caller) and the delay the provider asked for;
 * containment: nothing a provider sends can crash the session or touch another call. Any
   exception while decoding an answer (headers, JSON, SSE framing, numbers out of range,
   wrong types) becomes a `ProviderError` for that attempt alone, with
-  ``details["reason"] == "malformed response"``, retryable only before content, logged once;
+  ``details["reason"] == "malformed response"``, retryable only before content, logged once.
+  The same holds for a codec that raises (a custom one, say): encoding fails that call with
+  a `ProviderError` (``details["reason"] == "encode failed"``), nothing sent;
 * cancellation: a caller that goes away cancels the handler, which closes the HTTP response
   at once (its connection is dropped, not reused).
 
@@ -28,7 +32,7 @@ the session retries them itself, counted in its statistics.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -53,7 +57,8 @@ from ..providers._base import (
 )
 from ..runtime import Actor, Call, Context, ReplyError, Stream
 from ..types import ModelInfo, Request, Response, StreamChunk
-from ._resilience import CircuitBreaker, KeyRing, backoff_delay, counts_against_breaker
+from ._keys import KeyRing, model_family
+from ._resilience import CircuitBreaker, backoff_delay, counts_against_breaker
 from ._watchdog import ChunkWatchdog
 
 __all__ = [
@@ -148,6 +153,12 @@ class SessionStatistics(msgspec.Struct, frozen=True, kw_only=True):
     breakers: dict[str, str]
     key_rotations: int
     pool: PoolStatistics
+    keys: int = 0
+    """API keys known now."""
+    keys_set_aside: int = 0
+    """(key, model family) pairs set aside after a 401, now."""
+    key_refreshes: int = 0
+    """Times the keys were read again from their file or function."""
 
 
 class SessionStats(Call[SessionStatistics], frozen=True, kw_only=True):
@@ -219,7 +230,7 @@ class ProviderSession(Actor[SessionMsg]):
         self,
         codec: ProviderCodec,
         *,
-        keys: list[Secret] | None = None,
+        keys: KeyRing | Sequence[Secret] | None = None,
         settings: SessionSettings | None = None,
         transport: TransportFactory | None = None,
         on_response: Callable[[ResponseInfo], None] | None = None,
@@ -227,10 +238,17 @@ class ProviderSession(Actor[SessionMsg]):
         self.codec = codec
         self.provider = codec.name
         self.settings = settings or SessionSettings()
-        self.keys = KeyRing(keys or [])
+        # A ring passed in outlives this incarnation: its keys and their state survive a
+        # restart, and ``client.set_api_keys`` changes them in place.
+        self.keys = (
+            keys if isinstance(keys, KeyRing) else KeyRing(keys or (), provider=self.provider)
+        )
         self._transport = transport
         self._on_response = on_response
         self._breakers: dict[str, CircuitBreaker] = {}
+        # The last failure that counted against each model's breaker: the cause of the
+        # "circuit open" errors that follow it.
+        self._tripped: dict[str, LLMError] = {}
         self._pool: HttpPool | None = None
         self._watchdog = ChunkWatchdog()
         self.requests = 0
@@ -276,6 +294,7 @@ class ProviderSession(Actor[SessionMsg]):
 
     def statistics(self) -> SessionStatistics:
         assert self._pool is not None
+        keys = self.keys.statistics()
         return SessionStatistics(
             provider=self.provider,
             requests=self.requests,
@@ -286,6 +305,9 @@ class ProviderSession(Actor[SessionMsg]):
             breakers={model: b.state for model, b in self._breakers.items()},
             key_rotations=self.keys.rotations,
             pool=self._pool.statistics(),
+            keys=keys.keys,
+            keys_set_aside=keys.set_aside,
+            key_refreshes=keys.refreshes,
         )
 
     def _breaker(self, model: str) -> CircuitBreaker:
@@ -319,21 +341,29 @@ class ProviderSession(Actor[SessionMsg]):
             self.retries += 1
         self.attempts += 1
         breaker = self._breaker(request.model)
+        family = model_family(request.model)
         verdict = False
         key: Secret | None = None
         try:
             try:
                 self.codec.validate(request)
-                breaker.before_call(self.provider)
-                key = self.keys.current()
+                try:
+                    breaker.before_call(self.provider)
+                except LLMError as refused:
+                    refused.__cause__ = self._tripped.get(request.model)
+                    raise
+                key = await self.keys.pick(family)
                 http_request = self.codec.encode(request, key.reveal() if key else None)
+                if not isinstance(http_request, HttpRequest):  # pyright: ignore[reportUnnecessaryIsInstance]
+                    raise TypeError(f"encode() returned a {type(http_request).__name__}")
             except LLMError as error:
                 raise _Failed(error, {}, delivered=False) from None
             except Exception as exc:
-                # A request the codec cannot encode is ours, not the provider's: say so.
+                # A request the codec cannot check or encode is ours, not the provider's.
                 error = ProviderError(
                     f"the request could not be encoded: {type(exc).__name__}: {exc}",
                     provider=self.provider,
+                    details={"reason": "encode failed", "exception": type(exc).__name__},
                 )
                 error.__cause__ = exc
                 log.exception("%s: encoding a request failed", self.provider)
@@ -345,23 +375,40 @@ class ProviderSession(Actor[SessionMsg]):
             self.failures[code] = self.failures.get(code, 0) + 1
             if counts_against_breaker(error):
                 breaker.failure()
+                self._tripped[request.model] = error
                 verdict = True
-            retry, delay = self._advice(error, failed.headers, key, delivered=failed.delivered)
+            error, retry, delay = await self._advice(
+                error, failed.headers, key, family, delivered=failed.delivered
+            )
             raise AttemptFailed(error, retry=retry, delay=delay) from None
         else:
             breaker.success()
+            self._tripped.pop(request.model, None)
+            self.keys.accept(key, family)
             verdict = True
             return result
         finally:
             if not verdict:
                 breaker.release_probe()
 
-    def _advice(
-        self, error: LLMError, headers: Mapping[str, str], key: Secret | None, *, delivered: bool
-    ) -> tuple[bool, float | None]:
-        """Whether another attempt makes sense after ``error``, and after how long."""
+    async def _advice(
+        self,
+        error: LLMError,
+        headers: Mapping[str, str],
+        key: Secret | None,
+        family: str,
+        *,
+        delivered: bool,
+    ) -> tuple[LLMError, bool, float | None]:
+        """The error to report, whether another attempt makes sense after it, and after how
+        long. A 401 sets ``key`` aside for ``family`` and says so in the error."""
+        if isinstance(error, AuthenticationError) and error.status == 401 and key is not None:
+            rejection = await self.keys.reject(key, family)
+            error = rejection.explain(error, self.provider)
+            log.warning("%s: %s", self.provider, error.message)
+            return error, rejection.usable and not delivered, 0.0
         if delivered or error.details.get("circuit") == "open":
-            return False, None
+            return error, False, None
         try:
             advice = self.codec.retry_advice(error, headers)
         except Exception as exc:  # noqa: BLE001 - a header we cannot read gives no advice
@@ -369,15 +416,12 @@ class ProviderSession(Actor[SessionMsg]):
             advice = RetryAdvice(retryable=error.retryable, delay=error.retry_after)
         delay = advice.delay
         retryable = advice.retryable
-        if isinstance(error, AuthenticationError) and error.status == 401:
-            retryable = self.keys.reject(key)
-            delay = 0.0
-        elif isinstance(error, RateLimited) and self.keys.rotate(key):
+        if isinstance(error, RateLimited) and self.keys.rotate(key):
             delay = 0.0 if advice.retryable else None
             retryable = True
         if delay is not None and delay > self.settings.max_retry_after:
             retryable = False  # the provider asks for longer than we will wait
-        return retryable, delay
+        return error, retryable, delay
 
     def _report(self, request: Request, status: int, headers: Mapping[str, str]) -> None:
         """Tell the observer (the governor) what the response's headers said.
@@ -422,7 +466,10 @@ class ProviderSession(Actor[SessionMsg]):
             body = await response.read(_MAX_ERROR_BODY)
         except LLMError:
             body = b""
-        return self.codec.map_error(response.status, headers, body)
+        error = self.codec.map_error(response.status, headers, body)
+        if not isinstance(error, LLMError):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"map_error() returned a {type(error).__name__}")  # malformed
+        return error
 
     def _malformed(self, exc: BaseException, *, delivered: bool) -> LLMError:
         self.malformed += 1
@@ -487,16 +534,15 @@ class ProviderSession(Actor[SessionMsg]):
                 what, limit, name = "no chunk for", idle, "idle_chunk"
             else:
                 what, limit, name = "no content within", first, "first_chunk"
-            raise _Failed(
-                InvocationTimeout(
-                    f"{what} {limit:g}s (the {name} limit)",
-                    provider=self.provider,
-                    retryable=True,
-                    details={"limit": name, "seconds": limit},
-                ),
-                headers,
-                delivered,
+            timeout = InvocationTimeout(
+                f"{what} {limit:g}s (the {name} limit)",
+                provider=self.provider,
+                retryable=True,
+                details={"limit": name, "seconds": limit},
             )
+            # Our own deadline, like trio.fail_after's: the cause says which kind of limit.
+            timeout.__cause__ = trio.TooSlowError(f"the {name} limit of {limit:g}s passed")
+            raise _Failed(timeout, headers, delivered)
 
     async def _deliver(
         self,
@@ -521,7 +567,10 @@ class ProviderSession(Actor[SessionMsg]):
     async def _fetch_once(self, request: Request, http_request: HttpRequest, _: Any) -> Response:
         body = await self._fetch(request, http_request)
         try:
-            return self.codec.decode_response(request, body)
+            response = self.codec.decode_response(request, body)
+            if not isinstance(response, Response):  # pyright: ignore[reportUnnecessaryIsInstance]
+                raise TypeError(f"decode_response() returned a {type(response).__name__}")
+            return response
         except LLMError as error:
             raise _Failed(error, {}, delivered=False) from None
         except Exception as exc:
@@ -559,9 +608,23 @@ class ProviderSession(Actor[SessionMsg]):
             attempt += 1
             self.attempts += 1
             key: Secret | None = None
+            family = ""  # models and token counts are no one model family's
             try:
-                key = self.keys.current()
-                http_request = build(key.reveal() if key else None)
+                key = await self.keys.pick(family)
+                try:
+                    http_request = build(key.reveal() if key else None)
+                except LLMError:
+                    raise
+                except Exception as exc:
+                    # A codec that cannot build the request: this call fails, typed.
+                    log.warning(
+                        "%s: building a request failed (%s)", self.provider, type(exc).__name__
+                    )
+                    raise ProviderError(
+                        f"the request could not be encoded: {type(exc).__name__}",
+                        provider=self.provider,
+                        details={"reason": "encode failed", "exception": type(exc).__name__},
+                    ) from exc
                 if http_request is None:
                     raise ProviderError(
                         "this provider has no such endpoint",
@@ -578,10 +641,11 @@ class ProviderSession(Actor[SessionMsg]):
                         self._malformed(exc, delivered=False), {}, delivered=False
                     ) from exc
             except _Failed as failed:
-                error = failed.error
-                retry, delay = self._advice(error, failed.headers, key, delivered=False)
+                error, retry, delay = await self._advice(
+                    failed.error, failed.headers, key, family, delivered=False
+                )
             except LLMError as error:
-                raise error from None
+                raise error from error.__cause__  # keeps its cause, drops the retry loop's
             if not retry or attempt >= _AUX_ATTEMPTS:
                 raise error
             self.retries += 1

@@ -6,8 +6,10 @@ scripted failures mixed in (rate limits with Retry-After, an overloaded error ev
 dropped connection, a provider that stays down and falls back), so the summary shows retries
 and fallbacks doing their work.
 With a real key (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY`` or
-``LLM_API_KEY`` with ``LLM_PROVIDER``) the same job talks to that provider, with a small
-fan-out.
+``LLM_API_KEY``, which is OpenAI's unless ``LLM_PROVIDER`` or ``LLM_MODEL`` says otherwise)
+the same job talks to that provider, with a small fan-out, under the configured (by default
+the first specification's) limits. Offline, the scripted providers cost nothing real, so the
+job lifts the rate limits, the cap and the budget (`Config.unlimited`).
 """
 
 from __future__ import annotations
@@ -95,16 +97,13 @@ def _model_for(index: int) -> str:
 
 
 def _real_config() -> Config | None:
+    """The configuration of the environment when it has a provider to call: one with a key
+    or a base URL of its own; None otherwise (the job runs offline)."""
     config = Config.load()
-    provider = config.default_provider
-    if provider == "mock":
-        for name in ("openai", "anthropic", "gemini"):
-            entry = config.providers.get(name)
-            if entry is not None and entry.keys():
-                return config.replace(provider=name)
+    if config.mock_fallback or config.default_provider == "mock":
         return None
     try:
-        entry = config.provider_config(provider)
+        entry = config.provider_config(config.default_provider)
     except LLMError:
         return None
     return config if entry.keys() or entry.base_url else None
@@ -207,19 +206,17 @@ async def run_demo(
         else:
             mode = "offline (the built-in mock provider, in each provider's wire format)"
             scenarios = _offline_scenarios()
-            config = Config.from_dict(
-                {
-                    "provider": "openai",
-                    "retries": {"max_attempts": 3, "initial_delay": 0.05, "max_delay": 0.5},
-                    "providers": {
-                        "openai": {"api_key": "sk-demo-offline-0000000000000000"},
-                        "anthropic": {
-                            "api_key": "sk-ant-demo-offline-000000000000",
-                            "fallback": ["openai:demo"],
-                        },
-                        "gemini": {"api_key": "demo-offline-gemini-key-00000"},
+            config = Config.unlimited(
+                provider="openai",
+                retries={"max_attempts": 3, "initial_delay": 0.05, "max_delay": 0.5},
+                providers={
+                    "openai": {"api_key": "sk-demo-offline-0000000000000000"},
+                    "anthropic": {
+                        "api_key": "sk-ant-demo-offline-000000000000",
+                        "fallback": ["openai:demo"],
                     },
-                }
+                    "gemini": {"api_key": "demo-offline-gemini-key-00000"},
+                },
             )
             transports = {fmt: _scripted(scenarios, fmt) for fmt in _FORMATS}
             client = await stack.enter_async_context(

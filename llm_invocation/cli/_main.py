@@ -13,8 +13,10 @@
     llm-invocation demo [--calls 200]
 
 Configuration comes from the environment (``LLM_*`` and the providers' keys), an optional
-``--config`` YAML file and the options. Without any API key the mock provider answers, and
-the command says so. Errors print as one line on stderr with a non-zero exit status.
+``--config`` YAML file and the options. When none of them names a provider or gives a key,
+the built-in mock provider answers, and the command says so; a provider that needs a key and
+has none is an error (``missing_api_key``). Errors print as one line on stderr with a
+non-zero exit status.
 """
 
 from __future__ import annotations
@@ -58,8 +60,14 @@ class _OneLine(logging.Formatter):
             record.exc_info = saved
 
 
+def _not_the_mock_note(record: logging.LogRecord) -> bool:
+    """Leave out the client's line about the mock fallback: the command prints its note."""
+    return not getattr(record, "mock_fallback", False)
+
+
 def _configure_logging(verbose: bool, level: str = "warning") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_not_the_mock_note)
     if verbose:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     else:
@@ -143,27 +151,14 @@ def _load_config(args: argparse.Namespace) -> Config:
     return Config.load(yaml=args.config, **keywords) if args.config else Config.load(**keywords)
 
 
-def _uses_mock(config: Config) -> bool:
-    return config.default_provider == "mock"
-
-
 def _announce(config: Config, err: TextIO) -> None:
-    if _uses_mock(config):
+    """Say so when the mock answers because nothing names a provider or gives a key."""
+    if config.mock_fallback:
         err.write(
-            "note: no API key configured: using the built-in mock provider "
-            "(set OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY or LLM_API_KEY)\n"
+            "note: no provider or API key configured: using the built-in mock provider "
+            "(set LLM_API_KEY, OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY, "
+            "or LLM_PROVIDER, for a real model)\n"
         )
-
-
-def _with_default_provider(config: Config) -> Config:
-    """Make a provider with a key the default when the configuration names none."""
-    if config.default_provider != "mock":
-        return config
-    for name in ("openai", "anthropic", "gemini"):
-        entry = config.providers.get(name)
-        if entry is not None and entry.enabled and entry.keys():
-            return config.replace(provider=name)
-    return config
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -182,7 +177,8 @@ def _request_options(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _chat(args: argparse.Namespace, config: Config, out: TextIO, err: TextIO) -> int:
     from ..client import open_client
-    from ..types import Message, Request, system, user
+    from ..invocation import ToolCallsEvent
+    from ..types import Message, Request, StreamChunk, system, user
 
     history: list[Message] = [system(args.system)] if args.system else []
     extra = _request_options(args)
@@ -195,13 +191,18 @@ async def _chat(args: argparse.Namespace, config: Config, out: TextIO, err: Text
         async def turn(text: str) -> None:
             history.append(user(text))
             request = Request(model=model, messages=list(history), **extra)
-            async with client.invoke(request) as stream:
-                async for chunk in stream:
-                    if chunk.text and not args.json:
-                        out.write(chunk.text)
+            # The registered tools (the configured MCP servers') are offered and run here:
+            # a chat that let the model call tools nobody runs would stall on its next turn.
+            async with client.invoke(request, tool_mode="auto") as loop:
+                async for item in loop:
+                    if isinstance(item, ToolCallsEvent):
+                        names = ", ".join(call.name for call in item.calls)
+                        err.write(f"[tools: {names}]\n")
+                    elif isinstance(item, StreamChunk) and item.text and not args.json:
+                        out.write(item.text)
                         out.flush()
-            response = stream.response
-            history.append(response.message)
+            response = loop.response
+            history[:] = [*loop.messages, response.message]
             if args.json:
                 out.write(msgspec.json.encode(response).decode() + "\n")
             else:
@@ -348,7 +349,11 @@ def _lone(error: BaseException) -> BaseException:
 
 
 def _config_check(config: Config, out: TextIO) -> int:
-    out.write(json.dumps(config.redacted(), indent=2, sort_keys=True, default=str) + "\n")
+    """Print the effective configuration: the provider and model as resolved."""
+    data = config.redacted()
+    data["provider"] = config.default_provider
+    data["model"] = config.default_model
+    out.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     return 0
 
 
@@ -409,7 +414,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return trio.run(_demo, args, out, err)
     if command == "tokens":
         return _tokens(args, out)
-    config = _with_default_provider(_load_config(args))
+    config = _load_config(args)
     if command == "config":
         return _config_check(config, out)
     if command in ("chat", "complete", "models", "serve"):

@@ -29,9 +29,9 @@ from ..actors.provider_session import (
     SessionStatistics,
     SessionStats,
 )
-from ..config import Config, MCPServerConfig
+from ..config import Config
 from ..errors import ConfigurationError, LLMError, ProviderNotFound
-from ..invocation import DeltaStream, InvocationStream, Invoker, ToolLoopStream
+from ..invocation import DeltaStream, InvocationStream, Invoker, Middleware, ToolLoopStream
 from ..invocation._stream import chat_delta, chat_error, completion_delta
 from ..providers._base import ProviderCodec
 from ..providers._registry import ProviderRegistry
@@ -39,6 +39,7 @@ from ..providers.mock import Scenarios
 from ..runtime import (
     Runtime,
     RuntimeStatistics,
+    UsageError,
 )
 from ..store._base import (
     BudgetLevel,
@@ -58,7 +59,12 @@ from ..types import (
 )
 
 if TYPE_CHECKING:
+    from ..actors._keys import ApiKeys
+    from ..actors.mcp import MCPServerLike
+    from ..config import ProviderConfig
+    from ..providers._registry import CodecSpec
     from ..store.ledger import UsageReport
+    from ._providers import ProviderSessions
 
 __all__ = ["Client", "ClientStatistics"]
 
@@ -88,12 +94,16 @@ class Client:
         invoker: Invoker,
         *,
         scenarios: Scenarios | None = None,
+        sessions: ProviderSessions | None = None,
     ) -> None:
         self._runtime = runtime
+        self._sessions = sessions
         self._config = config
         self._registry = registry
         self._invoker = invoker
         self._models: dict[str, tuple[float, list[ModelInfo]]] = {}
+        # Configured MCP servers unregistered at run time: their names may be registered.
+        self._released_mcp: set[str] = set()
         self.scenarios = scenarios
         """The mock provider's `llm_invocation.testing.Scenarios` (script it in tests)."""
 
@@ -123,6 +133,62 @@ class Client:
             ProviderNotFound: no such provider is configured.
         """
         return self._registry.codec(provider)
+
+    # -- providers of your own and API keys ----------------------------------------------------
+
+    def _provider_sessions(self) -> ProviderSessions:
+        if self._sessions is None:
+            raise ConfigurationError("this client was not made by open_client")
+        return self._sessions
+
+    async def register_provider(
+        self, name: str, codec: CodecSpec, *, config: ProviderConfig | None = None
+    ) -> ProviderCodec:
+        """Add a provider of your own to the running client (the second specification's
+        ``ProviderRegistry.Register``).
+
+        ``codec`` is a `llm_invocation.providers.ProviderCodec` named ``name``, a codec
+        class (made with ``name`` and the settings' ``base_url``, ``headers`` and
+        ``options``), or a factory called as ``factory(name, settings)``. The provider gets a
+        supervised session like the configured ones, and is governed alike: the client's
+        rate limits and budgets apply to it by name (``providers.<name>.rate_limits``,
+        ``model_rate_limits`` and ``fallback`` of the client's configuration; with
+        ``enabled: false`` there, nothing starts before it is registered).
+
+        Args:
+            config: its settings (keys, ``api_key_file``, base URL, headers, options, models,
+                pool, proxy, TLS); default: the client configuration's
+                ``providers.<name>`` entry, if any.
+
+        Returns:
+            The codec that serves it.
+
+        Raises:
+            ConfigurationError: ``name`` is registered already (``details["reason"] ==
+                "duplicate_provider"``, code ``configuration``) or is not a valid name
+                (empty, or with ``:``, ``/`` or whitespace); ``codec`` does not make a
+                `ProviderCodec` named ``name`` (``"invalid_codec"``); ``config`` sets
+                ``kind``, or ``rate_limits``, ``model_rate_limits`` or ``fallback`` other
+                than the client's configuration (``"client_setting"``).
+        """
+        return await self._provider_sessions().register(name, codec, config)
+
+    def set_api_keys(self, provider: str, keys: ApiKeys) -> None:
+        """Replace the API keys of ``provider`` while the client runs.
+
+        ``keys`` is a key, a list of keys (`str` or `llm_invocation.Secret`), or a function
+        giving them (sync or async; called when a key is first needed and again after a
+        401, for rotation by a secret manager). It replaces every current source (the
+        configured keys and ``api_key_file``). Calls in flight finish with the key they
+        have; new attempts use the new keys; what was set aside for a removed key is
+        forgotten.
+
+        Raises:
+            ProviderNotFound: no such provider runs.
+            ConfigurationError: ``keys`` is empty, or an item is not a non-empty string
+                without control characters (the error names its index, never a value).
+        """
+        self._provider_sessions().set_api_keys(provider, keys)
 
     # -- building requests ---------------------------------------------------------------------
 
@@ -208,25 +274,58 @@ class Client:
         configured for the provider take over on retryable and overload errors before any
         content has arrived.
 
-        Tools: ``tools`` offers these tools (objects are registered on the client; names
-        must be registered already); with ``tool_mode="auto"`` and no ``tools``, every
-        registered tool (local and MCP) is offered. With ``tool_mode="auto"`` the result is
-        a `ToolLoopStream` that runs the tools the model calls and calls the model again,
-        up to ``max_steps`` requests (default ``tools.max_steps``).
+        ``stream=False`` (on the request or as a keyword) sends one non-streamed HTTP
+        request per attempt: the whole answer then comes as one chunk, through the same
+        stream object.
+
+        Tools (see ``docs/tools.md``): a request that names no tools offers every
+        registered tool, local and MCP (``tools.offer: "none"`` turns that off); a request
+        whose ``tools`` is set, or a ``tools`` keyword (objects are registered on the
+        client; names must be registered already), offers exactly those, and ``tools=[]``
+        none. The model's tool calls come back to the caller, unless ``tool_mode="auto"``:
+        then the result is a `ToolLoopStream` that runs the tools the model calls and calls
+        the model again, up to ``max_steps`` requests (default ``tools.max_steps``).
 
         Raises:
             ProviderNotFound, ModelNotSupported: when the request's provider or model is
                 not available.
-            InvalidRequest: a tool object's name is taken by another tool.
+            InvalidRequest: a tool name is not registered, a tool object's name is taken by
+                another tool, or ``tool_choice`` names a tool that is not offered.
             LLMError: while iterating, the invocation's failure.
         """
         invoker = self._invoker
         built = self._build(request, messages, model, options)
-        if tools is not None or tool_mode == "auto":
-            built = invoker.offer_tools(built, tools)
+        built = invoker.offer_tools(built, tools, auto=tool_mode == "auto")
         if tool_mode == "auto":
             return invoker.tool_loop(built, max_steps=max_steps, timeout=timeout)
         return invoker.stream(built, timeout=timeout)
+
+    # -- middleware ----------------------------------------------------------------------------
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Run ``middleware``'s hooks around every invocation started from now on.
+
+        Middleware added first is the outermost layer: its ``before_*`` hooks run first,
+        its ``after_*``, ``on_chunk`` and ``on_error`` hooks last (see ``docs/middleware.md``).
+
+        Raises:
+            TypeError: ``middleware`` is not an `llm_invocation.Middleware`.
+            ValueError: it was added already.
+        """
+        self._invoker.add_middleware(middleware)
+
+    def remove_middleware(self, middleware: Middleware) -> None:
+        """Stop running ``middleware``'s hooks (invocations already started keep them).
+
+        Raises:
+            ValueError: it is not added.
+        """
+        self._invoker.remove_middleware(middleware)
+
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        """The middleware, outermost first."""
+        return self._invoker.middleware.items
 
     # -- tools and MCP servers (the second specification) ---------------------------------------
 
@@ -241,34 +340,65 @@ class Client:
         self._invoker.tools.register(tool, replace=replace)
 
     async def register_mcp_server(
-        self, name: str, server: MCPServerConfig | Mapping[str, Any]
+        self, name: str, server: MCPServerLike, *, timeout: float | None = None
     ) -> list[str]:
         """Connect an MCP server and offer its tools (named ``<name>__<tool>``).
 
-        The connection is supervised: it reconnects with backoff when it drops, and its tools
-        follow the server's ``tools/list_changed`` notifications.
+        ``server`` is anything `llm_invocation.mcp_server` reads: an `MCPServerConfig` or a
+        mapping of its fields, a URL (a bare ``host:port`` is ``http://host:port/mcp``), a
+        command list for stdio, or an ``mcp`` SDK server object, served in this process over
+        in-memory streams (no subprocess). Every form is supervised alike: it reconnects with
+        backoff when it drops, its tools follow the server's ``tools/list_changed``
+        notifications and are offered exactly like those of configured servers.
+
+        Args:
+            timeout: seconds one request to the server may take (default: the
+                configuration's, else 30).
 
         Returns:
             The local names of the server's tools.
 
         Raises:
-            ConfigurationError: ``server`` is not a valid MCP server configuration.
+            ConfigurationError: ``server`` is not an MCP server in any of these forms, the
+                name is empty or contains ``/``, or a server of that name is registered or
+                configured already (``details["reason"] == "duplicate_mcp_server"``).
             ToolExecutionFailed: the server could not be reached now.
         """
-        from ..actors.mcp import ListServerTools, MCPConnection, mcp_child_spec
+        from ..actors.mcp import ListServerTools, MCPConnection, mcp_child_spec, mcp_server
 
-        config = server if isinstance(server, MCPServerConfig) else mcp_config(name, server)
-        await self._runtime.start_child(mcp_child_spec(name, config, self.tools), supervisor=MCP)
+        spec = mcp_server(server, timeout=timeout)
+        if not name or "/" in name:
+            raise ConfigurationError(
+                f"an MCP server's name must be non-empty and without '/', got {name!r}",
+                details={"server": name, "reason": "invalid_mcp_server"},
+            )
+        configured = self._config.mcp.servers.get(name)
+        if configured is not None and configured.enabled and name not in self._released_mcp:
+            raise _duplicate_server(name)
+        try:
+            await self._runtime.start_child(mcp_child_spec(name, spec, self.tools), supervisor=MCP)
+        except UsageError as exc:  # the runtime's only complaint here: the name is taken
+            raise _duplicate_server(name) from exc
         ref = self._runtime.ref(f"mcp.{name}", MCPConnection)
         return await ref.call(ListServerTools())
 
     async def unregister_mcp_server(self, name: str) -> None:
-        """Disconnect an MCP server (ending its process for stdio) and drop its tools.
+        """Disconnect an MCP server and drop its tools.
+
+        A stdio server's process is stopped; an in-process server's task ends.
 
         Raises:
-            UsageError: no such server is registered.
+            ConfigurationError: no server of that name is connected
+                (``details["reason"] == "unknown_mcp_server"``).
         """
-        await self._runtime.terminate_child(f"mcp.{name}", supervisor=MCP)
+        try:
+            await self._runtime.terminate_child(f"mcp.{name}", supervisor=MCP)
+        except UsageError as exc:
+            raise ConfigurationError(
+                f"no MCP server named {name!r} is connected",
+                details={"server": name, "reason": "unknown_mcp_server"},
+            ) from exc
+        self._released_mcp.add(name)
 
     async def execute_tools(self, calls: Sequence[ToolCall]) -> list[ToolResult]:
         """Run tool calls in parallel through the executor, results in call order.
@@ -294,8 +424,9 @@ class Client:
 
         A streaming request (the default) is streamed and aggregated, with every stream
         watchdog; ``stream=False`` sends one non-streamed HTTP request per attempt.
-        ``tools``, ``tool_mode="auto"`` and ``max_steps`` work as for `invoke`: the automatic
-        tool loop returns its final response with the usage of every step.
+        ``tools``, ``tool_mode="auto"`` and ``max_steps`` work as for `invoke` (registered
+        tools are offered alike): the automatic tool loop returns its final response with
+        the usage of every step.
 
         Raises:
             LLMError: the invocation failed.
@@ -306,12 +437,8 @@ class Client:
                 built, timeout=timeout, tools=tools, tool_mode="auto", max_steps=max_steps
             ) as loop:
                 return await loop.aggregate()
-        if tools is not None:
-            built = self._invoker.offer_tools(built, tools)
-        if built.stream:
-            async with self._invoker.stream(built, timeout=timeout) as stream:
-                return await stream.aggregate()
-        return await self._invoker.complete(built, timeout=timeout)
+        async with self.invoke(built, timeout=timeout, tools=tools) as stream:
+            return await stream.aggregate()
 
     async def list_models(
         self, provider: str | None = None, *, refresh: bool = False
@@ -511,6 +638,8 @@ class ClientStatistics(msgspec.Struct, frozen=True, kw_only=True):
     `llm_invocation.invocation.InvocationStatistics.lost_casts`."""
 
 
-def mcp_config(name: str, data: Mapping[str, Any]) -> MCPServerConfig:
-    config = Config.from_dict({"mcp": {"servers": {name: dict(data)}}})
-    return config.mcp.servers[name]
+def _duplicate_server(name: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"an MCP server named {name!r} is registered or configured already",
+        details={"server": name, "reason": "duplicate_mcp_server"},
+    )

@@ -12,22 +12,17 @@ import trio
 
 from .. import tokens
 from .._secrets import Secret
+from ..actors._keys import ApiKeys
 from ..actors.accountant import Accountant, AlertCallback, Flush
 from ..actors.governor import Governor, Observe
-from ..actors.provider_session import (
-    ProviderSession,
-    ResponseInfo,
-    SessionSettings,
-)
+from ..actors.provider_session import ResponseInfo
 from ..actors.tools import ToolExecutor
 from ..config import Config, MCPServerConfig, ProviderConfig
-from ..errors import LLMError, ProviderNotFound
+from ..errors import ConfigurationError, LLMError, ProviderNotFound
 from ..http import TransportFactory
-from ..http import settings_for as http_settings_for
-from ..invocation import Governance, Invoker
-from ..invocation._invoker import SESSION_PREFIX
+from ..invocation import Governance, Invoker, Middleware
 from ..providers._base import ProviderCodec
-from ..providers._registry import ProviderRegistry, make_codec
+from ..providers._registry import CodecSpec, ProviderRegistry, custom_codec, make_codec
 from ..providers.mock import MockTransport, Scenarios
 from ..runtime import (
     ActorError,
@@ -47,6 +42,8 @@ from ..store._base import (
 from ..store.memory import MemoryBudgetStore, MemoryRateStore
 from ..tools import ToolRegistry
 from ._facade import ACCOUNTANT, GOVERNOR, MCP, TOOLS, Client
+from ._keys import check_keys, is_local_preset
+from ._providers import PROVIDERS, ProviderSessions, custom_entry
 
 if TYPE_CHECKING:
     from ..pricing import PriceBook
@@ -63,16 +60,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("llm_invocation.client")
-
-
-def _session_settings(config: Config, provider: ProviderConfig) -> SessionSettings:
-    timeouts = config.timeouts
-    return SessionSettings(
-        first_chunk_timeout=timeouts.first_chunk,
-        idle_chunk_timeout=timeouts.idle_chunk,
-        max_retry_after=config.retries.max_retry_after,
-        http=http_settings_for(config, provider),
-    )
 
 
 def _providers(config: Config) -> dict[str, ProviderConfig]:
@@ -93,35 +80,14 @@ def _providers(config: Config) -> dict[str, ProviderConfig]:
 
 def _client_spec(
     config: Config,
-    codecs: Mapping[str, ProviderCodec],
-    entries: Mapping[str, ProviderConfig],
-    transports: Mapping[str, TransportFactory],
+    sessions: list[ChildSpec],
     stores: _Stores,
     on_alert: Sequence[AlertCallback],
-    observer: _Observer,
     registry: ToolRegistry,
     runtime_box: _RuntimeBox,
 ) -> SupervisorSpec:
-    sessions: list[ChildSpec] = []
-    for name, codec in sorted(codecs.items()):
-        entry = entries[name]
-        keys: list[Secret] = entry.keys()
-        settings = _session_settings(config, entry)
-        transport = transports.get(name)
-
-        def factory(
-            codec: ProviderCodec = codec,
-            keys: list[Secret] = keys,
-            settings: SessionSettings = settings,
-            transport: TransportFactory | None = transport,
-        ) -> ProviderSession:
-            return ProviderSession(
-                codec, keys=keys, settings=settings, transport=transport, on_response=observer
-            )
-
-        sessions.append(ChildSpec.actor(SESSION_PREFIX + name, factory, mailbox=65536))
     providers = SupervisorSpec(
-        name="providers",
+        name=PROVIDERS,
         strategy="one_for_one",
         max_restarts=10,
         within=60,
@@ -262,7 +228,9 @@ class _Observer:
             pass  # headers are advisory; the next response says it again
 
 
-async def _open_stores(config: Config, stack: AsyncExitStack) -> _Stores:
+async def _open_stores(
+    config: Config, stack: AsyncExitStack, free_providers: frozenset[str] = frozenset()
+) -> _Stores:
     from ..pricing import PriceBook
     from ..store._ledger_writer import open_ledger_writer
     from ..store.cache import MemoryResponseCache, RedisResponseCache
@@ -289,7 +257,7 @@ async def _open_stores(config: Config, stack: AsyncExitStack) -> _Stores:
     ledger = await stack.enter_async_context(open_ledger(config.ledger_path))
     # The writer outlives the accountant's restarts; it commits what it holds when it closes.
     writer = await stack.enter_async_context(open_ledger_writer(ledger))
-    prices = PriceBook(config.cost_control.prices)
+    prices = PriceBook(config.cost_control.prices, free_providers=free_providers)
     await prices.load()
     # Load the tokenizer now, in a worker thread, rather than on the first request.
     await trio.to_thread.run_sync(tokens.get_encoding, tokens.DEFAULT_ENCODING)
@@ -347,6 +315,9 @@ async def open_client(
     transports: Mapping[str, TransportFactory] | None = None,
     scenarios: Scenarios | None = None,
     on_alert: Sequence[AlertCallback] = (),
+    providers: Mapping[str, CodecSpec] | None = None,
+    api_keys: Mapping[str, ApiKeys] | None = None,
+    middleware: Sequence[Middleware] = (),
 ) -> AsyncGenerator[Client]:
     """Start the client's supervision tree for the ``async with`` block.
 
@@ -357,24 +328,58 @@ async def open_client(
             a fresh default set when omitted).
         on_alert: called with a `BudgetAlert` when a budget crosses an alert threshold
             (sync or async; once per budget, threshold and period).
+        providers: providers of your own, by name: a `ProviderCodec`, a codec class or a
+            factory ``(name, settings) -> codec`` (see `Client.register_provider`). The
+            configuration's ``providers.<name>`` entry, if any, gives their settings (keys,
+            base URL, limits; ``kind`` must be unset).
+        api_keys: per provider name, its keys or a function giving them (sync or async;
+            called when a key is first needed and after a 401), instead of the configured
+            ones (see `Client.set_api_keys`).
+        middleware: hooks around every invocation and attempt, outermost first (see
+            `Client.add_middleware`).
 
     Raises:
-        ConfigurationError: the configuration is invalid or names an unknown provider kind.
+        ConfigurationError: the configuration is invalid or names an unknown provider kind;
+            a codec of ``providers`` is not one, or ``api_keys`` names an unknown provider
+            or holds an empty list or something that is not a key.
+        MissingAPIKey: a provider that needs an API key has none (nothing is sent).
         StoreUnavailable: the configured Redis store cannot be reached at start.
+        TypeError, ValueError: ``middleware`` holds something that is not a `Middleware`,
+            or one twice.
     """
     config = config if config is not None else Config.load()
     entries = _providers(config)
-    codecs = {name: make_codec(name, entry) for name, entry in entries.items()}
+    custom = dict(providers or {})
+    for name in custom:
+        entries[name] = custom_entry(config, name)
+    codecs = {
+        name: custom_codec(name, custom[name], entry) if name in custom else make_codec(name, entry)
+        for name, entry in entries.items()
+    }
+    keys = dict(api_keys or {})
+    for name in keys:
+        if name not in codecs:
+            raise ConfigurationError(
+                f"api_keys names provider {name!r}, which is not configured",
+                provider=name,
+                details={"available": sorted(codecs)},
+            )
+    # Keys from a file or a function are checked when they are needed, not here.
+    sourced = {name for name, entry in entries.items() if entry.api_key_file} | set(keys)
+    check_keys(config, entries, {n: c for n, c in codecs.items() if n not in sourced})
+    free = frozenset(_price_provider(n, c) for n, c in codecs.items() if is_local_preset(c))
     all_transports = dict(transports or {})
     mock_names = [name for name, codec in codecs.items() if codec.kind == "mock"]
     if mock_names:
         scenarios = scenarios if scenarios is not None else Scenarios()
         for name in mock_names:
             all_transports.setdefault(name, lambda: MockTransport(scenarios, format="openai"))
-        if codecs[config.default_provider].kind == "mock":
-            log.info(
-                "the default provider is the built-in mock: answers are scripted and offline "
-                "(configure a provider and its key to call a real model)"
+        if config.mock_fallback:
+            log.warning(
+                "no provider and no API key configured: the built-in mock provider answers, "
+                "scripted and offline (set LLM_API_KEY, or OPENAI_API_KEY, ANTHROPIC_API_KEY "
+                "or GEMINI_API_KEY, or name a provider with LLM_PROVIDER, to call a real model)",
+                extra={"mock_fallback": True},  # the command line says it its own way
             )
     registry = ProviderRegistry(
         codecs,
@@ -382,23 +387,26 @@ async def open_client(
         models={name: entry.models for name, entry in entries.items()},
     )
     observer = _Observer()
+    sessions = ProviderSessions(config, registry, transports=all_transports, observer=observer)
+    session_specs = sessions.specs(codecs, entries, keys)
     async with AsyncExitStack() as stack:
-        stores = await _open_stores(config, stack)
+        stores = await _open_stores(config, stack, free)
         tools = ToolRegistry()
         runtime_box = _RuntimeBox()
-        spec = _client_spec(
-            config, codecs, entries, all_transports, stores, on_alert, observer, tools, runtime_box
-        )
+        spec = _client_spec(config, session_specs, stores, on_alert, tools, runtime_box)
         runtime = await stack.enter_async_context(open_runtime(spec))
         runtime_box.set(runtime)
+        sessions.bind(runtime)
         governor = runtime.ref(GOVERNOR, Governor)
         observer.governor = governor
         accountant = runtime.ref(ACCOUNTANT, Accountant)
+        # A provider of one's own is priced under its name, as when registered at run time.
+        priced = {n: n if n in custom else _price_provider(n, c) for n, c in codecs.items()}
         governance = Governance(
             governor,
             accountant,
-            price_providers={name: _price_provider(name, c) for name, c in codecs.items()},
-            token_providers={name: _price_provider(name, c) for name, c in codecs.items()},
+            price_providers=priced,
+            token_providers=dict(priced),
             prices=stores.prices,
             codecs=codecs,
             default_max_tokens=config.cost_control.default_max_tokens,
@@ -411,9 +419,10 @@ async def open_client(
             cache=stores.cache,
             tools=tools,
             executor=runtime.ref(TOOLS, ToolExecutor),
+            middleware=middleware,
         )
         try:
-            yield Client(runtime, config, registry, invoker, scenarios=scenarios)
+            yield Client(runtime, config, registry, invoker, scenarios=scenarios, sessions=sessions)
         finally:
             await _flush(accountant)
 
@@ -422,7 +431,8 @@ def _shortcut(provider: str, api_key: str | Secret | None, overrides: dict[str, 
     config = (
         Config.load(provider=provider, **overrides) if overrides else Config.load(provider=provider)
     )
-    if api_key is not None:
+    text = api_key.reveal() if isinstance(api_key, Secret) else api_key
+    if text is not None and text.strip():  # an empty key is none: the environment's, if any
         config = config.replace(api_key=api_key)
     return config
 
@@ -431,7 +441,14 @@ def _shortcut(provider: str, api_key: str | Secret | None, overrides: dict[str, 
 async def open_openai_client(
     api_key: str | Secret | None = None, **config: Any
 ) -> AsyncGenerator[Client]:
-    """`open_client` with OpenAI as the default provider (key from the argument or env)."""
+    """`open_client` with OpenAI as the default provider.
+
+    The key is the argument, or when it is None or empty the environment's (``LLM_API_KEY``,
+    ``OPENAI_API_KEY``).
+
+    Raises:
+        MissingAPIKey: no key from either (nothing is sent).
+    """
     async with open_client(_shortcut("openai", api_key, config)) as client:
         yield client
 
@@ -440,7 +457,11 @@ async def open_openai_client(
 async def open_anthropic_client(
     api_key: str | Secret | None = None, **config: Any
 ) -> AsyncGenerator[Client]:
-    """`open_client` with Anthropic as the default provider."""
+    """`open_client` with Anthropic as the default provider (key as `open_openai_client`).
+
+    Raises:
+        MissingAPIKey: no key from the argument, ``LLM_API_KEY`` or ``ANTHROPIC_API_KEY``.
+    """
     async with open_client(_shortcut("anthropic", api_key, config)) as client:
         yield client
 
@@ -449,18 +470,26 @@ async def open_anthropic_client(
 async def open_gemini_client(
     api_key: str | Secret | None = None, **config: Any
 ) -> AsyncGenerator[Client]:
-    """`open_client` with Google Gemini as the default provider."""
+    """`open_client` with Google Gemini as the default provider (key as `open_openai_client`).
+
+    Raises:
+        MissingAPIKey: no key from the argument, ``LLM_API_KEY``, ``GEMINI_API_KEY`` or
+            ``GOOGLE_API_KEY``.
+    """
     async with open_client(_shortcut("gemini", api_key, config)) as client:
         yield client
 
 
 @asynccontextmanager
 async def open_mock_client(scenarios: Any = None, **config: Any) -> AsyncGenerator[Client]:
-    """`open_client` on the built-in mock provider: no key, no network."""
-    base = (
-        Config(provider="mock", model="mock", **config)
-        if config
-        else Config(provider="mock", model="mock")
-    )
+    """`open_client` on the built-in mock provider: no key, no network, and no rate limits,
+    cap or budget (`Config.unlimited`): scripted answers cost nothing real. ``config``
+    keywords are `Config` fields; a section given as a mapping merges over that, so
+    ``rate_limits={"concurrent_calls": 2}`` tests one limit.
+
+    Raises:
+        ConfigurationError: a keyword is invalid.
+    """
+    base = Config.unlimited(provider="mock", model="mock", **config)
     async with open_client(base, scenarios=scenarios) as client:
         yield client

@@ -12,6 +12,7 @@ import msgspec
 from .._secrets import Secret
 from ..errors import ConfigurationError
 from ._checks import proxy_url_problem, text_problem
+from ._defaults import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BUDGET, DEFAULT_MAX_COST_PER_REQUEST
 from ._display import safe_repr
 from ._durations import format_duration
 from ._walk import Walk, check_fields, show, struct_info, unexpected, unknown_field
@@ -42,6 +43,8 @@ Seconds = Annotated[float, msgspec.Meta(ge=0, extra=DURATION)]
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, extra=DURATION)]
 AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Limit = Annotated[int, msgspec.Meta(ge=0)]
+"""A rate limit: 0 (like None) means unlimited."""
 HttpUrl = Annotated[str, msgspec.Meta(extra={"format": "http-url"})]
 FilePath = Annotated[str, msgspec.Meta(extra={"format": "path"})]
 Name = Annotated[str, msgspec.Meta(min_length=1)]
@@ -142,7 +145,8 @@ class RetryConfig(Section, frozen=True, kw_only=True):
     """Retries with exponential backoff.
 
     Attributes:
-        max_attempts: attempts in all, the first included (``LLM_MAX_RETRIES`` + 1).
+        max_attempts: attempts in all, the first included (``LLM_MAX_RETRIES`` + 1); the
+            default, 4, is the first specification's 3 retries.
         initial_delay: the wait before the first retry.
         max_delay: the longest wait between attempts.
         multiplier: how much each wait grows, at least 1.
@@ -150,7 +154,7 @@ class RetryConfig(Section, frozen=True, kw_only=True):
         max_retry_after: the longest ``Retry-After`` honoured; longer ones fail at once.
     """
 
-    max_attempts: AtLeastOne = 3
+    max_attempts: AtLeastOne = DEFAULT_MAX_ATTEMPTS
     initial_delay: Seconds = 0.1
     max_delay: Seconds = 2.0
     multiplier: Annotated[float, msgspec.Meta(ge=1, le=100)] = 2.0
@@ -174,7 +178,12 @@ class TimeoutConfig(Section, frozen=True, kw_only=True):
 
 @final
 class RateLimitConfig(Section, frozen=True, kw_only=True):
-    """Local limits per provider; ``None`` means unlimited.
+    """Local rate limits; ``None`` or ``0`` means unlimited (``0`` is stored as ``None``).
+
+    The fields default to unlimited: a section made with ``RateLimitConfig(...)`` holds what
+    it is given. The global ``Config.rate_limits`` defaults to the first specification's
+    60 requests and 100,000 tokens per minute and 10 concurrent calls; a mapping given for it
+    (keywords, a dict, YAML, ``LLM_*`` variables) changes only the keys it names.
 
     Attributes:
         requests_per_minute: requests started per minute.
@@ -187,11 +196,17 @@ class RateLimitConfig(Section, frozen=True, kw_only=True):
             section's (the global default is 10,000).
     """
 
-    requests_per_minute: AtLeastOne | None = None
-    tokens_per_minute: AtLeastOne | None = None
-    concurrent_calls: AtLeastOne | None = None
+    requests_per_minute: Limit | None = None
+    tokens_per_minute: Limit | None = None
+    concurrent_calls: Limit | None = None
     max_wait: Seconds | None = None
     max_queue: NonNegative | None = None
+
+    def _finish(self, walk: Walk) -> None:
+        del walk  # every value is valid; 0 is spelled None
+        for name in ("requests_per_minute", "tokens_per_minute", "concurrent_calls"):
+            if getattr(self, name) == 0:
+                msgspec.structs.force_setattr(self, name, None)
 
 
 @final
@@ -209,8 +224,10 @@ class CostConfig(Section, frozen=True, kw_only=True):
     """Cost caps and budgets.
 
     Attributes:
-        max_cost_per_request: refuse a request whose estimate exceeds this; None: no cap.
-        max_budget: the spend allowed per budget period; None: no budget.
+        max_cost_per_request: refuse a request whose worst case exceeds this (default
+            $0.50); None or 0: no cap.
+        max_budget: the spend allowed per budget period (default $100); None or 0: no
+            budget.
         budget_period: the rolling window in seconds (``budget_calendar="rolling"``).
         budget_calendar: ``"rolling"``, or reset at each calendar ``day``/``week``/``month``.
         alert_thresholds: fractions of the budget, in (0, 1], that raise an alert.
@@ -223,8 +240,8 @@ class CostConfig(Section, frozen=True, kw_only=True):
             ``max_tokens`` (the model's own output limit, when smaller, wins).
     """
 
-    max_cost_per_request: Decimal | None = None
-    max_budget: Decimal | None = None
+    max_cost_per_request: Decimal | None = DEFAULT_MAX_COST_PER_REQUEST
+    max_budget: Decimal | None = DEFAULT_MAX_BUDGET
     budget_period: PositiveSeconds | None = 86400.0
     budget_calendar: Literal["rolling", "day", "week", "month"] = "rolling"
     alert_thresholds: list[Threshold] = msgspec.field(default_factory=lambda: [0.5, 0.8, 1.0])
@@ -232,6 +249,12 @@ class CostConfig(Section, frozen=True, kw_only=True):
     budgets: list[BudgetConfig] = []
     unknown_price: Literal["refuse", "allow"] = "refuse"
     default_max_tokens: AtLeastOne = 4096
+
+    def _finish(self, walk: Walk) -> None:
+        del walk  # every value is valid; 0 is spelled None
+        for name in ("max_cost_per_request", "max_budget"):
+            if getattr(self, name) == 0:
+                msgspec.structs.force_setattr(self, name, None)
 
 
 @final
@@ -269,7 +292,18 @@ class ProviderConfig(Section, frozen=True, kw_only=True):
     Attributes:
         enabled: whether the runtime starts a session for it.
         api_key: the key; `keys` adds ``api_keys`` for rotation.
+        api_key_required: whether the client refuses to open (`MissingAPIKey`) when the
+            entry has no key; None: by its kind (see ``docs/configuration.md``): OpenAI,
+            Anthropic, Gemini, Azure and the hosted presets need one, the mock, the local
+            presets (``ollama``, ``vllm``), a server on a loopback ``base_url`` and an entry
+            whose ``headers`` carry credentials do not.
         api_keys: more keys, used in turn.
+        api_key_file: a file of keys, one a line (blank lines and ``#`` comments skipped),
+            read again when it changes (for rotation by a secret manager); its keys come
+            before ``api_key`` and ``api_keys``.
+        key_backoff: how long a key the provider rejected (HTTP 401) is set aside for the
+            model family it failed on; it doubles with each consecutive rejection.
+        key_backoff_max: the longest a rejected key is set aside.
         base_url: the API's base URL; None: the codec's default.
         models: the models it serves, when you want to restrict or announce them.
         options: codec-specific settings, passed through.
@@ -299,7 +333,11 @@ class ProviderConfig(Section, frozen=True, kw_only=True):
 
     enabled: bool = True
     api_key: Credential | None = None
+    api_key_required: bool | None = None
     api_keys: list[Credential] = []
+    api_key_file: FilePath | None = None
+    key_backoff: Seconds = 1.0
+    key_backoff_max: Seconds = 60.0
     base_url: HttpUrl | None = None
     models: list[Name] = []
     options: dict[str, Any] = {}
@@ -329,6 +367,10 @@ class ProviderConfig(Section, frozen=True, kw_only=True):
             provider, _, model = target.partition(":")
             if not provider or not model:
                 walk.add(f"fallback[{index}]", f"expected 'provider:model', got {show(target)}")
+        if self.api_key_file is not None and not os.path.isfile(self.api_key_file):
+            walk.add("api_key_file", f"no such file: {self.api_key_file!r}")
+        if self.key_backoff_max < self.key_backoff:
+            walk.add("key_backoff_max", f"must be >= key_backoff ({self.key_backoff:g}s)")
         self._finish_tls(walk)
 
     def _finish_tls(self, walk: Walk) -> None:
@@ -358,12 +400,18 @@ class ProviderConfig(Section, frozen=True, kw_only=True):
 
 @final
 class ToolsConfig(Section, frozen=True, kw_only=True):
-    """Tool calling: the automatic loop and the executor."""
+    """Tool calling: which tools are offered, the automatic loop and the executor.
+
+    Attributes:
+        offer: what a request that names no tools offers the model: ``"registered"``
+            (every registered and MCP tool, when the model takes tools) or ``"none"``.
+    """
 
     max_steps: AtLeastOne = 8
     timeout: PositiveSeconds = 60.0
     max_concurrency: AtLeastOne = 16
     sandbox: bool = False
+    offer: Literal["registered", "none"] = "registered"
 
 
 @final

@@ -29,7 +29,15 @@ The default provider and model have two spellings, the top-level ``provider`` / 
 the first specification and ``defaults.provider`` / ``defaults.model`` of the second. Within
 one layer either spelling sets both (two different values in one layer are a problem), so the
 precedence above decides between layers; a `Config` made directly with both spellings takes
-``defaults``. `Config.default_provider` and `Config.default_model` give the result.
+``defaults``. `Config.default_provider` and `Config.default_model` give the result: when no
+provider is named, it is inferred from the model and the keys (``LLM_API_KEY`` alone gives
+``openai``), and only a configuration that names no provider and holds no key falls back to
+the built-in mock (`Config.mock_fallback`); see ``_defaults.py``.
+
+The defaults are the first specification's: 30 s, 3 retries, 60 requests and 100,000 tokens
+per minute, 10 concurrent calls, $0.50 per request, $100 per 24 h. ``None`` or ``0`` lifts a
+limit (``LLM_REQUESTS_PER_MINUTE=0``, ``rate_limits: {concurrent_calls: null}``), and
+`Config.unlimited` makes a configuration without rate limits, cap or budget.
 
 Durations accept seconds or strings (`parse_duration`); money is a `~decimal.Decimal` read
 from a string, int or float through ``str``. API keys and tokens are
@@ -57,6 +65,14 @@ from typing import Any, Final, Literal, cast, final
 import msgspec
 
 from ..errors import ConfigurationError, ProviderNotFound
+from ._defaults import (
+    DEFAULT_CONCURRENT_CALLS,
+    DEFAULT_OPENAI_MODEL,
+    DEFAULT_REQUESTS_PER_MINUTE,
+    DEFAULT_TOKENS_PER_MINUTE,
+    UNLIMITED,
+    infer_provider,
+)
 from ._display import redacted_value
 from ._durations import format_duration, parse_duration
 from ._sections import (
@@ -110,13 +126,23 @@ __all__ = [
 _log = logging.getLogger("llm_invocation.config")
 
 
+def _default_rate_limits() -> RateLimitConfig:
+    return RateLimitConfig(
+        requests_per_minute=DEFAULT_REQUESTS_PER_MINUTE,
+        tokens_per_minute=DEFAULT_TOKENS_PER_MINUTE,
+        concurrent_calls=DEFAULT_CONCURRENT_CALLS,
+    )
+
+
 @final
 class Config(Section, frozen=True, kw_only=True):
     """The whole configuration of a client. See the module docstring for how to make one.
 
     Attributes:
-        provider: the default provider (see also ``defaults.provider``).
-        model: the default model (see also ``defaults.model``).
+        provider: the default provider (see also ``defaults.provider``); None: inferred
+            (`default_provider`).
+        model: the default model (see also ``defaults.model``); None: the provider's
+            (`default_model`).
         api_key: the default provider's key (``LLM_API_KEY``).
         base_url: the default provider's base URL (``LLM_BASE_URL``).
         timeout: the whole-call timeout in seconds.
@@ -138,7 +164,7 @@ class Config(Section, frozen=True, kw_only=True):
         ConfigurationError: on construction, listing every invalid field.
     """
 
-    provider: Name = "mock"
+    provider: Name | None = None
     model: Name | None = None
     api_key: Credential | None = None
     base_url: HttpUrl | None = None
@@ -146,7 +172,7 @@ class Config(Section, frozen=True, kw_only=True):
     organization: str | None = None
     retries: RetryConfig = msgspec.field(default_factory=RetryConfig)
     timeouts: TimeoutConfig = msgspec.field(default_factory=TimeoutConfig)
-    rate_limits: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
+    rate_limits: RateLimitConfig = msgspec.field(default_factory=_default_rate_limits)
     cost_control: CostConfig = msgspec.field(default_factory=CostConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     providers: dict[str, ProviderConfig] = msgspec.field(default_factory=dict[str, ProviderConfig])
@@ -249,6 +275,23 @@ class Config(Section, frozen=True, kw_only=True):
             layers.append(keyword_layer(keywords, "keyword"))
             return _assemble(layers)
 
+    @classmethod
+    def unlimited(cls, **keywords: Any) -> Config:
+        """Make a `Config` without rate limits, per-request cap or budget, from keywords.
+
+        Like ``Config(**keywords)`` with ``rate_limits`` and ``cost_control`` lifted: no
+        requests, tokens or concurrency limit, no ``max_cost_per_request`` and no
+        ``max_budget``. Keywords merge over that key by key, so
+        ``Config.unlimited(rate_limits={"concurrent_calls": 50})`` limits only concurrency.
+        Nothing is read from the environment.
+
+        Raises:
+            ConfigurationError: listing every invalid keyword; the only exception it raises.
+        """
+        with _guard("keyword"):
+            lifted = Layer({k: dict(v) for k, v in UNLIMITED.items()}, {}, [])
+            return _assemble([lifted, keyword_layer(keywords, "keyword")], default_source="keyword")
+
     def replace(self, **changes: Any) -> Config:
         """Return a copy with top-level fields replaced (a section given as a dict is rebuilt
         from its defaults, not merged: use `merged_with` for that).
@@ -283,13 +326,44 @@ class Config(Section, frozen=True, kw_only=True):
 
     @property
     def default_provider(self) -> str:
-        """The provider of requests that name none."""
-        return self.provider
+        """The provider of requests that name none.
+
+        ``provider`` when set; else inferred: from the ``model`` (``gpt-*``, ``o1*``/``o3*``/
+        ``o4*``, ``chatgpt-*``: ``openai``; ``claude-*``: ``anthropic``; ``gemini-*``:
+        ``gemini``), else ``openai`` for a top-level ``api_key`` (``LLM_API_KEY``), else the
+        configured provider with a key (OpenAI's first), else any configured provider; and
+        ``mock`` when nothing is configured (`mock_fallback`).
+        """
+        if self.provider is not None:
+            return self.provider
+        return self._inferred() or "mock"
+
+    @property
+    def mock_fallback(self) -> bool:
+        """Whether the built-in mock answers because no provider and no key is configured
+        (not because it was asked for)."""
+        return self.provider is None and self._inferred() is None
 
     @property
     def default_model(self) -> str | None:
-        """The model of requests that name none, when configured."""
-        return self.model
+        """The model of requests that name none: ``model``, else ``gpt-4`` for an OpenAI
+        default provider, else None (the provider's first known model)."""
+        if self.model is not None:
+            return self.model
+        provider = self.default_provider
+        entry = self.providers.get(provider)
+        if provider == "openai" and (entry is None or entry.kind in (None, "openai")):
+            return DEFAULT_OPENAI_MODEL
+        return None
+
+    def _inferred(self) -> str | None:
+        return infer_provider(
+            model=self.model,
+            api_key=self.api_key,
+            base_url=self.base_url,
+            organization=self.organization,
+            providers=self.providers,
+        )
 
     def provider_config(self, name: str) -> ProviderConfig:
         """Return the settings of provider ``name``.

@@ -58,6 +58,7 @@ __all__ = [
     "convert",
     "join",
     "key_text",
+    "over_default",
     "scrub",
     "show",
     "struct_info",
@@ -637,7 +638,7 @@ def build(info: mi.StructType, data: object, path: str, walk: Walk) -> object:
         if field is None:
             walk.add(join(path, key), unknown_field(key, list(fields)))
             continue
-        values[key] = convert(field.type, raw, join(path, key), walk)
+        values[key] = convert(field.type, over_default(field, raw), join(path, key), walk)
     for field in info.fields:
         if field.required and field.name not in given:
             walk.add(join(path, field.name), "is required")
@@ -652,11 +653,31 @@ def build(info: mi.StructType, data: object, path: str, walk: Walk) -> object:
         return INVALID
 
 
+def over_default(field: mi.Field, value: object) -> object:
+    """A mapping given for a section whose default is not the section's plain defaults (the
+    global ``rate_limits``) merged over that default, so it changes only the keys it names;
+    any other value as it is."""
+    if not isinstance(field.type, mi.StructType) or not isinstance(value, Mapping):
+        return value
+    given = cast("Mapping[object, object]", value)
+    factory = field.default_factory
+    if factory is msgspec.NODEFAULT:
+        return given
+    default = cast("object", factory())
+    if not isinstance(default, field.type.cls):
+        return given
+    base: dict[object, object] = {
+        name: getattr(default, name) for name in default.__struct_fields__
+    }
+    base.update(given)
+    return base
+
+
 def check_fields(obj: msgspec.Struct, walk: Walk) -> None:
     """Convert and validate the fields of a Struct in place (for ``__post_init__``)."""
     for field in struct_info(type(obj)).fields:
         value = getattr(obj, field.name)
-        converted = convert(field.type, value, field.name, walk)
+        converted = convert(field.type, over_default(field, value), field.name, walk)
         if converted is not INVALID and converted is not value:
             msgspec.structs.force_setattr(obj, field.name, converted)
 

@@ -59,6 +59,7 @@ from ..errors import (
     LLMError,
     ProviderError,
     StreamingFailed,
+    scrub_exception,
 )
 from ..providers._base import HttpRequest
 from ._content import decode_body
@@ -152,9 +153,13 @@ def translate_http_error(
     ``phase`` is ``"request"`` (before the response head) or ``"stream"`` (reading the body).
     When ``request`` is given, what the transport recorded on it says whether the request
     had been sent whole and on a reused connection; otherwise the exception's kind tells.
+
+    ``exc`` becomes the error's cause (the caller raises ``from exc``): its text, and that of
+    the exceptions it chains, is scrubbed of secrets here (`scrub_exception`).
     """
     if isinstance(exc, LLMError):
         return exc
+    scrub_exception(exc)
     details: dict[str, object] = {"phase": phase}
     sent = _sent(exc, phase, request)
     if sent is not None:

@@ -26,6 +26,7 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import msgspec
@@ -307,6 +308,30 @@ class Governance:
         except ActorError as exc:
             self._lost("a settlement could not reach the accountant", exc)
         return usage
+
+    async def record_refusal(
+        self, request: Request, provider: str, model: str, error: LLMError
+    ) -> None:
+        """Record a call refused before anything was reserved or sent (a middleware's veto):
+        one ledger row with status ``error``, ``error``'s code and no usage, at no cost. It
+        is cast like a settlement, reserves nothing and touches no budget's spend."""
+        price_provider = self.price_provider(provider, model)
+        reservation = Reservation(
+            id=secrets.token_hex(8),
+            provider=price_provider,
+            model=model,
+            worst_case=Decimal(0),
+            scopes=[],
+            tags=_tags(request),
+        )
+        message = Settle(
+            reservation=reservation,
+            usage=Usage(cost=Decimal(0)),
+            status="error",
+            error_code=error.code.value,
+            at=time.time(),
+        )
+        await self._hand_over(self.accountant, message)
 
     async def _hand_over(self, ref: ActorRef[Any], msg: Msg) -> None:
         """Cast ``msg``, waiting for room in a full mailbox (shielded, at most

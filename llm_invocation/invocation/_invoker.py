@@ -16,17 +16,28 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, final, overload
 
 import msgspec
-import trio
 
-from ..actors.provider_session import AttemptOnce, ProviderSession, SessionMsg
+from ..actors.provider_session import ProviderSession, SessionMsg
 from ..actors.tools import ExecuteTools, ToolExecutor
 from ..config import Config
-from ..errors import ConfigurationError, LLMError, ProviderNotFound
+from ..errors import ConfigurationError, InvalidRequest, LLMError, ProviderNotFound
 from ..runtime import ActorError, ActorRef, Runtime
 from ..store._base import StoreUnavailable
 from ..tools import Tool, ToolRegistry, ToolResult
-from ..types import ModelOptions, Request, Response, ToolCall, Usage, from_json, to_json
-from ._governance import Governance, Status
+from ..types import (
+    Feature,
+    ModelOptions,
+    NamedToolChoice,
+    Request,
+    Response,
+    ToolCall,
+    ToolSpec,
+    Usage,
+    from_json,
+    to_json,
+)
+from ._governance import Governance
+from ._middleware import Middleware, MiddlewareChain
 from ._run import RetryPolicy, Run
 from ._stream import InvocationStream
 from ._toolloop import ToolLoopStream
@@ -81,6 +92,7 @@ class Invoker:
         cache: ResponseCache | None,
         tools: ToolRegistry,
         executor: ActorRef[Any] | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self._runtime = runtime
         self._config = config
@@ -102,10 +114,31 @@ class Invoker:
         self._retries = 0
         self._fallbacks = 0
         self._cache_hits = 0
+        self._not_offered: set[tuple[str, str]] = set()
+        self.middleware = MiddlewareChain(middleware)
+        """The client's middleware (replaced, never changed, when one is added)."""
 
     @property
     def config(self) -> Config:
         return self._config
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Run ``middleware``'s hooks around every invocation started from now on (innermost:
+        after the middleware added before it).
+
+        Raises:
+            TypeError: ``middleware`` is not a `Middleware`.
+            ValueError: it was added already.
+        """
+        self.middleware = self.middleware.added(middleware)
+
+    def remove_middleware(self, middleware: Middleware) -> None:
+        """Stop running ``middleware``'s hooks for invocations started from now on.
+
+        Raises:
+            ValueError: it is not added.
+        """
+        self.middleware = self.middleware.removed(middleware)
 
     # -- what callers use ----------------------------------------------------------------------
 
@@ -133,35 +166,89 @@ class Invoker:
                 candidates.append(candidate)
         return request, candidates
 
-    def offer_tools(self, request: Request, tools: Sequence[Tool | str] | None) -> Request:
-        """``request`` with ``tools`` offered (objects are registered first; names must be
-        registered already); None offers every registered tool.
+    def offer_tools(
+        self,
+        request: Request,
+        tools: Sequence[Tool | str] | None = None,
+        *,
+        auto: bool = False,
+    ) -> Request:
+        """``request`` with the tools it offers the model (see ``docs/tools.md``).
+
+        - ``request.tools`` or ``tools`` given (even empty): exactly those, the request's
+          specs then the tools named or passed (objects are registered first);
+        - neither given: every registered tool (local and MCP) when ``auto`` (the tool
+          loop) or when ``tools.offer`` is ``"registered"`` (the default) and the model
+          takes tools (not a legacy completion, and its provider supports function
+          calling); none when ``tools.offer`` is ``"none"``.
+
+        Nothing offered leaves ``tools`` None (no tools are sent).
 
         Raises:
-            InvalidRequest: a tool object's name is taken by another tool.
-            ToolExecutionFailed: a name is not registered.
+            InvalidRequest: a name is not registered, a tool object's name is taken by
+                another tool, or a `NamedToolChoice` names a tool that is not offered.
+            ProviderNotFound, ModelNotSupported: (registered tools only) the request's
+                provider or model is not available.
         """
-        names: list[str] = []
-        if tools is None:
-            names = self.tools.names()
-        else:
-            for item in tools:
+        specs: list[ToolSpec]
+        if request.tools is not None or tools is not None:
+            specs = list(request.tools or [])
+            known = {spec.name for spec in specs}
+            for item in tools or ():
                 if isinstance(item, str):
-                    self.tools.get(item)
-                    names.append(item)
+                    spec = self.tools.spec(item)
                 else:
                     self.tools.register(item)
-                    names.append(item.name)
-        specs = list(request.tools or [])
-        known = {spec.name for spec in specs}
-        specs.extend(spec for spec in self.tools.specs(names) if spec.name not in known)
+                    spec = self.tools.spec(item.name)
+                if spec.name not in known:
+                    known.add(spec.name)
+                    specs.append(spec)
+        elif auto:
+            specs = self.tools.specs()
+        elif self._config.tools.offer == "registered" and len(self.tools):
+            specs = self.tools.specs() if self._takes_tools(request) else []
+        else:
+            specs = []
+        choice = request.tool_choice
+        if isinstance(choice, NamedToolChoice) and all(s.name != choice.name for s in specs):
+            raise InvalidRequest(
+                f"tool_choice names {choice.name!r}, which is not offered",
+                details={"field": "tool_choice", "name": choice.name},
+            )
+        if not specs and request.tools is None:
+            return request
         return msgspec.structs.replace(request, tools=specs or None)
+
+    def _takes_tools(self, request: Request) -> bool:
+        """Whether registered tools may be offered to ``request`` by default: not to a legacy
+        completion, nor to a model whose provider says it has no function calling (said
+        once per model in the log)."""
+        metadata = request.metadata
+        if metadata is not None and metadata.get("endpoint") == "completions":
+            return False
+        provider, model = self._registry.resolve(request)
+        if self._registry.codec(provider).supports(Feature.FUNCTION_CALLING, model):
+            return True
+        if (provider, model) not in self._not_offered:
+            self._not_offered.add((provider, model))
+            log.info(
+                "registered tools are not offered to %s:%s: it does not support function calling",
+                provider,
+                model,
+            )
+        return False
 
     def _timeout(self, timeout: float | None) -> float:
         return self._config.timeout if timeout is None else timeout
 
-    def stream(self, request: Request, *, timeout: float | None = None) -> InvocationStream:
-        """A streamed invocation of ``request`` (``async with`` it, then iterate).
+    def stream(
+        self, request: Request, *, timeout: float | None = None, step: int | None = None
+    ) -> InvocationStream:
+        """An invocation of ``request`` as a stream (``async with`` it, then iterate), with
+        the tools it offers as they are (see `offer_tools`). A request with ``stream=False``
+        is sent non-streamed and its whole answer comes as one chunk.
+
+        ``step`` is the tool loop's step, for the middleware.
 
         Raises:
             ProviderNotFound, ModelNotSupported: the request's provider or model is not
@@ -169,8 +256,10 @@ class Invoker:
         """
         prepared, candidates = self.prepare(request)
         self._invocations += 1
-        run = Run(self, prepared, candidates, timeout=self._timeout(timeout))
-        return InvocationStream(self, run, cache_key=self.cache_key(prepared))
+        chain = self.middleware
+        timeout = self._timeout(timeout)
+        run = Run(self, prepared, candidates, timeout=timeout, chain=chain, step=step)
+        return InvocationStream(self, run, cache_key=self.cache_key(prepared), chain=chain)
 
     def tool_loop(
         self, request: Request, *, max_steps: int | None = None, timeout: float | None = None
@@ -197,58 +286,29 @@ class Invoker:
         tool_mode: Literal["auto"] | None = None,
         max_steps: int | None = None,
     ) -> InvocationStream | ToolLoopStream:
-        """A streamed invocation, or with ``tool_mode="auto"`` the tool loop over every
-        registered tool (what the WebSocket front runs).
+        """An invocation of ``request`` with the tools it offers by `offer_tools`'s rule, or
+        with ``tool_mode="auto"`` the tool loop (what the WebSocket front runs).
 
         Raises:
             ProviderNotFound, ModelNotSupported: the request's provider or model is not
                 available.
+            InvalidRequest: a `NamedToolChoice` names a tool that is not offered.
         """
         if tool_mode == "auto":
-            return self.tool_loop(self.offer_tools(request, None), max_steps=max_steps)
-        return self.stream(request)
+            return self.tool_loop(self.offer_tools(request, auto=True), max_steps=max_steps)
+        return self.stream(self.offer_tools(request))
 
     async def complete(self, request: Request, *, timeout: float | None = None) -> Response:
-        """One non-streamed invocation: the whole response.
+        """One non-streamed invocation of ``request`` (its tools as they are): the whole
+        response.
 
         Raises:
             LLMError: the invocation failed.
         """
-        prepared, candidates = self.prepare(request)
-        self._invocations += 1
-        key = self.cache_key(prepared)
-        if key is not None:
-            cached = await self.cache_get(key)
-            if cached is not None:
-                return cached
-        run = Run(self, prepared, candidates, timeout=self._timeout(timeout))
-        try:
-            response = await self._complete(run)
-        except BaseException as exc:
-            status: Status = "cancelled" if isinstance(exc, trio.Cancelled) else "error"
-            await run.settle(status, None)  # nothing when the run settled already
-            raise
-        usage = await run.settle("ok", response.usage, response=response)
-        if usage is not None and usage is not response.usage:
-            response = msgspec.structs.replace(response, usage=usage)
-        if key is not None:
-            await self.cache_put(key, response)
-        return response
-
-    async def _complete(self, run: Run) -> Response:
-        while True:
-            await run.admit()
-            message = AttemptOnce(request=run.attempt_request(), number=run.attempt)
-            try:
-                response: Response | None = None
-                with trio.CancelScope(deadline=run.deadline):
-                    response = await run.session().call(message)
-                if response is None:  # the invocation's own timeout passed
-                    raise trio.TooSlowError
-            except Exception as exc:  # noqa: BLE001 - re-raised typed unless another attempt follows
-                await run.retry_or_raise(exc, delivered=False)
-                continue
-            return response
+        if request.stream:
+            request = msgspec.structs.replace(request, stream=False)
+        async with self.stream(request, timeout=timeout) as stream:
+            return await stream.aggregate()
 
     async def execute_tools(self, calls: Sequence[ToolCall]) -> list[ToolResult]:
         """Run tool calls in parallel through the executor, results in call order.

@@ -40,6 +40,7 @@ from ..providers._base import checked_usage
 from ..runtime import ActorCrashed, ActorDead, ActorRef
 from ..types import Request, Response, Usage
 from ._governance import Admission, Status
+from ._middleware import EMPTY_CHAIN, CallInfo, MiddlewareChain
 
 if TYPE_CHECKING:
     from ..actors.governor import Lease
@@ -117,6 +118,7 @@ class Run:
         "_active",
         "_admission",
         "_attempt",
+        "_chain",
         "_deadline",
         "_index",
         "_invoker",
@@ -125,6 +127,7 @@ class Run:
         "_started",
         "_timeout",
         "attempted",
+        "call",
         "candidates",
         "request",
         "usage",
@@ -137,10 +140,15 @@ class Run:
         candidates: list[tuple[str, str]],
         *,
         timeout: float | None,
+        chain: MiddlewareChain = EMPTY_CHAIN,
+        step: int | None = None,
     ) -> None:
         self._invoker = invoker
         self.request = request
         self.candidates = candidates
+        self._chain = chain
+        self.call = CallInfo(request, step=step, run=self)
+        """What the middleware's hooks are told about this invocation."""
         self._index = 0
         self._timeout = timeout
         self._deadline = math.inf
@@ -180,16 +188,25 @@ class Run:
         """The request as the current candidate's session receives it."""
         return msgspec.structs.replace(self.request, provider=self.provider, model=self.model)
 
+    def reset(self, request: Request, candidates: list[tuple[str, str]]) -> None:
+        """Run ``request`` on ``candidates`` instead (the middleware changed the request);
+        only before the first attempt."""
+        assert not self._active and not self.attempted, "reset after the run began"
+        self.request = request
+        self.candidates = candidates
+        self._index = 0
+
     # -- attempts ------------------------------------------------------------------------------
 
     async def begin(self) -> None:
-        """Admit the next attempt: reserve the candidate's budget (first attempt on it), then
-        take a rate-limit lease.
+        """Admit the next attempt: reserve the candidate's budget (first attempt on it), take
+        a rate-limit lease, then run the middleware's ``before_attempt`` hooks.
 
         Raises:
             CostExceeded: a cap or a budget refuses the candidate.
             RateLimited: the governor refuses the attempt.
             InvocationTimeout: the invocation's timeout passed while waiting.
+            LLMError: a middleware refused the attempt, or failed.
         """
         governance = self._invoker.governance
         self._attempt += 1
@@ -198,6 +215,7 @@ class Run:
             self.attempted.append(f"{self.provider}:{self.model}")
         try:
             if governance is None:
+                await self._before_attempt()
                 self._started = True
                 return
             if self._admission is None:
@@ -214,10 +232,20 @@ class Run:
                         provider=self.provider,
                         retryable=False,
                     )
+            await self._before_attempt()
             self._started = True
         finally:
             if self._timeout is not None and self._deadline == math.inf:
                 self._deadline = trio.current_time() + self._timeout
+
+    async def _before_attempt(self) -> None:
+        """The middleware's ``before_attempt`` hooks (the attempt is not let through yet).
+
+        Raises:
+            LLMError: a hook refused the attempt, or failed.
+        """
+        if self._chain.before_attempt_hooks:
+            await self._chain.before_attempt(self.call)
 
     def end_attempt(self, usage: Usage | None, *, failed: bool) -> None:
         """The current attempt is over: give its lease back with the tokens it used.
@@ -260,6 +288,11 @@ class Run:
         self.end_attempt(usage, failed=True)
         # The caller's own cancellation wins over whatever the attempt ran into.
         await trio.lowlevel.checkpoint_if_cancelled()
+        if self._chain.after_attempt_hooks:
+            try:
+                await self._chain.after_attempt(self.call, error)
+            except LLMError as hook_error:
+                await self._fail(hook_error, partial)
         policy = self._invoker.retry_policy
         if not delivered and retry and self._attempt < policy.max_attempts:
             wait = policy.delay(self._attempt) if delay is None else delay
@@ -296,13 +329,17 @@ class Run:
             return
 
     async def refused(self, exc: Exception) -> None:
-        """`begin` failed (a budget, a rate limit, our timeout): settle the candidate's
-        reservation untouched, then fall back or re-raise.
+        """`begin` failed (a budget, a rate limit, our timeout) or a middleware refused the
+        attempt: give its lease back unused, settle the candidate's reservation untouched,
+        then fall back or re-raise.
 
         Raises:
             Exception: ``exc`` again, when no fallback takes over.
         """
-        self._lease = None
+        lease, self._lease = self._lease, None
+        governance = self._invoker.governance
+        if lease is not None and governance is not None:  # refused after its lease came
+            governance.release(lease, 0)
         await trio.lowlevel.checkpoint_if_cancelled()
         if not isinstance(exc, LLMError):
             await self.settle("error", _NO_USAGE)

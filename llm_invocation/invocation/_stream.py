@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Generic, Self, TypeVar, final
 import msgspec
 import trio
 
-from ..actors.provider_session import Attempt
+from ..actors.provider_session import Attempt, AttemptOnce
 from ..errors import LLMError
 from ..runtime import ActorError, StreamContext, StreamReceiver
 from ..types import (
@@ -24,12 +24,13 @@ from ..types import (
     Usage,
 )
 from ._governance import Status
+from ._middleware import EMPTY_CHAIN, CallInfo, MiddlewareChain
 from ._run import Run
 
 if TYPE_CHECKING:
     from ._invoker import Invoker
 
-__all__ = ["DeltaStream", "InvocationStream"]
+__all__ = ["DeltaStream", "InvocationStream", "whole_chunks"]
 
 T = TypeVar("T")
 
@@ -42,6 +43,7 @@ def _as_chunk(response: Response, choice: Choice) -> StreamChunk:
         ToolCallDelta(index=i, id=c.id, name=c.name, arguments=c.arguments, metadata=c.metadata)
         for i, c in enumerate(choice.tool_calls)
     ]
+    first = choice.index == 0
     return StreamChunk(
         id=response.id,
         provider=response.provider,
@@ -51,9 +53,30 @@ def _as_chunk(response: Response, choice: Choice) -> StreamChunk:
         reasoning=choice.message.reasoning,
         tool_calls=calls or None,
         finish_reason=choice.finish_reason,
-        usage=response.usage if choice.index == 0 else None,
+        usage=response.usage if first else None,
         metadata=response.metadata,
+        created=response.created if first else None,
+        system_fingerprint=response.system_fingerprint if first else None,
     )
+
+
+def whole_chunks(response: Response) -> list[StreamChunk]:
+    """A whole response as the chunks a stream of it would end with: one per choice (the
+    first carries the usage, the creation time and the fingerprint)."""
+    chunks = [_as_chunk(response, choice) for choice in response.choices]
+    if not chunks:
+        chunks.append(
+            StreamChunk(
+                id=response.id,
+                provider=response.provider,
+                model=response.model,
+                usage=response.usage,
+                metadata=response.metadata,
+                created=response.created,
+                system_fingerprint=response.system_fingerprint,
+            )
+        )
+    return chunks
 
 
 def _has_content(batch: list[StreamChunk]) -> bool:
@@ -62,7 +85,7 @@ def _has_content(batch: list[StreamChunk]) -> bool:
 
 @final
 class InvocationStream:
-    """A streaming invocation: an async context manager and an async iterator of chunks.
+    """An invocation: an async context manager and an async iterator of chunks.
 
     ::
 
@@ -76,12 +99,25 @@ class InvocationStream:
     response, equal to what a non-streamed call would have returned for the same content.
     A failed attempt before any content is retried, or handed to a fallback provider, as
     the configuration says; after content has arrived, a failure ends the stream.
+
+    A request with ``stream=False`` is sent as one non-streamed HTTP request per attempt;
+    its whole answer comes as one chunk (per choice) carrying the text, tool calls, finish
+    reason and usage, and `response` is the provider's response itself.
     """
 
-    def __init__(self, invoker: Invoker, run: Run, *, cache_key: str | None) -> None:
+    def __init__(
+        self,
+        invoker: Invoker,
+        run: Run,
+        *,
+        cache_key: str | None,
+        chain: MiddlewareChain = EMPTY_CHAIN,
+    ) -> None:
         self._invoker = invoker
         self._run = run
         self._cache_key = cache_key
+        self._chain = chain
+        self._chunk_hooks = bool(chain.on_chunk_hooks)
         self._context: StreamContext[list[StreamChunk]] | None = None
         self._receiver: StreamReceiver[list[StreamChunk]] | None = None
         self._aggregator = StreamAggregator()
@@ -89,6 +125,8 @@ class InvocationStream:
         self._position = 0
         self._content_seen = False
         self._finished = False
+        self._whole: Response | None = None  # a whole answer, until the stream ends
+        self._cached = False
         self._response: Response | None = None
         self._error: LLMError | None = None
         self._entered = False
@@ -107,20 +145,22 @@ class InvocationStream:
         """The ``provider:model`` candidates tried, in order (fallbacks after the first)."""
         return self._run.attempted
 
+    @property
+    def call(self) -> CallInfo:
+        """What the middleware's hooks are told about this invocation."""
+        return self._run.call
+
     # -- opening and closing -------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         if self._entered:
             raise RuntimeError("an invocation stream can be entered only once")
         self._entered = True
-        key = self._cache_key
-        if key is not None:
-            cached = await self._invoker.cache_get(key)
-            if cached is not None:
-                self._replay(cached)
-                return self
         try:
-            await self._open()
+            await self._start()
+        except LLMError as error:
+            await self._failed(error)
+            raise
         except BaseException as exc:
             if not self._finished:  # not settled yet (cancelled, or a runtime failure)
                 self._finished = True
@@ -130,12 +170,45 @@ class InvocationStream:
             raise
         return self
 
+    async def _start(self) -> None:
+        if self._chain.before_request_hooks:
+            await self._before_request()
+        key = self._cache_key
+        if key is not None:
+            cached = await self._invoker.cache_get(key)
+            if cached is not None:
+                self._replay(cached)
+                return
+        await self._open()
+
+    async def _before_request(self) -> None:
+        """Run the middleware's ``before_request`` hooks; a veto is recorded and raised."""
+        run = self._run
+        original = run.request
+        try:
+            request = await self._chain.before_request(run.call, original)
+        except LLMError as error:
+            self._finished = True  # nothing was reserved or sent
+            governance = self._invoker.governance
+            if governance is not None:
+                await governance.record_refusal(original, run.provider, run.model, error)
+            raise
+        if request is not original:
+            prepared, candidates = self._invoker.prepare(request)
+            run.reset(prepared, candidates)
+            run.call.request = prepared
+            self._cache_key = self._invoker.cache_key(prepared)
+
     def _replay(self, response: Response) -> None:
         """Serve a cached response as one chunk per choice; nothing is sent or charged."""
         self._finished = True
-        self._response = response
+        self._cached = True
         self._run.usage = response.usage
-        self._batch = [_as_chunk(response, choice) for choice in response.choices]
+        self._run.call.cached = True
+        self._whole = self._response = response
+        self._batch = whole_chunks(response)
+        for chunk in self._batch:
+            self._aggregator.add(chunk)
 
     async def _open(self) -> None:
         """Admit and open the next attempt (a retry or a fallback when one failed before)."""
@@ -145,20 +218,39 @@ class InvocationStream:
             self._aggregator = StreamAggregator()
             self._batch = []
             self._position = 0
-            message = Attempt(request=run.attempt_request(), number=run.attempt)
+            streamed = run.request.stream
             try:
                 # The session's handler runs under the invocation's deadline (ours) as well
                 # as under the caller's own.
                 with trio.CancelScope(deadline=run.deadline) as scope:
-                    context = run.session().stream(message, buffer=STREAM_BUFFER)
-                    self._receiver = await context.__aenter__()
-                    self._context = context
+                    if streamed:
+                        message = Attempt(request=run.attempt_request(), number=run.attempt)
+                        context = run.session().stream(message, buffer=STREAM_BUFFER)
+                        self._receiver = await context.__aenter__()
+                        self._context = context
+                    else:
+                        once = AttemptOnce(request=run.attempt_request(), number=run.attempt)
+                        self._whole = await run.session().call(once)
                 if scope.cancelled_caught:
                     raise trio.TooSlowError
             except Exception as exc:  # noqa: BLE001 - re-raised typed unless another attempt follows
                 await self._fail_attempt(exc)
                 continue
-            return
+            break
+        whole = self._whole
+        if whole is not None:
+            # The whole answer is in: settled now (a caller that leaves before reading it
+            # all does not make it a cancelled call), then delivered as one batch.
+            self._finished = True
+            usage = await run.settle("ok", whole.usage, response=whole)
+            if usage is not None and usage is not whole.usage:
+                whole = msgspec.structs.replace(whole, usage=usage)
+            self._whole = self._response = whole
+            batch = whole_chunks(whole)
+            for chunk in batch:
+                self._aggregator.add(chunk)
+            self._content_seen = True
+            self._batch = batch
 
     async def _close_attempt(self) -> None:
         context, self._context, self._receiver = self._context, None, None
@@ -168,17 +260,28 @@ class InvocationStream:
     async def _fail_attempt(self, exc: Exception) -> None:
         """The current attempt failed: returns when another one may start, else raises."""
         await self._close_attempt()
-        try:
-            await self._run.retry_or_raise(
-                exc,
-                delivered=self._content_seen,
-                usage=self._aggregator.usage,
-                partial=self._partial(),
-            )
-        except LLMError as error:  # settled: the invocation failed
+        self._whole = None
+        await self._run.retry_or_raise(
+            exc,
+            delivered=self._content_seen,
+            usage=self._aggregator.usage,
+            partial=self._partial(),
+        )
+
+    async def _failed(self, error: LLMError) -> None:
+        """The invocation failed with ``error``: settle it (unless it is settled) and tell
+        the middleware, once."""
+        self._batch, self._position, self._whole = [], 0, None
+        if not self._finished:
             self._finished = True
+            await self._close_attempt()
+            await self._run.settle(
+                "error", self._aggregator.usage, error=error, partial=self._partial()
+            )
+        if self._error is None:
             self._error = error
-            raise
+            if self._chain.on_error_hooks:
+                await self._chain.on_error(self._run.call, error)
 
     def _partial(self) -> Response | None:
         try:
@@ -210,12 +313,34 @@ class InvocationStream:
         if self._position < len(self._batch):
             chunk = self._batch[self._position]
             self._position += 1
-            return chunk
+        else:
+            try:
+                chunk = await self._next_batch()
+            except LLMError as error:
+                await self._failed(error)
+                raise
+        if self._chunk_hooks:
+            try:
+                await self._chain.on_chunk(self._run.call, chunk)
+            except LLMError as error:
+                await self._failed(error)
+                raise
+        return chunk
+
+    async def _next_batch(self) -> StreamChunk:
+        """The first chunk of the next batch (the rest wait in ``_batch``).
+
+        Raises:
+            StopAsyncIteration: the stream ended (it is settled).
+            LLMError: the invocation failed.
+        """
         while True:
             receiver = self._receiver
             if receiver is None:
                 if not self._entered:
                     raise RuntimeError("use `async with client.invoke(...) as stream:` first")
+                if self._whole is not None:  # a whole answer, delivered: the end
+                    await self._end()
                 raise StopAsyncIteration
             try:
                 try:
@@ -243,16 +368,31 @@ class InvocationStream:
             return batch[0]
 
     async def _end(self) -> None:
+        """The stream ended: settle it (a whole or cached answer is settled already), then
+        the middleware's ``after_*`` hooks, then the cache."""
         await self._close_attempt()
-        self._finished = True
         run = self._run
-        response = self._aggregator.response(
-            provider=self.provider, model=self.model, created=datetime.now(UTC)
-        )
-        usage = await run.settle("ok", self._aggregator.usage, response=response)
-        if usage is not None and usage is not response.usage:
-            response = msgspec.structs.replace(response, usage=usage)
-        self._response = response
+        chain = self._chain
+        whole, self._whole = self._whole, None
+        if whole is not None:
+            response = whole
+        else:
+            response = self._aggregator.response(
+                provider=self.provider, model=self.model, created=datetime.now(UTC)
+            )
+            self._finished = True
+            usage = await run.settle("ok", self._aggregator.usage, response=response)
+            if usage is not None and usage is not response.usage:
+                response = msgspec.structs.replace(response, usage=usage)
+            self._response = response
+        if self._cached:  # nothing was sent: no attempt, nothing to cache
+            if chain.after_response_hooks:
+                await chain.after_response(run.call, response)
+            return
+        if chain.after_attempt_hooks:
+            await chain.after_attempt(run.call, None)
+        if chain.after_response_hooks:
+            await chain.after_response(run.call, response)
         if self._cache_key is not None:
             await self._invoker.cache_put(self._cache_key, response)
 

@@ -119,7 +119,7 @@ class ToolLoopStream:
 
     async def _open_step(self) -> None:
         request = msgspec.structs.replace(self._request, messages=list(self._messages))
-        stream = self._invoker.stream(request, timeout=self._timeout)
+        stream = self._invoker.stream(request, timeout=self._timeout, step=self._step)
         await stream.__aenter__()
         self._stream = stream
 

@@ -144,7 +144,7 @@ class AnthropicStreamDecoder(StreamDecoder):
             return
         except JSON_ERRORS as exc:
             if data.strip():
-                self._fail(out, f"malformed stream event: {exc}", reason="malformed")
+                self._fail(out, f"malformed stream event: {exc}", reason="malformed", cause=exc)
             return
         if type(event) is BlockDelta:
             delta = event.delta
@@ -256,7 +256,7 @@ class AnthropicStreamDecoder(StreamDecoder):
         try:
             loose = LOOSE_DECODER.decode(data)
         except JSON_ERRORS:
-            self._fail(out, f"malformed stream event: {exc}", reason="malformed")
+            self._fail(out, f"malformed stream event: {exc}", reason="malformed", cause=exc)
             return
         kind = loose.type
         if kind not in KNOWN_EVENTS:
@@ -269,9 +269,18 @@ class AnthropicStreamDecoder(StreamDecoder):
             loose.delta is None or loose.delta.type not in KNOWN_DELTAS
         ):
             return
-        self._fail(out, f"malformed {kind} event: {exc}", reason="malformed")
+        self._fail(out, f"malformed {kind} event: {exc}", reason="malformed", cause=exc)
 
-    def _fail(self, out: list[StreamChunk], message: str, *, reason: str) -> None:
+    def _fail(
+        self,
+        out: list[StreamChunk],
+        message: str,
+        *,
+        reason: str,
+        cause: BaseException | None = None,
+    ) -> None:
         err = StreamingFailed(message, provider=self._provider, details={"reason": reason})
+        # The decoding exception travels with the chunk's ErrorInfo in this process.
+        err.__cause__ = cause
         out.append(StreamChunk(provider=self._provider, error=err.info()))
         self._failed = True

@@ -13,6 +13,11 @@ Conventions every codec follows:
   going only if the provider does.
 * Usage is normalised as in WIRE-FORMATS 6.2: prompt tokens include cached ones, completion
   tokens include reasoning ones.
+
+`ProviderCodec` is also the public protocol for providers of your own (see
+``docs/providers.md``, "Custom providers"): subclass it and register it with
+``client.register_provider``. Whatever a codec raises is contained by the session: it fails
+that one call with a typed error and never the session.
 """
 
 from __future__ import annotations
@@ -343,6 +348,23 @@ class ProviderCodec(abc.ABC):
 
     An instance is configured for one provider entry (its name, base URL, extra headers and
     options); it holds no connection and no key. The key is passed to `encode` and friends.
+
+    To write one: set ``kind`` (a short name of the format) and ``default_base_url``, and
+    implement `known_models`, `supports`, `validate`, `encode`, `stream_decoder` (a fresh
+    `StreamDecoder` per streamed answer), `decode_response`, `map_error`,
+    `list_models_request` and `decode_models`; `parse_rate_limits`, `retry_advice` and the
+    token-count pair have defaults. Every method is sync and does no I/O. How the session
+    treats what they do:
+
+    * `encode`, `validate`: an `LLMError` they raise is that call's error; any other
+      exception fails the call with a `ProviderError` (``details["reason"]`` is
+      ``"encode failed"``), nothing is sent;
+    * `stream_decoder`, `decode_response`, `decode_models`, `map_error`: any exception other
+      than an `LLMError` is a malformed answer (`ProviderError`, ``details["reason"]`` is
+      ``"malformed response"``, retried only before content reached the caller); a chunk
+      whose ``error`` is set ends the stream with that error; a 401 `AuthenticationError`
+      from `map_error` sets the key aside for the model's family;
+    * `parse_rate_limits`, `retry_advice`: an exception there is logged and ignored.
     """
 
     kind: ClassVar[str]

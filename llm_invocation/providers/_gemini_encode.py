@@ -35,7 +35,14 @@ from ..errors import InvalidRequest
 from ..types import ImagePart, Message, NamedToolChoice, ReasoningPart, Request, TextPart
 from ._base import JSON_ERRORS
 
-__all__ = ["GENERATION_KEYS", "MAX_STOP_SEQUENCES", "build_body", "guess_mime_type", "model_path"]
+__all__ = [
+    "GENERATION_KEYS",
+    "MAX_STOP_SEQUENCES",
+    "build_body",
+    "camel_case",
+    "guess_mime_type",
+    "model_path",
+]
 
 MAX_STOP_SEQUENCES: Final = 5
 """Gemini takes at most five stop sequences (``GenerationConfig.stopSequences``)."""
@@ -104,7 +111,8 @@ def guess_mime_type(url: str) -> str:
     return _MIME_BY_EXTENSION.get(extension.lower(), _DEFAULT_IMAGE_MIME)
 
 
-def _camel(key: str) -> str:
+def camel_case(key: str) -> str:
+    """``key`` in the API's spelling: ``candidate_count`` -> ``candidateCount``."""
     if "_" not in key:
         return key
     head, *rest = key.split("_")
@@ -300,12 +308,12 @@ def _apply_provider_options(
     body: dict[str, Any], config: dict[str, Any], options: dict[str, Any]
 ) -> None:
     for key, value in options.items():
-        name = _camel(key)
+        name = camel_case(key)
         if name in GENERATION_KEYS:
             config[name] = value
         elif name == "generationConfig" and isinstance(value, dict):
             for inner, item in cast("dict[str, Any]", value).items():
-                config[_camel(inner)] = item
+                config[camel_case(inner)] = item
         elif name == "tools" and isinstance(value, list):
             body.setdefault("tools", []).extend(cast("list[Any]", value))
         elif name == "toolConfig" and isinstance(value, dict):

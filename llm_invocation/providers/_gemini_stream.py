@@ -330,6 +330,7 @@ class ChunkConverter:
             error = StreamingFailed(
                 f"malformed Gemini stream object: {exc}", provider=self.provider
             )
+            error.__cause__ = exc  # travels with the chunk's ErrorInfo in this process
             return [self.fail(error)]
         return self.convert(response)
 
@@ -716,7 +717,9 @@ class GeminiJSONArrayDecoder(StreamDecoder):
         try:
             objects = scanner.feed(data)
         except MalformedStream as exc:
-            return [converter.fail(StreamingFailed(str(exc), provider=converter.provider))]
+            error = StreamingFailed(str(exc), provider=converter.provider)
+            error.__cause__ = exc
+            return [converter.fail(error)]
         if not objects:
             return []
         if len(objects) == 1:

@@ -18,19 +18,22 @@ Grammar handled (WIRE-FORMATS 0.1, 1.4 and 5):
 * errors after HTTP 200: a payload with a truthy ``error`` key, or an ``event: error``
   (Groq). They end the stream with an error chunk, as does malformed JSON;
 * end of body without ``[DONE]``: accepted when a finish reason was seen (some compatible
-  servers), an error chunk ("stream ended before completion") otherwise.
+  servers), an error chunk ("stream ended before completion") otherwise;
+* ``created`` and ``system_fingerprint``: the first ones the stream reports travel on the
+  first chunk that comes out (not on every chunk).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Final
 
 import msgspec
 
 from ..errors import LLMError, StreamingFailed
 from ..types import FinishReason, StreamChunk, ToolCallDelta, Usage
-from ._base import JSON_ERRORS, StreamDecoder
+from ._base import JSON_ERRORS, StreamDecoder, datetime_from_unix
 from ._openai_wire import (
     CHUNK_DECODER,
     FINISH_REASONS,
@@ -57,7 +60,9 @@ class OpenAIStreamDecoder(StreamDecoder):
 
     __slots__ = (
         "_calls",
+        "_created",
         "_done",
+        "_fingerprint",
         "_id",
         "_map_error",
         "_model",
@@ -66,6 +71,7 @@ class OpenAIStreamDecoder(StreamDecoder):
         "_refusals",
         "_saw_finish",
         "_slots",
+        "_stamped",
     )
 
     def __init__(self, *, provider: str, map_error: Callable[[Any], LLMError]) -> None:
@@ -88,6 +94,10 @@ class OpenAIStreamDecoder(StreamDecoder):
         # choice -> [last tool-call index used, next free index]; present once it calls tools.
         self._slots: dict[int, list[int]] = {}
         self._refusals: dict[int, list[str]] | None = None
+        # The creation time and fingerprint seen, until a chunk has carried them out.
+        self._created: datetime | None = None
+        self._fingerprint: str | None = None
+        self._stamped = False
 
     @property
     def done(self) -> bool:
@@ -214,6 +224,21 @@ class OpenAIStreamDecoder(StreamDecoder):
         usage = usage_from_wire(wire_usage) if wire_usage is not None else None
         if usage is not None:
             self._attach_usage(usage, payload, start, out)
+        if not self._stamped:
+            self._stamp(payload, start, out)
+
+    def _stamp(self, payload: StreamPayload, start: int, out: list[StreamChunk]) -> None:
+        """Put the stream's creation time and fingerprint on the first chunk that comes out."""
+        if self._created is None and payload.created is not None:
+            self._created = datetime_from_unix(payload.created)
+        if self._fingerprint is None and payload.system_fingerprint:
+            self._fingerprint = payload.system_fingerprint
+        if len(out) > start:
+            self._stamped = True
+            if self._created is not None or self._fingerprint is not None:
+                out[start] = msgspec.structs.replace(
+                    out[start], created=self._created, system_fingerprint=self._fingerprint
+                )
 
     def _attach_usage(
         self, usage: Usage, payload: StreamPayload, start: int, out: list[StreamChunk]
@@ -312,11 +337,11 @@ class OpenAIStreamDecoder(StreamDecoder):
 
     def _malformed(self, data: bytes, exc: Exception) -> StreamChunk:
         quoted = data[:_MAX_QUOTED].decode("utf-8", "replace")
-        return self._error_chunk(
-            StreamingFailed(
-                f"malformed JSON in the stream: {exc}",
-                provider=self._provider,
-                retryable=False,
-                details={"data": quoted},
-            )
+        error = StreamingFailed(
+            f"malformed JSON in the stream: {exc}",
+            provider=self._provider,
+            retryable=False,
+            details={"data": quoted},
         )
+        error.__cause__ = exc  # travels with the chunk's ErrorInfo in this process
+        return self._error_chunk(error)

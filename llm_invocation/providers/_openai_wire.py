@@ -123,6 +123,8 @@ class StreamPayload(msgspec.Struct, gc=False):
     usage: WireUsage | None = None
     x_groq: XGroq | None = None
     error: Any = None
+    created: float | None = None
+    system_fingerprint: str | None = None
 
 
 class WireToolCall(msgspec.Struct, gc=False):

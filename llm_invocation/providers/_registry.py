@@ -5,19 +5,44 @@ A request names its provider explicitly (``request.provider``), or by prefix
 (``gpt-4o-mini`` is OpenAI's, ``claude-`` Anthropic's, ``gemini-`` Google's); otherwise the
 default provider serves it. A provider that is not configured, or a model outside a
 provider's configured ``models`` list, is a clear error naming what is available.
+
+Providers of your own (`ProviderRegistry.register`, behind ``client.register_provider``)
+join the registry while it is in use; a name is registered once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Final, final
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final, TypeAlias, final
 
 from ..config import ProviderConfig
-from ..errors import ModelNotSupported, ProviderNotFound
-from ..types import Request
+from ..errors import ConfigurationError, ModelNotSupported, ProviderNotFound
+from ..types import ModelInfo, Request
 from ._base import ProviderCodec
 
-__all__ = ["MODEL_PREFIXES", "ProviderRegistry", "codec_kinds", "make_codec"]
+__all__ = [
+    "DUPLICATE_PROVIDER",
+    "MODEL_PREFIXES",
+    "CodecFactory",
+    "CodecSpec",
+    "ProviderRegistry",
+    "codec_kinds",
+    "custom_codec",
+    "duplicate_provider",
+    "make_codec",
+    "provider_name_problem",
+]
+
+log = logging.getLogger("llm_invocation.providers")
+
+DUPLICATE_PROVIDER: Final = "duplicate_provider"
+"""``details["reason"]`` of the `ConfigurationError` for a provider name registered twice."""
+
+CodecFactory: TypeAlias = Callable[[str, ProviderConfig], ProviderCodec]
+"""Makes the codec of a provider entry: called with the provider's name and its settings."""
+CodecSpec: TypeAlias = "ProviderCodec | type[ProviderCodec] | CodecFactory"
+"""What ``client.register_provider`` takes: a codec, a codec class or a codec factory."""
 
 #: Model-id prefixes that identify a provider when the request does not name one.
 MODEL_PREFIXES: Final[tuple[tuple[str, str], ...]] = (
@@ -125,6 +150,88 @@ def make_codec(name: str, config: ProviderConfig | None = None) -> ProviderCodec
     )
 
 
+def provider_name_problem(name: object) -> str | None:
+    """What is wrong with ``name`` as a provider name (None when nothing): it must be a
+    non-empty string without ``:`` (it separates provider and model), ``/`` or whitespace."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if any(ch in name for ch in ":/") or any(ch.isspace() or not ch.isprintable() for ch in name):
+        return "must not contain ':', '/', whitespace or control characters"
+    return None
+
+
+def _invalid_codec(name: str, problem: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"the codec of provider {name!r} {problem}",
+        provider=name,
+        details={"reason": "invalid_codec", "provider": name},
+    )
+
+
+def custom_codec(
+    name: str, codec: CodecSpec, config: ProviderConfig | None = None
+) -> ProviderCodec:
+    """The codec of provider ``name`` from a codec of your own.
+
+    ``codec`` is a `ProviderCodec` (used as it is: its ``name`` must be ``name``), a
+    `ProviderCodec` subclass (made with ``name`` and the entry's ``base_url``, ``headers``
+    and ``options``), or a factory called as ``factory(name, config)``.
+
+    Raises:
+        ConfigurationError: ``name`` is not a valid provider name, the factory or the class
+            raised, or what it made is not a `ProviderCodec` named ``name`` with a ``kind``
+            (``details["reason"] == "invalid_codec"``).
+    """
+    if (problem := provider_name_problem(name)) is not None:
+        raise ConfigurationError(
+            f"provider name {name!r} {problem}", details={"reason": "invalid_provider_name"}
+        )
+    config = config or ProviderConfig()
+    made: object = codec
+    if not isinstance(codec, ProviderCodec):
+        try:
+            if isinstance(codec, type):
+                made = codec(
+                    name=name,
+                    base_url=config.base_url,
+                    headers=dict(config.headers),
+                    options=dict(config.options),
+                )
+            elif callable(codec):
+                made = codec(name, config)
+            else:
+                raise _invalid_codec(name, f"is a {type(codec).__name__}, not a codec")
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            raise _invalid_codec(name, f"could not be made: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(made, ProviderCodec):
+        raise _invalid_codec(name, f"is a {type(made).__name__}, not a ProviderCodec")
+    if not isinstance(getattr(type(made), "kind", None), str):
+        raise _invalid_codec(name, f"class {type(made).__name__} sets no 'kind'")
+    if made.name != name:
+        raise _invalid_codec(name, f"is named {made.name!r}: make it with name={name!r}")
+    return made
+
+
+def duplicate_provider(name: str) -> ConfigurationError:
+    """The error for registering provider ``name`` a second time."""
+    return ConfigurationError(
+        f"provider {name!r} is already registered",
+        provider=name,
+        details={"reason": DUPLICATE_PROVIDER, "provider": name},
+    )
+
+
+def _known_models(codec: ProviderCodec) -> list[ModelInfo]:
+    """``codec.known_models()``; a codec that fails there knows none (logged)."""
+    try:
+        return list(codec.known_models())
+    except Exception as exc:  # noqa: BLE001 - a custom codec's bug must not break resolution
+        log.warning("%s: known_models() failed (%s); none assumed", codec.name, exc)
+        return []
+
+
 @final
 class ProviderRegistry:
     """The configured providers, and how a request's model selects one of them."""
@@ -143,6 +250,29 @@ class ProviderRegistry:
     def names(self) -> list[str]:
         """The configured provider names, sorted."""
         return sorted(self._codecs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._codecs
+
+    def register(self, codec: ProviderCodec, *, models: Iterable[str] = ()) -> None:
+        """Add ``codec`` under its name (``codec.name``); ``models`` restricts it as a
+        configured ``models`` list does.
+
+        Raises:
+            ConfigurationError: the name is taken (``details["reason"]`` is
+                ``"duplicate_provider"``) or is not a valid provider name.
+        """
+        name = codec.name
+        if (problem := provider_name_problem(name)) is not None:
+            raise ConfigurationError(
+                f"provider name {name!r} {problem}", details={"reason": "invalid_provider_name"}
+            )
+        if name in self._codecs:
+            raise duplicate_provider(name)
+        self._codecs[name] = codec
+        allowed = frozenset(models)
+        if allowed:
+            self._models[name] = allowed
 
     def codec(self, name: str) -> ProviderCodec:
         """The codec of provider ``name``.
@@ -212,13 +342,13 @@ class ProviderRegistry:
             return True
         if default.kind == "openai-compatible":
             return True
-        return any(info.id == model for info in default.known_models())
+        return any(info.id == model for info in _known_models(default))
 
     def _by_prefix(self, model: str) -> str:
         default = self.default_provider
         if default in self._codecs:
             codec = self._codecs[default]
-            if any(info.id == model for info in codec.known_models()):
+            if any(info.id == model for info in _known_models(codec)):
                 return default
         for prefix, provider in MODEL_PREFIXES:
             if model.startswith(prefix):

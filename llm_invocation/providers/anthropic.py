@@ -14,7 +14,8 @@ Provider-specific fields go in ``options.provider_options`` and are merged into 
 (``thinking``, ``metadata``, ``service_tier``, ``output_config.effort``, server tools in
 ``tools``...). Three keys are the codec's own: ``betas`` (or ``anthropic_beta``), a list or
 comma-separated string sent as the ``anthropic-beta`` header, and
-``disable_parallel_tool_use``, set on ``tool_choice``.
+``disable_parallel_tool_use``, set on ``tool_choice``. The provider entry's ``options`` are
+checked when the codec is made and sit under the request's (``_options.ANTHROPIC_RULES``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from typing import Any, ClassVar, Final, final
 
 import msgspec
 
-from ..errors import InvalidRequest, LLMError, ModelNotSupported, ProviderError
+from ..errors import (
+    ConfigProblem,
+    ConfigurationError,
+    InvalidRequest,
+    LLMError,
+    ModelNotSupported,
+    ProviderError,
+)
 from ..types import (
     Choice,
     Feature,
@@ -64,6 +72,7 @@ from ._base import (
     parse_duration_header,
     parse_retry_after,
 )
+from ._options import ANTHROPIC_RULES, ProviderOptions
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -141,13 +150,15 @@ class AnthropicCodec(ProviderCodec):
         base_url: the API base, ending in ``/v1``.
         headers: extra headers for every request (an ``authorization`` header for OAuth
             tokens, a gateway's headers); they override the codec's defaults.
-        options: provider options: ``default_max_tokens``, ``anthropic_version``, ``betas``
-            (flags sent on every request).
+        options: provider options: the settings ``default_max_tokens``,
+            ``anthropic_version``, ``betas`` (flags sent on every request), sampling
+            defaults and body fields (``docs/providers.md``).
         default_max_tokens: ``max_tokens`` for requests without one (overrides
             ``options["default_max_tokens"]``; 4096 when neither is set).
 
     Raises:
-        InvalidRequest: ``default_max_tokens`` is not a positive integer.
+        ConfigurationError: ``default_max_tokens`` is not a positive integer, a beta flag is
+            not a string, or an option is refused (see ``docs/providers.md``).
     """
 
     kind: ClassVar[str] = "anthropic"
@@ -163,18 +174,26 @@ class AnthropicCodec(ProviderCodec):
         default_max_tokens: int | None = None,
     ) -> None:
         super().__init__(name=name, base_url=base_url, headers=headers, options=options)
+        self.provider_options = ProviderOptions.parse(self.options, ANTHROPIC_RULES, name=self.name)
+        settings = self.provider_options.settings
         value: Any = default_max_tokens
         if value is None:
-            value = self.options.get("default_max_tokens", DEFAULT_MAX_TOKENS)
+            value = settings.get("default_max_tokens", DEFAULT_MAX_TOKENS)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidRequest(
-                f"default_max_tokens must be a positive integer, got {value!r}",
-                details={"field": "default_max_tokens"},
+            raise self._bad_setting(
+                "default_max_tokens", f"must be a positive integer, got {value!r}"
             )
         self.default_max_tokens: int = value
-        self.anthropic_version = str(self.options.get("anthropic_version", ANTHROPIC_VERSION))
-        self._betas = pop_betas({"betas": self.options.get("betas")})
+        self.anthropic_version = str(settings.get("anthropic_version", ANTHROPIC_VERSION))
+        try:
+            self._betas = pop_betas({key: settings.get(key) for key in ("betas", "anthropic_beta")})
+        except InvalidRequest:
+            raise self._bad_setting("betas", "must be a string or a list of strings") from None
         self._features: dict[str, frozenset[Feature]] = {}
+
+    def _bad_setting(self, key: str, message: str) -> ConfigurationError:
+        problem = ConfigProblem(path=f"providers.{self.name}.options.{key}", message=message)
+        return ConfigurationError(problems=[problem], provider=self.name)
 
     # -- capabilities ---------------------------------------------------------------------
 
@@ -245,7 +264,7 @@ class AnthropicCodec(ProviderCodec):
                 )
         # Everything else the encoder refuses (content, formats, tool_choice) is found by
         # building the body once.
-        build_body(request, default_max_tokens=self.default_max_tokens)
+        build_body(self.provider_options.apply(request), default_max_tokens=self.default_max_tokens)
 
     # -- invocations ----------------------------------------------------------------------
 
@@ -268,6 +287,7 @@ class AnthropicCodec(ProviderCodec):
             InvalidRequest: the request uses something Anthropic cannot express (see
                 `validate`).
         """
+        request = self.provider_options.apply(request)
         body, betas = build_body(request, default_max_tokens=self.default_max_tokens)
         return HttpRequest(
             method="POST",
@@ -506,7 +526,9 @@ class AnthropicCodec(ProviderCodec):
             InvalidRequest: the conversation cannot be expressed (see `validate`).
         """
         body, betas = build_body(
-            request, default_max_tokens=self.default_max_tokens, count_tokens=True
+            self.provider_options.apply(request),
+            default_max_tokens=self.default_max_tokens,
+            count_tokens=True,
         )
         return HttpRequest(
             method="POST",

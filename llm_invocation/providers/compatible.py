@@ -189,14 +189,11 @@ class OpenAICompatibleCodec(OpenAICodec):
                     details={"field": "base_url"},
                 )
             preset = Preset(name=name or self.kind, base_url=base_url, requires_key=False)
+            self.options_label = "this OpenAI-compatible server"
+        else:
+            self.options_label = preset.name
         merged = {**preset.headers, **(headers or {})}
-        super().__init__(
-            name=name or preset.name,
-            base_url=base_url or preset.base_url,
-            headers=merged,
-            options=options,
-            max_retry_after=max_retry_after,
-        )
+        # The quirks first: the options are checked against them.
         self.preset = preset
         self.send_stream_options = preset.stream_options
         self.auto_max_completion_tokens = preset.max_completion_tokens
@@ -204,6 +201,13 @@ class OpenAICompatibleCodec(OpenAICodec):
         self.seed_field = preset.seed_field
         self.reasoning_field = preset.reasoning_field
         self.retry_after_on_success = preset.retry_after_on_success
+        super().__init__(
+            name=name or preset.name,
+            base_url=base_url or preset.base_url,
+            headers=merged,
+            options=options,
+            max_retry_after=max_retry_after,
+        )
 
     def known_models(self) -> list[ModelInfo]:
         """Nothing is known without asking the server (`list_models_request`)."""
@@ -260,6 +264,7 @@ class AzureOpenAICodec(OpenAICodec):
 
     kind: ClassVar[str] = "azure"
     default_base_url: ClassVar[str] = ""
+    options_label = "Azure OpenAI"
 
     def __init__(
         self,

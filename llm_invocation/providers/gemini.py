@@ -6,9 +6,10 @@ stream, ``:streamGenerateContent?alt=sse`` (``stream_format="sse"``, the default
 streamed element by element). The key goes in the ``x-goog-api-key`` header, never in the URL.
 
 How messages, options and ``provider_options`` map onto the body is described in
-`llm_invocation.providers._gemini_encode`; how streamed objects become chunks in
-`llm_invocation.providers._gemini_stream`; the normalisation of finish reasons, usage and
-errors in `llm_invocation.providers._gemini_wire`.
+`llm_invocation.providers._gemini_encode`; the provider entry's ``options``, checked when the
+codec is made and sent under the request's, in `llm_invocation.providers._options`; how
+streamed objects become chunks in `llm_invocation.providers._gemini_stream`; the
+normalisation of finish reasons, usage and errors in `llm_invocation.providers._gemini_wire`.
 
 Things Gemini does differently, and what the codec does about them:
 
@@ -56,7 +57,7 @@ from ._base import (
     StreamDecoder,
     parse_retry_after,
 )
-from ._gemini_encode import build_body, model_path
+from ._gemini_encode import GENERATION_KEYS, build_body, camel_case, model_path
 from ._gemini_stream import ChunkConverter, GeminiJSONArrayDecoder, GeminiSSEDecoder
 from ._gemini_wire import (
     RETRYABLE_STATUSES,
@@ -66,6 +67,7 @@ from ._gemini_wire import (
     decode_error_body,
     error_from_status,
 )
+from ._options import ProviderOptions, gemini_rules
 
 __all__ = ["GeminiCodec", "GeminiJSONArrayDecoder", "GeminiSSEDecoder", "StreamFormat"]
 
@@ -139,6 +141,7 @@ _KNOWN: Final = (
     ("gemini-3-flash-preview", "Gemini 3 Flash Preview", 1_048_576, 65_536),
 )
 _KNOWN_FEATURES: Final = {model: _features(model, _ASSUMED_METHODS, None) for model, *_ in _KNOWN}
+_OPTION_RULES: Final = gemini_rules(GENERATION_KEYS, camel_case)
 
 
 def _has_images(request: Request) -> bool:
@@ -159,11 +162,13 @@ class GeminiCodec(ProviderCodec):
         name: the provider entry's name (``"gemini"`` by default).
         base_url: the API root (a proxy or a regional endpoint).
         headers: extra headers sent with every request.
-        options: provider options; ``stream_format`` is read from here when not given.
+        options: provider options (``docs/providers.md``); ``stream_format`` is read from
+            here when not given.
         stream_format: ``"sse"`` (default) or ``"json-array"``.
 
     Raises:
-        ConfigurationError: an unknown ``stream_format``.
+        ConfigurationError: an unknown ``stream_format``, or an option that is refused (one
+            built from the request, an unknown one, a value of the wrong type).
     """
 
     kind: ClassVar[str] = "gemini"
@@ -179,7 +184,8 @@ class GeminiCodec(ProviderCodec):
         stream_format: StreamFormat | None = None,
     ) -> None:
         super().__init__(name=name, base_url=base_url, headers=headers, options=options)
-        chosen: Any = stream_format or self.options.get("stream_format", "sse")
+        self.provider_options = ProviderOptions.parse(self.options, _OPTION_RULES, name=self.name)
+        chosen: Any = stream_format or self.provider_options.settings.get("stream_format", "sse")
         if chosen not in ("sse", "json-array"):
             raise ConfigurationError(
                 f"stream_format must be 'sse' or 'json-array', not {chosen!r}",
@@ -245,7 +251,7 @@ class GeminiCodec(ProviderCodec):
                     provider=self.name,
                     details={"model": request.model, "feature": str(feature)},
                 )
-        build_body(request)
+        build_body(self.provider_options.apply(request))
 
     # -- invocations ----------------------------------------------------------------------
 
@@ -262,6 +268,7 @@ class GeminiCodec(ProviderCodec):
         Raises:
             InvalidRequest: see `validate`.
         """
+        request = self.provider_options.apply(request)
         body = _ENCODER.encode(build_body(request))
         path = f"{self.base_url}/{model_path(request.model)}"
         if not request.stream:
@@ -316,9 +323,10 @@ class GeminiCodec(ProviderCodec):
             aggregator.add(chunk)
         error = aggregator.error
         if error is not None:
+            failed = error_from_info(error)  # with the decoding exception as its cause
             if error.code == StreamingFailed.code:
-                raise ProviderError(error.message, provider=self.name)
-            raise error_from_info(error)
+                raise ProviderError(error.message, provider=self.name) from failed.__cause__
+            raise failed
         return aggregator.response(provider=self.name, model=request.model)
 
     # -- errors and limits ----------------------------------------------------------------
@@ -401,7 +409,7 @@ class GeminiCodec(ProviderCodec):
         Raises:
             InvalidRequest: see `validate`.
         """
-        body = build_body(request)
+        body = build_body(self.provider_options.apply(request))
         path = model_path(request.model)
         payload = (
             {"contents": body["contents"]}

@@ -11,6 +11,9 @@ Encoding rules worth knowing:
   GPT-5) and whenever ``provider_options["use_max_completion_tokens"]`` is true (false forces
   ``max_tokens``); that key is consumed, every other ``provider_options`` key is merged into
   the body last and so wins;
+* the provider entry's ``options`` (checked when the codec is made, `_options.openai_rules`)
+  sit under the request's: sampling defaults under its `ModelOptions`, body fields under its
+  ``provider_options``;
 * `ReasoningPart` content is not sent (OpenAI keeps reasoning server-side); images are only
   allowed in user messages;
 * a streamed request asks for ``stream_options: {"include_usage": true}``.
@@ -73,6 +76,7 @@ from ._openai_wire import (
     normalise_finish,
     usage_from_wire,
 )
+from ._options import ProviderOptions, openai_rules
 
 __all__ = ["OpenAICodec", "OpenAIStreamDecoder"]
 
@@ -145,10 +149,14 @@ class OpenAICodec(ProviderCodec):
         name: the provider entry's name (default ``"openai"``).
         base_url: the API root (default ``https://api.openai.com/v1``).
         headers: extra headers sent with every request (they win over ours).
-        options: provider options of the configuration entry.
+        options: provider options of the configuration entry (``docs/providers.md``).
         organization: sent as ``OpenAI-Organization``.
         project: sent as ``OpenAI-Project``.
         max_retry_after: a ``retry-after`` longer than this many seconds means do not retry.
+
+    Raises:
+        ConfigurationError: an option is refused (it collides with a field built from the
+            request, the server lacks it, or its value has the wrong type).
     """
 
     kind: ClassVar[str] = "openai"
@@ -161,6 +169,7 @@ class OpenAICodec(ProviderCodec):
     seed_field: str = "seed"
     reasoning_field: str | None = None
     retry_after_on_success: bool = False
+    options_label: str = "OpenAI"
 
     def __init__(
         self,
@@ -177,6 +186,10 @@ class OpenAICodec(ProviderCodec):
         self.organization = organization
         self.project = project
         self.max_retry_after = max_retry_after
+        rules = openai_rules(
+            provider=self.options_label, top_k=self.send_top_k, seed_field=self.seed_field
+        )
+        self.provider_options = ProviderOptions.parse(self.options, rules, name=self.name)
 
     # -- capabilities -------------------------------------------------------------------------
 
@@ -238,6 +251,7 @@ class OpenAICodec(ProviderCodec):
                 that is not a single user text message, or ``provider_options`` that cannot
                 be encoded as JSON.
         """
+        request = self.provider_options.apply(request)
         legacy = _is_legacy(request)
         body = self.completions_body(request) if legacy else self.chat_body(request)
         try:
@@ -400,6 +414,8 @@ class OpenAICodec(ProviderCodec):
         if extra:
             use_mct = extra.get("use_max_completion_tokens")
             provider_options = {k: v for k, v in extra.items() if k not in _CONSUMED_OPTIONS}
+        if use_mct is None:
+            use_mct = self.provider_options.settings.get("use_max_completion_tokens")
         if options.temperature is not None:
             body["temperature"] = options.temperature
         if options.top_p is not None:

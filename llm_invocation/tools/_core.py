@@ -384,6 +384,21 @@ class ToolRegistry:
     def names(self) -> list[str]:
         return sorted(self._tools)
 
+    def spec(self, name: str) -> ToolSpec:
+        """The tool called ``name`` as a `ToolSpec`, to offer it in a request::
+
+            Request(model=..., messages=[...], tools=[client.tools.spec("get_weather")])
+
+        Raises:
+            InvalidRequest: there is no such tool (``details['available']`` lists the names).
+        """
+        if name not in self._tools:
+            raise InvalidRequest(
+                f"no tool named {name!r} is registered",
+                details={"field": "tools", "name": name, "available": sorted(self._tools)},
+            )
+        return self.specs([name])[0]
+
     def specs(self, names: Iterable[str] | None = None) -> list[ToolSpec]:
         """The tools (all, or those named) as `ToolSpec`s for a request.
 

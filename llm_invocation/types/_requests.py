@@ -139,16 +139,19 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         messages: the conversation, at least one message.
         provider: the provider to use; None lets the client resolve it from the model.
         options: sampling parameters.
-        tools: tools the model may call.
+        tools: tools the model may call: None offers the client's registered tools (see
+            ``docs/tools.md``), a list exactly those (``[]``: none).
         tool_choice: whether and which tools the model may call.
         response_format: the shape of the answer.
-        stream: stream the answer (the default) or wait for all of it.
+        stream: stream the answer (the default), or send one non-streamed request whose
+            whole answer comes as one chunk.
         metadata: caller data carried along (not sent to the provider).
         cache: answer from, and store in, the response cache.
 
     Raises:
         InvalidRequest: when ``model`` or ``messages`` is empty, tool names repeat, or a
-            `NamedToolChoice` names a tool not in ``tools``.
+            `NamedToolChoice` names a tool not in ``tools`` (with ``tools`` None it may name
+            a registered tool: the client checks it when it offers the tools).
     """
 
     model: str
@@ -178,7 +181,11 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
                 )
             names.add(tool.name)
         choice = self.tool_choice
-        if isinstance(choice, NamedToolChoice) and choice.name not in names:
+        if (
+            isinstance(choice, NamedToolChoice)
+            and self.tools is not None
+            and choice.name not in names
+        ):
             raise InvalidRequest(
                 f"tool_choice names {choice.name!r}, which is not in tools",
                 details={"field": "tool_choice", "name": choice.name},

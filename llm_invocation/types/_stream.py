@@ -59,6 +59,10 @@ class StreamChunk(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
             non-None usage of a stream is its usage.
         error: the stream failed; no chunk follows.
         metadata: provider extras (``native_finish_reason``, ...); later chunks win per key.
+        created: when the provider says the response was made (often only on the first
+            chunks); the first one reported is the response's.
+        system_fingerprint: the provider's backend fingerprint (OpenAI), when reported; the
+            first one reported is the response's.
     """
 
     id: str = ""
@@ -73,31 +77,49 @@ class StreamChunk(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     usage: Usage | None = None
     error: ErrorInfo | None = None
     metadata: dict[str, Any] | None = None
+    created: datetime | None = None
+    system_fingerprint: str | None = None
 
     def to_chat_response(self, *, created: datetime) -> ChatResponse:
-        """Return this increment as a first-specification ``ChatResponse`` delta."""
+        """Return this increment as a first-specification ``ChatResponse`` delta.
+
+        ``created`` is used when the chunk carries no creation time of its own.
+        """
         return ChatResponse(
             id=self.id,
             messages=[Message(role="assistant", content=self.text)],
             finish_reason=self.finish_reason,
             usage=self.usage or ZERO_USAGE,
-            created=created,
+            created=_aware(self.created) or created,
             model=self.model,
+            system_fingerprint=self.system_fingerprint,
             provider=self.provider or None,
             error=self.error,
         )
 
     def to_completion_response(self, *, created: datetime) -> CompletionResponse:
-        """Return this increment as a first-specification ``CompletionResponse`` delta."""
+        """Return this increment as a first-specification ``CompletionResponse`` delta.
+
+        ``created`` is used when the chunk carries no creation time of its own.
+        """
         return CompletionResponse(
             id=self.id,
             text=self.text,
             finish_reason=self.finish_reason,
             usage=self.usage or ZERO_USAGE,
-            created=created,
+            created=_aware(self.created) or created,
             model=self.model,
+            system_fingerprint=self.system_fingerprint,
             provider=self.provider or None,
         )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """``value`` as a timezone-aware time: a naive one (which no codec should report) is
+    read as UTC, so a chunk can never make a response invalid."""
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 _TEXT: Final = 1
@@ -215,14 +237,16 @@ class StreamAggregator:
       new call. Empty arguments become ``"{}"``; a call without an id gets ``call_<index>``;
     - the finish reason of a choice is its last non-None one (``tool_calls`` when none came
       and the choice called tools); usage is the last non-None one;
-    - id, provider and model come from the first chunk that has them; metadata is merged,
-      later chunks winning per key;
+    - id, provider, model, ``created`` and ``system_fingerprint`` come from the first chunk
+      that has them; metadata is merged, later chunks winning per key;
     - every ``choice`` index gets its own `Choice`.
     """
 
     __slots__ = (
         "_choices",
+        "_created",
         "_error",
+        "_fingerprint",
         "_id",
         "_last",
         "_last_index",
@@ -242,6 +266,8 @@ class StreamAggregator:
         self._usage: Usage | None = None
         self._error: ErrorInfo | None = None
         self._metadata: dict[str, Any] | None = None
+        self._created: datetime | None = None
+        self._fingerprint: str | None = None
 
     def add(self, chunk: StreamChunk) -> None:
         """Add the next chunk of the stream."""
@@ -280,6 +306,10 @@ class StreamAggregator:
             self._provider = chunk.provider
         if not self._model and chunk.model:
             self._model = chunk.model
+        if self._created is None and chunk.created is not None:
+            self._created = _aware(chunk.created)
+        if self._fingerprint is None and chunk.system_fingerprint:
+            self._fingerprint = chunk.system_fingerprint
         if chunk.metadata:
             if self._metadata is None:
                 self._metadata = dict(chunk.metadata)
@@ -318,7 +348,8 @@ class StreamAggregator:
             id: the id to use when no chunk carried one.
             provider: the provider to use when no chunk carried one.
             model: the model to use when no chunk carried one.
-            created: the creation time; now (UTC) by default.
+            created: the creation time to use when no chunk carried one; now (UTC) by
+                default.
 
         Raises:
             LLMError: the typed error (`llm_invocation.errors.error_from_info`) when a chunk
@@ -332,8 +363,9 @@ class StreamAggregator:
             id=self._id or id,
             provider=self._provider or provider,
             model=self._model or model,
-            created=created if created is not None else datetime.now(UTC),
+            created=self._created or created or datetime.now(UTC),
             choices=[states[i].choice(i) for i in sorted(states)],
             usage=self._usage,
             metadata=self._metadata,
+            system_fingerprint=self._fingerprint,
         )

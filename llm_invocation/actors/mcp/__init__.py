@@ -15,21 +15,33 @@ from ._manager import ServerInfo as ServerInfo
 from ._manager import local_tool_name as local_tool_name
 from ._manager import mcp_child_spec as mcp_child_spec
 from ._manager import mcp_supervisor_spec as mcp_supervisor_spec
+from ._servers import DEFAULT_MCP_PATH as DEFAULT_MCP_PATH
+from ._servers import InProcessMCPServer as InProcessMCPServer
+from ._servers import MCPServerLike as MCPServerLike
+from ._servers import ServerSpec as ServerSpec
+from ._servers import mcp_server as mcp_server
+from ._servers import server_url as server_url
 
 __all__ = [
+    "DEFAULT_MCP_PATH",
     "MCP_BACKOFF",
     "MCP_MAX_RESTARTS",
     "MCP_RESTART_WINDOW",
     "MIN_CONNECT_TIMEOUT",
     "PING_INTERVAL",
     "CallTool",
+    "InProcessMCPServer",
     "ListServerTools",
     "MCPConnection",
     "MCPMsg",
     "MCPServerInfo",
+    "MCPServerLike",
     "MCPTool",
     "ServerInfo",
+    "ServerSpec",
     "local_tool_name",
     "mcp_child_spec",
+    "mcp_server",
     "mcp_supervisor_spec",
+    "server_url",
 ]

@@ -1,7 +1,8 @@
 """MCP servers as supervised actors: one `MCPConnection` per server, its tools in the registry.
 
 Each connection actor owns one MCP server: its lifespan starts a task that opens the
-transport (a stdio subprocess, streamable HTTP or legacy SSE), performs the handshake, lists
+transport (a stdio subprocess, streamable HTTP, legacy SSE, or in-memory streams to an SDK
+server object run in this process: `InProcessMCPServer`), performs the handshake, lists
 the server's tools and registers one `MCPTool` per remote tool in the shared `ToolRegistry`,
 named ``<server>__<tool>``. It follows ``notifications/tools/list_changed``. When the
 connection breaks (the server exits or crashes, a network error, unanswered pings) the
@@ -37,7 +38,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 import msgspec
 import trio
 
-from ...config import MCPServerConfig
 from ...errors import ToolExecutionFailed
 from ...runtime import (
     Actor,
@@ -51,6 +51,7 @@ from ...runtime import (
     SupervisorSpec,
 )
 from ...tools._core import ToolRegistry, ToolResult
+from ._servers import ServerSpec
 
 if TYPE_CHECKING:
     from ._session import RemoteTool, Session
@@ -131,7 +132,7 @@ class MCPServerInfo(msgspec.Struct, frozen=True, kw_only=True):
 
     Attributes:
         server: the configured name.
-        transport: ``"stdio"``, ``"http"`` or ``"sse"``.
+        transport: ``"stdio"``, ``"http"``, ``"sse"`` or ``"memory"`` (in-process).
         name, version: as the server reported them in its handshake.
         protocol_version: the MCP protocol version negotiated.
         tools: how many tools are registered.
@@ -322,7 +323,7 @@ class MCPConnection(Actor[MCPMsg]):
     def __init__(
         self,
         server: str,
-        config: MCPServerConfig,
+        config: ServerSpec,
         registry: ToolRegistry,
         *,
         ping_interval: float | None = None,
@@ -506,7 +507,7 @@ class MCPConnection(Actor[MCPMsg]):
             self.registry.unregister(local)
 
 
-def _connect_timeout(config: MCPServerConfig) -> float:
+def _connect_timeout(config: ServerSpec) -> float:
     return max(config.timeout, MIN_CONNECT_TIMEOUT)
 
 
@@ -524,7 +525,7 @@ async def _load_sdk() -> None:
 
 def mcp_child_spec(
     server: str,
-    config: MCPServerConfig,
+    config: ServerSpec,
     registry: ToolRegistry,
     *,
     ping_interval: float | None = PING_INTERVAL,
@@ -537,14 +538,15 @@ def mcp_child_spec(
     not looked at here (`mcp_supervisor_spec` skips disabled servers).
 
     Args:
+        config: the server's configuration, or an `InProcessMCPServer`.
         ping_interval: seconds between pings of an ``http`` or ``sse`` server (None: never).
-            A stdio server is never pinged: its exit is noticed at once.
+            A stdio or in-process server is never pinged: its end is noticed at once.
 
     Raises:
         UsageError: ``server`` contains a ``/``.
     """
     names = _NameLog()
-    ping = None if config.transport == "stdio" else ping_interval
+    ping = None if config.transport in ("stdio", "memory") else ping_interval
 
     def factory() -> MCPConnection:
         return MCPConnection(server, config, registry, ping_interval=ping, names=names)
@@ -558,7 +560,7 @@ def mcp_child_spec(
 
 
 def mcp_supervisor_spec(
-    servers: Mapping[str, MCPServerConfig],
+    servers: Mapping[str, ServerSpec],
     registry: ToolRegistry,
     *,
     name: str = "mcp",

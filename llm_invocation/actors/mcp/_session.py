@@ -1,9 +1,10 @@
 """The MCP SDK behind a small typed facade: the only module that imports ``mcp``.
 
-`serve_connection` opens one server's transport (a stdio subprocess, streamable HTTP or
-legacy SSE), runs the SDK's ``ClientSession`` over it, performs the handshake, lists the
-tools and then watches the connection until it breaks. `Session` is what the connection
-actor's handlers call tools through.
+`serve_connection` opens one server's transport (a stdio subprocess, streamable HTTP, legacy
+SSE, or in-memory streams to an SDK server object run in this process), runs the SDK's
+``ClientSession`` over it, performs the handshake, lists the tools and then watches the
+connection until it breaks. `Session` is what the connection actor's handlers call tools
+through.
 
 Errors of the SDK and everything under it (anyio, httpx2, pydantic, OS errors of the
 subprocess) are translated here and nowhere else, at two boundaries:
@@ -25,6 +26,13 @@ SDK behaviour this module relies on (mcp 2.3, checked under trio):
   configured ``env`` to the server;
 - when a call is cancelled (the caller gave up, or our timeout fired) the session sends
   ``notifications/cancelled`` for it (shielded, bounded) before the cancellation propagates;
+- ``InMemoryTransport`` (the SDK's in-memory transport, used by its own ``Client`` for a
+  server object) runs the server in a task of its own inside our task tree, over a pair of
+  memory streams: a server whose task fails takes the transport down with it (the error
+  comes out of the transport's context), and leaving the context ends the server (EOF,
+  then cancellation after 2 s, or at once when we are being cancelled). A tool that raises
+  in an ``MCPServer`` is an ``isError`` result; a low-level handler that raises is a
+  JSON-RPC error (``raise_exceptions=False``);
 - the session never reports a closed connection by itself: a stdio or SSE server's EOF only
   ends the read stream, so the read stream is relayed here and its end raises; a failed
   POST of the streamable HTTP client crashes that transport's task group, which comes out
@@ -45,6 +53,7 @@ import mcp_types
 import msgspec
 import trio
 from anyio.streams.memory import MemoryObjectSendStream
+from mcp.client._memory import InMemoryTransport
 from mcp.client._transport import ReadStream, TransportStreams
 from mcp.client.session import ClientSession, IncomingMessage
 from mcp.client.sse import sse_client
@@ -54,10 +63,10 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
 from ..._version import __version__
-from ...config import MCPServerConfig
 from ...errors import LLMError, ToolExecutionFailed
 from ...tools._core import ToolResult
 from ...types import ImagePart
+from ._servers import InProcessMCPServer, ServerSpec
 
 __all__ = ["ConnectionListener", "RemoteTool", "Session", "serve_connection"]
 
@@ -282,8 +291,10 @@ async def _list_tools(client: ClientSession) -> list[RemoteTool]:
     return tools
 
 
-def _transport(config: MCPServerConfig) -> AbstractAsyncContextManager[TransportStreams]:
+def _transport(config: ServerSpec) -> AbstractAsyncContextManager[TransportStreams]:
     """The SDK transport for ``config``; secrets are revealed here and only here."""
+    if isinstance(config, InProcessMCPServer):
+        return InMemoryTransport(config.server)
     headers = {key: value.reveal() for key, value in config.headers.items()}
     match config.transport:
         case "stdio":
@@ -346,7 +357,7 @@ async def _keepalive(client: ClientSession, interval: float, timeout: float) -> 
 
 async def serve_connection(
     server: str,
-    config: MCPServerConfig,
+    config: ServerSpec,
     listener: ConnectionListener,
     *,
     connect_timeout: float,
@@ -442,9 +453,7 @@ async def _follow(
             listener.tools_changed(tools)
 
 
-def _connection_failure(
-    server: str, config: MCPServerConfig, exc: BaseException
-) -> Exception | None:
+def _connection_failure(server: str, config: ServerSpec, exc: BaseException) -> Exception | None:
     """The one error that ended the connection, or None to let ``exc`` through as it is.
 
     Exception groups (the SDK and trio nest task groups) are searched for their real errors:
@@ -475,9 +484,12 @@ def _connection_failure(
     return errors[0]
 
 
-def _translate(server: str, config: MCPServerConfig, error: Exception) -> ToolExecutionFailed:
+def _translate(server: str, config: ServerSpec, error: Exception) -> ToolExecutionFailed:
     """The connection boundary: what ended the connection, as `ToolExecutionFailed`."""
-    where = config.command if config.transport == "stdio" else config.url
+    if isinstance(config, InProcessMCPServer):
+        where = f"the in-process server {config.name!r}"
+    else:
+        where = config.command if config.transport == "stdio" else config.url
     match error:
         case _ConnectionFailed():
             text = str(error)

@@ -18,7 +18,7 @@ import trio_websocket
 
 from ...config import WebSocketConfig
 from ...errors import ErrorCode, LLMError
-from ...types import StreamChunk, Usage
+from ...types import Request, StreamChunk, Usage
 from ._outbox import ENCODER, Outbox
 from ._protocol import (
     OVERLOADED,
@@ -145,6 +145,14 @@ class _TokenBucket:
             self.tokens -= 1.0
             return 0.0
         return (1.0 - self.tokens) / self.rate
+
+
+def _own_tools_only(request: Request) -> Request:
+    """A remote client's request offers the tools it lists, never the server's registered
+    ones: those run only in the tool loop (``tool_mode: "auto"``), which runs them here."""
+    if request.tools is not None:
+        return request
+    return msgspec.structs.replace(request, tools=[])
 
 
 @final
@@ -301,7 +309,7 @@ class Connection:
                 counters.rate_limited += 1
                 return ErrorFrame(
                     id=id,
-                    code=ErrorCode.RATE_LIMIT.value,
+                    code=ErrorCode.RATE_LIMIT_EXCEEDED.value,
                     message=(
                         f"at most {state.config.client_requests_per_minute} invocations "
                         "per minute per connection"
@@ -340,7 +348,7 @@ class Connection:
                             frame.request, tool_mode="auto", max_steps=frame.max_steps
                         )
                     else:
-                        stream = service.invoke(frame.request)
+                        stream = service.invoke(_own_tools_only(frame.request))
                     async with stream:
                         async for item in stream:
                             if not self._relay(id, id_json, item) and not await self._wait_relay(

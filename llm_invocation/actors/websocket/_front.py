@@ -33,7 +33,7 @@ the connection lives on.
 
 Limits per connection: at most ``max_concurrent_per_connection`` live invocations (more:
 ``error`` code ``overloaded``), at most ``client_requests_per_minute`` started (a token
-bucket holding a minute's worth; more: ``error`` code ``rate_limit`` with
+bucket holding a minute's worth; more: ``error`` code ``rate_limit_exceeded`` with
 ``retry_after``). Outgoing frames wait in a bounded queue (``max_queued_frames``,
 ``max_queued_bytes``). An invocation that finds it full waits for room (which holds its
 upstream stream back); a burst from many invocations passes that way. A client that does
@@ -46,7 +46,9 @@ settled) and ends with ``error`` code ``overloaded``, ``details.reason ==
 Tools. An ``invoke`` with ``"tool_mode": "auto"`` runs the client's automatic tool loop
 (``tool_call`` and ``tool_result`` frames between the chunks) when the front was made with
 ``allow_tool_loop=True``; otherwise it is refused with ``invalid_request``
-(``details.reason == "tool_loop_disabled"``): the loop runs the server's tools.
+(``details.reason == "tool_loop_disabled"``): the loop runs the server's tools. A plain
+``invoke`` offers only the tools its request lists (the remote client runs those itself),
+never the server's registered or MCP tools: the model's tool calls come back in the frames.
 
 Cancellation. ``cancel {id}`` cancels that invocation's upstream call at once; it ends with
 ``error {id, code: "canceled", usage}`` (what was streamed is settled and its usage sent).

@@ -29,8 +29,9 @@ Every invocation ends with exactly one terminal frame carrying its id: ``done`` 
 reuses a live id is answered with an ``error`` whose ``details.reason`` is
 ``"duplicate_id"``, and the live invocation goes on.
 
-Error codes are `llm_invocation.errors.ErrorCode` values (``"canceled"``, ``"rate_limit"``,
-``"invalid_request"``, ...) plus ``"protocol_error"`` (a frame the server cannot read) and
+Error codes are `llm_invocation.errors.ErrorCode` values (``"canceled"``,
+``"rate_limit_exceeded"``, ``"invalid_request"``, ...) plus ``"protocol_error"`` (a frame the
+server cannot read) and
 ``"overloaded"`` (too many invocations on the connection, a slow consumer, or the server
 is shutting down; ``details.reason`` says which). ``"unauthorized"`` never appears in a
 frame: a bad token is refused at the handshake with HTTP 401.
