@@ -1903,3 +1903,14 @@ def test_config_check_never_shows_a_short_secret(
     assert json.loads(out)["proxy"] == "http://***:***@proxy:3128"
     for secret in ("cU1", "cP2", "cS3", "cH4", "cK5", "cE6", "cT7"):
         assert secret not in out + err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "1e400", "601", "nan"])
+def test_a_store_urls_timeout_must_be_a_sensible_number_of_seconds(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="timeout= must be a number of seconds"):
+        Config(store=f"redis://127.0.0.1:6379/0?timeout={value}")
+
+
+def test_a_store_urls_timeout_and_prefix_are_accepted() -> None:
+    store = "redis://127.0.0.1:6379/0?timeout=2.5&prefix=app:"
+    assert Config(store=store).store == store

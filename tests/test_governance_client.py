@@ -152,8 +152,11 @@ async def test_through_redis_a_thousand_invocations_respect_rpm_and_budget() -> 
 
 
 def _with_prefix(url: str, prefix: str) -> str:
-    """The store URL with a key prefix of its own, so runs never see each other's state."""
-    return f"{url}{'&' if '?' in url else '?'}prefix={prefix}"
+    """The store URL with a key prefix of its own, so runs never see each other's state,
+    and an operation timeout well above the 1 s default: these tests are about limits and
+    budgets, not outages (tests/test_governor_outage.py), and a busy machine can starve the
+    Redis server for a second."""
+    return f"{url}{'&' if '?' in url else '?'}prefix={prefix}&timeout=30"
 
 
 @pytest.mark.slow

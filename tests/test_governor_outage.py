@@ -264,3 +264,17 @@ async def test_a_client_in_an_outage_logs_one_error_for_its_stores_and_its_cache
     # (Closing the client during the outage says once more what it had to give up.)
     assert [r.name for r in errors] == ["llm_invocation.store"], [r.getMessage() for r in errors]
     assert "store_fail_mode=open" in errors[0].getMessage()
+
+
+async def test_the_store_urls_timeout_sets_how_long_an_operation_may_take() -> None:
+    import llm_invocation as llm
+
+    url = redis_url_or_skip()
+    store = f"{url}{'&' if '?' in url else '?'}timeout=7.5&prefix=t{secrets.token_hex(4)}:"
+    async with llm.open_client(llm.Config.unlimited(provider="mock", store=store)) as client:
+        governor = client.runtime.ref("governor", Governor)
+        stats = await governor.call(GovernorStats())
+        assert stats.active == 0
+        from llm_invocation.client import _tree
+
+        assert _tree._store_options(store)[2] == 7.5  # pyright: ignore[reportPrivateUsage]

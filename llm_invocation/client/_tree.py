@@ -18,6 +18,7 @@ from ..actors.governor import Governor, Observe
 from ..actors.provider_session import ResponseInfo
 from ..actors.tools import ToolExecutor
 from ..config import Config, MCPServerConfig, ProviderConfig
+from ..config._checks import store_timeout
 from ..errors import ConfigurationError, LLMError, ProviderNotFound
 from ..http import TransportFactory
 from ..invocation import Governance, Invoker, Middleware
@@ -246,9 +247,9 @@ async def _open_stores(
     else:
         from ..store.redis import open_redis_stores
 
-        url, prefix = _split_prefix(store)
+        url, prefix, timeout = _store_options(store)
         rate, budget = await stack.enter_async_context(
-            open_redis_stores(url, prefix=prefix, fail_mode=config.store_fail_mode)
+            open_redis_stores(url, prefix=prefix, timeout=timeout, fail_mode=config.store_fail_mode)
         )
         # The cache shares the stores' connection: one pool, one log line per outage.
         redis_cache = RedisResponseCache.sharing(rate)
@@ -283,19 +284,22 @@ async def _flush(accountant: ActorRef[Any]) -> None:
         )
 
 
-def _split_prefix(url: str, default: str = "llm:") -> tuple[str, str]:
-    """Take a ``prefix=`` query parameter (the Redis key prefix) out of a store URL."""
+def _store_options(url: str, default: str = "llm:") -> tuple[str, str, float]:
+    """Take our parameters out of a store URL: ``prefix=`` (the Redis key prefix) and
+    ``timeout=`` (seconds an operation may take, 1 by default; checked by the config)."""
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    prefix = default
+    prefix, timeout = default, 1.0
     kept: list[tuple[str, str]] = []
     for key, value in query:
         if key == "prefix":
             prefix = value
+        elif key == "timeout":
+            timeout = store_timeout(value) or timeout
         else:
             kept.append((key, value))
     rest = parts._replace(query=urllib.parse.urlencode(kept))
-    return urllib.parse.urlunsplit(rest), prefix
+    return urllib.parse.urlunsplit(rest), prefix, timeout
 
 
 def _price_provider(name: str, codec: ProviderCodec) -> str:

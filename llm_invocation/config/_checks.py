@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.parse
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Final, NamedTuple, cast
@@ -156,7 +157,19 @@ def store_url_problem(url: str) -> str | None:
         return f"{expected} (this one has no valid host)"
     if parts.path not in ("", "/") and not re.fullmatch(r"/\d{1,5}", parts.path):
         return f"{expected} (the path may only be a database number such as /0)"
+    for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if key == "timeout" and store_timeout(value) is None:
+            return "its timeout= must be a number of seconds above 0 and at most 600"
     return None
+
+
+def store_timeout(value: str) -> float | None:
+    """A store URL's ``timeout=`` in seconds, or None when it is not in (0, 600]."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 < seconds <= 600 else None
 
 
 def proxy_url_problem(url: str) -> str | None:
