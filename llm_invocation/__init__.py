@@ -9,6 +9,21 @@ from ._secrets import Secret as Secret
 from ._version import __version__ as __version__
 from .actors.accountant import BudgetAlert as BudgetAlert
 from .actors.mcp import InProcessMCPServer as InProcessMCPServer
+from .actors.mcp import MCPAuth as MCPAuth
+from .actors.mcp import MCPCompletion as MCPCompletion
+from .actors.mcp import MCPEvent as MCPEvent
+from .actors.mcp import MCPPrompt as MCPPrompt
+from .actors.mcp import MCPPromptArgument as MCPPromptArgument
+from .actors.mcp import MCPPromptResult as MCPPromptResult
+from .actors.mcp import MCPResource as MCPResource
+from .actors.mcp import MCPResourceTemplate as MCPResourceTemplate
+from .actors.mcp import MCPServerHandle as MCPServerHandle
+from .actors.mcp import MCPServerInfo as MCPServerInfo
+from .actors.mcp import MCPTool as MCPTool
+from .actors.mcp import MCPToolAnnotations as MCPToolAnnotations
+from .actors.mcp import PromptsChanged as PromptsChanged
+from .actors.mcp import ResourcesChanged as ResourcesChanged
+from .actors.mcp import ResourceUpdated as ResourceUpdated
 from .actors.mcp import mcp_server as mcp_server
 from .client import Client as Client
 from .client import open_anthropic_client as open_anthropic_client
@@ -48,11 +63,15 @@ from .tools._core import ToolRegistry as ToolRegistry
 from .tools._core import ToolResult as ToolResult
 from .tools._decorator import FunctionTool as FunctionTool
 from .tools._decorator import tool as tool
+from .types import AudioPart as AudioPart
+from .types import CacheControl as CacheControl
 from .types import ChatRequest as ChatRequest
 from .types import ChatResponse as ChatResponse
 from .types import Choice as Choice
 from .types import CompletionRequest as CompletionRequest
 from .types import CompletionResponse as CompletionResponse
+from .types import ContentAnnotations as ContentAnnotations
+from .types import ContentBlock as ContentBlock
 from .types import Feature as Feature
 from .types import FinishReason as FinishReason
 from .types import ImagePart as ImagePart
@@ -65,6 +84,8 @@ from .types import NamedToolChoice as NamedToolChoice
 from .types import Part as Part
 from .types import ReasoningPart as ReasoningPart
 from .types import Request as Request
+from .types import ResourceLinkPart as ResourceLinkPart
+from .types import ResourcePart as ResourcePart
 from .types import Response as Response
 from .types import ResponseFormat as ResponseFormat
 from .types import Role as Role
@@ -85,6 +106,7 @@ from .types import user as user
 __all__ = [
     "AuthenticationError",
     "BudgetAlert",
+    "CacheControl",
     "CallInfo",
     "ChatRequest",
     "ChatResponse",
@@ -158,4 +180,24 @@ __all__ = [
     "tool",
     "tool_result",
     "user",
+    "MCPCompletion",
+    "MCPEvent",
+    "MCPPrompt",
+    "MCPPromptArgument",
+    "MCPPromptResult",
+    "MCPResource",
+    "MCPResourceTemplate",
+    "MCPAuth",
+    "MCPServerHandle",
+    "MCPServerInfo",
+    "MCPTool",
+    "MCPToolAnnotations",
+    "PromptsChanged",
+    "ResourceUpdated",
+    "ResourcesChanged",
+    "AudioPart",
+    "ContentAnnotations",
+    "ContentBlock",
+    "ResourceLinkPart",
+    "ResourcePart",
 ]

@@ -21,10 +21,13 @@ most (`PriceBook.worst_case`). Prices come from, in order:
 A model found nowhere has an unknown price: `PriceBook.cost` returns None, never a made-up 0,
 and the book logs one warning per ``(provider, model)`` on the ``llm_invocation.pricing``
 logger. Give a fine-tune or a local model a price with an override (``"openai:ft:..."``,
-``"ollama:*"``, 0 for a free local model). The invocation layer then uses the cost the
-provider reported, if any (OpenRouter's ``usage.cost``), and the accountant refuses a model
-of unknown price when a cap or a budget applies, unless ``cost_control.unknown_price`` is
-``"allow"``.
+``"ollama:*"``, 0 for a free local model). The accountant refuses a model of unknown price
+when a cap or a budget applies, unless ``cost_control.unknown_price`` is ``"allow"``.
+
+Which cost budgets count (`budget_cost`): the price book's when it knows the model's price,
+else the cost the provider reported (``Usage.reported_cost``: OpenRouter's ``usage.cost``),
+else unknown. Both are recorded: a settled `Usage` has the counted one in ``cost`` and the
+provider's own figure, untouched, in ``reported_cost``.
 
 Arithmetic is exact: prices are `~decimal.Decimal`, a cost is computed with integers and
 becomes a `~decimal.Decimal` once, so no float ever enters a sum. With the normalised `Usage`
@@ -32,7 +35,8 @@ becomes a `~decimal.Decimal` once, so no float ever enters a sum. With the norma
 
     cost = (prompt - cache_read - cache_write) * input
          + cache_read * cache_read_price        (input price when there is none)
-         + cache_write * cache_write_price      (input price when there is none)
+         + (cache_write - cache_write_1h) * cache_write_price   (input price when none)
+         + cache_write_1h * cache_write_1h_price               (cache_write_price when none)
          + (completion - reasoning) * output
          + reasoning * reasoning_price          (output price when there is none)
          all / 1,000,000
@@ -40,11 +44,14 @@ becomes a `~decimal.Decimal` once, so no float ever enters a sum. With the norma
 genai-prices prices may change with the date of the request (`PriceBook.cost` takes ``at``)
 and with the size of the prompt: a tier such as Gemini 2.5 Pro's or Claude's above 200,000
 input tokens applies its price to *all* tokens of a call whose prompt (cached tokens included)
-is larger than the tier's start, as genai-prices does. Request-specific variants (batch,
-priority service tiers) and the 1-hour cache-write price are not applied: our `Usage` does not
-say which applied. The book caches each model's lookup and its compiled prices, so after the
-first call for a model `PriceBook.cost` is a dictionary lookup and a few integer products
-(about 1-2 us). Build a new book to pick up updated genai-prices data.
+is larger than the tier's start, as genai-prices does. Anthropic's cache writes are priced by
+their lifetime: ``Usage.cache_write_1h_tokens`` (written for an hour) at the 1-hour write
+price (twice the input price in genai-prices' table), the rest at the 5-minute one (1.25
+times), and reads at the cache-read price (a tenth). Request-specific variants (batch,
+priority service tiers) are not applied: our `Usage` does not say which applied. The book
+caches each model's lookup and its compiled prices, so after the first call for a model
+`PriceBook.cost` is a dictionary lookup and a few integer products (about 1-2 us). Build a
+new book to pick up updated genai-prices data.
 
 genai-prices is imported lazily, on the first lookup that needs it (it takes about 0.2 s):
 ``await book.load()`` does that in a worker thread so the event loop never stalls.
@@ -68,7 +75,7 @@ if TYPE_CHECKING:
     from .config import PriceOverride
     from .types import Usage
 
-__all__ = ["LOCAL_PRICE", "MOCK_PRICE", "Price", "PriceBook"]
+__all__ = ["LOCAL_PRICE", "MOCK_PRICE", "Price", "PriceBook", "budget_cost"]
 
 _log = logging.getLogger("llm_invocation.pricing")
 
@@ -80,6 +87,21 @@ _EXACT: Final = Context(
 _PER: Final = 6  # prices are per million (10**6) tokens
 
 
+def budget_cost(usage: Usage, book_cost: Decimal | None) -> Decimal | None:
+    """The cost budgets count for a call's ``usage``.
+
+    The rule: the price book's cost (``book_cost``, from `PriceBook.cost`) when it knows the
+    model's price; else the cost the provider reported (``usage.reported_cost``); else a cost
+    the codec put in ``usage.cost`` itself (a custom codec may); else None, unknown (never a
+    made-up 0). ``usage.reported_cost`` is never changed: it stays beside the counted cost.
+    """
+    if book_cost is not None:
+        return book_cost
+    if usage.reported_cost is not None:
+        return usage.reported_cost
+    return usage.cost
+
+
 @final
 class Price(msgspec.Struct, frozen=True, kw_only=True):
     """One model's prices in US dollars (or the override's currency) per million tokens.
@@ -89,6 +111,8 @@ class Price(msgspec.Struct, frozen=True, kw_only=True):
         output: completion tokens.
         cache_read: prompt tokens read from the cache; None: the input price.
         cache_write: prompt tokens written to the cache; None: the input price.
+        cache_write_1h: prompt tokens written to the cache for an hour (Anthropic's
+            ``"1h"`` TTL); None: the ``cache_write`` price.
         reasoning: reasoning tokens; None: the output price.
         source: where the price came from: ``"override"`` (the configuration),
             ``"genai-prices"`` (its price table), ``"mock"`` (`MOCK_PRICE`) or ``"local"``
@@ -99,6 +123,7 @@ class Price(msgspec.Struct, frozen=True, kw_only=True):
     output: Decimal
     cache_read: Decimal | None = None
     cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
     reasoning: Decimal | None = None
     source: str = "override"
 
@@ -133,7 +158,15 @@ _GENAI_PROVIDERS: Final[Mapping[str, tuple[str, ...]]] = {
 class _Rates:
     """One tier's prices as integers in units of 10**-exponent per million tokens."""
 
-    __slots__ = ("cache_read", "cache_write", "input", "output", "price", "reasoning")
+    __slots__ = (
+        "cache_read",
+        "cache_write",
+        "cache_write_1h",
+        "input",
+        "output",
+        "price",
+        "reasoning",
+    )
 
     def __init__(self, price: Price, exponent: int) -> None:
         def scaled(value: Decimal) -> int:
@@ -144,6 +177,9 @@ class _Rates:
         self.output = scaled(price.output)
         self.cache_read = self.input if price.cache_read is None else scaled(price.cache_read)
         self.cache_write = self.input if price.cache_write is None else scaled(price.cache_write)
+        self.cache_write_1h = (
+            self.cache_write if price.cache_write_1h is None else scaled(price.cache_write_1h)
+        )
         self.reasoning = None if price.reasoning is None else scaled(price.reasoning)
 
 
@@ -172,11 +208,13 @@ class _Plan:
         rates = self.rates(prompt) if self.tiers else self.base
         cache_read = usage.cache_read_tokens
         cache_write = usage.cache_write_tokens
+        hour = min(usage.cache_write_1h_tokens, cache_write)
         uncached = prompt - cache_read - cache_write
         total = (
             (uncached if uncached > 0 else 0) * rates.input
             + cache_read * rates.cache_read
-            + cache_write * rates.cache_write
+            + (cache_write - hour) * rates.cache_write
+            + hour * rates.cache_write_1h
         )
         completion = usage.completion_tokens
         if rates.reasoning is None:
@@ -188,7 +226,7 @@ class _Plan:
 
     def worst_case(self, prompt_tokens: int, max_tokens: int) -> Decimal:
         rates = self.rates(prompt_tokens)
-        prompt_rate = max(rates.input, rates.cache_read, rates.cache_write)
+        prompt_rate = max(rates.input, rates.cache_read, rates.cache_write, rates.cache_write_1h)
         output_rate = (
             rates.output if rates.reasoning is None else max(rates.output, rates.reasoning)
         )
@@ -207,7 +245,14 @@ def _decimal(units: int, exponent: int) -> Decimal:
 
 
 def _values(price: Price) -> list[Decimal]:
-    values = [price.input, price.output, price.cache_read, price.cache_write, price.reasoning]
+    values = [
+        price.input,
+        price.output,
+        price.cache_read,
+        price.cache_write,
+        price.cache_write_1h,
+        price.reasoning,
+    ]
     return [value for value in values if value is not None]
 
 
@@ -261,12 +306,13 @@ def _compile(prices: ModelPrice) -> _Plan | None:
     """Turn a genai-prices price set into a plan, or None when it has no token prices."""
     from genai_prices.types import TieredPrices
 
-    keys = ("input", "output", "cache_read", "cache_write", "reasoning")
+    keys = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning")
     raw = {
         "input": _price_value(prices, "input_mtok"),
         "output": _price_value(prices, "output_mtok"),
         "cache_read": _price_value(prices, "cache_read_mtok"),
         "cache_write": _price_value(prices, "cache_write_mtok"),
+        "cache_write_1h": _price_value(prices, "cache_write_1h_mtok"),
         "reasoning": _price_value(prices, "output_reasoning_mtok"),
     }
     if raw["input"] is None or raw["output"] is None:
@@ -300,6 +346,7 @@ def _compile(prices: ModelPrice) -> _Plan | None:
             output=output_price,
             cache_read=chosen["cache_read"],
             cache_write=chosen["cache_write"],
+            cache_write_1h=chosen["cache_write_1h"],
             reasoning=chosen["reasoning"],
             source="genai-prices",
         )
@@ -313,6 +360,7 @@ def _override_price(override: PriceOverride) -> Price:
         output=override.output_per_mtok,
         cache_read=override.cache_read_per_mtok,
         cache_write=override.cache_write_per_mtok,
+        cache_write_1h=override.cache_write_1h_per_mtok,
         source="override",
     )
 

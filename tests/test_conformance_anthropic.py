@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -472,6 +473,7 @@ def sdk_view(data: bytes) -> dict[str, Any]:
     blocks: dict[int, dict[str, Any]] = {}
     stop_reason: str | None = None
     output_tokens: int | None = None
+    started: dict[str, str] = {}
     for raw in data.replace(b"\r\n", b"\n").split(b"\n\n"):
         lines = [line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:")]
         if not lines:
@@ -486,7 +488,9 @@ def sdk_view(data: bytes) -> dict[str, Any]:
             # older recordings need (the 2025 web-search stream lacks a field today's models
             # require: usage.server_tool_use.web_fetch_requests).
             event = construct_type(type_=RawMessageStreamEvent, value=payload)
-        if event.type == "content_block_start":
+        if event.type == "message_start":
+            started = {"id": event.message.id, "model": event.message.model}
+        elif event.type == "content_block_start":
             block = event.content_block
             blocks[event.index] = {
                 "block": block,
@@ -520,6 +524,7 @@ def sdk_view(data: bytes) -> dict[str, Any]:
         "thinking": [(s["thinking"], s["sig"]) for s in ordered if s["block"].type == "thinking"],
         "stop_reason": stop_reason,
         "output_tokens": output_tokens,
+        **started,
     }
 
 
@@ -541,3 +546,45 @@ def test_the_sdk_reference_parser_sees_what_we_see(codec: AnthropicCodec, folder
         assert ours.metadata["native_finish_reason"] == reference["stop_reason"], path.name
         assert ours.usage is not None
         assert ours.usage.completion_tokens == reference["output_tokens"], path.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Response metadata: id and model as sent; no creation time, since Anthropic sends none
+
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_streamed_id_and_model_equal_the_sdk_s_and_no_creation_time_is_made_up(
+    codec: AnthropicCodec, folder: Path
+) -> None:
+    for path in streams(folder):
+        data = path.read_bytes()
+        reference = sdk_view(data)
+        chunks = decode_stream(codec, data)[0]
+        aggregator = StreamAggregator()
+        for chunk in chunks:
+            aggregator.add(chunk)
+        ours = aggregator.response(created=WHEN)
+        assert (ours.id, ours.model) == (reference["id"], reference["model"]), path.name
+        assert ours.system_fingerprint is None, path.name
+        # No chunk carries a clock reading: the aggregate's creation time is the one its
+        # caller gives (the invocation: when the answer was complete).
+        assert all(c.created is None for c in chunks), path.name
+        assert ours.created == WHEN, path.name
+
+
+def test_whole_body_id_and_model_equal_the_sdk_s(
+    codec: AnthropicCodec, folder: Path, index: dict[str, Fixture]
+) -> None:
+    pytest.importorskip("anthropic")
+    from anthropic._models import construct_type
+    from anthropic.types import Message as SDKMessage
+
+    request = Request(model="m", messages=[Message(role="user", content="x")], stream=False)
+    for name in message_bodies(index):
+        body = (folder / name).read_bytes()
+        reference = construct_type(type_=SDKMessage, value=json.loads(body))
+        ours = codec.decode_response(request, body)
+        assert (ours.id, ours.model) == (reference.id, reference.model), name
+        assert ours.system_fingerprint is None, name
+        assert ours.created.tzinfo is UTC, name  # the local clock: the body has no time

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -536,5 +537,163 @@ def test_the_encoder_rebuilds_every_recorded_request_body(index: dict[str, Fixtu
             assert http.url == url, name
             sent: dict[str, str] = recorded["headers"]
             assert set(sent) - {"accept"} <= set(http.headers), name
+        checked += 1
+    assert checked >= 15
+
+
+# -- response metadata --------------------------------------------------------------------------
+
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def recorded_time(text: str) -> datetime:
+    """An RFC 3339 ``createTime`` read with the standard library (``Z`` spelled out)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def first(objects: list[dict[str, Any]], key: str) -> Any:
+    return next((o[key] for o in objects if o.get(key)), None)
+
+
+def test_every_recording_keeps_the_response_id_model_version_and_create_time(
+    folder: Path, index: dict[str, Fixture]
+) -> None:
+    """``responseId``, ``modelVersion`` and (Vertex AI) ``createTime`` as recorded, streamed
+    and whole; without a ``createTime`` no chunk makes one up."""
+    checked = 0
+    for entry in index.values():
+        what = kind(entry)
+        if what not in ("sse", "json-array", "vertex-jsonl", "body"):
+            continue
+        checked += 1
+        name = entry["file"]
+        data = (folder / name).read_bytes()
+        objects = raw_objects(entry, data)
+        created = first(objects, "createTime")
+        if what == "body":
+            response = GeminiCodec().decode_response(ANY_REQUEST, data)
+        else:
+            codec = (
+                GeminiCodec(stream_format="json-array") if what == "json-array" else GeminiCodec()
+            )
+            chunks = decode(codec, wrap_jsonl(data) if what == "vertex-jsonl" else data)
+            stamped = [c for c in chunks if c.created is not None]
+            # The creation time travels once, on the first chunk, and only when recorded.
+            assert stamped == (chunks[:1] if created else []), name
+            aggregator = StreamAggregator()
+            for chunk in chunks:
+                aggregator.add(chunk)
+            response = aggregator.response(created=WHEN)
+        assert response.id == first(objects, "responseId"), name
+        assert response.model == first(objects, "modelVersion"), name
+        assert response.system_fingerprint is None, name
+        if created:
+            assert response.created == recorded_time(created), name
+        elif what != "body":
+            assert response.created == WHEN, name
+    assert checked >= 15
+
+
+# -- against the official SDK ---------------------------------------------------------------
+
+
+def sdk_response(raw: dict[str, Any]) -> Any:
+    """``raw`` read by google-genai's `GenerateContentResponse`; fields newer than the SDK
+    (which it forbids) are dropped first, as its own client tolerates them."""
+    import pydantic
+    from google.genai import types as genai_types
+
+    data = json.loads(json.dumps(raw))
+    for _ in range(20):
+        try:
+            return genai_types.GenerateContentResponse.model_validate(data)
+        except pydantic.ValidationError as error:
+            extras = [e["loc"] for e in error.errors() if e["type"] == "extra_forbidden"]
+            if not extras:
+                raise
+            for loc in extras:
+                parent: Any = data
+                for step in loc[:-1]:
+                    parent = parent[step]
+                del parent[loc[-1]]
+    raise AssertionError("too many unknown fields")
+
+
+def sdk_reading(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the official SDK reads from a response, or from a stream's objects in order."""
+    import warnings
+
+    text, calls, finish, usage = "", [], None, None
+    ids: list[str] = []
+    models: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "non-text parts in the response"
+        for raw in objects:
+            response = sdk_response(raw)
+            text += response.text or ""
+            calls += [(c.name, c.args) for c in response.function_calls or []]
+            if response.candidates and response.candidates[0].finish_reason is not None:
+                finish = response.candidates[0].finish_reason.value
+            if response.usage_metadata is not None:
+                usage = response.usage_metadata.prompt_token_count
+            if response.response_id:
+                ids.append(response.response_id)
+            if response.model_version:
+                models.append(response.model_version)
+    return {
+        "text": text,
+        "calls": calls,
+        "finish": finish,
+        "prompt_tokens": usage,
+        "id": ids[0] if ids else None,
+        "model": models[0] if models else None,
+    }
+
+
+def our_reading(response: Response) -> dict[str, Any]:
+    return {
+        "text": response.text,
+        "calls": [(c.name, c.parsed_arguments()) for c in response.tool_calls],
+        "prompt_tokens": response.usage.prompt_tokens if response.usage else None,
+        "id": response.id or None,
+        "model": response.model or None,
+    }
+
+
+def test_every_recording_reads_as_the_official_sdk_reads_it(
+    folder: Path, index: dict[str, Fixture]
+) -> None:
+    codec = GeminiCodec()
+    checked = 0
+    for entry in index.values():
+        wanted = kind(entry)
+        if wanted not in ("body", "sse", "json-array", "vertex-jsonl"):
+            continue
+        data = (folder / entry["file"]).read_bytes()
+        objects = raw_objects(entry, data)
+        if wanted == "body":
+            ours = codec.decode_response(ANY_REQUEST, data)
+        elif wanted == "json-array":
+            ours = aggregate(decode(GeminiCodec(stream_format="json-array"), data))
+        else:
+            stream = wrap_jsonl(data) if wanted == "vertex-jsonl" else data
+            ours = aggregate(decode(codec, stream))
+        sdk = sdk_reading(objects)
+        mine = our_reading(ours)
+        name = entry["file"]
+        # Vertex's partial arguments are assembled by us (see the test above); the SDK reads
+        # each fragment on its own, so only the other fields compare there.
+        partial = any(args is None for _, args in sdk["calls"])
+        for key in ("text", "id", "model") if partial else ("text", "calls", "id", "model"):
+            assert mine[key] == sdk[key], (name, key)
+        if sdk["prompt_tokens"] is not None:
+            assert mine["prompt_tokens"] == sdk["prompt_tokens"], name
+        native = sdk["finish"]
+        if native is not None:
+            expected = {
+                "STOP": "tool_calls" if sdk["calls"] else "stop",
+                "MAX_TOKENS": "length",
+            }.get(native, "content_filter")
+            assert ours.finish_reason == expected, name
         checked += 1
     assert checked >= 15

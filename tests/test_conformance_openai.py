@@ -1,20 +1,25 @@
 """The OpenAI and OpenAI-compatible codecs against recorded provider responses.
 
-Reads ``$LLM_CONFORMANCE_DIR/openai`` (Chat Completions files only: the Responses API is out
-of scope and skipped by its ``api`` field) and ``$LLM_CONFORMANCE_DIR/openai-compatible``
-at test time; nothing is copied into the repository. Expected values are read from the
-recordings with the standard ``json`` module, independently of the codec under test, and the
-official ``openai`` SDK's own stream handling is the reference for stream accumulation.
+Reads ``$LLM_CONFORMANCE_DIR/openai`` (Chat Completions files only: the Responses API
+recordings, told by their ``api`` field, are covered by ``test_conformance_openai_responses``)
+and ``$LLM_CONFORMANCE_DIR/openai-compatible`` at test time; nothing is copied into the
+repository. Expected values are read from the recordings with the standard ``json`` module,
+independently of the codec under test, and the official ``openai`` SDK's own stream handling
+is the reference for stream accumulation.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+import llm_invocation as llm
 from llm_invocation.errors import ErrorCode
 from llm_invocation.providers.compatible import make_compatible_codec
 from llm_invocation.providers.openai import OpenAICodec
@@ -41,7 +46,7 @@ from .conftest import load_index
 pytestmark = pytest.mark.conformance
 
 FOLDERS = ("openai", "openai-compatible")
-SKIPPED_APIS = ("responses",)  # the OpenAI Responses API is another codec's job
+SKIPPED_APIS = ("responses",)  # in tests/test_conformance_openai_responses.py
 
 # Which codec answers a recorded URL's host. Anything else is a plain compatible server.
 HOST_PRESETS = {
@@ -218,8 +223,8 @@ def test_recorded_stream_usage_is_normalised(conformance_dir: Path, subtests: An
             assert usage.completion_tokens == raw[-1]["completion_tokens"]
             assert usage.total_tokens == raw[-1]["total_tokens"]
             if "cost" in raw[-1]:
-                assert usage.cost is not None
-                assert float(usage.cost) == raw[-1]["cost"]
+                assert usage.reported_cost is not None
+                assert float(usage.reported_cost) == raw[-1]["cost"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -604,3 +609,146 @@ def test_stream_accumulation_matches_the_openai_sdk(conformance_dir: Path, subte
                     )
                     assert mine.finish_reason == expected
     assert seen >= 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Response metadata: id, model, creation time and fingerprint, as the provider sent them
+
+
+def payloads(path: Path) -> list[dict[str, Any]]:
+    """The JSON payloads of a recorded stream, read with the standard library."""
+    out: list[dict[str, Any]] = []
+    for line in stream_bytes(path).decode().splitlines():
+        line = line.strip()
+        if line.startswith("data:") and "[DONE]" not in line:
+            out.append(json.loads(line[5:], parse_float=Decimal))
+    return out
+
+
+def test_streamed_metadata_equals_the_openai_sdk_s(conformance_dir: Path, subtests: Any) -> None:
+    seen = 0
+    for path, entry in chat_entries(conformance_dir):
+        if not is_stream(path) or path.name in STREAM_ERRORS:
+            continue
+        seen += 1
+        with subtests.test(msg=path.name):
+            snapshot = sdk_snapshot(path)
+            chunks = decode_all(codec_for(path, entry), stream_bytes(path))
+            ours = aggregate(chunks)
+            assert ours.id == snapshot.id
+            assert ours.model == snapshot.model
+            assert ours.created == datetime.fromtimestamp(snapshot.created, UTC)
+            # The SDK keeps the *last* chunk's fingerprint, even a null one (a usage chunk
+            # without it); we keep the first one the stream reports, as the recording says.
+            recorded = [
+                p["system_fingerprint"] for p in payloads(path) if p.get("system_fingerprint")
+            ]
+            assert ours.system_fingerprint == (recorded[0] if recorded else None)
+            if snapshot.system_fingerprint is not None:
+                assert ours.system_fingerprint == snapshot.system_fingerprint
+            # The creation time travels once, on the first chunk that comes out.
+            stamped = [c for c in chunks if c.created is not None]
+            assert stamped[:1] == chunks[:1]
+            assert len(stamped) == 1
+    assert seen >= 8
+
+
+def test_whole_body_metadata_equals_the_openai_sdk_s(conformance_dir: Path, subtests: Any) -> None:
+    completion_types = pytest.importorskip("openai.types.chat")
+    seen = 0
+    for path, entry in chat_entries(conformance_dir):
+        if is_stream(path) or (status_of(entry) or 200) >= 400:
+            continue
+        if entry["api"].startswith("models.list"):
+            continue
+        seen += 1
+        with subtests.test(msg=path.name):
+            reference = completion_types.ChatCompletion.model_validate_json(path.read_bytes())
+            request = Request(model="m", messages=[Message(role="user")], stream=False)
+            ours = codec_for(path, entry).decode_response(request, path.read_bytes())
+            assert ours.id == reference.id
+            assert ours.model == reference.model
+            assert ours.created == datetime.fromtimestamp(reference.created, UTC)
+            assert ours.system_fingerprint == reference.system_fingerprint
+    assert seen >= 10
+
+
+# ---------------------------------------------------------------------------------------------
+# A cost the provider reported (OpenRouter's usage.cost)
+
+
+def reported_costs(path: Path) -> list[Decimal]:
+    """Every ``usage.cost`` of a recorded stream, read exactly with the standard library."""
+    usages = [p.get("usage") or {} for p in payloads(path)]
+    return [usage["cost"] for usage in usages if "cost" in usage]
+
+
+def cost_recordings(conformance_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    found = [(p, e) for p, e in chat_entries(conformance_dir) if is_stream(p) and reported_costs(p)]
+    assert len(found) >= 3, "the recordings with a reported cost are missing"
+    return found
+
+
+def test_a_reported_cost_is_kept_beside_ours(conformance_dir: Path, subtests: Any) -> None:
+    for path, entry in cost_recordings(conformance_dir):
+        with subtests.test(msg=path.name):
+            usage = aggregate(decode_all(codec_for(path, entry), stream_bytes(path))).usage
+            assert usage is not None
+            assert usage.reported_cost == reported_costs(path)[-1]
+            assert usage.cost is None  # not priced yet: the invocation settles it
+
+
+def replaying(body: bytes) -> httpx.MockTransport:
+    """An httpx transport that answers every request with a recorded stream."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    return httpx.MockTransport(answer)
+
+
+async def invoke_recording(path: Path, *, model: str, price: str | None) -> Response:
+    """Replay a recorded stream through a client, with ``model`` priced at ``price`` per
+    million tokens (input and output), or unpriced when None."""
+    prices = (
+        {f"openrouter:{model}": {"input_per_mtok": price, "output_per_mtok": price}}
+        if price
+        else {}
+    )
+    config = llm.Config.unlimited(
+        provider="openrouter",
+        retries={"max_attempts": 1},
+        providers={"openrouter": {"api_key": "sk-or-test-0123456789abcdef"}},
+        cost_control={"prices": prices, "unknown_price": "allow"},
+    )
+    body = stream_bytes(path)
+    transports = {"openrouter": lambda: replaying(body)}
+    async with llm.open_client(config, transports=transports) as client:
+        request = llm.Request(model=f"openrouter:{model}", messages=[llm.user("hi")])
+        async with client.invoke(request) as stream:
+            async for _ in stream:
+                pass
+        return stream.response
+
+
+async def test_settled_cost_is_the_price_book_s_when_known_and_the_reported_one_is_kept(
+    conformance_dir: Path,
+) -> None:
+    for path, _ in cost_recordings(conformance_dir):
+        response = await invoke_recording(path, model="recorded-model", price="1")
+        usage = response.usage
+        assert usage is not None, path.name
+        assert usage.reported_cost == reported_costs(path)[-1], path.name
+        expected = Decimal(usage.prompt_tokens + usage.completion_tokens) / 1_000_000
+        assert usage.cost == expected, path.name
+
+
+async def test_settled_cost_is_the_reported_one_when_no_price_is_known(
+    conformance_dir: Path,
+) -> None:
+    for path, _ in cost_recordings(conformance_dir):
+        response = await invoke_recording(path, model="no-such-priced-model-x1", price=None)
+        usage = response.usage
+        assert usage is not None, path.name
+        assert usage.reported_cost == reported_costs(path)[-1], path.name
+        assert usage.cost == usage.reported_cost, path.name

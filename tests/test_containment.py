@@ -647,7 +647,11 @@ def check_contained(run: Run, others: int) -> None:
     assert stats.attempts == stats.requests + stats.retries == others + run.transport_attempts
     succeeded = others + (error is None)
     assert sum(stats.failures.values()) == stats.attempts - succeeded
-    assert stats.malformed <= stats.failures.get(llm.ProviderError.code.value, 0)
+    # A malformed answer fails as a ProviderError, or a StreamingFailed when a codec finds
+    # it in a stream.
+    assert stats.malformed <= stats.failures.get(
+        llm.ProviderError.code.value, 0
+    ) + stats.failures.get(llm.StreamingFailed.code.value, 0)
     assert run.logged_malformed == stats.malformed
     assert stats.pool.active == 0
     if isinstance(error, llm.ProviderError) and error.details.get("reason") == "malformed response":

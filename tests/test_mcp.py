@@ -33,7 +33,7 @@ from llm_invocation.actors.mcp import (
     mcp_child_spec,
     mcp_supervisor_spec,
 )
-from llm_invocation.actors.mcp._session import _to_result
+from llm_invocation.actors.mcp._convert import call_result
 from llm_invocation.config import MCPServerConfig
 from llm_invocation.errors import ToolExecutionFailed
 from llm_invocation.runtime import Runtime, open_runtime
@@ -309,12 +309,19 @@ def test_result_conversion_of_every_content_block() -> None:
         ],
         is_error=True,
     )
-    result = _to_result(raw, name="t", call_id="c", duration=0.5)
+    result = call_result(raw, name="t", call_id="c", duration=0.5)
     assert result.content.splitlines() == [
         "first",
-        "[resource file:///data.bin (binary data) omitted]",
-        "[resource notes: file:///notes.md]",
-        "[audio/wav audio omitted]",
+        "[resource file:///data.bin (binary data, 3 bytes)]",
+        "[resource link notes: file:///notes.md]",
+        "[audio (audio/wav, 3 bytes)]",
+    ]
+    assert [type(block.part).__name__ for block in result.blocks] == [
+        "TextPart",
+        "ResourcePart",
+        "ResourcePart",
+        "ResourceLinkPart",
+        "AudioPart",
     ]
     assert [(image.data, image.media_type) for image in result.images] == [(PNG_B64, "image/png")]
     assert (result.is_error, result.error_code, result.call_id) == (

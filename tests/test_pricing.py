@@ -107,6 +107,7 @@ def test_a_prompt_above_a_tier_start_pays_the_tier_price_for_every_token() -> No
         output=Decimal("22.5"),
         cache_read=Decimal("0.6"),
         cache_write=Decimal("7.5"),
+        cache_write_1h=Decimal(12),
         source="genai-prices",
     )
 

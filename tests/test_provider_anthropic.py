@@ -1586,7 +1586,7 @@ def test_a_stream_event_nested_too_deep_is_a_malformed_event_after_what_came() -
     error = chunks[-1].error
     assert error is not None
     assert error.code == ErrorCode.STREAMING_FAILED
-    assert error.details == {"reason": "malformed"}
+    assert error.details == {"reason": "malformed response"}
 
 
 def test_a_mistyped_stream_event_nested_too_deep_is_a_malformed_event() -> None:
@@ -1597,7 +1597,7 @@ def test_a_mistyped_stream_event_nested_too_deep_is_a_malformed_event() -> None:
     chunks = decode(message_start() + deep + STOP)
     error = chunks[-1].error
     assert error is not None
-    assert error.details == {"reason": "malformed"}
+    assert error.details == {"reason": "malformed response"}
 
 
 def test_a_message_body_nested_too_deep_is_a_provider_error(codec: AnthropicCodec) -> None:

@@ -396,6 +396,7 @@ def test_a_tool_result_with_images_sends_them_after_the_response() -> None:
     parts = encode(user("q"), result)["contents"][0]["parts"]
     assert parts[1:] == [
         {"functionResponse": {"name": "plot", "response": {"output": "chart"}}},
+        {"text": "Images returned by tool call c1 (plot):"},
         {"inlineData": {"mimeType": "image/png", "data": image.data}},
     ]
 

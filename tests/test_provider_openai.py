@@ -232,11 +232,10 @@ def test_a_base64_data_url_image_goes_back_out_as_a_data_url() -> None:
     ]
 
 
-def test_an_image_outside_a_user_message_is_refused() -> None:
-    message = tool_result("call_1", [ImagePart.from_url("https://example.com/x.png")])
-    req = request("gpt-4o", user("Hi"), assistant(tool_calls=[ToolCall(id="call_1", name="w")]))
-    req = Request(model="gpt-4o", messages=[*req.messages, message])
-    with pytest.raises(InvalidRequest, match="only in user messages"):
+def test_an_image_in_an_assistant_message_is_refused() -> None:
+    message = Message(role="assistant", content=[ImagePart.from_url("https://example.com/x.png")])
+    req = request("gpt-4o", user("Hi"), message)
+    with pytest.raises(InvalidRequest, match="only in user messages and tool results"):
         OpenAICodec().encode(req, KEY)
 
 

@@ -298,8 +298,10 @@ async def test_the_tool_context_carries_the_call() -> None:
 
     call = ToolCall(id="call_7", name="traced", arguments='{"query": "q"}')
     context = ToolContext(call_id="call_7", call=call)
-    assert await traced.execute({"query": "q"}, context=context) == "call_7:traced:q"
-    assert await traced.execute({"query": "q"}) == ":traced:q"  # outside the executor
+    result = await traced.execute({"query": "q"}, context=context)
+    assert (result.call_id, result.content) == ("call_7", "call_7:traced:q")
+    outside = await traced.execute({"query": "q"})  # outside the executor
+    assert (outside.call_id, outside.content) == ("", ":traced:q")
 
 
 # -- decoration errors ---------------------------------------------------------------------
@@ -418,17 +420,17 @@ async def test_an_async_function_stays_awaitable_directly() -> None:
 
 
 async def test_arguments_are_converted_in_lax_mode() -> None:
-    assert await add.execute({"a": "3", "b": "4"}) == 7
+    assert (await add.execute({"a": "3", "b": "4"})).data == 7
 
     @tool
     def kinds(f: float, flag: bool) -> tuple[float, bool]:
         return f, flag
 
-    assert await kinds.execute({"f": "2.5", "flag": "true"}) == (2.5, True)
+    assert (await kinds.execute({"f": "2.5", "flag": "true"})).data == [2.5, True]
 
 
 async def test_nested_values_arrive_as_their_types() -> None:
-    out = await everything.execute(GOOD)
+    out = everything.bind(GOOD)()
     assert out["point"] == Point(x=1, y=0)
     assert out["address"] == Address(street="Main St", city="Springfield")
     assert out["filters"] == {"tag": "news", "limit": 3}
@@ -440,9 +442,9 @@ async def test_nested_values_arrive_as_their_types() -> None:
 
 
 async def test_a_mutable_default_is_fresh_for_every_call() -> None:
-    first = await everything.execute(GOOD)
+    first = everything.bind(GOOD)()
     first["extra"].append(3)
-    second = await everything.execute(GOOD)
+    second = everything.bind(GOOD)()
     assert second["extra"] == [1, 2]
 
 
@@ -451,7 +453,7 @@ async def test_an_async_function_runs_in_the_calling_thread() -> None:
     async def thread_id() -> int:
         return threading.get_ident()
 
-    assert await thread_id.execute({}) == threading.get_ident()
+    assert (await thread_id.execute({})).data == threading.get_ident()
 
 
 async def test_a_sync_function_runs_in_a_worker_thread() -> None:
@@ -459,7 +461,7 @@ async def test_a_sync_function_runs_in_a_worker_thread() -> None:
     def thread_id() -> int:
         return threading.get_ident()
 
-    assert await thread_id.execute({}) != threading.get_ident()
+    assert (await thread_id.execute({})).data != threading.get_ident()
 
 
 async def test_a_positional_only_parameter_is_passed_by_position() -> None:
@@ -467,7 +469,7 @@ async def test_a_positional_only_parameter_is_passed_by_position() -> None:
     def pos(a: int, /, b: int) -> list[int]:
         return [a, b]
 
-    assert await pos.execute({"a": 1, "b": 2}) == [1, 2]
+    assert (await pos.execute({"a": 1, "b": 2})).data == [1, 2]
 
 
 @pytest.mark.parametrize(

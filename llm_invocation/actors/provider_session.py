@@ -373,6 +373,9 @@ class ProviderSession(Actor[SessionMsg]):
             error = failed.error
             code = error.code.value
             self.failures[code] = self.failures.get(code, 0) + 1
+            if error.details.get("reason") == MALFORMED:  # ours or the codec's own
+                self.malformed += 1
+                log.warning("%s: malformed response: %s", self.provider, error.message)
             if counts_against_breaker(error):
                 breaker.failure()
                 self._tripped[request.model] = error
@@ -472,10 +475,7 @@ class ProviderSession(Actor[SessionMsg]):
         return error
 
     def _malformed(self, exc: BaseException, *, delivered: bool) -> LLMError:
-        self.malformed += 1
-        error = malformed_response(exc, provider=self.provider, delivered=delivered)
-        log.warning("%s: %s", self.provider, error.message)
-        return error
+        return malformed_response(exc, provider=self.provider, delivered=delivered)
 
     # -- streaming -----------------------------------------------------------------------------
 

@@ -39,7 +39,6 @@ from ..providers.mock import Scenarios
 from ..runtime import (
     Runtime,
     RuntimeStatistics,
-    UsageError,
 )
 from ..store._base import (
     BudgetLevel,
@@ -57,10 +56,11 @@ from ..types import (
     ToolCall,
     Usage,
 )
+from ._mcp import MCP as MCP
+from ._mcp import MCPMethods
 
 if TYPE_CHECKING:
     from ..actors._keys import ApiKeys
-    from ..actors.mcp import MCPServerLike
     from ..config import ProviderConfig
     from ..providers._registry import CodecSpec
     from ..store.ledger import UsageReport
@@ -75,11 +75,10 @@ MODELS_TTL: Final = 300.0
 GOVERNOR: Final = "governor"
 ACCOUNTANT: Final = "accountant"
 TOOLS: Final = "tools"
-MCP: Final = "mcp"
 
 
 @final
-class Client:
+class Client(MCPMethods):
     """The facade over a running supervision tree. Made by `open_client`; do not construct.
 
     Every invocation goes through the invocation layer (`llm_invocation.invocation`), which
@@ -339,67 +338,6 @@ class Client:
         """
         self._invoker.tools.register(tool, replace=replace)
 
-    async def register_mcp_server(
-        self, name: str, server: MCPServerLike, *, timeout: float | None = None
-    ) -> list[str]:
-        """Connect an MCP server and offer its tools (named ``<name>__<tool>``).
-
-        ``server`` is anything `llm_invocation.mcp_server` reads: an `MCPServerConfig` or a
-        mapping of its fields, a URL (a bare ``host:port`` is ``http://host:port/mcp``), a
-        command list for stdio, or an ``mcp`` SDK server object, served in this process over
-        in-memory streams (no subprocess). Every form is supervised alike: it reconnects with
-        backoff when it drops, its tools follow the server's ``tools/list_changed``
-        notifications and are offered exactly like those of configured servers.
-
-        Args:
-            timeout: seconds one request to the server may take (default: the
-                configuration's, else 30).
-
-        Returns:
-            The local names of the server's tools.
-
-        Raises:
-            ConfigurationError: ``server`` is not an MCP server in any of these forms, the
-                name is empty or contains ``/``, or a server of that name is registered or
-                configured already (``details["reason"] == "duplicate_mcp_server"``).
-            ToolExecutionFailed: the server could not be reached now.
-        """
-        from ..actors.mcp import ListServerTools, MCPConnection, mcp_child_spec, mcp_server
-
-        spec = mcp_server(server, timeout=timeout)
-        if not name or "/" in name:
-            raise ConfigurationError(
-                f"an MCP server's name must be non-empty and without '/', got {name!r}",
-                details={"server": name, "reason": "invalid_mcp_server"},
-            )
-        configured = self._config.mcp.servers.get(name)
-        if configured is not None and configured.enabled and name not in self._released_mcp:
-            raise _duplicate_server(name)
-        try:
-            await self._runtime.start_child(mcp_child_spec(name, spec, self.tools), supervisor=MCP)
-        except UsageError as exc:  # the runtime's only complaint here: the name is taken
-            raise _duplicate_server(name) from exc
-        ref = self._runtime.ref(f"mcp.{name}", MCPConnection)
-        return await ref.call(ListServerTools())
-
-    async def unregister_mcp_server(self, name: str) -> None:
-        """Disconnect an MCP server and drop its tools.
-
-        A stdio server's process is stopped; an in-process server's task ends.
-
-        Raises:
-            ConfigurationError: no server of that name is connected
-                (``details["reason"] == "unknown_mcp_server"``).
-        """
-        try:
-            await self._runtime.terminate_child(f"mcp.{name}", supervisor=MCP)
-        except UsageError as exc:
-            raise ConfigurationError(
-                f"no MCP server named {name!r} is connected",
-                details={"server": name, "reason": "unknown_mcp_server"},
-            ) from exc
-        self._released_mcp.add(name)
-
     async def execute_tools(self, calls: Sequence[ToolCall]) -> list[ToolResult]:
         """Run tool calls in parallel through the executor, results in call order.
 
@@ -636,10 +574,3 @@ class ClientStatistics(msgspec.Struct, frozen=True, kw_only=True):
     lost_casts: int = 0
     """Settlements (or give-backs) that could not be handed to their actor; see
     `llm_invocation.invocation.InvocationStatistics.lost_casts`."""
-
-
-def _duplicate_server(name: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"an MCP server named {name!r} is registered or configured already",
-        details={"server": name, "reason": "duplicate_mcp_server"},
-    )

@@ -211,12 +211,17 @@ class RateLimitConfig(Section, frozen=True, kw_only=True):
 
 @final
 class PriceOverride(Section, frozen=True, kw_only=True):
-    """A model's prices in a currency unit per million tokens, overriding the price table."""
+    """A model's prices in a currency unit per million tokens, overriding the price table.
+
+    A missing cache price is the input price; a missing ``cache_write_1h_per_mtok`` (cache
+    writes that live an hour, Anthropic's ``"1h"`` TTL) is ``cache_write_per_mtok``.
+    """
 
     input_per_mtok: Decimal
     output_per_mtok: Decimal
     cache_read_per_mtok: Decimal | None = None
     cache_write_per_mtok: Decimal | None = None
+    cache_write_1h_per_mtok: Decimal | None = None
 
 
 @final
@@ -310,6 +315,10 @@ class ProviderConfig(Section, frozen=True, kw_only=True):
         kind: the codec (``"openai"``, ``"anthropic"``, ``"gemini"``,
             ``"openai-compatible"``, ``"azure"``, ``"mock"``); None: the entry's name.
         organization: the OpenAI organization (``OPENAI_ORG_ID``).
+        api: the API of an OpenAI-format provider (``openai``, ``azure``, the compatible
+            presets, ``mock``): ``"chat"`` (Chat Completions, the default) or
+            ``"responses"`` (the Responses API); a request's ``provider_options["api"]``
+            overrides it.
         api_version: the Azure OpenAI API version.
         deployment: the Azure OpenAI deployment.
         headers: extra HTTP headers for every request.
@@ -343,6 +352,7 @@ class ProviderConfig(Section, frozen=True, kw_only=True):
     options: dict[str, Any] = {}
     kind: ProviderKind | None = None
     organization: str | None = None
+    api: Literal["chat", "responses"] = "chat"
     api_version: str | None = None
     deployment: str | None = None
     headers: dict[HeaderName, HeaderValue] = {}
@@ -428,6 +438,8 @@ class MCPServerConfig(Section, frozen=True, kw_only=True):
         headers: HTTP headers (http, sse); values are secrets.
         timeout: the timeout of one request to the server.
         enabled: whether the runtime connects to it.
+        ping_interval: seconds between keep-alive pings of an ``http`` or ``sse`` server
+            (default 30; a stdio server is never pinged: its exit is noticed at once).
     """
 
     transport: Literal["stdio", "http", "sse"]
@@ -439,6 +451,7 @@ class MCPServerConfig(Section, frozen=True, kw_only=True):
     headers: dict[HeaderName, Credential] = {}
     timeout: PositiveSeconds = 30.0
     enabled: bool = True
+    ping_interval: PositiveSeconds | None = None
 
     def _finish(self, walk: Walk) -> None:
         if self.transport == "stdio" and not self.command:

@@ -10,14 +10,15 @@ Reservations and leases are named here, before they are asked for: a caller canc
 it waits for one casts `Abandon` with its id, so nothing is left behind whichever await the
 cancellation hit.
 
-Settling does not wait for the accountant. The usage is priced here (the price book is pure):
-by the model's price, or else by the cost the provider reported (OpenRouter's
-``usage.cost``), or else it is unknown (None, never a made-up 0). The settlement is then cast
-to the accountant, which applies settlements in the order they arrive. Casting never drops
-one: when the accountant's mailbox is full it waits (backpressure), shielded from the
-caller's cancellation and bounded by `SETTLE_LIMIT`. A settlement that cannot be handed over
-at all keeps the safe side: its reservation keeps the worst case charged until it expires,
-and it is logged once.
+Settling does not wait for the accountant. The usage is priced here (the price book is pure)
+by `llm_invocation.pricing.budget_cost`: the model's price when the book knows it, or else
+the cost the provider reported (``Usage.reported_cost``, OpenRouter's ``usage.cost``), or else
+it is unknown (None, never a made-up 0); the reported cost is kept beside it either way. The
+settlement is then cast to the accountant, which applies settlements in the order they
+arrive. Casting never drops one: when the accountant's mailbox is full it waits
+(backpressure), shielded from the caller's cancellation and bounded by `SETTLE_LIMIT`. A
+settlement that cannot be handed over at all keeps the safe side: its reservation keeps the
+worst case charged until it expires, and it is logged once.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ..actors.accountant import Reservation, Reserve, Settle
 from ..actors.governor import Abandon as AbandonLease
 from ..actors.governor import Acquire, Lease, Release
 from ..errors import LLMError
+from ..pricing import budget_cost
 from ..runtime import ActorError, ActorRef, MailboxFull, Msg
 from ..types import Request, Response, Usage
 
@@ -257,15 +259,14 @@ class Governance:
             self._lost("a rate-limit lease was left to expire", exc)
 
     def price(self, admission: Admission, usage: Usage) -> Usage:
-        """``usage`` with its cost: at the model's price, else the cost the provider
-        reported, else unknown (None)."""
-        cost = None
+        """``usage`` with the cost budgets count (`budget_cost`): at the model's price, else
+        the cost the provider reported, else unknown (None). ``reported_cost`` is kept."""
+        book_cost = None
         if self.prices is not None:
-            cost = self.prices.cost(
+            book_cost = self.prices.cost(
                 usage, provider=admission.reservation.provider, model=admission.model
             )
-        if cost is None:
-            cost = usage.cost
+        cost = budget_cost(usage, book_cost)
         return usage if cost == usage.cost else msgspec.structs.replace(usage, cost=cost)
 
     async def settle(
@@ -290,8 +291,7 @@ class Governance:
         admission.settled = True
         if usage is None:
             usage = estimated_usage(admission, response)
-        if self.prices is not None:
-            usage = self.price(admission, usage)
+        usage = self.price(admission, usage)
         message = Settle(
             reservation=admission.reservation,
             usage=usage,

@@ -5,8 +5,10 @@ chunks of every step as they arrive, a `ToolCallsEvent` when a step ends with to
 a `ToolResultsEvent` once the executor has run them (in parallel, with timeouts: a failing
 tool becomes an error result the model can read). The results go back in the next request,
 in each provider's own format via its codec (OpenAI tool messages, Anthropic tool_result
-blocks, Gemini functionResponse parts), and the loop continues until the model stops calling
-tools or ``max_steps`` requests have been made. Usage and cost add up across the steps.
+blocks, Gemini functionResponse parts), images returned by tools included, where each API
+takes them (``docs/tools.md``, "Images from tools"), and the loop continues until the model
+stops calling tools or ``max_steps`` requests have been made. Usage and cost add up across
+the steps.
 """
 
 from __future__ import annotations

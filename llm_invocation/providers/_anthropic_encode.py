@@ -8,6 +8,12 @@
 * an assistant message's signed reasoning is echoed first, as ``thinking`` (or
   ``redacted_thinking``) blocks, then its text, then its ``tool_use`` blocks. Reasoning
   without a signature (another provider's) cannot be verified by Anthropic and is left out;
+* a `CacheControl` marker becomes ``cache_control: {"type": "ephemeral"}`` (plus
+  ``"ttl": "1h"`` for an hour) on its block: a part's on that part's block, a message's on
+  its last block (a tool message's on its ``tool_result``), a tool's on its definition; a
+  system prompt with a marker is sent as text blocks. A marker with no block to carry it
+  (an empty text, a message ending in thinking) is refused, as are more than
+  `CacheControl.MAX_PER_REQUEST` breakpoints and a ``"1h"`` one after a ``"5m"`` one;
 * ``provider_options`` are merged last (one level deep for objects such as
   ``output_config``), except the codec's own keys ``betas`` / ``anthropic_beta`` (the
   ``anthropic-beta`` header) and ``disable_parallel_tool_use`` (put on ``tool_choice``).
@@ -20,6 +26,7 @@ from typing import Any, Final, cast
 
 from ..errors import InvalidRequest
 from ..types import (
+    CacheControl,
     ImagePart,
     Message,
     NamedToolChoice,
@@ -60,8 +67,31 @@ COUNT_TOKENS_KEYS: Final = frozenset(
 Block = dict[str, Any]
 
 
+def _cache_control(marker: CacheControl) -> Block:
+    if marker.ttl == "5m":
+        return {"type": "ephemeral"}  # the API's default TTL, as the SDKs send it
+    return {"type": "ephemeral", "ttl": marker.ttl}
+
+
 def _text_block(text: str) -> Block:
     return {"type": "text", "text": text}
+
+
+def _text_part_block(part: TextPart, index: int) -> Block | None:
+    """The block of a text part; None for an empty one (which the API refuses), unless it
+    carries a cache breakpoint, which would be lost: then `InvalidRequest`."""
+    if not part.text:
+        if part.cache_control is not None:
+            raise InvalidRequest(
+                f"message {index} has a cache breakpoint on an empty text part; Anthropic "
+                "cannot cache at an empty block",
+                details={"field": f"messages[{index}].content"},
+            )
+        return None
+    block = _text_block(part.text)
+    if part.cache_control is not None:
+        block["cache_control"] = _cache_control(part.cache_control)
+    return block
 
 
 def _image_block(part: ImagePart) -> Block:
@@ -69,7 +99,32 @@ def _image_block(part: ImagePart) -> Block:
         source: Block = {"type": "base64", "media_type": part.media_type, "data": part.data}
     else:
         source = {"type": "url", "url": part.url}
-    return {"type": "image", "source": source}
+    block: Block = {"type": "image", "source": source}
+    if part.cache_control is not None:
+        block["cache_control"] = _cache_control(part.cache_control)
+    return block
+
+
+def _mark_last(blocks: list[Block], message: Message, index: int) -> list[Block]:
+    """Put ``message``'s cache breakpoint, if any, on the last of its ``blocks``."""
+    marker = message.cache_control
+    if marker is None:
+        return blocks
+    field = f"messages[{index}].cache_control"
+    if not blocks or blocks[-1]["type"] in ("thinking", "redacted_thinking"):
+        raise InvalidRequest(
+            f"message {index} has a cache breakpoint but no block Anthropic can cache at "
+            "(it ends in thinking, or has no content)",
+            details={"field": field},
+        )
+    if "cache_control" in blocks[-1]:
+        raise InvalidRequest(
+            f"message {index} marks its last block as a cache breakpoint twice (on the "
+            "message and on the part): keep one",
+            details={"field": field},
+        )
+    blocks[-1]["cache_control"] = _cache_control(marker)
+    return blocks
 
 
 def _reasoning_block(part: ReasoningPart) -> Block | None:
@@ -90,36 +145,40 @@ def _bad_part(part: Part, where: str, index: int) -> InvalidRequest:
 
 def _system_blocks(message: Message, index: int) -> list[Block]:
     content = message.content
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [_text_block(content)] if content else []
     blocks: list[Block] = []
-    for part in content:
-        if not isinstance(part, TextPart):
-            raise _bad_part(part, f"a {message.role} message", index)
-        if part.text:
-            blocks.append(_text_block(part.text))
-    return blocks
+    if isinstance(content, str):
+        if content:
+            blocks.append(_text_block(content))
+    elif content:
+        for part in content:
+            if not isinstance(part, TextPart):
+                raise _bad_part(part, f"a {message.role} message", index)
+            block = _text_part_block(part, index)
+            if block is not None:
+                blocks.append(block)
+    return _mark_last(blocks, message, index)
 
 
 def _user_content(message: Message, index: int) -> str | list[Block]:
     content = message.content
     if isinstance(content, str):
         if content:
-            return content
+            if message.cache_control is None:
+                return content
+            return _mark_last([_text_block(content)], message, index)
     elif content:
         blocks: list[Block] = []
         for part in content:
             if isinstance(part, TextPart):
-                if part.text:
-                    blocks.append(_text_block(part.text))
+                block = _text_part_block(part, index)
+                if block is not None:
+                    blocks.append(block)
             elif isinstance(part, ImagePart):
                 blocks.append(_image_block(part))
             else:
                 raise _bad_part(part, "a user message", index)
         if blocks:
-            return blocks
+            return _mark_last(blocks, message, index)
     raise InvalidRequest(
         f"user message {index} has no content; Anthropic rejects empty messages",
         details={"field": f"messages[{index}].content"},
@@ -129,7 +188,7 @@ def _user_content(message: Message, index: int) -> str | list[Block]:
 def _assistant_content(message: Message, index: int) -> str | list[Block]:
     content = message.content
     calls = message.tool_calls
-    if isinstance(content, str) and not calls:
+    if isinstance(content, str) and not calls and message.cache_control is None:
         return content  # plain text, or a prefill the model continues
     blocks: list[Block] = []
     if isinstance(content, str):
@@ -143,15 +202,16 @@ def _assistant_content(message: Message, index: int) -> str | list[Block]:
                     blocks.append(block)
         for part in content:
             if isinstance(part, TextPart):
-                if part.text:
-                    blocks.append(_text_block(part.text))
+                block = _text_part_block(part, index)
+                if block is not None:
+                    blocks.append(block)
             elif isinstance(part, ImagePart):
                 raise _bad_part(part, "an assistant message", index)
     blocks.extend(
         {"type": "tool_use", "id": call.id, "name": call.name, "input": call.parsed_arguments()}
         for call in calls or ()
     )
-    return blocks
+    return _mark_last(blocks, message, index)
 
 
 def _tool_result(message: Message, index: int) -> Block:
@@ -164,8 +224,9 @@ def _tool_result(message: Message, index: int) -> Block:
         parts: list[Block] = []
         for part in content:
             if isinstance(part, TextPart):
-                if part.text:
-                    parts.append(_text_block(part.text))
+                text = _text_part_block(part, index)
+                if text is not None:
+                    parts.append(text)
             elif isinstance(part, ImagePart):
                 parts.append(_image_block(part))
             else:
@@ -173,6 +234,8 @@ def _tool_result(message: Message, index: int) -> Block:
         block["content"] = parts
     if message.is_error:
         block["is_error"] = True
+    if message.cache_control is not None:
+        block["cache_control"] = _cache_control(message.cache_control)
     return block
 
 
@@ -193,7 +256,9 @@ def convert_messages(
     Raises:
         InvalidRequest: a part Anthropic cannot take where it is (an image in a system or
             assistant message, reasoning in a user or tool message), a user message without
-            content, a tool call with malformed arguments, or no user or assistant message.
+            content, a tool call with malformed arguments, no user or assistant message, or
+            a cache breakpoint with no block to carry it (an empty text part, a message
+            ending in thinking) or twice on one block.
     """
     system: list[Message] = []
     system_index: list[int] = []
@@ -236,7 +301,7 @@ def convert_messages(
             details={"field": "messages"},
         )
     system_value: str | list[Block] | None = None
-    if len(system) == 1 and isinstance(system[0].content, str):
+    if len(system) == 1 and isinstance(system[0].content, str) and system[0].cache_control is None:
         system_value = system[0].content or None
     elif system:
         blocks = []
@@ -254,7 +319,66 @@ def _tool(spec: ToolSpec) -> Block:
     }
     if spec.strict is not None:
         tool["strict"] = spec.strict
+    if spec.cache_control is not None:
+        tool["cache_control"] = _cache_control(spec.cache_control)
     return tool
+
+
+def _marked_blocks(body: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Every ``cache_control`` of the body's blocks with where it is, in prompt order
+    (tools, system, messages), as the API counts them; the top-level one is not a block's."""
+    found: list[tuple[str, Any]] = []
+
+    def visit(blocks: Any, where: str) -> None:
+        if not isinstance(blocks, list):
+            return
+        for i, block in enumerate(cast("list[Any]", blocks)):
+            if not isinstance(block, dict):
+                continue
+            item = cast("dict[str, Any]", block)
+            control = item.get("cache_control")
+            if control is not None:
+                found.append((f"{where}[{i}]", control))
+            if item.get("type") == "tool_result":
+                visit(item.get("content"), f"{where}[{i}].content")
+
+    visit(body.get("tools"), "tools")
+    visit(body.get("system"), "system")
+    turns: Any = body.get("messages")
+    for i, turn in enumerate(cast("list[Any]", turns) if isinstance(turns, list) else []):
+        if isinstance(turn, dict):
+            visit(cast("dict[str, Any]", turn).get("content"), f"messages[{i}].content")
+    return found
+
+
+def _check_breakpoints(body: Mapping[str, Any]) -> None:
+    """Refuse what the API would: too many breakpoints, or a 1-hour one after a 5-minute one.
+
+    Raises:
+        InvalidRequest: as said; the message names the places in the Anthropic body.
+    """
+    marked = _marked_blocks(body)
+    limit = CacheControl.MAX_PER_REQUEST
+    if len(marked) > limit:
+        where = [place for place, _ in marked]
+        raise InvalidRequest(
+            f"Anthropic takes at most {limit} cache breakpoints per request, got "
+            f"{len(marked)}: {', '.join(where)}",
+            details={"field": "cache_control", "locations": where},
+        )
+    short: str | None = None
+    for place, control in marked:
+        ttl: Any = (
+            cast("dict[str, Any]", control).get("ttl", "5m") if isinstance(control, dict) else "5m"
+        )
+        if ttl == "5m" and short is None:
+            short = place
+        elif ttl == "1h" and short is not None:
+            raise InvalidRequest(
+                f"a 1-hour cache breakpoint ({place}) must come before every 5-minute one "
+                f"({short}) in prompt order: tools, system, messages",
+                details={"field": "cache_control", "locations": [short, place]},
+            )
 
 
 def _tool_choice(choice: ToolChoice) -> Block:
@@ -317,7 +441,9 @@ def build_body(
 
     Raises:
         InvalidRequest: the request uses something Anthropic cannot express (see
-            `convert_messages`, ``seed``, penalties, a JSON object format without a schema).
+            `convert_messages`, ``seed``, penalties, a JSON object format without a schema),
+            or cache breakpoints the API would refuse (more than
+            `CacheControl.MAX_PER_REQUEST`, a ``"1h"`` one after a ``"5m"`` one).
     """
     options = request.options
     if not count_tokens:
@@ -383,6 +509,7 @@ def build_body(
     if request.stream and not count_tokens:
         body["stream"] = True
     _merge(body, extra)
+    _check_breakpoints(body)
     if count_tokens:
         body = {key: value for key, value in body.items() if key in COUNT_TOKENS_KEYS}
     return body, betas

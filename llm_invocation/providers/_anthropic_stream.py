@@ -6,7 +6,8 @@ union on ``"type"``), and out come `StreamChunk`s:
 ==========================  =============================================================
 event                       chunk
 ==========================  =============================================================
-message_start               id, model, provider, input usage (+ ``service_tier`` metadata)
+message_start               id, model, provider, input usage (+ ``service_tier`` metadata);
+                            no ``created``: Anthropic sends no creation time
 content_block_start         text / reasoning when the block starts with some; a tool_use
                             block opens a `ToolCallDelta` (index = the tool call's ordinal)
 content_block_delta         text_delta -> text, input_json_delta -> arguments fragment,
@@ -49,7 +50,7 @@ from ._anthropic_wire import (
     finish_reason,
     normalise_usage,
 )
-from ._base import JSON_ERRORS, StreamDecoder
+from ._base import JSON_ERRORS, StreamDecoder, has_content
 from ._sse import SSEParser
 
 __all__ = ["AnthropicStreamDecoder"]
@@ -64,7 +65,9 @@ class AnthropicStreamDecoder(StreamDecoder):
     Feed it every network read; call `close` at the end of the body. A body that ends
     before ``message_stop`` (and without an ``error`` event) yields a `StreamingFailed`
     error chunk from `close`. A malformed event (bad JSON, or a known event whose fields
-    have the wrong shape) yields a `StreamingFailed` error chunk at once and ends decoding.
+    have the wrong shape) yields a `StreamingFailed` error chunk at once and ends decoding;
+    it is retryable only when no content came out before it. Chunks carry no ``created``:
+    Anthropic sends no creation time (see docs/providers.md).
 
     Args:
         provider: the provider name put on the first chunk and on errors.
@@ -72,6 +75,7 @@ class AnthropicStreamDecoder(StreamDecoder):
 
     __slots__ = (
         "_closed",
+        "_content",
         "_done",
         "_failed",
         "_next_tool",
@@ -90,6 +94,7 @@ class AnthropicStreamDecoder(StreamDecoder):
         self._done = False
         self._failed = False
         self._closed = False
+        self._content = False  # a chunk with content came out (see `_fail`)
 
     @property
     def done(self) -> bool:
@@ -112,6 +117,8 @@ class AnthropicStreamDecoder(StreamDecoder):
             self._event(event.data, out)
             if self._done or self._failed:
                 break
+        if out and not self._content:
+            self._content = has_content(out)
         return out
 
     def close(self) -> list[StreamChunk]:
@@ -144,7 +151,9 @@ class AnthropicStreamDecoder(StreamDecoder):
             return
         except JSON_ERRORS as exc:
             if data.strip():
-                self._fail(out, f"malformed stream event: {exc}", reason="malformed", cause=exc)
+                self._fail(
+                    out, f"malformed stream event: {exc}", reason="malformed response", cause=exc
+                )
             return
         if type(event) is BlockDelta:
             delta = event.delta
@@ -256,7 +265,9 @@ class AnthropicStreamDecoder(StreamDecoder):
         try:
             loose = LOOSE_DECODER.decode(data)
         except JSON_ERRORS:
-            self._fail(out, f"malformed stream event: {exc}", reason="malformed", cause=exc)
+            self._fail(
+                out, f"malformed stream event: {exc}", reason="malformed response", cause=exc
+            )
             return
         kind = loose.type
         if kind not in KNOWN_EVENTS:
@@ -269,7 +280,7 @@ class AnthropicStreamDecoder(StreamDecoder):
             loose.delta is None or loose.delta.type not in KNOWN_DELTAS
         ):
             return
-        self._fail(out, f"malformed {kind} event: {exc}", reason="malformed", cause=exc)
+        self._fail(out, f"malformed {kind} event: {exc}", reason="malformed response", cause=exc)
 
     def _fail(
         self,
@@ -279,7 +290,14 @@ class AnthropicStreamDecoder(StreamDecoder):
         reason: str,
         cause: BaseException | None = None,
     ) -> None:
-        err = StreamingFailed(message, provider=self._provider, details={"reason": reason})
+        # A malformed event is retryable only when no content came out before it (the rule
+        # of every format, docs/providers.md); a truncated stream keeps the default.
+        retryable = None
+        if reason == "malformed response":
+            retryable = not (self._content or has_content(out))
+        err = StreamingFailed(
+            message, provider=self._provider, retryable=retryable, details={"reason": reason}
+        )
         # The decoding exception travels with the chunk's ErrorInfo in this process.
         err.__cause__ = cause
         out.append(StreamChunk(provider=self._provider, error=err.info()))

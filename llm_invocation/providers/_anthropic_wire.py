@@ -74,6 +74,14 @@ class OutputTokensDetails(msgspec.Struct, gc=False):
 
 
 @final
+class CacheCreation(msgspec.Struct, gc=False):
+    """``usage.cache_creation``: the cache writes split by TTL."""
+
+    ephemeral_5m_input_tokens: int | None = None
+    ephemeral_1h_input_tokens: int | None = None
+
+
+@final
 class WireUsage(msgspec.Struct, gc=False):
     """``usage`` of a message, a ``message_start`` or a ``message_delta`` (WIRE-FORMATS 3.6)."""
 
@@ -81,6 +89,7 @@ class WireUsage(msgspec.Struct, gc=False):
     output_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
+    cache_creation: CacheCreation | None = None
     service_tier: str | None = None
     output_tokens_details: OutputTokensDetails | None = None
 
@@ -368,12 +377,18 @@ def normalise_usage(usage: WireUsage, start: WireUsage | None = None) -> Usage |
     reasoning = details.thinking_tokens if details is not None else None
     written = written or 0
     read = read or 0
+    split = usage.cache_creation
+    if split is None and start is not None:
+        split = start.cache_creation
+    hour = (split.ephemeral_1h_input_tokens if split is not None else None) or 0
     return checked_usage(
         Usage(
             prompt_tokens=(fresh or 0) + written + read,
             completion_tokens=output or 0,
             cache_read_tokens=read,
             cache_write_tokens=written,
+            # the 1-hour share of the writes; a share larger than the whole is capped to it
+            cache_write_1h_tokens=min(max(hour, 0), written),
             reasoning_tokens=reasoning or 0,
         )
     )

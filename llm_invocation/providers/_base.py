@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, ClassVar, Final, Literal
 
 import msgspec
@@ -58,6 +59,7 @@ __all__ = [
     "count_in_range",
     "datetime_from_unix",
     "error_for_status",
+    "has_content",
     "parse_duration_header",
     "parse_retry_after",
     "unix_to_datetime",
@@ -249,10 +251,27 @@ def unix_to_datetime(value: float | None) -> datetime:
     return datetime.now(UTC) if when is None else when
 
 
+def has_content(chunks: list[StreamChunk]) -> bool:
+    """Whether any of ``chunks`` carries content: text, reasoning, a signature, a tool-call
+    fragment or a finish reason. A decoder whose stream fails after content came out marks
+    the failure not retryable (docs/providers.md, "Malformed answers")."""
+    for chunk in chunks:
+        if (
+            chunk.text
+            or chunk.reasoning
+            or chunk.tool_calls
+            or chunk.finish_reason
+            or chunk.reasoning_signature is not None
+        ):
+            return True
+    return False
+
+
 def checked_usage(usage: Usage) -> Usage | None:
     """``usage`` if its counts are in range (0 to `MAX_COUNT`), else None: a provider's usage
     that cannot be true is no usage (the caller then estimates it). A cost that is negative
-    or beyond `MAX_COUNT` dollars is dropped (unknown), the counts kept."""
+    or beyond `MAX_COUNT` dollars (``cost`` or ``reported_cost``) is dropped (unknown), the
+    counts kept."""
     counts = (
         usage.prompt_tokens,
         usage.completion_tokens,
@@ -263,10 +282,12 @@ def checked_usage(usage: Usage) -> Usage | None:
     )
     if any(count_in_range(count) is None for count in counts):
         return None
-    cost = usage.cost
-    if cost is not None and not (cost.is_finite() and 0 <= cost <= MAX_COUNT):
-        return msgspec.structs.replace(usage, cost=None)
-    return usage
+    changes: dict[str, None] = {}
+    for name in ("cost", "reported_cost"):
+        cost: Decimal | None = getattr(usage, name)
+        if cost is not None and not (cost.is_finite() and 0 <= cost <= MAX_COUNT):
+            changes[name] = None
+    return msgspec.structs.replace(usage, **changes) if changes else usage
 
 
 _COUNT_FIELDS: Final = (

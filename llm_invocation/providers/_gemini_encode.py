@@ -17,6 +17,11 @@ Mapping (``WIRE-FORMATS.md`` 4.2):
   ``{"output": <text>}`` (``{"error": <text or object>}`` when ``is_error``), the keys the API
   documents for ``FunctionResponse.response``; its name is ``Message.name`` or the name of the
   earlier call with that ``tool_call_id``;
+* images returned by tools are ``inlineData`` (or ``fileData``) parts of the same content,
+  after all of its ``functionResponse`` parts, each result's images under a text part naming
+  the call (``Images returned by tool call <id> (<name>):``); a result with images and no
+  text says so in its response. (``FunctionResponse.parts`` would nest them, but only some
+  models take it; sibling parts work with every model.)
 * ``provider_options`` (keys camel-cased): a ``GenerationConfig`` field (``thinkingConfig``,
   ``responseModalities``, ``candidateCount``...) goes into ``generationConfig``;
   ``generationConfig`` merges into it; ``tools`` entries (built-in tools such as
@@ -34,6 +39,7 @@ import msgspec
 from ..errors import InvalidRequest
 from ..types import ImagePart, Message, NamedToolChoice, ReasoningPart, Request, TextPart
 from ._base import JSON_ERRORS
+from ._tool_images import image_label, tool_image_note
 
 __all__ = [
     "GENERATION_KEYS",
@@ -220,7 +226,10 @@ def _function_response(text: str, *, is_error: bool) -> dict[str, Any]:
     return {"error": text} if is_error else {"output": text}
 
 
-def _tool_parts(message: Message, index: int, call_names: dict[str, str]) -> list[dict[str, Any]]:
+def _tool_parts(
+    message: Message, index: int, call_names: dict[str, str], shown: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The ``functionResponse`` part of a tool result; its images, labelled, go to ``shown``."""
     call_id = message.tool_call_id or ""
     name = message.name or call_names.get(call_id)
     if not name:
@@ -238,16 +247,25 @@ def _tool_parts(message: Message, index: int, call_names: dict[str, str]) -> lis
     else:
         text = "".join([p.text for p in content if isinstance(p, TextPart)])
         images = [_image(p) for p in content if isinstance(p, ImagePart)]
+    if images:
+        if not text:
+            text = tool_image_note(len(images), "after the function responses")
+        shown.append({"text": image_label(message)})
+        shown.extend(images)
     response = _function_response(text, is_error=message.is_error)
-    return [{"functionResponse": {"name": name, "response": response}}, *images]
+    return [{"functionResponse": {"name": name, "response": response}}]
 
 
 def _contents(request: Request) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     contents: list[dict[str, Any]] = []
     system: list[dict[str, Any]] = []
     call_names: dict[str, str] = {}
+    shown: list[dict[str, Any]] = []  # images of the current run of tool results, labelled
     for index, message in enumerate(request.messages):
         role = message.role
+        if shown and role != "tool":
+            contents[-1]["parts"].extend(shown)  # after the run's function responses
+            shown = []
         if role == "system" or role == "developer":
             system.extend(_text_and_image_parts(message, index, system=True))
             continue
@@ -259,13 +277,15 @@ def _contents(request: Request) -> tuple[list[dict[str, Any]], list[dict[str, An
             parts = _assistant_parts(message, index, call_names)
         else:
             wire_role = "user"
-            parts = _tool_parts(message, index, call_names)
+            parts = _tool_parts(message, index, call_names, shown)
         if not parts:
             continue
         if contents and contents[-1]["role"] == wire_role:
             contents[-1]["parts"].extend(parts)
         else:
             contents.append({"role": wire_role, "parts": parts})
+    if shown:
+        contents[-1]["parts"].extend(shown)
     return contents, system
 
 

@@ -10,32 +10,40 @@ parts ``reasoning``, a ``thoughtSignature`` on a text or thought part ``reasonin
 and on a ``functionCall`` part the call's ``metadata["thought_signature"]``. When the parts of
 one object cannot share a chunk without changing their order (thinking after text, two signed
 blocks), the object is split into several chunks. ``usageMetadata`` (running totals) goes on
-the object's last chunk.
+the object's last chunk. Every chunk carries ``responseId`` and ``modelVersion``; Vertex AI's
+``createTime`` goes once, on the first chunk that comes out from when it is first sent (the
+Gemini API sends none, and then no chunk claims a creation time).
 
 Function calls arrive whole and become one `ToolCallDelta` each, numbered by a running
 ordinal, with the id ``call_<responseId>_<ordinal>`` (Vertex's own ``id`` when it sends one).
 Vertex's argument streaming (``partialArgs`` fragments with a JSON path each, a call opened by
 ``{"name", "willContinue": true}`` and closed by an empty ``functionCall``) is turned into
 argument text as it arrives: the deltas of one call concatenate to the compact JSON of its
-arguments, exactly what a whole call would have carried (see `PartialCall`).
+arguments, exactly what a whole call would have carried (see `PartialCall`, in
+``_gemini_partial``).
+
+A malformed object fails the stream with a `StreamingFailed` (``details["reason"]`` is
+``"malformed response"``) that is retryable only when no content came out before it.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Final, final
 
 import msgspec
 
 from ..errors import LLMError, StreamingFailed
 from ..types import StreamChunk, ToolCallDelta, Usage
-from ._base import JSON_ERRORS, StreamDecoder
+from ._base import JSON_ERRORS, StreamDecoder, has_content
+from ._gemini_partial import PartialCall, parse_json_path
 from ._gemini_wire import (
     Candidate,
     ErrorEnvelope,
     FunctionCall,
     GenerateContentResponse,
-    PartialArg,
+    created_from_text,
     error_from_status,
     finish_reason,
     normalise_usage,
@@ -58,155 +66,6 @@ _ENCODER: Final = msgspec.json.Encoder()
 _QUOTE: Final = 0x22
 _OPEN: Final = 0x7B
 _CLOSE_ARRAY: Final = 0x5D
-
-
-# -- Vertex partialArgs -------------------------------------------------------------------------
-
-_PATH_STEP: Final = re.compile(r"""\.([^.\[\]]+)|\[(\d+)\]|\[(['"])(.*?)\3\]""")
-
-Segment = str | int
-
-
-def parse_json_path(path: str) -> tuple[Segment, ...] | None:
-    """The steps of a ``partialArgs`` JSON path: ``$.a.b[0]['c.d']`` is ``("a", "b", 0, "c.d")``.
-
-    Returns None for a path that is not of this form or has no step.
-    """
-    if path[:1] != "$":
-        return None
-    steps: list[Segment] = []
-    pos = 1
-    end = len(path)
-    while pos < end:
-        match = _PATH_STEP.match(path, pos)
-        if match is None:
-            return None
-        key, number, _, quoted = match.groups()
-        if key is not None:
-            steps.append(key)
-        elif number is not None:
-            steps.append(int(number))
-        else:
-            steps.append(quoted)
-        pos = match.end()
-    return tuple(steps) or None
-
-
-def _value_json(fragment: PartialArg) -> str | None:
-    if fragment.string_value is not None:
-        return _ENCODER.encode(fragment.string_value).decode()
-    if fragment.number_value is not None:
-        return _ENCODER.encode(fragment.number_value).decode()
-    if fragment.bool_value is not None:
-        return "true" if fragment.bool_value else "false"
-    if fragment.null_value is not msgspec.UNSET:
-        return "null"
-    return None
-
-
-class _Level:
-    __slots__ = ("count", "is_array", "step")
-
-    def __init__(self, step: Segment, *, is_array: bool) -> None:
-        self.step = step
-        self.is_array = is_array
-        self.count = 0
-
-
-@final
-class PartialCall:
-    """Turns one call's ``partialArgs`` fragments into argument text as they arrive.
-
-    The fragments of a call name their values by JSON path in document order (the model
-    writes the arguments left to right). The text emitted so far is always a prefix of the
-    compact JSON of the arguments: containers are opened and closed as the paths move, and a
-    string value that continues (``willContinue``) stays open until its last piece. `close`
-    returns the brackets still open, so all deltas concatenated are the whole JSON object.
-    A path that goes back into a closed container yields a repeated key (the JSON stays valid).
-    """
-
-    __slots__ = ("_leaf", "_stack", "_string_open", "index")
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self._stack: list[_Level] = []
-        self._string_open = False
-        self._leaf = ""
-
-    def feed(self, fragments: list[PartialArg]) -> str:
-        """The argument text the fragments add."""
-        out: list[str] = []
-        for fragment in fragments:
-            path = fragment.json_path
-            piece = fragment.string_value
-            if piece is not None and path == self._leaf:
-                if self._string_open:
-                    out.append(_ENCODER.encode(piece).decode()[1:-1])
-                    if not fragment.will_continue:
-                        out.append('"')
-                        self._string_open = False
-                    continue
-                if not piece:
-                    continue  # an empty end-of-string marker after the string closed
-            value = _value_json(fragment)
-            steps = parse_json_path(path) if value is not None else None
-            if value is None or steps is None:
-                continue
-            self._leaf = path
-            self._navigate(steps, out)
-            if piece is not None and fragment.will_continue:
-                out.append(value[:-1])
-                self._string_open = True
-            else:
-                out.append(value)
-        return "".join(out)
-
-    def close(self) -> str:
-        """The text that closes the arguments (``{}`` when no fragment came)."""
-        if not self._stack:
-            return "{}"
-        out = ['"'] if self._string_open else []
-        self._string_open = False
-        while self._stack:
-            out.append("]" if self._stack.pop().is_array else "}")
-        return "".join(out)
-
-    def _navigate(self, steps: tuple[Segment, ...], out: list[str]) -> None:
-        stack = self._stack
-        if self._string_open:
-            out.append('"')
-            self._string_open = False
-        if not stack:
-            stack.append(_Level("", is_array=False))
-            out.append("{")
-        containers = steps[:-1]
-        common = 0
-        while (
-            common < len(containers)
-            and common + 1 < len(stack)
-            and stack[common + 1].step == containers[common]
-            and type(stack[common + 1].step) is type(containers[common])
-        ):
-            common += 1
-        while len(stack) > common + 1:
-            out.append("]" if stack.pop().is_array else "}")
-        for i in range(common, len(containers)):
-            step = containers[i]
-            self._member(step, out)
-            child = containers[i + 1] if i + 1 < len(containers) else steps[-1]
-            is_array = isinstance(child, int)
-            out.append("[" if is_array else "{")
-            stack.append(_Level(step, is_array=is_array))
-        self._member(steps[-1], out)
-
-    def _member(self, step: Segment, out: list[str]) -> None:
-        parent = self._stack[-1]
-        if parent.count:
-            out.append(",")
-        parent.count += 1
-        if not parent.is_array:
-            out.append(_ENCODER.encode(str(step)).decode())
-            out.append(":")
 
 
 # -- objects to chunks --------------------------------------------------------------------------
@@ -309,7 +168,18 @@ class ChunkConverter:
         failed: an error chunk was produced; later objects are ignored.
     """
 
-    __slots__ = ("_first", "_id", "_states", "done", "failed", "model", "provider")
+    __slots__ = (
+        "_content",
+        "_created",
+        "_first",
+        "_id",
+        "_stamped",
+        "_states",
+        "done",
+        "failed",
+        "model",
+        "provider",
+    )
 
     def __init__(self, *, provider: str, model: str) -> None:
         self.provider = provider
@@ -319,6 +189,9 @@ class ChunkConverter:
         self._id = ""
         self._first = _CandidateState()
         self._states: dict[int, _CandidateState] = {0: self._first}
+        self._created: datetime | None = None  # the first createTime seen
+        self._stamped = False  # a chunk carried it out
+        self._content = False  # a chunk with content came out: no retry after a failure
 
     def payload(self, data: bytes) -> list[StreamChunk]:
         """The chunks of one serialised object (an SSE ``data`` payload or array element)."""
@@ -327,12 +200,20 @@ class ChunkConverter:
         try:
             response = _RESPONSE_DECODER.decode(data)
         except JSON_ERRORS as exc:
-            error = StreamingFailed(
-                f"malformed Gemini stream object: {exc}", provider=self.provider
-            )
-            error.__cause__ = exc  # travels with the chunk's ErrorInfo in this process
-            return [self.fail(error)]
+            return [self.malformed(f"malformed Gemini stream object: {exc}", exc)]
         return self.convert(response)
+
+    def malformed(self, message: str, cause: BaseException) -> StreamChunk:
+        """The error chunk for a body that does not decode; the stream ends with it. It is
+        retryable only when no content came out before it (the rule of every format)."""
+        error = StreamingFailed(
+            message,
+            provider=self.provider,
+            retryable=not self._content,
+            details={"reason": "malformed response"},
+        )
+        error.__cause__ = cause  # travels with the chunk's ErrorInfo in this process
+        return self.fail(error)
 
     def convert(self, response: GenerateContentResponse) -> list[StreamChunk]:
         """The chunks of one decoded object."""
@@ -369,11 +250,25 @@ class ChunkConverter:
                 out.append(
                     StreamChunk(id=response_id, provider=self.provider, model=model, usage=usage)
                 )
-            return out
-        last = len(candidates) - 1
-        for n, candidate in enumerate(candidates):
-            self._candidate(candidate, response_id, model, usage if n == last else None, out)
+        else:
+            last = len(candidates) - 1
+            for n, candidate in enumerate(candidates):
+                self._candidate(candidate, response_id, model, usage if n == last else None, out)
+        if out and not self._content:
+            self._content = has_content(out)
+        if not self._stamped:
+            self._stamp(response, out)
         return out
+
+    def _stamp(self, response: GenerateContentResponse, out: list[StreamChunk]) -> None:
+        """Put the stream's ``createTime``, once, on the first chunk that comes out after it
+        was first seen."""
+        created = self._created
+        if created is None:
+            created = self._created = created_from_text(response.create_time)
+        if created is not None and out:
+            out[0] = msgspec.structs.replace(out[0], created=created)
+            self._stamped = True
 
     def fail(self, error: LLMError) -> StreamChunk:
         """The error chunk for ``error``; the stream ends with it."""
@@ -717,9 +612,7 @@ class GeminiJSONArrayDecoder(StreamDecoder):
         try:
             objects = scanner.feed(data)
         except MalformedStream as exc:
-            error = StreamingFailed(str(exc), provider=converter.provider)
-            error.__cause__ = exc
-            return [converter.fail(error)]
+            return [converter.malformed(str(exc), exc)]
         if not objects:
             return []
         if len(objects) == 1:

@@ -19,6 +19,7 @@ Normalisation (``WIRE-FORMATS.md`` 4.5-4.7 and 6):
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
@@ -51,6 +52,7 @@ __all__ = [
     "PromptFeedback",
     "RpcStatus",
     "UsageMetadata",
+    "created_from_text",
     "decode_error_body",
     "error_from_status",
     "finish_reason",
@@ -134,6 +136,8 @@ class GenerateContentResponse(msgspec.Struct, rename="camel", gc=False):
     """A ``GenerateContentResponse``: a whole answer, or one streamed chunk of it.
 
     ``error`` is set when the object is an error envelope instead (in a stream).
+    ``create_time`` (Vertex AI's ``createTime``, RFC 3339) is kept as text: a value that is
+    not a time must not fail the answer (`created_from_text` reads it).
     """
 
     candidates: list[Candidate] = []
@@ -141,6 +145,7 @@ class GenerateContentResponse(msgspec.Struct, rename="camel", gc=False):
     usage_metadata: UsageMetadata | None = None
     model_version: str = ""
     response_id: str = ""
+    create_time: str | None = None
     error: RpcStatus | None = None
 
 
@@ -193,6 +198,21 @@ _FINISH: Final[dict[str, FinishReason]] = {
     "IMAGE_PROHIBITED_CONTENT": "content_filter",
     "IMAGE_RECITATION": "content_filter",
 }
+
+
+def created_from_text(text: str | None) -> datetime | None:
+    """A ``createTime`` (RFC 3339, up to nanoseconds) as an aware UTC datetime; None when it
+    is missing or not a time (a creation time is informative, never worth failing an answer
+    for). A time without an offset is read as UTC."""
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None or when.utcoffset() is None:
+        return when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
 
 
 def finish_reason(native: str, *, called_tools: bool) -> FinishReason:

@@ -16,7 +16,8 @@ Grammar handled (WIRE-FORMATS 0.1, 1.4 and 5):
 * usage on a final ``choices: []`` chunk (``include_usage``), on the finish chunk (Groq, also
   in ``x_groq.usage``) or on an extra chunk after it (OpenRouter);
 * errors after HTTP 200: a payload with a truthy ``error`` key, or an ``event: error``
-  (Groq). They end the stream with an error chunk, as does malformed JSON;
+  (Groq). They end the stream with an error chunk, as does malformed JSON (retryable only
+  when no content came out before it, as in every format);
 * end of body without ``[DONE]``: accepted when a finish reason was seen (some compatible
   servers), an error chunk ("stream ended before completion") otherwise;
 * ``created`` and ``system_fingerprint``: the first ones the stream reports travel on the
@@ -33,7 +34,7 @@ import msgspec
 
 from ..errors import LLMError, StreamingFailed
 from ..types import FinishReason, StreamChunk, ToolCallDelta, Usage
-from ._base import JSON_ERRORS, StreamDecoder, datetime_from_unix
+from ._base import JSON_ERRORS, StreamDecoder, datetime_from_unix, has_content
 from ._openai_wire import (
     CHUNK_DECODER,
     FINISH_REASONS,
@@ -60,6 +61,7 @@ class OpenAIStreamDecoder(StreamDecoder):
 
     __slots__ = (
         "_calls",
+        "_content",
         "_created",
         "_done",
         "_fingerprint",
@@ -98,6 +100,7 @@ class OpenAIStreamDecoder(StreamDecoder):
         self._created: datetime | None = None
         self._fingerprint: str | None = None
         self._stamped = False
+        self._content = False  # a chunk with content came out (see `_malformed`)
 
     @property
     def done(self) -> bool:
@@ -116,6 +119,8 @@ class OpenAIStreamDecoder(StreamDecoder):
             self._event(event, out)
             if self._done:
                 break
+        if out and not self._content:
+            self._content = has_content(out)
         return out
 
     def close(self) -> list[StreamChunk]:
@@ -155,7 +160,7 @@ class OpenAIStreamDecoder(StreamDecoder):
         try:
             payload = CHUNK_DECODER.decode(data)
         except JSON_ERRORS as exc:
-            out.append(self._malformed(data, exc))
+            out.append(self._malformed(data, exc, content=self._content or has_content(out)))
             return
         if payload.error:
             out.append(self._error_chunk(self._map_error({"error": payload.error})))
@@ -335,13 +340,15 @@ class OpenAIStreamDecoder(StreamDecoder):
             payload = {"error": {"message": text}}
         return self._error_chunk(self._map_error(payload))
 
-    def _malformed(self, data: bytes, exc: Exception) -> StreamChunk:
+    def _malformed(self, data: bytes, exc: Exception, *, content: bool) -> StreamChunk:
+        """The error chunk for a payload that does not decode: retryable only when no
+        content came out before it (the rule of every format, docs/providers.md)."""
         quoted = data[:_MAX_QUOTED].decode("utf-8", "replace")
         error = StreamingFailed(
             f"malformed JSON in the stream: {exc}",
             provider=self._provider,
-            retryable=False,
-            details={"data": quoted},
+            retryable=not content,
+            details={"reason": "malformed response", "data": quoted},
         )
         error.__cause__ = exc  # travels with the chunk's ErrorInfo in this process
         return self._error_chunk(error)

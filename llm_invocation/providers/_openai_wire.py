@@ -1,24 +1,25 @@
 """The OpenAI Chat Completions wire shapes we read, as small msgspec Structs.
 
 Each Struct mirrors only the fields the codec reads; msgspec skips every other field without
-building Python objects for it (``obfuscation``, ``logprobs``, ``system_fingerprint`` of a
-chunk, ...). The decoders are made once, here, and shared by every codec instance.
+building Python objects for it (``obfuscation``, ``logprobs``, ``service_tier`` of a chunk,
+...). The decoders are made once, here, and shared by every codec instance.
 
 The same Structs read OpenAI and the OpenAI-compatible servers (WIRE-FORMATS 5): reasoning in
 ``reasoning_content`` (DeepSeek) or ``reasoning`` (Ollama, Groq, OpenRouter), usage in
-``x_groq.usage`` (Groq), ``cost`` in usage (OpenRouter), a numeric error ``code``
+``x_groq.usage`` (Groq), a reported ``cost`` in usage (OpenRouter), a numeric error ``code``
 (OpenRouter), and the legacy ``text_completion`` choices with ``text``.
 """
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 from typing import Any, Final
 
 import msgspec
 
 from ..types import FinishReason, Usage
-from ._base import checked_usage
+from ._base import JSON_ERRORS, checked_usage
 
 __all__ = [
     "CHUNK_DECODER",
@@ -32,6 +33,7 @@ __all__ = [
     "FunctionFragment",
     "ModelEntry",
     "ModelList",
+    "ReportedCost",
     "StreamPayload",
     "ToolCallFragment",
     "WireMessage",
@@ -39,6 +41,7 @@ __all__ = [
     "WireUsage",
     "XGroq",
     "normalise_finish",
+    "reported_cost",
     "usage_from_wire",
 ]
 
@@ -91,11 +94,26 @@ class CompletionDetails(msgspec.Struct, gc=False):
     reasoning_tokens: int | None = None
 
 
+class ReportedCost(msgspec.Struct, gc=False):
+    """A cost reported as an object: ``{"total_cost": ...}`` (Perplexity's form)."""
+
+    total_cost: Decimal | None = None
+
+
+log = logging.getLogger("llm_invocation.providers")
+
+_COST_DECODER: Final = msgspec.json.Decoder(Decimal | ReportedCost | None)
+_WARNED: Final[set[str]] = set()
+_NO_COST: Final = msgspec.Raw(b"")
+
+
 class WireUsage(msgspec.Struct, gc=False):
     """``usage`` as OpenAI and the compatible servers send it.
 
     ``cached_tokens`` at the top level is Together's, ``prompt_cache_hit_tokens`` DeepSeek's,
-    ``cost`` OpenRouter's (US dollars, decoded exactly as a Decimal).
+    ``cost`` a provider-reported cost in US dollars (OpenRouter's number; an object with
+    ``total_cost`` is read too). ``cost`` is kept raw and read by `reported_cost`, so a
+    value of another shape never fails the answer.
     """
 
     prompt_tokens: int | None = None
@@ -105,7 +123,7 @@ class WireUsage(msgspec.Struct, gc=False):
     completion_tokens_details: CompletionDetails | None = None
     cached_tokens: int | None = None
     prompt_cache_hit_tokens: int | None = None
-    cost: Decimal | None = None
+    cost: msgspec.Raw = _NO_COST
 
 
 class XGroq(msgspec.Struct, gc=False):
@@ -210,10 +228,37 @@ def normalise_finish(native: str) -> FinishReason:
     return FINISH_REASONS.get(native, "other")
 
 
+def reported_cost(raw: msgspec.Raw) -> Decimal | None:
+    """The cost a provider reported in ``usage.cost``: a number (OpenRouter), a decimal
+    string, or an object's ``total_cost``; decoded exactly as a `~decimal.Decimal`.
+
+    None when there is none. A value of any other shape is no reported cost: it is logged
+    once (the answer itself is fine) and the call is priced as if none had been reported.
+    """
+    if not raw:
+        return None
+    try:
+        value = _COST_DECODER.decode(raw)
+    except JSON_ERRORS as exc:
+        if "cost" not in _WARNED:  # once per process, not once per chunk
+            _WARNED.add("cost")
+            log.warning(
+                "a provider reported usage.cost in a shape we do not read (%s); "
+                "its reported cost is left unknown (logged once)",
+                exc,
+            )
+        return None
+    if isinstance(value, ReportedCost):
+        return value.total_cost
+    return value
+
+
 def usage_from_wire(usage: WireUsage) -> Usage | None:
     """Normalise a usage object (WIRE-FORMATS 6.2): cached tokens stay in the prompt count.
 
-    None when a count is out of range (`checked_usage`).
+    A cost the provider reported goes in ``reported_cost``; ``cost`` is left unknown, for
+    the invocation to settle (the price book's when known, else the reported one). None
+    when a count is out of range (`checked_usage`).
     """
     prompt = usage.prompt_tokens or 0
     completion = usage.completion_tokens or 0
@@ -236,6 +281,6 @@ def usage_from_wire(usage: WireUsage) -> Usage | None:
             cache_read_tokens=cache_read,
             cache_write_tokens=cache_write,
             reasoning_tokens=reasoning,
-            cost=usage.cost,
+            reported_cost=reported_cost(usage.cost),
         )
     )

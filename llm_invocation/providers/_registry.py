@@ -84,9 +84,26 @@ def make_codec(name: str, config: ProviderConfig | None = None) -> ProviderCodec
 
     Raises:
         ProviderNotFound: the kind is unknown.
-        ConfigurationError: the entry lacks what its kind needs (a base URL).
+        ConfigurationError: the entry lacks what its kind needs (a base URL), or asks for
+            ``api: responses`` on a provider that does not speak OpenAI's format.
     """
     config = config or ProviderConfig()
+    codec = _kind_codec(name, config)
+    if config.api != "chat":
+        from .openai import OpenAICodec
+
+        if not isinstance(codec, OpenAICodec):
+            raise ConfigurationError(
+                f"provider {name!r} is of kind {codec.kind!r}: api {config.api!r} is only "
+                "for OpenAI-format providers (openai, azure, the compatible presets, mock)",
+                provider=name,
+                details={"field": f"providers.{name}.api"},
+            )
+        codec.api = config.api
+    return codec
+
+
+def _kind_codec(name: str, config: ProviderConfig) -> ProviderCodec:
     kind = config.kind or name
     kind = _KIND_ALIASES.get(kind, kind)
     headers = dict(config.headers)

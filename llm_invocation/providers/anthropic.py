@@ -10,6 +10,11 @@ What does not map onto the API is refused before anything is sent (`InvalidReque
 response format needs a schema (``output_config.format``). ``max_tokens`` is required by the
 API: requests without it get ``default_max_tokens`` (4096 unless configured).
 
+Prompt caching: `CacheControl` markers on parts, messages and tools become ``cache_control``
+breakpoints on their blocks (see ``_anthropic_encode``); more than four, a ``"1h"`` one after
+a ``"5m"`` one, or one with no block to carry it is refused. Usage keeps the cache reads,
+the writes and the share of the writes made for an hour (priced apart).
+
 Provider-specific fields go in ``options.provider_options`` and are merged into the body last
 (``thinking``, ``metadata``, ``service_tier``, ``output_config.effort``, server tools in
 ``tools``...). Three keys are the codec's own: ``betas`` (or ``anthropic_beta``), a list or
@@ -235,7 +240,8 @@ class AnthropicCodec(ProviderCodec):
         Raises:
             InvalidRequest: an unsupported option (``seed``, ``frequency_penalty``,
                 ``presence_penalty``), a JSON object format without a schema, content
-                Anthropic cannot take where it is, or ``tool_choice='required'`` without tools.
+                Anthropic cannot take where it is, ``tool_choice='required'`` without tools,
+                or cache breakpoints the API would refuse.
             ModelNotSupported: images for a model without vision, tools for a model without
                 function calling, or a JSON schema for a model without structured output.
         """
@@ -308,18 +314,23 @@ class AnthropicCodec(ProviderCodec):
         string when there is only text; adjacent text blocks are joined, as a stream's
         aggregate joins them), thinking becomes `ReasoningPart` with its signature (redacted
         thinking: ``redacted=True``), and ``tool_use`` becomes a `ToolCall` whose arguments are
-        the input as compact JSON. Server-tool blocks are skipped. ``created`` is now:
-        Anthropic bodies carry no timestamp.
+        the input as compact JSON. Server-tool blocks are skipped. ``created`` is the time
+        the body was decoded: Anthropic sends no creation time, and a streamed answer's
+        aggregate gets the time it ended, so both mean "when the whole answer was here".
 
         Raises:
-            ProviderError: the body is not a message (and not an error body).
+            ProviderError: the body is not a message (and not an error body); retryable, a
+                malformed answer before any content (docs/providers.md).
             LLMError: the body is an error body (its typed error, as `map_error` makes it).
         """
         try:
             message = _MESSAGE_DECODER.decode(body)
         except JSON_ERRORS as exc:
             raise ProviderError(
-                f"malformed Anthropic message body: {exc}", provider=self.name
+                f"malformed Anthropic message body: {exc}",
+                provider=self.name,
+                retryable=True,  # nothing reached the caller (docs/providers.md)
+                details={"reason": "malformed response"},
             ) from exc
         if message.type == "error":
             error = message.error

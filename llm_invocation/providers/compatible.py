@@ -3,9 +3,10 @@
 `OpenAICompatibleCodec` speaks Chat Completions to any server that copies OpenAI's API. What
 differs between servers (WIRE-FORMATS 5) is in a `Preset`: where the server lives, which
 environment variable holds its key, and a few flags that change what is *sent*. What differs
-in what comes *back* (reasoning fields, ``x_groq.usage``, ``cost``, SSE comments, numeric
-error codes, repeated tool-call names) is decoded for every server, at no cost to the ones
-that do not send it.
+in what comes *back* (reasoning fields, ``x_groq.usage``, a reported ``usage.cost``, SSE
+comments, numeric error codes, repeated tool-call names) is decoded for every server, at no
+cost to the ones that do not send it. A cost a server reports is kept in
+``Usage.reported_cost``, beside the price book's (see `llm_invocation.pricing.budget_cost`).
 
 =============  ==============================  ==========================================
 preset         base URL                        quirks
@@ -247,7 +248,8 @@ class AzureOpenAICodec(OpenAICodec):
     """OpenAI Chat Completions on Azure OpenAI.
 
     Requests go to ``{endpoint}/openai/deployments/{deployment}/chat/completions
-    ?api-version={api_version}`` with the key in an ``api-key`` header.
+    ?api-version={api_version}`` with the key in an ``api-key`` header; with
+    ``api: responses``, to ``{endpoint}/openai/v1/responses`` with the deployment as model.
 
     Args:
         base_url: the resource endpoint, ``https://<resource>.openai.azure.com``.
@@ -294,9 +296,18 @@ class AzureOpenAICodec(OpenAICodec):
         self.api_version = api_version
 
     def _endpoint(self, request: Request, path: str) -> str:
+        if path == "responses":
+            # Azure's v1 API: the deployment is the body's model, no api-version.
+            return f"{self.base_url}/openai/v1/responses"
         deployment = quote(self.deployment or request.model, safe="")
         version = quote(self.api_version, safe="")
         return f"{self.base_url}/openai/deployments/{deployment}/{path}?api-version={version}"
+
+    def responses_body(self, request: Request) -> dict[str, Any]:
+        """The Responses API body, naming the deployment as its model."""
+        body = super().responses_body(request)
+        body["model"] = self.deployment or request.model
+        return body
 
     def _models_url(self) -> str:
         return f"{self.base_url}/openai/models?api-version={quote(self.api_version, safe='')}"

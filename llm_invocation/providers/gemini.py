@@ -295,10 +295,13 @@ class GeminiCodec(ProviderCodec):
         """Decode a ``generateContent`` body (a JSON-array stream body is accepted too).
 
         A blocked prompt is a response with an empty assistant message, finish reason
-        ``content_filter`` and ``metadata["block_reason"]``.
+        ``content_filter`` and ``metadata["block_reason"]``. ``id`` is ``responseId``,
+        ``model`` is ``modelVersion`` and ``created`` is ``createTime`` (Vertex AI); without
+        one it is the time the body was decoded (the Gemini API sends none).
 
         Raises:
-            ProviderError: the body is not a ``GenerateContentResponse``.
+            ProviderError: the body is not a ``GenerateContentResponse`` (retryable: a
+                malformed answer before any content, see docs/providers.md).
             LLMError: the typed error when the body is an error object.
         """
         chunks: list[StreamChunk]
@@ -311,7 +314,10 @@ class GeminiCodec(ProviderCodec):
                 decoded = _RESPONSE_DECODER.decode(body)
             except JSON_ERRORS as exc:
                 raise ProviderError(
-                    f"malformed Gemini response: {exc}", provider=self.name
+                    f"malformed Gemini response: {exc}",
+                    provider=self.name,
+                    retryable=True,  # nothing reached the caller (docs/providers.md)
+                    details={"reason": "malformed response"},
                 ) from exc
             if decoded.error is not None:
                 raise error_from_status(
@@ -325,7 +331,14 @@ class GeminiCodec(ProviderCodec):
         if error is not None:
             failed = error_from_info(error)  # with the decoding exception as its cause
             if error.code == StreamingFailed.code:
-                raise ProviderError(error.message, provider=self.name) from failed.__cause__
+                # A whole body that does not decode: nothing reached the caller, so it may
+                # be retried like any malformed answer before content (docs/providers.md).
+                raise ProviderError(
+                    error.message,
+                    provider=self.name,
+                    retryable=True,
+                    details={"reason": "malformed response"},
+                ) from failed.__cause__
             raise failed
         return aggregator.response(provider=self.name, model=request.model)
 

@@ -1,27 +1,30 @@
-"""The OpenAI Chat Completions codec (and the legacy completions endpoint).
+"""The OpenAI codec: Chat Completions, the legacy completions endpoint and the Responses API.
 
 `OpenAICodec` turns a `Request` into ``POST {base}/chat/completions`` (``/completions`` when
-``request.metadata["endpoint"] == "completions"``) and decodes what comes back: streamed
-chunks (`OpenAIStreamDecoder`), whole bodies, errors, rate-limit headers and the model list.
-It never does I/O. See WIRE-FORMATS sections 1, 5 and 6.
+``request.metadata["endpoint"] == "completions"``; ``/responses`` when the codec's `api`, or
+the request's ``provider_options["api"]``, is ``"responses"``: see `_responses_encode`,
+`_responses_stream` and `_responses_wire`) and decodes what comes back: streamed chunks
+(`OpenAIStreamDecoder`, `ResponsesStreamDecoder`), whole bodies, errors, rate-limit headers
+(`_openai_limits`) and the model list. It never does I/O. See WIRE-FORMATS sections 1, 2, 5
+and 6.
 
 Encoding rules worth knowing:
 
 * ``max_tokens`` goes out as ``max_completion_tokens`` for reasoning models (o1, o3, o4,
   GPT-5) and whenever ``provider_options["use_max_completion_tokens"]`` is true (false forces
-  ``max_tokens``); that key is consumed, every other ``provider_options`` key is merged into
-  the body last and so wins;
+  ``max_tokens``); that key and ``api`` are consumed, every other ``provider_options`` key
+  is merged into the body last and so wins;
 * the provider entry's ``options`` (checked when the codec is made, `_options.openai_rules`)
   sit under the request's: sampling defaults under its `ModelOptions`, body fields under its
   ``provider_options``;
-* `ReasoningPart` content is not sent (OpenAI keeps reasoning server-side); images are only
-  allowed in user messages;
+* messages are encoded by `_openai_encode.chat_messages`: `ReasoningPart` content is not
+  sent (OpenAI keeps reasoning server-side); images are taken in user messages, and the
+  images of tool results travel in a user message after the tool messages;
 * a streamed request asks for ``stream_options: {"include_usage": true}``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
@@ -49,18 +52,19 @@ from ._base import (
     ProviderCodec,
     RateLimitInfo,
     RetryAdvice,
-    count_in_range,
+    StreamDecoder,
     datetime_from_unix,
-    parse_duration_header,
     parse_retry_after,
     unix_to_datetime,
 )
+from ._openai_encode import chat_messages, refuse_image
 from ._openai_errors import (
     classify_error,
     classify_stream_error,
     is_quota_error,
     parse_error_body,
 )
+from ._openai_limits import parse_openai_rate_limits
 from ._openai_models import (
     CHAT_FEATURES,
     guess_features,
@@ -77,12 +81,21 @@ from ._openai_wire import (
     usage_from_wire,
 )
 from ._options import ProviderOptions, openai_rules
+from ._responses_encode import (
+    Api,
+    check_options,
+    chosen_api,
+    refuse_unsupported,
+    responses_body,
+)
+from ._responses_stream import ResponsesStreamDecoder
+from ._responses_wire import decode_response_bytes
 
 __all__ = ["OpenAICodec", "OpenAIStreamDecoder"]
 
 _ENCODER: Final = msgspec.json.Encoder()
 
-_CONSUMED_OPTIONS: Final = frozenset({"use_max_completion_tokens"})
+_CONSUMED_OPTIONS: Final = frozenset({"use_max_completion_tokens", "api"})
 _PROVIDER_FEATURES: Final = CHAT_FEATURES
 
 
@@ -91,59 +104,8 @@ def _is_legacy(request: Request) -> bool:
     return metadata is not None and metadata.get("endpoint") == "completions"
 
 
-def _text_of(parts: list[Part], role: str) -> str:
-    """The text of non-user content; images there are refused, reasoning is left out.
-
-    Raises:
-        InvalidRequest: a part is an image.
-    """
-    texts: list[str] = []
-    for part in parts:
-        if isinstance(part, TextPart):
-            texts.append(part.text)
-        elif isinstance(part, ImagePart):
-            raise InvalidRequest(
-                f"OpenAI Chat Completions takes images only in user messages, not in a "
-                f"{role} message",
-                details={"field": "messages", "role": role},
-            )
-    return "".join(texts)
-
-
-def _user_parts(parts: list[Part]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for part in parts:
-        if isinstance(part, TextPart):
-            out.append({"type": "text", "text": part.text})
-        elif isinstance(part, ImagePart):
-            image: dict[str, Any] = {"url": part.as_url()}
-            if part.detail is not None:
-                image["detail"] = part.detail
-            out.append({"type": "image_url", "image_url": image})
-    return out
-
-
-def _int_header(value: str | None) -> int | None:
-    """A count header (``5000``, also ``5000.0``); None when malformed or out of range."""
-    if not value:
-        return None
-    try:
-        return count_in_range(int(value))
-    except ValueError:
-        pass
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return count_in_range(int(number)) if math.isfinite(number) else None
-
-
-def _duration_header(value: str | None) -> float | None:
-    return parse_duration_header(value) if value else None
-
-
 class OpenAICodec(ProviderCodec):
-    """OpenAI Chat Completions, sans I/O.
+    """OpenAI Chat Completions and the Responses API, sans I/O.
 
     Args:
         name: the provider entry's name (default ``"openai"``).
@@ -153,6 +115,9 @@ class OpenAICodec(ProviderCodec):
         organization: sent as ``OpenAI-Organization``.
         project: sent as ``OpenAI-Project``.
         max_retry_after: a ``retry-after`` longer than this many seconds means do not retry.
+        api: where requests go unless their ``provider_options["api"]`` says otherwise:
+            ``"chat"`` (Chat Completions) or ``"responses"`` (the Responses API,
+            ``_responses_encode``).
 
     Raises:
         ConfigurationError: an option is refused (it collides with a field built from the
@@ -181,6 +146,7 @@ class OpenAICodec(ProviderCodec):
         organization: str | None = None,
         project: str | None = None,
         max_retry_after: float = 60.0,
+        api: Api = "chat",
     ) -> None:
         super().__init__(name=name, base_url=base_url, headers=headers, options=options)
         self.organization = organization
@@ -190,6 +156,24 @@ class OpenAICodec(ProviderCodec):
             provider=self.options_label, top_k=self.send_top_k, seed_field=self.seed_field
         )
         self.provider_options = ProviderOptions.parse(self.options, rules, name=self.name)
+        self._api: Api = "chat"
+        self.api = api
+
+    @property
+    def api(self) -> Api:
+        """Where requests go unless their ``provider_options["api"]`` says otherwise."""
+        return self._api
+
+    @api.setter
+    def api(self, value: Api) -> None:
+        """Choose the API; the entry's options must suit it.
+
+        Raises:
+            ConfigurationError: the options name ``api`` (it is ``providers.<name>.api``),
+                or set a sampling default the chosen API has no field for.
+        """
+        check_options(value, self.provider_options, provider=self.name)
+        self._api = value
 
     # -- capabilities -------------------------------------------------------------------------
 
@@ -212,21 +196,28 @@ class OpenAICodec(ProviderCodec):
         """Refuse what the model cannot take, before anything is sent.
 
         Raises:
-            InvalidRequest: an image outside a user message, or a legacy-completions request
-                that is not a single user text message or uses tools or a response format.
+            InvalidRequest: an image in a system, developer or assistant message (for the
+                Responses API: in an assistant message), an option the Responses API has no
+                field for, an unknown ``provider_options["api"]``, or a legacy-completions
+                request that is not a single user text message or uses tools or a response
+                format.
             ModelNotSupported: images to a model without vision, tools to a model without
                 function calling, or a JSON schema to a model without structured output.
         """
         if _is_legacy(request):
             self._prompt(request)
+        images = ("user", "tool")
+        if not _is_legacy(request) and self.api_of(request) == "responses":
+            images = ("user", "tool", "system", "developer")
+            refuse_unsupported(request, provider=self.name)
         needs: list[Feature] = []
         for message in request.messages:
             content = message.content
             if content is None or isinstance(content, str):
                 continue
             if any(isinstance(part, ImagePart) for part in content):
-                if message.role != "user":
-                    _text_of(content, message.role)  # raises
+                if message.role not in images:
+                    raise refuse_image(message.role, provider=self.name)
                 if Feature.VISION not in needs:
                     needs.append(Feature.VISION)
         if request.tools:
@@ -247,13 +238,17 @@ class OpenAICodec(ProviderCodec):
         """The ``POST`` for ``request``: chat completions, or legacy completions.
 
         Raises:
-            InvalidRequest: an image outside a user message, a legacy-completions request
-                that is not a single user text message, or ``provider_options`` that cannot
-                be encoded as JSON.
+            InvalidRequest: an image in a system, developer or assistant message, a
+                legacy-completions request that is not a single user text message, or
+                ``provider_options`` that cannot be encoded as JSON.
         """
         request = self.provider_options.apply(request)
         legacy = _is_legacy(request)
-        body = self.completions_body(request) if legacy else self.chat_body(request)
+        path = "completions" if legacy else "chat/completions"
+        if not legacy and self.api_of(request) == "responses":
+            body, path = self.responses_body(request), "responses"
+        else:
+            body = self.completions_body(request) if legacy else self.chat_body(request)
         try:
             encoded = _ENCODER.encode(body)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -268,21 +263,38 @@ class OpenAICodec(ProviderCodec):
         headers.update(self.extra_headers)
         return HttpRequest(
             method="POST",
-            url=self._endpoint(request, "completions" if legacy else "chat/completions"),
+            url=self._endpoint(request, path),
             headers=headers,
             body=encoded,
             stream=request.stream,
         )
 
+    def api_of(self, request: Request) -> Api:
+        """The API ``request`` goes to: its ``provider_options["api"]``, else `api`.
+
+        Raises:
+            InvalidRequest: ``provider_options["api"]`` is neither ``"chat"`` nor
+                ``"responses"``.
+        """
+        return chosen_api(request, self.api, provider=self.name)
+
+    def responses_body(self, request: Request) -> dict[str, Any]:
+        """The JSON body of ``POST /responses`` (`_responses_encode`), as plain data.
+
+        Raises:
+            InvalidRequest: an option the Responses API has no field for.
+        """
+        return responses_body(request, model=request.model, provider=self.name)
+
     def chat_body(self, request: Request) -> dict[str, Any]:
         """The JSON body of a chat completion, as plain data.
 
         Raises:
-            InvalidRequest: an image outside a user message.
+            InvalidRequest: an image in a system, developer or assistant message.
         """
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": [self._message(m) for m in request.messages],
+            "messages": chat_messages(request.messages, reasoning_field=self.reasoning_field),
         }
         provider_options = self._options(request, body, legacy=False)
         if request.tools:
@@ -346,53 +358,6 @@ class OpenAICodec(ProviderCodec):
                 details={"field": "messages"},
             )
         return messages[0].text
-
-    def _message(self, message: Message) -> dict[str, Any]:
-        role = message.role
-        content = message.content
-        out: dict[str, Any] = {"role": role}
-        if role == "user":
-            if isinstance(content, list):
-                out["content"] = _user_parts(content)
-            else:
-                out["content"] = content or ""
-        else:
-            text = content if isinstance(content, str) else _text_of(content or [], role)
-            if role == "assistant":
-                calls = message.tool_calls
-                if calls:
-                    out["content"] = text or None
-                    out["tool_calls"] = [self._tool_call(call) for call in calls]
-                else:
-                    out["content"] = text
-                field = self.reasoning_field
-                if field is not None and isinstance(content, list):
-                    reasoning = [p.text for p in content if isinstance(p, ReasoningPart)]
-                    if reasoning:
-                        out[field] = "".join(reasoning)
-            elif role == "tool":
-                out["tool_call_id"] = message.tool_call_id
-                out["content"] = text
-            else:
-                out["content"] = text
-        if message.name is not None and role != "tool":
-            out["name"] = message.name
-        metadata = message.metadata
-        if metadata is not None and "extra_content" in metadata:
-            out["extra_content"] = metadata["extra_content"]
-        return out
-
-    @staticmethod
-    def _tool_call(call: ToolCall) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": call.id,
-            "type": "function",
-            "function": {"name": call.name, "arguments": call.arguments},
-        }
-        metadata = call.metadata
-        if metadata is not None and "extra_content" in metadata:
-            out["extra_content"] = metadata["extra_content"]
-        return out
 
     @staticmethod
     def _tool(tool: ToolSpec) -> dict[str, Any]:
@@ -459,8 +424,12 @@ class OpenAICodec(ProviderCodec):
 
     # -- decoding -----------------------------------------------------------------------------
 
-    def stream_decoder(self, request: Request) -> OpenAIStreamDecoder:
+    def stream_decoder(self, request: Request) -> StreamDecoder:
         """A fresh decoder for the streamed body of ``encode(request)``."""
+        if not _is_legacy(request) and self.api_of(request) == "responses":
+            return ResponsesStreamDecoder(
+                provider=self.name, map_error=self.map_stream_error, model=request.model
+            )
         return OpenAIStreamDecoder(provider=self.name, map_error=self.map_stream_error)
 
     def decode_response(self, request: Request, body: bytes) -> Response:
@@ -472,14 +441,22 @@ class OpenAICodec(ProviderCodec):
         `ReasoningPart`.
 
         Raises:
-            ProviderError: the body is not JSON of the documented shape.
+            ProviderError: the body is not JSON of the documented shape (retryable: a
+                malformed answer before any content).
             LLMError: the typed error, when the body is an error object (``map_stream_error``).
         """
+        if not _is_legacy(request) and self.api_of(request) == "responses":
+            return decode_response_bytes(
+                body, provider=self.name, model=request.model, map_error=self.map_stream_error
+            )
         try:
             completion = COMPLETION_DECODER.decode(body)
         except JSON_ERRORS as exc:
             raise ProviderError(
-                f"malformed response body: {exc}", provider=self.name, retryable=False
+                f"malformed response body: {exc}",
+                provider=self.name,
+                retryable=True,  # nothing reached the caller (docs/providers.md)
+                details={"reason": "malformed response"},
             ) from exc
         if completion.error:
             raise self.map_stream_error({"error": completion.error})
@@ -602,25 +579,7 @@ class OpenAICodec(ProviderCodec):
         The unsuffixed ``x-ratelimit-limit|remaining|reset`` (Together) count requests.
         Returns None when no such header is present.
         """
-        get = headers.get
-        info = RateLimitInfo(
-            requests_limit=_int_header(
-                get("x-ratelimit-limit-requests") or get("x-ratelimit-limit")
-            ),
-            requests_remaining=_int_header(
-                get("x-ratelimit-remaining-requests") or get("x-ratelimit-remaining")
-            ),
-            requests_reset=_duration_header(
-                get("x-ratelimit-reset-requests") or get("x-ratelimit-reset")
-            ),
-            tokens_limit=_int_header(get("x-ratelimit-limit-tokens")),
-            tokens_remaining=_int_header(get("x-ratelimit-remaining-tokens")),
-            tokens_reset=_duration_header(get("x-ratelimit-reset-tokens")),
-            retry_after=None if self.retry_after_on_success else parse_retry_after(headers),
-        )
-        if info == _NO_LIMITS:
-            return None
-        return info
+        return parse_openai_rate_limits(headers, retry_after_on_success=self.retry_after_on_success)
 
     # -- models -------------------------------------------------------------------------------
 
@@ -661,6 +620,3 @@ class OpenAICodec(ProviderCodec):
                 )
             )
         return models
-
-
-_NO_LIMITS: Final = RateLimitInfo()

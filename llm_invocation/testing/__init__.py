@@ -27,6 +27,7 @@ from ..providers.mock import MockTransport as MockTransport
 from ..providers.mock import OpenAIRenderer as OpenAIRenderer
 from ..providers.mock import RecordedRequest as RecordedRequest
 from ..providers.mock import Renderer as Renderer
+from ..providers.mock import ResponsesRenderer as ResponsesRenderer
 from ..providers.mock import Scenario as Scenario
 from ..providers.mock import Scenarios as Scenarios
 from ..providers.mock import ScriptedToolCall as ScriptedToolCall
@@ -56,6 +57,7 @@ __all__ = [
     "OpenAIRenderer",
     "RecordedRequest",
     "Renderer",
+    "ResponsesRenderer",
     "Scenario",
     "Scenarios",
     "ScriptedToolCall",

@@ -4,6 +4,7 @@ The server speaks the three wire formats under one port, each under its own pref
 
     /openai/v1/chat/completions          /anthropic/v1/messages
     /openai/v1/completions               /anthropic/v1/messages/count_tokens
+    /openai/v1/responses
     /openai/v1/models                    /anthropic/v1/models
     /gemini/v1beta/models/{model}:generateContent
     /gemini/v1beta/models/{model}:streamGenerateContent (?alt=sse)

@@ -18,7 +18,7 @@ import msgspec
 
 from .._secrets import redact
 from ..errors import InvalidRequest, LLMError, ToolExecutionFailed
-from ..types import ImagePart, Message, TextPart, ToolCall, ToolSpec, tool_result
+from ..types import ContentBlock, ImagePart, Message, TextPart, ToolCall, ToolSpec, tool_result
 
 __all__ = [
     "MAX_RESULT_CHARS",
@@ -61,6 +61,9 @@ class Tool(Protocol):
     async def execute(self, arguments: dict[str, Any]) -> Any:
         """Run with the model's arguments; return anything JSON-able, text or images.
 
+        The built-in tools (``@tool`` functions and MCP tools) return a `ToolResult`; any
+        other value is made one by `to_result`.
+
         Raises:
             Exception: any failure; the executor turns it into an error result.
         """
@@ -80,6 +83,9 @@ class ToolResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         data: the structured result, when there is one.
         images: images the tool returned (sent where the provider accepts them).
         duration: seconds the call took.
+        blocks: every content block as the tool returned it, typed, with its annotations
+            and ``_meta`` (MCP tools fill it: audio, embedded resources and resource links
+            are kept here; ``content`` and ``images`` are what the model gets of them).
     """
 
     call_id: str
@@ -90,6 +96,7 @@ class ToolResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     data: Any = None
     images: list[ImagePart] = []
     duration: float = 0.0
+    blocks: list[ContentBlock] = []
 
 
 ToolErrorCode = Literal["tool_execution_failed", "timeout", "invalid_arguments", "tool_not_found"]

@@ -36,7 +36,7 @@ import trio
 
 from ..errors import ToolExecutionFailed
 from ..types import ToolCall, ToolSpec
-from ._core import ToolContext
+from ._core import ToolContext, ToolResult, to_result
 from ._sandbox import SandboxLimits, SandboxRequest, module_root, run_sandboxed
 
 __all__ = ["FunctionTool", "parse_docstring", "tool"]
@@ -263,11 +263,14 @@ class FunctionTool(Generic[P, R]):
         *,
         context: ToolContext | None = None,
         sandbox: bool | SandboxLimits | None = None,
-    ) -> Any:
-        """Run the function with the model's ``arguments`` and return what it returned.
+    ) -> ToolResult:
+        """Run the function with the model's ``arguments``; return its `ToolResult`.
 
-        Async functions run in this task, sync ones in a worker thread that is abandoned
-        when the call is cancelled. In the sandbox the result is already a `ToolResult`.
+        What the function returned is made a `ToolResult` by `to_result` (its ``data`` is
+        the JSON-able value, ``content`` the text the model reads), in this process or in
+        the sandbox alike: the same type an MCP tool's ``execute`` returns. Call the tool
+        object itself for the function's own return value. Async functions run in this
+        task, sync ones in a worker thread that is abandoned when the call is cancelled.
 
         Args:
             arguments: the model's arguments, as decoded from JSON.
@@ -281,11 +284,16 @@ class FunctionTool(Generic[P, R]):
         """
         limits = self._limits(sandbox)
         call = self.bind(arguments, context=context)
+        call_id = context.call_id if context is not None else ""
+        start = trio.current_time()
         if limits is not None:
-            return await self._run_sandboxed(arguments, context, limits)
-        if self._is_async:
-            return await cast("Awaitable[Any]", call())
-        return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+            value: Any = await self._run_sandboxed(arguments, context, limits)
+        elif self._is_async:
+            value = await cast("Awaitable[Any]", call())
+        else:
+            value = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+        duration = trio.current_time() - start
+        return to_result(value, call_id=call_id, name=self._name, duration=duration)
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -14,6 +14,10 @@ on the ``"type"`` field::
     StreamChunk ... StreamChunk ──(StreamAggregator)──> Response ── choices: list[Choice]
                                                               └── usage: Usage
 
+A `CacheControl` marker on a text or image part, a message or a tool spec is a
+prompt-cache breakpoint (Anthropic's ``cache_control``; other providers cache by themselves
+and ignore it), at most `CacheControl.MAX_PER_REQUEST` per request.
+
 Values are validated when they are made *and* when they are decoded (msgspec calls
 ``__post_init__`` in both cases); a violation raises `llm_invocation.errors.InvalidRequest`.
 `StreamChunk` and `ToolCallDelta` have no ``__post_init__``: they are on the hot path.
@@ -27,6 +31,13 @@ Finish reasons and usage are normalised across providers (see ``WIRE-FORMATS.md`
 tokens, and the provider's own finish reason goes in ``metadata["native_finish_reason"]``.
 """
 
+from ._content import AudioPart as AudioPart
+from ._content import ContentAnnotations as ContentAnnotations
+from ._content import ContentBlock as ContentBlock
+from ._content import ContentPart as ContentPart
+from ._content import ResourceLinkPart as ResourceLinkPart
+from ._content import ResourcePart as ResourcePart
+from ._messages import CacheControl as CacheControl
 from ._messages import ImagePart as ImagePart
 from ._messages import Message as Message
 from ._messages import NamedToolChoice as NamedToolChoice
@@ -64,11 +75,16 @@ from ._stream import StreamChunk as StreamChunk
 from ._stream import ToolCallDelta as ToolCallDelta
 
 __all__ = [
+    "AudioPart",
+    "CacheControl",
     "ChatRequest",
     "ChatResponse",
     "Choice",
     "CompletionRequest",
     "CompletionResponse",
+    "ContentAnnotations",
+    "ContentBlock",
+    "ContentPart",
     "Feature",
     "FinishReason",
     "ImagePart",
@@ -81,6 +97,8 @@ __all__ = [
     "Part",
     "ReasoningPart",
     "Request",
+    "ResourceLinkPart",
+    "ResourcePart",
     "Response",
     "ResponseFormat",
     "Role",

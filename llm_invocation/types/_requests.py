@@ -15,8 +15,10 @@ import msgspec
 
 from ..errors import ErrorInfo, InvalidRequest
 from ._messages import (
+    CacheControl,
     Message,
     NamedToolChoice,
+    ReasoningPart,
     ResponseFormat,
     ToolCall,
     ToolChoice,
@@ -149,9 +151,11 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         cache: answer from, and store in, the response cache.
 
     Raises:
-        InvalidRequest: when ``model`` or ``messages`` is empty, tool names repeat, or a
+        InvalidRequest: when ``model`` or ``messages`` is empty, tool names repeat, a
             `NamedToolChoice` names a tool not in ``tools`` (with ``tools`` None it may name
-            a registered tool: the client checks it when it offers the tools).
+            a registered tool: the client checks it when it offers the tools), or the tools
+            and messages carry more than `CacheControl.MAX_PER_REQUEST` prompt-cache
+            breakpoints (``details["locations"]`` lists them).
     """
 
     model: str
@@ -190,6 +194,7 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
                 f"tool_choice names {choice.name!r}, which is not in tools",
                 details={"field": "tool_choice", "name": choice.name},
             )
+        _check_breakpoints(self)
 
     @property
     def max_tokens(self) -> int | None:
@@ -212,6 +217,35 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 InvocationRequest = Request
 """The second specification's name for `Request`."""
+
+
+def _cache_breakpoints(request: Request) -> list[str]:
+    """Where ``request`` carries prompt-cache breakpoints (`CacheControl`), in order:
+    ``tools[i]``, ``messages[i]`` (the message's last block) and ``messages[i].content[j]``."""
+    where: list[str] = []
+    for i, tool in enumerate(request.tools or ()):
+        if tool.cache_control is not None:
+            where.append(f"tools[{i}]")
+    for i, message in enumerate(request.messages):
+        if message.cache_control is not None:
+            where.append(f"messages[{i}]")
+        content = message.content
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, ReasoningPart) and part.cache_control is not None:
+                    where.append(f"messages[{i}].content[{j}]")
+    return where
+
+
+def _check_breakpoints(request: Request) -> None:
+    limit = CacheControl.MAX_PER_REQUEST
+    where = _cache_breakpoints(request)
+    if len(where) > limit:
+        raise InvalidRequest(
+            f"a request takes at most {limit} prompt-cache breakpoints (Anthropic's limit), "
+            f"got {len(where)}: {', '.join(where)}",
+            details={"field": "cache_control", "locations": where},
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,9 +275,16 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         total_tokens: prompt plus completion; filled in when left at 0.
         cache_read_tokens: input tokens read from the prompt cache.
         cache_write_tokens: input tokens written to the prompt cache.
+        cache_write_1h_tokens: the part of ``cache_write_tokens`` written for an hour
+            (Anthropic's ``"1h"`` TTL), which costs more than a 5-minute write.
         reasoning_tokens: output tokens spent thinking.
-        cost: the cost in US dollars; None means unknown, never a made-up 0.
+        cost: the cost in US dollars that budgets count; None means unknown, never a
+            made-up 0. A settled call's cost is the price book's when it knows the model's
+            price, else the provider's ``reported_cost``, else unknown.
         estimated: the counts were estimated locally, not reported by the provider.
+        reported_cost: the cost in US dollars the provider itself reported for the call
+            (OpenRouter's ``usage.cost``); None when it reported none. Kept as reported,
+            beside ``cost``, whichever of the two budgets count.
     """
 
     prompt_tokens: int = 0
@@ -251,9 +292,11 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     total_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
     cost: Decimal | None = None
     estimated: bool = False
+    reported_cost: Decimal | None = None
 
     def __post_init__(self) -> None:
         if not self.total_tokens and (self.prompt_tokens or self.completion_tokens):
@@ -263,26 +306,33 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     @classmethod
     def zero(cls) -> Usage:
-        """Return a usage of nothing at zero cost, the start of a sum."""
-        return cls(cost=Decimal(0))
+        """Return a usage of nothing at zero cost (priced and reported), the start of a sum."""
+        return cls(cost=Decimal(0), reported_cost=Decimal(0))
 
     def __add__(self, other: Usage) -> Usage:
         """Sum two usages.
 
         Token counts add up. The cost is the sum when both are known and None when either
-        is unknown: an unknown part makes the total unknown. ``estimated`` is set when either
-        is.
+        is unknown: an unknown part makes the total unknown; the same goes for
+        ``reported_cost``. ``estimated`` is set when either is.
         """
         cost = None if self.cost is None or other.cost is None else self.cost + other.cost
+        reported = (
+            None
+            if self.reported_cost is None or other.reported_cost is None
+            else self.reported_cost + other.reported_cost
+        )
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
             total_tokens=self.total_tokens + other.total_tokens,
             cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
             cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            cache_write_1h_tokens=self.cache_write_1h_tokens + other.cache_write_1h_tokens,
             reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
             cost=cost,
             estimated=self.estimated or other.estimated,
+            reported_cost=reported,
         )
 
 
@@ -311,7 +361,9 @@ class Response(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         id: the provider's response id.
         provider: the provider that answered.
         model: the model that answered, as the provider names it.
-        created: when, timezone-aware (stored in UTC).
+        created: when, timezone-aware (stored in UTC): the provider's creation time when
+            it sends one (OpenAI ``created``, Gemini ``createTime``), else the time the whole
+            answer had arrived (Anthropic sends none), streamed or not.
         choices: the alternative answers, usually one.
         usage: token counts and cost, when known.
         metadata: provider extras (``native_finish_reason``, ``service_tier``, ...).

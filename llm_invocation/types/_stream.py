@@ -59,8 +59,9 @@ class StreamChunk(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
             non-None usage of a stream is its usage.
         error: the stream failed; no chunk follows.
         metadata: provider extras (``native_finish_reason``, ...); later chunks win per key.
-        created: when the provider says the response was made (often only on the first
-            chunks); the first one reported is the response's.
+        created: when the provider says the response was made (on the first chunk that
+            comes out); the first one reported is the response's. In a stream, None when
+            the provider sends none (Anthropic, the Gemini API): never a local clock reading.
         system_fingerprint: the provider's backend fingerprint (OpenAI), when reported; the
             first one reported is the response's.
     """
@@ -348,8 +349,9 @@ class StreamAggregator:
             id: the id to use when no chunk carried one.
             provider: the provider to use when no chunk carried one.
             model: the model to use when no chunk carried one.
-            created: the creation time to use when no chunk carried one; now (UTC) by
-                default.
+            created: the creation time to use when no chunk carried one (the provider
+                sent none); now (UTC) by default, which is what the invocation passes when
+                the stream ends: the time the whole answer had arrived.
 
         Raises:
             LLMError: the typed error (`llm_invocation.errors.error_from_info`) when a chunk

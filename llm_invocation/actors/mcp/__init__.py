@@ -1,5 +1,8 @@
 """MCP servers as supervised actors: one `MCPConnection` per server, its tools in the registry."""
 
+from ._auth import MCPAuth as MCPAuth
+from ._handle import MCPListener as MCPListener
+from ._handle import MCPServerHandle as MCPServerHandle
 from ._manager import MCP_BACKOFF as MCP_BACKOFF
 from ._manager import MCP_MAX_RESTARTS as MCP_MAX_RESTARTS
 from ._manager import MCP_RESTART_WINDOW as MCP_RESTART_WINDOW
@@ -15,6 +18,18 @@ from ._manager import ServerInfo as ServerInfo
 from ._manager import local_tool_name as local_tool_name
 from ._manager import mcp_child_spec as mcp_child_spec
 from ._manager import mcp_supervisor_spec as mcp_supervisor_spec
+from ._models import MCPCompletion as MCPCompletion
+from ._models import MCPEvent as MCPEvent
+from ._models import MCPPrompt as MCPPrompt
+from ._models import MCPPromptArgument as MCPPromptArgument
+from ._models import MCPPromptResult as MCPPromptResult
+from ._models import MCPResource as MCPResource
+from ._models import MCPResourceTemplate as MCPResourceTemplate
+from ._models import MCPToolAnnotations as MCPToolAnnotations
+from ._models import PromptsChanged as PromptsChanged
+from ._models import ResourcesChanged as ResourcesChanged
+from ._models import ResourceUpdated as ResourceUpdated
+from ._models import TaskSupport as TaskSupport
 from ._servers import DEFAULT_MCP_PATH as DEFAULT_MCP_PATH
 from ._servers import InProcessMCPServer as InProcessMCPServer
 from ._servers import MCPServerLike as MCPServerLike
@@ -32,13 +47,28 @@ __all__ = [
     "CallTool",
     "InProcessMCPServer",
     "ListServerTools",
+    "MCPCompletion",
     "MCPConnection",
+    "MCPEvent",
+    "MCPListener",
     "MCPMsg",
+    "MCPPrompt",
+    "MCPPromptArgument",
+    "MCPPromptResult",
+    "MCPResource",
+    "MCPResourceTemplate",
+    "MCPServerHandle",
+    "MCPAuth",
     "MCPServerInfo",
     "MCPServerLike",
     "MCPTool",
+    "MCPToolAnnotations",
+    "PromptsChanged",
+    "ResourceUpdated",
+    "ResourcesChanged",
     "ServerInfo",
     "ServerSpec",
+    "TaskSupport",
     "local_tool_name",
     "mcp_child_spec",
     "mcp_server",

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 import msgspec
 import trio
 
-from ...errors import ToolExecutionFailed
+from ...errors import ConfigurationError, ToolExecutionFailed
 from ...runtime import (
     Actor,
     ActorCrashed,
@@ -51,9 +51,22 @@ from ...runtime import (
     SupervisorSpec,
 )
 from ...tools._core import ToolRegistry, ToolResult
+from ._handle import FeatureMsg, answer, listeners_for, notify, resubscribe
+from ._models import MCPToolAnnotations, TaskSupport, same_tool, tool_metadata
 from ._servers import ServerSpec
+from ._status import (
+    ConnectionState,
+    ConnectionStatus,
+    Ending,
+    Handshake,
+    serve_routinely,
+    statuses_for,
+)
 
 if TYPE_CHECKING:
+    import mcp_types
+
+    from ._auth import MCPAuth
     from ._session import RemoteTool, Session
 
 __all__ = [
@@ -115,12 +128,16 @@ class CallTool(Call[ToolResult], frozen=True, kw_only=True):
         arguments: the JSON-able arguments object.
         call_id: the id of the model's tool call, copied into the result.
         remote_name: the tool's name on the server; looked up from ``name`` when omitted.
+        retry: this is the one retry of a call that was not delivered (it is counted).
+        timeout: seconds this call may take (default: the server's ``timeout``).
     """
 
     name: str
     arguments: dict[str, Any]
     call_id: str = ""
     remote_name: str | None = None
+    retry: bool = False
+    timeout: float | None = None
 
 
 class ListServerTools(Call[list[str]], frozen=True, kw_only=True):
@@ -140,6 +157,13 @@ class MCPServerInfo(msgspec.Struct, frozen=True, kw_only=True):
         calls, errors, timeouts: calls made over this connection, those that failed or
             returned an error, and those that timed out.
         instructions: the server's usage instructions, if any.
+        state: ``"connecting"``, ``"ready"``, ``"reconnecting"`` or ``"failed"`` (the last
+            attempt to reconnect failed; the next waits for its backoff).
+        reconnects: how often the connection was made again after it was lost.
+        retries: calls sent a second time because the first certainly was not delivered.
+        last_error: why the connection was last lost or failed (None: never).
+        last_error_at: when (Unix time, seconds).
+        capabilities: the capabilities the server declared in its handshake.
     """
 
     server: str
@@ -153,13 +177,19 @@ class MCPServerInfo(msgspec.Struct, frozen=True, kw_only=True):
     errors: int
     timeouts: int
     instructions: str | None = None
+    state: ConnectionState = "ready"
+    reconnects: int = 0
+    retries: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    capabilities: dict[str, Any] = {}
 
 
 class ServerInfo(Call[MCPServerInfo], frozen=True, kw_only=True):
     """Statistics of the connection (see `MCPServerInfo`)."""
 
 
-MCPMsg = CallTool | ListServerTools | ServerInfo
+MCPMsg = CallTool | ListServerTools | ServerInfo | FeatureMsg
 
 
 # -- tools --------------------------------------------------------------------------------------
@@ -175,6 +205,13 @@ class MCPTool:
     Attributes:
         server: the configured name of the MCP server.
         remote_name: the tool's name on the server.
+        title: its human-readable title (its ``title``, else its annotations').
+        annotations: the server's hints (`MCPToolAnnotations`), if any.
+        output_schema: the JSON schema of its structured results, if any: a result that
+            does not match is an error result saying why.
+        meta: its ``_meta``, if any.
+        task_support: its ``execution.taskSupport``; tools that require tasks are not
+            registered (this client does not run tasks).
     """
 
     __slots__ = (
@@ -183,8 +220,13 @@ class MCPTool:
         "_parameters",
         "_ref",
         "_timeout",
+        "annotations",
+        "meta",
+        "output_schema",
         "remote_name",
         "server",
+        "task_support",
+        "title",
     )
 
     def __init__(
@@ -197,7 +239,17 @@ class MCPTool:
         remote_name: str,
         ref: ActorRef[MCPMsg],
         timeout: float,
+        title: str | None = None,
+        annotations: MCPToolAnnotations | None = None,
+        output_schema: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+        task_support: TaskSupport | None = None,
     ) -> None:
+        self.title = title
+        self.annotations = annotations
+        self.output_schema = output_schema
+        self.meta = meta
+        self.task_support = task_support
         self._name = name
         self._description = description
         self._parameters = parameters
@@ -223,14 +275,22 @@ class MCPTool:
     def __repr__(self) -> str:
         return f"<MCPTool {self._name!r} ({self.server}:{self.remote_name})>"
 
-    async def execute(self, arguments: dict[str, Any], *, call_id: str = "") -> ToolResult:
+    async def execute(
+        self, arguments: dict[str, Any], *, call_id: str = "", timeout: float | None = None
+    ) -> ToolResult:
         """Call the remote tool with ``arguments``.
 
         Errors the tool reports come back as an error `ToolResult`
-        (``error_code="tool_execution_failed"``), so does a call that outlives the server's
-        ``timeout`` (``error_code="timeout"``; it is cancelled at the server). A call made
+        (``error_code="tool_execution_failed"``), so does a call that outlives ``timeout``
+        (seconds; default: the server's) (``error_code="timeout"``; it is cancelled at the
+        server). A call made
         while the server is reconnecting waits for it, up to that timeout (and a little).
         Cancelling the caller cancels the request at the server.
+
+        A call that certainly did not reach the server (it refused the session we had, which
+        it no longer knows, or could not be connected) is sent once more, on the next
+        connection; the retry is counted (`MCPServerInfo.retries`) and logged. A call that
+        may have been delivered is never sent again.
 
         Raises:
             ToolExecutionFailed: the server is not running, the connection broke during the
@@ -241,13 +301,26 @@ class MCPTool:
             arguments=dict(arguments),
             call_id=call_id,
             remote_name=self.remote_name,
+            timeout=timeout,
         )
+        limit = (self._timeout if timeout is None else timeout) + _CALL_GRACE
         start = trio.current_time()
         try:
             # The handler times the call out after `timeout` (and cancels it at the
             # server); this bound only catches a call that waited for a reconnection.
-            with trio.move_on_after(self._timeout + _CALL_GRACE):
-                return await self._ref.call(msg)
+            with trio.move_on_after(limit):
+                try:
+                    return await self._ref.call(msg)
+                except ToolExecutionFailed as exc:
+                    if exc.details.get("delivered") is not False:
+                        raise
+                    log.info(
+                        "MCP server %r: sending the call of %r again, once: %s",
+                        self.server,
+                        self.remote_name,
+                        exc,
+                    )
+                    return await self._ref.call(msgspec.structs.replace(msg, retry=True))
         except ActorCrashed as exc:
             raise ToolExecutionFailed(
                 f"the connection to MCP server {self.server!r} broke during the call of "
@@ -263,8 +336,7 @@ class MCPTool:
         return ToolResult(
             call_id=call_id,
             name=self._name,
-            content=f"MCP server {self.server!r} did not answer within "
-            f"{self._timeout + _CALL_GRACE:g}s",
+            content=f"MCP server {self.server!r} did not answer within {limit:g}s",
             is_error=True,
             error_code="timeout",
             duration=trio.current_time() - start,
@@ -293,6 +365,13 @@ class _NameLog:
     def __init__(self) -> None:
         self._seen: set[tuple[str, str]] = set()
 
+    def needs_tasks(self, server: str, remote: str) -> bool:
+        """Log once that ``remote`` requires tasks (not run here); False, to filter it out."""
+        if (remote, "") not in self._seen:
+            self._seen.add((remote, ""))
+            log.warning("tool %r of MCP server %r requires tasks: not offered", remote, server)
+        return False
+
     def renamed(self, server: str, remote: str, local: str) -> None:
         if (remote, local) in self._seen:
             return
@@ -318,6 +397,7 @@ class MCPConnection(Actor[MCPMsg]):
     """
 
     max_concurrency: ClassVar[int] = 64
+    _nursery: trio.Nursery | None = None
     reply_errors: ClassVar[tuple[type[Exception], ...]] = (ToolExecutionFailed,)
 
     def __init__(
@@ -328,12 +408,17 @@ class MCPConnection(Actor[MCPMsg]):
         *,
         ping_interval: float | None = None,
         names: _NameLog | None = None,
+        status: ConnectionStatus | None = None,
+        auth: MCPAuth | None = None,
     ) -> None:
         self.server = server
         self.config = config
         self.registry = registry
         self.ping_interval = ping_interval
         self._names = names or _NameLog()
+        self.status = status or ConnectionStatus(server)
+        self.auth = auth
+        self._end: Ending | None = None
         self._ref: ActorRef[MCPMsg] | None = None
         self._session: Session | None = None
         self._tools: dict[str, MCPTool] = {}  # local name -> tool
@@ -343,6 +428,10 @@ class MCPConnection(Actor[MCPMsg]):
         self._errors = 0
         self._timeouts = 0
 
+    def _ending(self, ctx: Context) -> Ending:
+        self._end = Ending(self.status, ctx.stop)
+        return self._end
+
     def lifespan(self, ctx: Context) -> AbstractAsyncContextManager[object]:
         """Connect and register the tools (see the module); the connection is a task here."""
         return self._lifespan(ctx)
@@ -350,6 +439,7 @@ class MCPConnection(Actor[MCPMsg]):
     @asynccontextmanager
     async def _lifespan(self, ctx: Context) -> AsyncGenerator[None]:
         self._ref = ctx.self_ref
+        self._nursery = ctx.nursery
         try:
             await _load_sdk()
             from . import _session as _mcp_session
@@ -363,8 +453,9 @@ class MCPConnection(Actor[MCPMsg]):
                 self,
                 connect_timeout=_connect_timeout(self.config),
                 ping_interval=self.ping_interval,
+                auth=self.auth,
             )
-            await ctx.nursery.start(serve)
+            await ctx.nursery.start(serve_routinely, serve, self.status, self._ending(ctx))
             yield
         finally:
             self.disconnected()
@@ -372,19 +463,32 @@ class MCPConnection(Actor[MCPMsg]):
     async def handle(self, msg: MCPMsg, ctx: Context) -> Any:
         match msg:
             case CallTool():
-                return await self._call(msg)
+                return await self._call(msg, ctx)
             case ListServerTools():
                 return sorted(self._tools)
             case ServerInfo():
                 return self._info()
+            case _:  # resources, prompts, completion: see ``_handle``
+                hub = listeners_for(self.registry)
+                timeout = self.config.timeout
+                return await answer(msg, self._session, hub, server=self.server, timeout=timeout)
 
-    async def _call(self, msg: CallTool) -> ToolResult:
+    async def _call(self, msg: CallTool, ctx: Context) -> ToolResult:
         session = self._session
-        if session is None:
+        if session is None or session.lost is not None:
+            # Not sent: the connection is gone, and the next incarnation takes the calls.
+            if self._end is not None:
+                self._end((session and session.lost) or "disconnected", connected=True)
             raise ToolExecutionFailed(
                 f"MCP server {self.server!r} is not connected",
-                details={"server": self.server, "reason": "mcp_connection_failed"},
+                details={
+                    "server": self.server,
+                    "reason": "mcp_connection_failed",
+                    "delivered": False,
+                },
             )
+        if msg.retry:
+            self.status.retried()
         remote = msg.remote_name or self._remote_name(msg.name)
         if remote is None:
             return ToolResult(
@@ -401,10 +505,14 @@ class MCPConnection(Actor[MCPMsg]):
                 msg.arguments,
                 name=msg.name,
                 call_id=msg.call_id,
-                timeout=self.config.timeout,
+                timeout=self.config.timeout if msg.timeout is None else msg.timeout,
             )
-        except ToolExecutionFailed:
+        except ToolExecutionFailed as exc:
             self._errors += 1
+            # Not delivered: stop taking calls now, so that a retry waits for the next
+            # connection.
+            if exc.details.get("delivered") is False and self._end is not None:
+                self._end(session.lost or str(exc), connected=True)
             raise
         if result.error_code == "timeout":
             self._timeouts += 1
@@ -430,6 +538,12 @@ class MCPConnection(Actor[MCPMsg]):
             errors=self._errors,
             timeouts=self._timeouts,
             instructions=session.instructions if session else None,
+            state=self.status.state,
+            reconnects=self.status.reconnects,
+            retries=self.status.retries,
+            last_error=self.status.last_error,
+            last_error_at=self.status.last_error_at,
+            capabilities=session.capabilities if session else {},
         )
 
     # -- the connection's listener (called by _mcp_session.serve_connection) -------------------
@@ -438,6 +552,19 @@ class MCPConnection(Actor[MCPMsg]):
         self._session = session
         self._connected_since = time.time()
         self._sync(tools)
+        self.status.connected(
+            Handshake(
+                name=session.server_name,
+                version=session.server_version,
+                protocol_version=session.protocol_version,
+                instructions=session.instructions,
+                capabilities=session.capabilities,
+                connected_since=self._connected_since,
+            )
+        )
+        if self._nursery is not None:
+            hub = listeners_for(self.registry)
+            resubscribe(session, hub, self._nursery, timeout=self.config.timeout)
         log.info(
             "connected to MCP server %r (%s %s, %s): %d tools",
             self.server,
@@ -451,8 +578,13 @@ class MCPConnection(Actor[MCPMsg]):
         self._sync(tools)
         log.info("MCP server %r changed its tools: %d now", self.server, len(self._tools))
 
+    def notified(self, message: mcp_types.ServerNotification) -> None:
+        if self._nursery is not None:
+            notify(self.server, message, listeners_for(self.registry), self._nursery)
+
     def disconnected(self) -> None:
         self._session = None
+        self.status.disconnected()
         for local in list(self._tools):
             self._unregister(local)
 
@@ -462,17 +594,17 @@ class MCPConnection(Actor[MCPMsg]):
         """Make the registry hold exactly ``tools`` for this server."""
         ref = self._ref
         assert ref is not None
-        wanted = {tool.name: tool for tool in tools}
+        wanted = {
+            tool.name: tool
+            for tool in tools
+            if tool.task_support != "required" or self._names.needs_tasks(self.server, tool.name)
+        }
         for remote, local in list(self._local.items()):
             if remote not in wanted:
                 self._unregister(local)
         for remote, spec in wanted.items():
             current = self._tools.get(self._local.get(remote, ""))
-            if (
-                current is not None
-                and current.description == spec.description
-                and current.parameters == spec.parameters
-            ):
+            if current is not None and same_tool(current, spec):
                 continue
             local = current.name if current is not None else self._allocate(remote)
             tool = MCPTool(
@@ -483,6 +615,7 @@ class MCPConnection(Actor[MCPMsg]):
                 remote_name=remote,
                 ref=ref,
                 timeout=self.config.timeout,
+                **tool_metadata(spec),
             )
             self.registry.register(tool, replace=current is not None)
             self._tools[local] = tool
@@ -529,6 +662,7 @@ def mcp_child_spec(
     registry: ToolRegistry,
     *,
     ping_interval: float | None = PING_INTERVAL,
+    auth: MCPAuth | None = None,
 ) -> ChildSpec:
     """The supervised connection to one MCP server, for an ``mcp`` supervisor.
 
@@ -541,15 +675,28 @@ def mcp_child_spec(
         config: the server's configuration, or an `InProcessMCPServer`.
         ping_interval: seconds between pings of an ``http`` or ``sse`` server (None: never).
             A stdio or in-process server is never pinged: its end is noticed at once.
+        auth: for an ``http`` or ``sse`` server, an ``httpx2.Auth`` or a header provider
+            called once per connection (`MCPAuth`).
 
     Raises:
         UsageError: ``server`` contains a ``/``.
+        ConfigurationError: ``auth`` is given for a stdio or in-process server.
     """
+    if auth is not None and config.transport not in ("http", "sse"):
+        raise ConfigurationError(
+            f"auth is for http and sse MCP servers, not {config.transport}",
+            details={"server": server, "reason": "invalid_mcp_auth"},
+        )
     names = _NameLog()
-    ping = None if config.transport in ("stdio", "memory") else ping_interval
+    status = ConnectionStatus(server, config.transport)
+    statuses_for(registry)[server] = status
+    configured: float | None = getattr(config, "ping_interval", None)
+    ping = None if config.transport in ("stdio", "memory") else configured or ping_interval
 
     def factory() -> MCPConnection:
-        return MCPConnection(server, config, registry, ping_interval=ping, names=names)
+        return MCPConnection(
+            server, config, registry, ping_interval=ping, names=names, status=status, auth=auth
+        )
 
     return ChildSpec.actor(
         f"mcp.{server}",

@@ -42,30 +42,33 @@ SDK behaviour this module relies on (mcp 2.3, checked under trio):
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
-from collections.abc import AsyncGenerator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, NoReturn, Protocol, cast, final
 
 import anyio
 import httpx2
 import mcp_types
-import msgspec
 import trio
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp.client._memory import InMemoryTransport
 from mcp.client._transport import ReadStream, TransportStreams
 from mcp.client.session import ClientSession, IncomingMessage
-from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
 from ..._version import __version__
 from ...errors import LLMError, ToolExecutionFailed
 from ...tools._core import ToolResult
-from ...types import ImagePart
+from ._auth import MCPAuth
+from ._convert import RemoteTool, remote_tool
+from ._features import NOTIFICATIONS, ToolOutput, checked_call_tool, tool_result
+from ._http_session import open_sse, open_streamable_http, tracking_delivery
+from ._launcher import launch_command
 from ._servers import InProcessMCPServer, ServerSpec
 
 __all__ = ["ConnectionListener", "RemoteTool", "Session", "serve_connection"]
@@ -74,19 +77,12 @@ log = logging.getLogger("llm_invocation.mcp")
 
 # How long a legacy SSE stream may stay silent before it counts as broken (and reconnects).
 SSE_READ_TIMEOUT: Final = 300.0
+# How long a lost connection waits for its calls in flight before it is closed (seconds).
+SETTLE_GRACE: Final = 2.0
 # Pages of tools/list followed at most (a server whose cursor never ends cannot hang us).
 MAX_TOOL_PAGES: Final = 100
 
 _CLIENT_INFO: Final = mcp_types.Implementation(name="llm-invocation", version=__version__)
-_JSON: Final = msgspec.json.Encoder()
-
-
-class RemoteTool(msgspec.Struct, frozen=True, kw_only=True):
-    """One tool as the server lists it."""
-
-    name: str
-    description: str
-    parameters: dict[str, Any]
 
 
 class ConnectionListener(Protocol):
@@ -98,6 +94,10 @@ class ConnectionListener(Protocol):
 
     def disconnected(self) -> None: ...
 
+    def notified(self, message: mcp_types.ServerNotification) -> None:
+        """A notification other than ``tools/list_changed`` (resources, prompts)."""
+        ...
+
 
 class _ConnectionFailed(Exception):
     """The connection failed, as its message says; translated at the boundary."""
@@ -107,12 +107,24 @@ class _ConnectionFailed(Exception):
 class _Signals:
     """Wakes the connection's watcher: the tool list changed, or the session is dead."""
 
-    __slots__ = ("lost", "tools_changed", "wake")
+    __slots__ = ("calls", "idle", "lost", "tools_changed", "wake")
 
     def __init__(self) -> None:
         self.wake = trio.Event()
         self.tools_changed = False
         self.lost: str | None = None
+        self.calls = 0  # tool calls in flight
+        self.idle = trio.Event()
+        self.idle.set()
+
+    def call_started(self) -> None:
+        self.calls += 1
+        self.idle = trio.Event()
+
+    def call_ended(self) -> None:
+        self.calls -= 1
+        if not self.calls:
+            self.idle.set()
 
     def notify_tools_changed(self) -> None:
         self.tools_changed = True
@@ -164,6 +176,21 @@ class Session:
     def instructions(self) -> str | None:
         return self._init.instructions
 
+    @property
+    def lost(self) -> str | None:
+        """Why the connection is known to be lost, or None while it is good."""
+        return self._signals.lost
+
+    @property
+    def capabilities(self) -> dict[str, Any]:
+        """The capabilities the server declared, as JSON (``{"tools": {...}, ...}``)."""
+        return self._init.capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+    @property
+    def sdk(self) -> ClientSession:
+        """The SDK session (for ``_features``: resources, prompts, completion)."""
+        return self._client
+
     async def call_tool(
         self,
         remote_name: str,
@@ -187,14 +214,20 @@ class Session:
                 broke, or the SDK rejected the result (``__cause__`` says which).
         """
         start = trio.current_time()
-        raw: mcp_types.CallToolResult | None = None
-        try:
-            with trio.move_on_after(timeout):
-                raw = await self._client.call_tool(remote_name, dict(arguments))
-        except MCPError as exc:
-            raise self._call_failure(remote_name, exc, exc.message) from exc
-        except Exception as exc:  # the call boundary: anyio, httpx2, pydantic, the SDK's own
-            raise self._call_failure(remote_name, exc, f"{type(exc).__name__}: {exc}") from exc
+        raw: ToolOutput | None = None
+        self._signals.call_started()
+        with tracking_delivery() as delivery:
+            try:
+                with trio.move_on_after(timeout):
+                    raw = await checked_call_tool(self._client, remote_name, dict(arguments))
+            except MCPError as exc:
+                failure = self._call_failure(remote_name, exc, exc.message, delivery.refused)
+                raise failure from exc
+            except Exception as exc:  # the call boundary: anyio, httpx2, pydantic, the SDK's
+                text = f"{type(exc).__name__}: {exc}"
+                raise self._call_failure(remote_name, exc, text, delivery.refused) from exc
+            finally:
+                self._signals.call_ended()
         duration = trio.current_time() - start
         if raw is None:
             return ToolResult(
@@ -206,17 +239,31 @@ class Session:
                 error_code="timeout",
                 duration=duration,
             )
-        return _to_result(raw, name=name, call_id=call_id, duration=duration)
+        return tool_result(raw, remote_name, name=name, call_id=call_id, duration=duration)
 
-    def _call_failure(self, remote_name: str, exc: Exception, text: str) -> ToolExecutionFailed:
+    def _call_failure(
+        self, remote_name: str, exc: Exception, text: str, refused: str | None = None
+    ) -> ToolExecutionFailed:
+        """The typed error of a failed call.
+
+        ``details["delivered"]`` is False when the request certainly did not reach the
+        server (it refused our lost session, or could not be connected): such a call may be
+        sent again once, on the next connection.
+        """
         details: dict[str, Any] = {"server": self.server, "tool": remote_name}
-        connection_gone = isinstance(exc, MCPError) and (
-            exc.code == mcp_types.CONNECTION_CLOSED
-            # Streamable HTTP: the server no longer knows our session (it restarted).
-            or exc.message == "Session terminated"
+        connection_gone = refused is not None or (
+            isinstance(exc, MCPError)
+            and (
+                exc.code == mcp_types.CONNECTION_CLOSED
+                # Streamable HTTP: the server no longer knows our session (it restarted).
+                or exc.message == "Session terminated"
+            )
         )
         if isinstance(exc, MCPError):
             details["mcp_code"] = exc.code
+        if refused is not None:
+            details["delivered"] = False
+            text = f"{text} (not delivered: {refused})"
         if connection_gone:
             details["reason"] = "mcp_connection_failed"
             self._signals.notify_lost(f"the connection broke during a call: {text}")
@@ -227,55 +274,8 @@ class Session:
         )
 
 
-def _to_result(
-    raw: mcp_types.CallToolResult, *, name: str, call_id: str, duration: float
-) -> ToolResult:
-    """A `ToolResult` from the server's result: text, images, resources, structured data."""
-    texts: list[str] = []
-    images: list[ImagePart] = []
-    for block in raw.content:
-        match block:
-            case mcp_types.TextContent(text=text):
-                texts.append(text)
-            case mcp_types.ImageContent(data=data, mime_type=mime_type):
-                images.append(ImagePart(data=data, media_type=mime_type))
-            case mcp_types.EmbeddedResource(resource=resource):
-                if isinstance(resource, mcp_types.TextResourceContents):
-                    texts.append(resource.text)
-                elif resource.mime_type and resource.mime_type.startswith("image/"):
-                    images.append(ImagePart(data=resource.blob, media_type=resource.mime_type))
-                else:
-                    kind = resource.mime_type or "binary data"
-                    texts.append(f"[resource {resource.uri} ({kind}) omitted]")
-            case mcp_types.ResourceLink(uri=uri, name=link_name):
-                texts.append(f"[resource {link_name}: {uri}]")
-            case mcp_types.AudioContent(mime_type=mime_type):
-                texts.append(f"[{mime_type} audio omitted]")
-    data = raw.structured_content
-    content = "\n".join(texts)
-    if not content and data is not None:
-        content = _JSON.encode(data).decode()
-    if raw.is_error:
-        return ToolResult(
-            call_id=call_id,
-            name=name,
-            content=content or "the tool reported an error",
-            is_error=True,
-            error_code="tool_execution_failed",
-            data=data,
-            images=images,
-            duration=duration,
-        )
-    return ToolResult(
-        call_id=call_id, name=name, content=content, data=data, images=images, duration=duration
-    )
-
-
 def _tools(result: mcp_types.ListToolsResult) -> list[RemoteTool]:
-    return [
-        RemoteTool(name=tool.name, description=tool.description or "", parameters=tool.input_schema)
-        for tool in result.tools
-    ]
+    return [remote_tool(tool) for tool in result.tools]
 
 
 async def _list_tools(client: ClientSession) -> list[RemoteTool]:
@@ -291,7 +291,25 @@ async def _list_tools(client: ClientSession) -> list[RemoteTool]:
     return tools
 
 
-def _transport(config: ServerSpec) -> AbstractAsyncContextManager[TransportStreams]:
+def _executable(command: str, env: Mapping[str, str], cwd: str | None) -> str:
+    """``command`` when it can be run: found on the server's PATH, or an executable file.
+
+    Raises:
+        FileNotFoundError: it cannot (the launcher would only find out in the server).
+    """
+    if os.sep in command:
+        path = os.path.join(cwd or os.curdir, command)  # an absolute command stays itself
+        found = path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    else:
+        found = shutil.which(command, path=env.get("PATH", os.environ.get("PATH")))
+    if found is None:
+        raise FileNotFoundError(f"No such executable file: {command!r}")
+    return command
+
+
+def _transport(
+    config: ServerSpec, signals: _Signals, auth: MCPAuth | None = None
+) -> AbstractAsyncContextManager[TransportStreams]:
     """The SDK transport for ``config``; secrets are revealed here and only here."""
     if isinstance(config, InProcessMCPServer):
         return InMemoryTransport(config.server)
@@ -299,39 +317,32 @@ def _transport(config: ServerSpec) -> AbstractAsyncContextManager[TransportStrea
     match config.transport:
         case "stdio":
             assert config.command is not None  # MCPServerConfig checks it
+            env = {key: value.reveal() for key, value in config.env.items()}
+            command, args = launch_command(
+                _executable(config.command, env, config.cwd), list(config.args)
+            )
             params = StdioServerParameters(
-                command=config.command,
-                args=list(config.args),
-                env={key: value.reveal() for key, value in config.env.items()} or None,
-                cwd=config.cwd,
+                command=command, args=args, env=env or None, cwd=config.cwd
             )
             return stdio_client(params, errlog=sys.stderr)
         case "http":
             assert config.url is not None  # MCPServerConfig checks it
-            return _streamable_http(config.url, headers, config.timeout)
+            return open_streamable_http(
+                config.url,
+                headers=headers,
+                timeout=config.timeout,
+                on_lost=signals.notify_lost,
+                auth=auth,
+            )
         case "sse":
             assert config.url is not None  # MCPServerConfig checks it
-            return sse_client(
+            return open_sse(
                 config.url,
-                headers=headers or None,
+                headers=headers,
                 timeout=config.timeout,
-                sse_read_timeout=max(SSE_READ_TIMEOUT, config.timeout),
+                read_timeout=max(SSE_READ_TIMEOUT, config.timeout),
+                auth=auth,
             )
-
-
-@asynccontextmanager
-async def _streamable_http(
-    url: str, headers: dict[str, str], timeout: float
-) -> AsyncGenerator[TransportStreams]:
-    # No read timeout: the standalone GET stream idles until the server has something to
-    # say, and the SDK gives up on that stream for good after two failed reads (tool list
-    # changes would then go unheard). Calls have their own timeouts; pings find dead servers.
-    http_timeout = httpx2.Timeout(timeout, read=None)
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=http_timeout) as client,
-        streamable_http_client(url, http_client=client) as streams,
-    ):
-        yield streams
 
 
 async def _relay(
@@ -362,6 +373,7 @@ async def serve_connection(
     *,
     connect_timeout: float,
     ping_interval: float | None = None,
+    auth: MCPAuth | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Connect to ``server`` and keep the connection until it breaks; for ``nursery.start``.
@@ -377,15 +389,17 @@ async def serve_connection(
             (``details["reason"] == "mcp_connection_failed"``); never returns otherwise.
     """
     try:
-        async with _transport(config) as (read, write):
+        signals = _Signals()
+        async with _transport(config, signals, auth) as (read, write):
             relay_send, relay_receive = anyio.create_memory_object_stream[
                 SessionMessage | Exception
             ](0)
-            signals = _Signals()
 
             async def on_message(message: IncomingMessage) -> None:
                 if isinstance(message, mcp_types.ToolListChangedNotification):
                     signals.notify_tools_changed()
+                elif isinstance(message, NOTIFICATIONS):
+                    listener.notified(message)
                 elif isinstance(message, Exception):
                     log.warning("MCP server %r sent an unreadable message: %s", server, message)
 
@@ -427,9 +441,15 @@ async def serve_connection(
 async def _handshake(
     client: ClientSession, timeout: float
 ) -> tuple[mcp_types.InitializeResult, list[RemoteTool]]:
-    """Initialise the session and list the tools, within ``timeout``."""
+    """Initialise the session and list the tools, within ``timeout``.
+
+    A server that does not declare the tools capability (only resources or prompts) has
+    no tools: it is not asked for them.
+    """
     with trio.move_on_after(timeout):
         init = await client.initialize()
+        if init.capabilities.tools is None:
+            return init, []
         return init, await _list_tools(client)
     raise _ConnectionFailed(f"no answer to the handshake within {timeout:g}s")
 
@@ -442,6 +462,10 @@ async def _follow(
         await signals.wake.wait()
         signals.wake = trio.Event()
         if signals.lost is not None:
+            # Let calls in flight hear their own answers first (a call the server refused is
+            # then known not delivered, and can be retried); bounded, then they are cut.
+            with trio.move_on_after(SETTLE_GRACE):
+                await signals.idle.wait()
             raise _ConnectionFailed(signals.lost)
         if signals.tools_changed:
             signals.tools_changed = False

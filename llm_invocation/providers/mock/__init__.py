@@ -17,6 +17,7 @@ from ._render import WireFormat as WireFormat
 from ._render_anthropic import AnthropicRenderer as AnthropicRenderer
 from ._render_gemini import GeminiRenderer as GeminiRenderer
 from ._render_openai import OpenAIRenderer as OpenAIRenderer
+from ._render_responses import ResponsesRenderer as ResponsesRenderer
 from ._scenario import Disconnect as Disconnect
 from ._scenario import ErrorEvent as ErrorEvent
 from ._scenario import Failure as Failure
@@ -53,6 +54,7 @@ __all__ = [
     "RecordedRequest",
     "Renderer",
     "Reply",
+    "ResponsesRenderer",
     "Scenario",
     "Scenarios",
     "ScriptedToolCall",

@@ -49,8 +49,10 @@ def _check(condition: bool, message: str) -> None:
 class ScriptedUsage(msgspec.Struct, frozen=True, kw_only=True):
     """Token counts to report, normalised as in ``llm_invocation.types.Usage``.
 
-    ``prompt_tokens`` includes the cache reads and writes and ``completion_tokens`` includes
-    the reasoning tokens; each renderer splits them the way its provider reports them.
+    ``prompt_tokens`` includes the cache reads and writes, ``cache_write_tokens`` includes
+    the ``cache_write_1h_tokens`` written for an hour (Anthropic reports them apart) and
+    ``completion_tokens`` includes the reasoning tokens; each renderer splits them the way its
+    provider reports them.
 
     Raises:
         ValueError: a count is negative, or a part exceeds the total it belongs to.
@@ -60,6 +62,7 @@ class ScriptedUsage(msgspec.Struct, frozen=True, kw_only=True):
     completion_tokens: int
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
 
     def __post_init__(self) -> None:
@@ -69,6 +72,7 @@ class ScriptedUsage(msgspec.Struct, frozen=True, kw_only=True):
                 self.completion_tokens,
                 self.cache_read_tokens,
                 self.cache_write_tokens,
+                self.cache_write_1h_tokens,
                 self.reasoning_tokens,
             )
             >= 0,
@@ -77,6 +81,10 @@ class ScriptedUsage(msgspec.Struct, frozen=True, kw_only=True):
         _check(
             self.cache_read_tokens + self.cache_write_tokens <= self.prompt_tokens,
             "cache tokens are part of prompt_tokens and cannot exceed it",
+        )
+        _check(
+            self.cache_write_1h_tokens <= self.cache_write_tokens,
+            "1-hour cache writes are part of cache_write_tokens and cannot exceed it",
         )
         _check(
             self.reasoning_tokens <= self.completion_tokens,

@@ -11,6 +11,7 @@ path ends with                                         answer
 =====================================================  =================================
 ``/chat/completions``                                  OpenAI chat completion
 ``/completions``                                       OpenAI legacy text completion
+``/responses``                                         OpenAI Responses API answer
 ``/responses/input_tokens``                            OpenAI input token count
 ``/messages``                                          Anthropic message
 ``/messages/count_tokens``                             Anthropic token count
@@ -41,6 +42,7 @@ from ._render import Event, Renderer, WireFormat, as_dict
 from ._render_anthropic import AnthropicRenderer
 from ._render_gemini import GeminiRenderer
 from ._render_openai import OpenAIRenderer
+from ._render_responses import ResponsesRenderer
 from ._scenario import Disconnect, HttpError, Scenario, Scenarios, Stall
 
 __all__ = [
@@ -70,6 +72,7 @@ _RENDERERS: Final[Mapping[WireFormat, Renderer]] = {
 }
 _CHAT: Final = OpenAIRenderer(legacy=False)
 _LEGACY: Final = OpenAIRenderer(legacy=True)
+_RESPONSES: Final = ResponsesRenderer()
 _GEMINI_ARRAY: Final = GeminiRenderer(sse=False)
 
 
@@ -247,7 +250,9 @@ class FakeProvider:
             names.extend(name for name in self.scenarios.names() if name not in names)
             return Reply(200, dict(renderer.json_headers), [renderer.render_models(names)])
         if method != "POST":
-            known = path.endswith(("/completions", "/messages", "/count_tokens", "/input_tokens"))
+            known = path.endswith(
+                ("/completions", "/responses", "/messages", "/count_tokens", "/input_tokens")
+            )
             status = 405 if known or gemini_method else 404
             return _reply_error(renderer, status, f"no route for {method} {path}")
         if bad_json or not isinstance(payload, dict):
@@ -262,6 +267,8 @@ class FakeProvider:
             chosen: Renderer = _CHAT
         elif path.endswith("/completions"):
             chosen = _LEGACY
+        elif path.endswith("/responses"):
+            chosen = _RESPONSES
         elif path.endswith("/messages"):
             chosen = _RENDERERS["anthropic"]
         else:

@@ -1,0 +1,236 @@
+"""A streamable HTTP server that restarts is noticed at once, and calls are never run twice.
+
+The servers are real SDK servers (tests/mcp_servers/http_server.py) on a fixed port of
+127.0.0.1, killed and started again on the same port while the client is idle. The
+keep-alive ping is set to an hour, so only the signs of a lost session can explain a
+prompt reconnection.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncGenerator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from llm_invocation.actors.mcp import (
+    MCPConnection,
+    MCPTool,
+    ServerInfo,
+    mcp_child_spec,
+    mcp_supervisor_spec,
+)
+from llm_invocation.config import MCPServerConfig
+from llm_invocation.errors import ToolExecutionFailed
+from llm_invocation.runtime import Runtime, open_runtime
+from llm_invocation.tools._core import ToolRegistry, ToolResult
+
+pytestmark = [
+    # As in test_mcp.py: the SDK's streamable HTTP client leaves httpx2's async generators
+    # to the garbage collector; trio's finalizer closes them and warns.
+    pytest.mark.filterwarnings("ignore:Async generator 'httpx2\\.:ResourceWarning"),
+    pytest.mark.filterwarnings("ignore:Async generator 'httpcore2\\.:ResourceWarning"),
+]
+
+SERVER = Path(__file__).parent / "mcp_servers" / "http_server.py"
+AN_HOUR = 3600.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def start_server(port: int, *options: str) -> trio.Process:
+    """Start the HTTP server on ``port`` and wait until it accepts connections."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(SERVER), str(port), *options], stdout=subprocess.DEVNULL
+    )
+    try:
+        with trio.fail_after(20):
+            while True:
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", port)
+                except OSError:
+                    await trio.sleep(0.02)  # polling another process's socket
+                else:
+                    await stream.aclose()
+                    return process
+    except BaseException:
+        await stop_server(process)
+        raise
+
+
+async def stop_server(process: trio.Process) -> None:
+    process.kill()
+    with trio.move_on_after(5, shield=True):
+        await process.wait()
+
+
+@asynccontextmanager
+async def connected(port: int, registry: ToolRegistry) -> AsyncGenerator[Runtime]:
+    config = MCPServerConfig(
+        transport="http",
+        url=f"http://127.0.0.1:{port}/mcp",
+        timeout=10,
+        ping_interval=AN_HOUR,
+    )
+    async with open_runtime(mcp_supervisor_spec({"web": config}, registry)) as runtime:
+        yield runtime
+
+
+def tool(registry: ToolRegistry, name: str) -> MCPTool:
+    found = registry.get(name)
+    assert isinstance(found, MCPTool)
+    return found
+
+
+async def call(registry: ToolRegistry, name: str, /, **arguments: Any) -> ToolResult:
+    return await tool(registry, name).execute(arguments)
+
+
+async def until(registry: ToolRegistry, predicate: Callable[[], bool], timeout: float = 20) -> None:
+    """Wait for registry changes until ``predicate`` holds."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            changed = trio.Event()
+            stop = registry.on_change(changed.set)
+            try:
+                await changed.wait()
+            finally:
+                stop()
+
+
+def lost_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in caplog.records
+        if record.name == "llm_invocation.mcp" and "connection lost" in record.getMessage()
+    ]
+
+
+async def test_a_restarted_server_is_noticed_and_the_next_call_succeeds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = free_port()
+    registry = ToolRegistry()
+    server = await start_server(port)
+    try:
+        async with connected(port, registry) as runtime:
+            # Held across the restart, as a tool loop holds the tools it offered (while the
+            # connection is made again the server's tools are out of the registry).
+            pid = tool(registry, "web__pid")
+            old_pid = int((await pid.execute({})).content)
+            await stop_server(server)
+            server = await start_server(port)
+            # Far below the hour between pings: the lost session itself is the signal.
+            with trio.fail_after(15):
+                new_pid = int((await pid.execute({})).content)
+            info = await runtime.ref("mcp.web", MCPConnection).call(ServerInfo())
+    finally:
+        await stop_server(server)
+    assert new_pid != old_pid
+    assert info.reconnects == 1
+    assert info.state == "ready"
+    assert info.last_error is not None and "session" in info.last_error
+    warnings = lost_warnings(caplog)
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING
+    assert warnings[0].exc_info is None
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+async def test_a_call_the_restarted_server_refused_is_sent_again_once() -> None:
+    port = free_port()
+    registry = ToolRegistry()
+    # Without the GET stream only the call itself can meet the unknown session.
+    server = await start_server(port, "--no-get")
+    try:
+        async with connected(port, registry) as runtime:
+            pid = tool(registry, "web__pid")
+            old_pid = int((await pid.execute({})).content)
+            await stop_server(server)
+            server = await start_server(port, "--no-get")
+            with trio.fail_after(15):
+                new_pid = int((await pid.execute({})).content)
+            info = await runtime.ref("mcp.web", MCPConnection).call(ServerInfo())
+    finally:
+        await stop_server(server)
+    assert new_pid != old_pid
+    assert (info.retries, info.reconnects, info.calls) == (1, 1, 1)
+
+
+async def wait_for_line(path: Path, line: str, timeout: float = 10) -> None:
+    """Poll a file the server writes until it holds ``line``."""
+    file = trio.Path(path)
+    with trio.fail_after(timeout):
+        while not (await file.exists() and line in (await file.read_text()).splitlines()):
+            await trio.sleep(0.02)
+
+
+async def test_a_call_that_may_have_been_delivered_fails_and_is_not_sent_again(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    registry = ToolRegistry()
+    record = tmp_path / "requests"
+    server = await start_server(port, "--record", str(record))
+    try:
+        async with connected(port, registry) as runtime:
+            async with trio.open_nursery() as nursery:
+                failure: list[ToolExecutionFailed] = []
+
+                async def slow_call() -> None:
+                    with pytest.raises(ToolExecutionFailed) as raised:
+                        await call(registry, "web__slow", seconds=30)
+                    failure.append(raised.value)
+
+                nursery.start_soon(slow_call)
+                await wait_for_line(record, "CALL")  # the server has the call
+                await stop_server(server)
+            server = await start_server(port)
+            await until(registry, lambda: "web__pid" in registry)
+            await call(registry, "web__pid")
+            info = await runtime.ref("mcp.web", MCPConnection).call(ServerInfo())
+    finally:
+        await stop_server(server)
+    assert failure[0].details["reason"] == "mcp_connection_failed"
+    assert failure[0].details.get("delivered") is not False
+    assert info.retries == 0
+
+
+async def test_a_header_provider_is_called_again_on_reconnection() -> None:
+    port = free_port()
+    registry = ToolRegistry()
+    tokens: list[str] = []
+
+    async def headers() -> dict[str, str]:
+        await trio.lowlevel.checkpoint()
+        tokens.append(f"token-{len(tokens) + 1}")
+        return {"Authorization": f"Bearer {tokens[-1]}"}
+
+    config = MCPServerConfig(
+        transport="http", url=f"http://127.0.0.1:{port}/mcp", timeout=10, ping_interval=AN_HOUR
+    )
+    server = await start_server(port)
+    try:
+        async with open_runtime(mcp_supervisor_spec({}, registry)) as runtime:
+            spec = mcp_child_spec("web", config, registry, auth=headers)
+            await runtime.start_child(spec, supervisor="mcp")
+            header = tool(registry, "web__header")
+            first = await header.execute({"name": "authorization"})
+            await stop_server(server)
+            server = await start_server(port)
+            with trio.fail_after(15):
+                second = await header.execute({"name": "authorization"})
+    finally:
+        await stop_server(server)
+    assert (first.content, second.content) == ("Bearer token-1", "Bearer token-2")
