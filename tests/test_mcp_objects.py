@@ -45,19 +45,7 @@ DEMO = Path(__file__).parent / "mcp_servers" / "demo_server.py"
 
 def config(**extra: Any) -> llm.Config:
     """A mock client's configuration with its limits stated (no defaults relied on)."""
-    return llm.Config.from_dict(
-        {
-            "provider": "mock",
-            "model": "mock",
-            "rate_limits": {
-                "requests_per_minute": None,
-                "tokens_per_minute": None,
-                "concurrent_calls": None,
-            },
-            "cost_control": {"max_cost_per_request": None, "max_budget": None},
-            **extra,
-        }
-    )
+    return llm.Config.unlimited(provider="mock", model="mock", **extra)
 
 
 @asynccontextmanager

@@ -31,18 +31,8 @@ WAV = base64.b64encode(b"RIFF").decode()
 
 
 def config() -> llm.Config:
-    return llm.Config.from_dict(
-        {
-            "provider": "mock",
-            "model": "mock",
-            "rate_limits": {
-                "requests_per_minute": None,
-                "tokens_per_minute": None,
-                "concurrent_calls": None,
-            },
-            "cost_control": {"max_cost_per_request": None, "max_budget": None},
-        }
-    )
+    """A mock client's configuration with no limits (none of the defaults relied on)."""
+    return llm.Config.unlimited(provider="mock", model="mock")
 
 
 @asynccontextmanager
