@@ -168,14 +168,20 @@ async def _connect_with_retries(
 
     runtime = await runtime_box.get()
     delay = 0.5
+    failures = 0
     while True:
         try:
             await runtime.start_child(mcp_child_spec(name, server, registry), supervisor=MCP)
         except (LLMError, ActorError) as exc:
-            log.warning("MCP server %r unreachable (%s); retrying in %.1fs", name, exc, delay)
+            # One WARNING per outage; the attempts after it are routine (DEBUG).
+            level = logging.WARNING if failures == 0 else logging.DEBUG
+            log.log(level, "MCP server %r unreachable (%s); retrying in %.1fs", name, exc, delay)
+            failures += 1
             await trio.sleep(delay)
             delay = min(delay * 2, 30.0)
         else:
+            if failures:
+                log.info("MCP server %r connected after %d failed attempts", name, failures)
             return
 
 
