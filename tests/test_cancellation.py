@@ -248,3 +248,21 @@ async def test_random_cancellations_leave_nothing_behind_in_redis() -> None:
     assert (governor.active, governor.waiting) == (0, 0)
     left = await redis_leftovers(url, prefix)
     assert not any(left.values()), left
+
+
+async def test_a_client_cancelled_from_outside_still_records_its_calls_as_it_closes(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture, autojump_clock: trio.abc.Clock
+) -> None:
+    """The caller's cancellation reaches the block first; the tree stays up while the client
+    unwinds, so its last settlements are applied (not left to the flush's time limit)."""
+    del autojump_clock  # a 10 s wait for a cancelled accountant would pass unnoticed in time
+    ledger = tmp_path / "ledger.sqlite3"
+    with trio.CancelScope() as scope:
+        async with llm.open_client(llm.Config.unlimited(ledger_path=str(ledger))) as client:
+            await client.complete("hello")
+            scope.cancel()
+            await trio.sleep_forever()
+    assert "settlements" not in caplog.text
+    async with llm.open_client(llm.Config.unlimited(ledger_path=str(ledger))) as client:
+        records = await client.usage()
+    assert records.total.calls == records.total.ok == 1

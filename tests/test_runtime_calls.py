@@ -541,3 +541,26 @@ async def test_an_answer_already_delivered_survives_the_callers_cancellation() -
         assert await slot.wait() == 42
         await trio.lowlevel.checkpoint()  # the cancellation lands at the next checkpoint
     assert scope.cancelled_caught
+
+
+async def test_a_block_cancelled_from_outside_can_still_call_actors_while_it_unwinds() -> None:
+    answered: list[int] = []
+    with trio.CancelScope() as outside:
+        async with open_runtime(one()) as runtime:
+            counter = runtime.ref("counter", Counter)
+            try:
+                outside.cancel()
+                await trio.sleep_forever()
+            finally:
+                with trio.move_on_after(5, shield=True):
+                    answered.append(await counter.call(Get()))
+    assert answered == [1]
+
+
+async def test_the_tree_is_cancelled_once_a_cancelled_block_has_ended() -> None:
+    # Without this the shielded tree would keep the block from ever returning.
+    with trio.fail_after(10), trio.CancelScope() as outside:
+        async with open_runtime(one()) as runtime:
+            outside.cancel()
+            await trio.sleep_forever()
+    assert runtime.stopped

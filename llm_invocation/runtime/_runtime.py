@@ -47,6 +47,10 @@ class Runtime:
         self._store = Store()
         self._root: Supervisor | None = None
         self._stopped = trio.Event()
+        # The tree's own scope: shielded from the caller's cancellation once started, so that
+        # the block's cleanup (a client's last settlements, say) still reaches the actors;
+        # cancelled by `open_runtime` as soon as the block has ended.
+        self._scope = trio.CancelScope()
 
     # -- registry (used by supervisors) -----------------------------------------------------------
 
@@ -165,7 +169,8 @@ class Runtime:
         root = Supervisor(self.spec, self, self._store)
         self._root = root
         try:
-            await root.run(task_status=task_status)  # pyright: ignore[reportArgumentType]
+            with self._scope:
+                await root.run(task_status=task_status)  # pyright: ignore[reportArgumentType]
         except BaseExceptionGroup as group:
             # The tree's own failure: one error comes out alone (see open_runtime).
             error = unwrap(group)
@@ -210,7 +215,9 @@ async def open_runtime(spec: SupervisorSpec) -> AsyncGenerator[Runtime]:
     """Start a supervision tree for the duration of the ``async with`` block.
 
     Children start in order before the block runs. When the block ends the tree stops
-    gracefully; when it raises, the tree is cancelled. No task outlives the block.
+    gracefully; when it raises, the tree is cancelled. A cancellation from outside reaches
+    the block first: the tree keeps serving while the block unwinds (so its cleanup can still
+    call actors), and is cancelled as soon as the block has ended. No task outlives the block.
 
     An exception from the block comes out as itself, not wrapped in a group; so does a
     single failure of the tree (for example `MaxRestartsExceeded` from the root, or a
@@ -221,15 +228,22 @@ async def open_runtime(spec: SupervisorSpec) -> AsyncGenerator[Runtime]:
         Exception: a child failed to start, or the block raised.
     """
     runtime = Runtime(spec)
+    scope = runtime._scope  # pyright: ignore[reportPrivateUsage]
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime._serve)  # pyright: ignore[reportPrivateUsage]
+            # From here the caller's cancellation reaches the block, not the tree: the block
+            # unwinds (its cleanup may still call actors), then the tree is cancelled below.
+            scope.shield = True
             try:
                 yield runtime
             except BaseException:
-                nursery.cancel_scope.cancel()
+                scope.cancel()
                 raise
-            await runtime.shutdown()
+            try:
+                await runtime.shutdown()
+            finally:
+                scope.cancel()  # a shutdown cut short by the caller leaves no tree behind
     except BaseExceptionGroup as group:
         error = _collapse(group)
         if error is group:
