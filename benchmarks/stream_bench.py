@@ -41,12 +41,18 @@ a time. Sections of the report:
   both are measured through the proxy and directly, side by side, against the plain server
   and (not with ``--quick``) the TLS one;
 * concurrency scaling (not with ``--quick``): 1,000 concurrent streams of 40 chunks at 20 Hz
-  (ideal wall 2 s) against 10 such streams, as CPU per chunk and wall time.
+  (ideal wall 2 s) against 10 such streams, as CPU per chunk and wall time;
+* tracing: our client with OpenTelemetry on (the SDK's tracer provider, its spans handed to
+  an exporter that discards them, and a meter provider with an in-memory reader) against the
+  same client with it off, side by side on the plain server. Skipped, and said so, without
+  ``opentelemetry-sdk``.
 
 Targets: plain HTTP, per chunk at most 1.0x bare httpx and 0.35x openai-python, per request
 at most 1.1x bare httpx and 0.6x openai-python; over TLS, per chunk at most 1.0x bare httpx
 over TLS and 1.2x aiohttp over TLS; at 1,000 streams at most 2x the CPU per chunk of 10
-streams, finishing within 3 s. The proxy figures are reported without targets. A missed
+streams, finishing within 3 s; with tracing on, per chunk at most 1.05x tracing off (spans
+are per invocation and per attempt, never per chunk). The proxy figures are reported without
+targets. A missed
 target is printed as MISSED; the process still exits 0.
 
 Environment proxy and CA variables are ignored by every client here (``trust_env`` off), so
@@ -443,6 +449,31 @@ def client_config(providers: Mapping[str, Mapping[str, Any]]) -> llm.Config:
 
 # -- phases ------------------------------------------------------------------------------------
 
+HAVE_OTEL_SDK = importlib.util.find_spec("opentelemetry.sdk") is not None
+
+
+def tracing_providers() -> tuple[Any, Any]:
+    """An SDK tracer provider whose spans go to an exporter that discards them, and an SDK
+    meter provider with an in-memory reader: the whole cost of recording, nothing of I/O."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            del spans
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(Discard()))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return tracer_provider, meter_provider
+
 
 def sizes_for(quick: bool) -> Sizes:
     if quick:
@@ -469,6 +500,31 @@ async def plain_phase(base: str, quick: bool) -> dict[str, float]:
     streams = 4 + sizes.rounds * sizes.streams  # warm-up and measured
     results["reads per event (bare)"] = bare.reads / (streams * EVENTS_PER_STREAM)
     return results
+
+
+async def tracing_phase(base: str, quick: bool) -> dict[str, float]:
+    """Our client with tracing and metrics on against the same client with them off."""
+    providers = {"openai": {"base_url": base + "/openai/v1"}}
+    tracer_provider, meter_provider = tracing_providers()
+    try:
+        async with (
+            llm.open_client(client_config(providers)) as off,
+            llm.open_client(
+                client_config(providers),
+                tracer_provider=tracer_provider,
+                meter_provider=meter_provider,
+            ) as on,
+        ):
+            contenders: dict[str, Contender] = {
+                "tracing off": Ours(off, "openai"),
+                "tracing on": Ours(on, "openai"),
+            }
+            # A difference of a few percent: more rounds than elsewhere, the best of each kept.
+            sizes = sizes_for(quick)
+            return await compare(contenders, sizes, prefix="otel/", rounds=sizes.rounds + 2)
+    finally:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
 
 
 async def tls_round_trio(base: str, certificates: Certificates, quick: bool) -> dict[str, float]:
@@ -675,8 +731,36 @@ def report_scaling(results: dict[str, float]) -> list[str]:
     ]
 
 
+def report_tracing(results: dict[str, float]) -> list[str]:
+    out = ["tracing (OpenTelemetry SDK, spans discarded; CPU, client process, plain HTTP)"]
+    if "otel/chunk/tracing on" not in results:
+        skipped = "skipped: opentelemetry-sdk is not installed"
+        return [*out, f"  {'tracing on / off, per chunk:':42}{skipped}"]
+    for name in ("tracing off", "tracing on"):
+        request, chunk = results[f"otel/request/{name}"], results[f"otel/chunk/{name}"]
+        out.append(f"  {name:26}{request * 1e6:9.0f} us/request {chunk * 1e6:9.1f} us/chunk")
+    on, off = "otel/{}/tracing on", "otel/{}/tracing off"
+    out += [
+        ratio_line(
+            "tracing on / off, per chunk",
+            results[on.format("chunk")] / results[off.format("chunk")],
+            1.05,
+        ),
+        ratio_line(
+            "tracing on / off, per request",
+            results[on.format("request")] / results[off.format("request")],
+        ),
+    ]
+    return out
+
+
 def report(results: dict[str, float]) -> str:
-    out = report_plain(results) + report_tls(results) + report_proxy(results)
+    out = (
+        report_plain(results)
+        + report_tls(results)
+        + report_proxy(results)
+        + report_tracing(results)
+    )
     if "scale/10/wall" in results:
         out += report_scaling(results)
     return "\n".join(out)
@@ -695,6 +779,8 @@ def main() -> None:
         results = trio.run(plain_phase, plain, quick)
         results.update(tls_phase(tls, certificates, quick))
         results.update(trio.run(proxy_phase, plain, tls, certificates, proxy, quick))
+        if HAVE_OTEL_SDK:
+            results.update(trio.run(tracing_phase, plain, quick))
     if not quick:
         with fake_server("--chunks", "40", "--chunk-chars", "4", "--interval", "0.05") as base:
             results.update(trio.run(scaling, base))

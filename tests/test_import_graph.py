@@ -32,6 +32,7 @@ RANKS: Final = {
     "actors.mcp": 4,
     "actors": 5,
     "http": 6,
+    "observability": 6,
     "providers": 7,
     "store": 7,
     "pricing": 7,

@@ -114,18 +114,22 @@ class Attempt(Stream[list[StreamChunk]], frozen=True, kw_only=True):
     """Stream one HTTP attempt of ``request`` (model already resolved for this provider).
 
     ``number`` counts the invocation's attempts on this provider from 1 (later ones are
-    retries, counted in the session's statistics).
+    retries, counted in the session's statistics). ``trace``, when set, is the attempt
+    span's W3C ``traceparent``, sent to the provider as that header.
     """
 
     request: Request
     number: int = 1
+    trace: str | None = None
 
 
 class AttemptOnce(Call[Response], frozen=True, kw_only=True):
-    """Send one non-streamed HTTP attempt of ``request`` and return the whole response."""
+    """Send one non-streamed HTTP attempt of ``request`` and return the whole response
+    (``number`` and ``trace`` as for `Attempt`)."""
 
     request: Request
     number: int = 1
+    trace: str | None = None
 
 
 class ListModels(Call[list[ModelInfo]], frozen=True, kw_only=True):
@@ -271,7 +275,7 @@ class ProviderSession(Actor[SessionMsg]):
 
     async def handle(self, msg: SessionMsg, ctx: Context) -> Any:
         match msg:
-            case Attempt(request=request, number=number):
+            case Attempt(request=request, number=number, trace=trace):
                 sink = ctx.sink(msg)
 
                 async def forward(batch: list[StreamChunk]) -> None:
@@ -281,10 +285,10 @@ class ProviderSession(Actor[SessionMsg]):
                     except trio.WouldBlock:
                         await sink.send(batch)
 
-                await self._attempt(request, number, self._stream_once, forward)
+                await self._attempt(request, number, self._stream_once, forward, trace)
                 return None
-            case AttemptOnce(request=request, number=number):
-                return await self._attempt(request, number, self._fetch_once, None)
+            case AttemptOnce(request=request, number=number, trace=trace):
+                return await self._attempt(request, number, self._fetch_once, None, trace)
             case ListModels():
                 return await self._list_models()
             case CountTokens(request=request):
@@ -329,6 +333,7 @@ class ProviderSession(Actor[SessionMsg]):
         number: int,
         once: Callable[[Request, HttpRequest, Any], Any],
         forward: Any,
+        trace: str | None = None,
     ) -> Any:
         """Run one attempt; on failure raise `AttemptFailed` with the session's advice.
 
@@ -356,6 +361,9 @@ class ProviderSession(Actor[SessionMsg]):
                 http_request = self.codec.encode(request, key.reveal() if key else None)
                 if not isinstance(http_request, HttpRequest):  # pyright: ignore[reportUnnecessaryIsInstance]
                     raise TypeError(f"encode() returned a {type(http_request).__name__}")
+                if trace is not None:  # the caller's trace, asked to reach the provider
+                    headers = {**http_request.headers, "traceparent": trace}
+                    http_request = msgspec.structs.replace(http_request, headers=headers)
             except LLMError as error:
                 raise _Failed(error, {}, delivered=False) from None
             except Exception as exc:

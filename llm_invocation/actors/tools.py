@@ -43,6 +43,7 @@ from ..types import ToolCall
 
 if TYPE_CHECKING:
     from ..config import ToolsConfig
+    from ..observability._telemetry import Telemetry
 
 __all__ = [
     "ExecuteTools",
@@ -58,9 +59,14 @@ _AUDIT_ARGUMENTS_MAX: Final = 4096
 
 
 class ExecuteTools(Call[list[ToolResult]], frozen=True, kw_only=True):
-    """Run ``calls``; the answer has one result per call, in the same order."""
+    """Run ``calls``; the answer has one result per call, in the same order.
+
+    ``trace`` is the W3C ``traceparent`` of the caller's span, the parent of the calls'
+    spans (when tracing is on).
+    """
 
     calls: list[ToolCall]
+    trace: str | None = None
 
 
 @final
@@ -110,6 +116,8 @@ class ToolExecutor(Actor[ToolsMsg]):
         sandbox: True or `SandboxLimits`: run ``@tool`` functions that allow it in a
             subprocess (see `FunctionTool.sandbox_allowed`); tools that ask for the sandbox
             themselves always get it.
+        telemetry: the client's spans and metrics (``execute_tool`` spans, MCP calls'
+            spans, calls counted by outcome); None: off.
     """
 
     max_concurrency = 1024  # handlers mostly wait on tools: many batches at once
@@ -122,6 +130,7 @@ class ToolExecutor(Actor[ToolsMsg]):
         max_concurrency: int = 16,
         audit_arguments: bool = False,
         sandbox: bool | SandboxLimits = False,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if not timeout > 0:
             raise ValueError("timeout must be positive")
@@ -134,6 +143,7 @@ class ToolExecutor(Actor[ToolsMsg]):
             SandboxLimits() if sandbox is True else sandbox if sandbox is not False else None
         )
         self._limiter = trio.CapacityLimiter(max_concurrency)
+        self.telemetry = telemetry
         self._batches = 0
         self._succeeded = 0
         self._failed = 0
@@ -142,7 +152,12 @@ class ToolExecutor(Actor[ToolsMsg]):
 
     @classmethod
     def from_config(
-        cls, registry: ToolRegistry, config: ToolsConfig, *, redact_tool_arguments: bool = True
+        cls,
+        registry: ToolRegistry,
+        config: ToolsConfig,
+        *,
+        redact_tool_arguments: bool = True,
+        telemetry: Telemetry | None = None,
     ) -> ToolExecutor:
         """An executor set up by the ``tools`` configuration section.
 
@@ -155,12 +170,13 @@ class ToolExecutor(Actor[ToolsMsg]):
             max_concurrency=config.max_concurrency,
             sandbox=config.sandbox,
             audit_arguments=not redact_tool_arguments,
+            telemetry=telemetry,
         )
 
     async def handle(self, msg: ToolsMsg, ctx: Context) -> Any:
         match msg:
-            case ExecuteTools(calls=calls):
-                return await self.execute(calls)
+            case ExecuteTools(calls=calls, trace=trace):
+                return await self.execute(calls, trace=trace)
             case ExecutorStats():
                 return self.statistics()
 
@@ -178,18 +194,22 @@ class ToolExecutor(Actor[ToolsMsg]):
             max_concurrency=int(limiter.total_tokens),
         )
 
-    async def execute(self, calls: list[ToolCall]) -> list[ToolResult]:
+    async def execute(self, calls: list[ToolCall], *, trace: str | None = None) -> list[ToolResult]:
         """Run ``calls`` concurrently and return one result per call, in their order.
 
         A failing call gives an error result, never an exception; cancellation cancels every
         call of the batch (and counts them as ``cancelled``). The actor's handler calls this;
-        it also works on an executor used without a runtime.
+        it also works on an executor used without a runtime. ``trace`` is the parent of the
+        calls' spans (see `ExecuteTools`).
         """
         self._batches += 1
         results: list[ToolResult | None] = [None] * len(calls)
         async with trio.open_nursery() as nursery:
             for index, call in enumerate(calls):
-                nursery.start_soon(self._run, call, index, results)
+                if self.telemetry is None:
+                    nursery.start_soon(self._run, call, index, results)
+                else:
+                    nursery.start_soon(self._run_traced, call, index, results, trace)
         assert all(result is not None for result in results)  # every task stored its result
         return cast("list[ToolResult]", results)
 
@@ -206,6 +226,23 @@ class ToolExecutor(Actor[ToolsMsg]):
         finally:
             self._count(outcome)
             self._audit(call, outcome, trio.current_time() - start)
+
+    async def _run_traced(
+        self, call: ToolCall, index: int, results: list[ToolResult | None], trace: str | None
+    ) -> None:
+        telemetry = self.telemetry
+        assert telemetry is not None
+        outcome = "cancelled"
+        with telemetry.tool_span(call, trace) as span:
+            try:
+                await self._run(call, index, results)
+                result = results[index]
+                outcome = (result.error_code or "ok") if result is not None else "cancelled"
+                span.outcome(outcome, result)
+            finally:
+                if outcome == "cancelled":
+                    span.outcome(outcome)
+                telemetry.tool_done(call.name, outcome)
 
     async def _outcome(self, call: ToolCall) -> ToolResult:
         try:
@@ -243,7 +280,14 @@ class ToolExecutor(Actor[ToolsMsg]):
 
     async def _invoke(self, tool: Tool, call: ToolCall, arguments: dict[str, Any]) -> Any:
         if not isinstance(tool, FunctionTool):
-            return await tool.execute(arguments)
+            telemetry = self.telemetry
+            server, remote = getattr(tool, "server", None), getattr(tool, "remote_name", None)
+            if telemetry is None or not isinstance(server, str) or not isinstance(remote, str):
+                return await tool.execute(arguments)
+            with telemetry.mcp_span(server, remote) as span:  # an MCP server's tool
+                result = await tool.execute(arguments)
+                span.outcome(getattr(result, "error_code", None) or "ok")
+                return result
         function_tool = cast("FunctionTool[..., Any]", tool)
         sandbox = None  # the tool's own setting
         executor_wide = self.sandbox is not None and function_tool.sandbox is None

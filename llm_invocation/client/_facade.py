@@ -111,6 +111,13 @@ class Client(MCPMethods):
         return self._config
 
     @property
+    def logger(self) -> logging.Logger:
+        """The client's logger (``open_client(logger=...)``, default ``llm_invocation``):
+        its child ``audit`` has one record per invocation (see ``docs/observability.md``),
+        its child ``invocation`` the invocation layer's warnings."""
+        return self._invoker.observer.logger
+
+    @property
     def runtime(self) -> Runtime:
         """The supervision tree (for statistics and advanced embedding)."""
         return self._runtime

@@ -22,6 +22,7 @@ from ..config._checks import store_timeout
 from ..errors import ConfigurationError, LLMError, ProviderNotFound
 from ..http import TransportFactory
 from ..invocation import Governance, Invoker, Middleware
+from ..observability._observer import open_observer
 from ..providers._base import ProviderCodec
 from ..providers._registry import CodecSpec, ProviderRegistry, custom_codec, make_codec
 from ..providers.mock import MockTransport, Scenarios
@@ -47,6 +48,7 @@ from ._keys import check_keys, is_local_preset
 from ._providers import PROVIDERS, ProviderSessions, custom_entry
 
 if TYPE_CHECKING:
+    from ..observability._telemetry import Telemetry
     from ..pricing import PriceBook
     from ..store._ledger_writer import LedgerWriter
     from ..store.cache import ResponseCache
@@ -86,6 +88,7 @@ def _client_spec(
     on_alert: Sequence[AlertCallback],
     registry: ToolRegistry,
     runtime_box: _RuntimeBox,
+    telemetry: Telemetry | None = None,
 ) -> SupervisorSpec:
     providers = SupervisorSpec(
         name=PROVIDERS,
@@ -113,7 +116,9 @@ def _client_spec(
     redact = config.logging.redact_tool_arguments
 
     def executor() -> ToolExecutor:
-        return ToolExecutor.from_config(registry, tools_config, redact_tool_arguments=redact)
+        return ToolExecutor.from_config(
+            registry, tools_config, redact_tool_arguments=redact, telemetry=telemetry
+        )
 
     from ..actors.mcp import mcp_supervisor_spec
 
@@ -328,6 +333,9 @@ async def open_client(
     providers: Mapping[str, CodecSpec] | None = None,
     api_keys: Mapping[str, ApiKeys] | None = None,
     middleware: Sequence[Middleware] = (),
+    logger: logging.Logger | None = None,
+    tracer_provider: Any = None,
+    meter_provider: Any = None,
 ) -> AsyncGenerator[Client]:
     """Start the client's supervision tree for the ``async with`` block.
 
@@ -347,6 +355,15 @@ async def open_client(
             ones (see `Client.set_api_keys`).
         middleware: hooks around every invocation and attempt, outermost first (see
             `Client.add_middleware`).
+        logger: the client's logger (`Client.logger`; default ``llm_invocation``): its
+            audit records go to its child ``audit``, the invocation layer's records to its
+            child ``invocation``. Opening the client sets the level of the
+            ``llm_invocation`` loggers from ``logging.level`` unless the application set
+            it; a logger of yours keeps its own level.
+        tracer_provider: an OpenTelemetry tracer provider for the client's spans (default:
+            the global one, when set; see ``docs/observability.md``).
+        meter_provider: an OpenTelemetry meter provider for its metrics (default: the
+            global one, when set).
 
     Raises:
         ConfigurationError: the configuration is invalid or names an unknown provider kind;
@@ -355,7 +372,7 @@ async def open_client(
         MissingAPIKey: a provider that needs an API key has none (nothing is sent).
         StoreUnavailable: the configured Redis store cannot be reached at start.
         TypeError, ValueError: ``middleware`` holds something that is not a `Middleware`,
-            or one twice.
+            or one twice; ``logger`` is not a `logging.Logger`.
     """
     config = config if config is not None else Config.load()
     entries = _providers(config)
@@ -378,6 +395,15 @@ async def open_client(
     sourced = {name for name, entry in entries.items() if entry.api_key_file} | set(keys)
     check_keys(config, entries, {n: c for n, c in codecs.items() if n not in sourced})
     free = frozenset(_price_provider(n, c) for n, c in codecs.items() if is_local_preset(c))
+    observation = open_observer(
+        config,
+        logger=logger,
+        servers={n: getattr(c, "base_url", None) for n, c in codecs.items()},
+        systems={n: n if n in custom else _price_provider(n, c) for n, c in codecs.items()},
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
+    telemetry = observation.telemetry
     all_transports = dict(transports or {})
     mock_names = [name for name, codec in codecs.items() if codec.kind == "mock"]
     if mock_names:
@@ -385,7 +411,7 @@ async def open_client(
         for name in mock_names:
             all_transports.setdefault(name, lambda: MockTransport(scenarios, format="openai"))
         if config.mock_fallback:
-            log.warning(
+            observation.logger.getChild("client").warning(
                 "no provider and no API key configured: the built-in mock provider answers, "
                 "scripted and offline (set LLM_API_KEY, or OPENAI_API_KEY, ANTHROPIC_API_KEY "
                 "or GEMINI_API_KEY, or name a provider with LLM_PROVIDER, to call a real model)",
@@ -402,8 +428,13 @@ async def open_client(
     async with AsyncExitStack() as stack:
         stores = await _open_stores(config, stack, free)
         tools = ToolRegistry()
+        from ..actors.mcp._host import host_for, roots_from_config
+
+        mcp_host = host_for(tools)  # what MCP servers are offered as their host
+        mcp_host.roots = roots_from_config(config.mcp.roots)
+        mcp_host.default_model = config.default_model
         runtime_box = _RuntimeBox()
-        spec = _client_spec(config, session_specs, stores, on_alert, tools, runtime_box)
+        spec = _client_spec(config, session_specs, stores, on_alert, tools, runtime_box, telemetry)
         runtime = await stack.enter_async_context(open_runtime(spec))
         runtime_box.set(runtime)
         sessions.bind(runtime)
@@ -430,7 +461,12 @@ async def open_client(
             tools=tools,
             executor=runtime.ref(TOOLS, ToolExecutor),
             middleware=middleware,
+            observer=observation,
         )
+        mcp_host.sampler = invoker.complete  # MCP sampling goes through the governed path
+        if telemetry is not None:
+            telemetry.watch_restarts(runtime.statistics)
+            stack.callback(telemetry.watch_restarts, None)
         try:
             yield Client(runtime, config, registry, invoker, scenarios=scenarios, sessions=sessions)
         finally:

@@ -1,5 +1,7 @@
 """The configuration: `Config` and its sections, from keywords, ``LLM_*`` variables and files."""
 
+from ._sections import MCPRootConfig as MCPRootConfig
+from ._sections import MCPSamplingConfig as MCPSamplingConfig
 from ._settings import BudgetConfig as BudgetConfig
 from ._settings import Config as Config
 from ._settings import CostConfig as CostConfig
@@ -25,6 +27,8 @@ __all__ = [
     "DefaultsConfig",
     "LoggingConfig",
     "MCPConfig",
+    "MCPRootConfig",
+    "MCPSamplingConfig",
     "MCPServerConfig",
     "PriceOverride",
     "ProviderConfig",

@@ -26,6 +26,8 @@ __all__ = [
     "DefaultsConfig",
     "LoggingConfig",
     "MCPConfig",
+    "MCPRootConfig",
+    "MCPSamplingConfig",
     "MCPServerConfig",
     "PriceOverride",
     "ProviderConfig",
@@ -283,11 +285,25 @@ class BudgetConfig(Section, frozen=True, kw_only=True):
 
 @final
 class LoggingConfig(Section, frozen=True, kw_only=True):
-    """Logging of the runtime; tool arguments are redacted unless asked otherwise."""
+    """Logging of the runtime; tool arguments are redacted unless asked otherwise.
+
+    Attributes:
+        level: the level of the ``llm_invocation`` logger tree, set when a client opens
+            (unless the application set that logger's level itself).
+        format: ``"json"``: one JSON object per line, where the library installs a handler
+            (`llm_invocation.observability.configure_logging`, the command line).
+        redact_tool_arguments: leave tool arguments out of the tool audit log.
+        capture_content: put prompts and completions in spans and in the audit log
+            (``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`` turns it on too).
+        trace_propagation: send each HTTP attempt's W3C ``traceparent`` header to the
+            providers (when tracing is on).
+    """
 
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     format: Literal["text", "json"] = "text"
     redact_tool_arguments: bool = True
+    capture_content: bool = False
+    trace_propagation: bool = False
 
 
 @final
@@ -424,6 +440,45 @@ class ToolsConfig(Section, frozen=True, kw_only=True):
     offer: Literal["registered", "none"] = "registered"
 
 
+MCPLogLevel = Literal[
+    "debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"
+]
+
+
+@final
+class MCPRootConfig(Section, frozen=True, kw_only=True):
+    """A root offered to MCP servers.
+
+    Attributes:
+        uri: a ``file://`` URI, or a path (made absolute and turned into one).
+        name: a human-readable name.
+    """
+
+    uri: Name
+    name: Name | None = None
+
+    def _finish(self, walk: Walk) -> None:
+        scheme, sep, _ = self.uri.partition("://")
+        if sep and scheme != "file":
+            walk.add("uri", "must be a file:// URI or a path")
+
+
+@final
+class MCPSamplingConfig(Section, frozen=True, kw_only=True):
+    """Lets an MCP server ask this client's models for completions (``sampling``).
+
+    Attributes:
+        model: the model that answers (default: the client's default model).
+        provider: its provider (default: as the model resolves).
+        max_tokens: the most tokens one answer may have (the server's ``maxTokens`` is
+            capped to it).
+    """
+
+    model: Name | None = None
+    provider: Name | None = None
+    max_tokens: AtLeastOne = 1024
+
+
 @final
 class MCPServerConfig(Section, frozen=True, kw_only=True):
     """One MCP server: a subprocess (``stdio``) or a URL (``http``, ``sse``).
@@ -440,6 +495,10 @@ class MCPServerConfig(Section, frozen=True, kw_only=True):
         enabled: whether the runtime connects to it.
         ping_interval: seconds between keep-alive pings of an ``http`` or ``sse`` server
             (default 30; a stdio server is never pinged: its exit is noticed at once).
+        log_level: the level of the server's log messages to receive (``debug`` ...
+            ``emergency``), set at each connection when the server supports logging.
+        sampling: lets the server ask this client's models for completions (off: None).
+        roots: the roots this server is told (None: the client's ``mcp.roots``).
     """
 
     transport: Literal["stdio", "http", "sse"]
@@ -452,6 +511,9 @@ class MCPServerConfig(Section, frozen=True, kw_only=True):
     timeout: PositiveSeconds = 30.0
     enabled: bool = True
     ping_interval: PositiveSeconds | None = None
+    log_level: MCPLogLevel | None = None
+    sampling: MCPSamplingConfig | None = None
+    roots: list[MCPRootConfig] | None = None
 
     def _finish(self, walk: Walk) -> None:
         if self.transport == "stdio" and not self.command:
@@ -462,9 +524,10 @@ class MCPServerConfig(Section, frozen=True, kw_only=True):
 
 @final
 class MCPConfig(Section, frozen=True, kw_only=True):
-    """MCP servers by name."""
+    """MCP servers by name, and the roots they are told (``file://`` URIs or paths)."""
 
     servers: dict[str, MCPServerConfig] = {}
+    roots: list[MCPRootConfig] = []
 
 
 class ModelOptionsSchema(msgspec.Struct, frozen=True, kw_only=True):
@@ -511,17 +574,36 @@ class WebSocketConfig(Section, frozen=True, kw_only=True):
     Attributes:
         host: the address to listen on.
         port: the port; 0 picks a free one.
-        tokens: bearer tokens clients must present; empty: no authentication.
-        allowed_origins: ``Origin`` values accepted; empty: any.
+        tokens: bearer tokens clients must present; empty: no authentication. A mapping
+            names each token (name -> token); a list names them ``token-1``,
+            ``token-2``... (see `named_tokens`). The gateway tags each call with the
+            name of the token it came with.
+        allowed_origins: ``Origin`` values accepted; empty: without tokens, only the
+            front's own loopback origins (``http://127.0.0.1:<port>``, ``localhost``,
+            ``[::1]``); with tokens, any.
         max_message_size: the largest frame accepted, in bytes.
         max_concurrent_per_connection: invocations one connection may run at once.
         client_requests_per_minute: invocations one connection may start per minute.
+        grace: seconds the invocations in flight may take to finish when the front stops.
+        insecure_no_auth: let the front listen on a non-loopback address without tokens
+            (refused otherwise).
+        max_body_size: the largest request body the OpenAI-compatible gateway reads, in
+            bytes (larger: 413).
     """
 
     host: Name = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
-    tokens: list[Credential] = []
+    tokens: list[Credential] | dict[Name, Credential] = []
     allowed_origins: list[Name] = []
     max_message_size: AtLeastOne = 1 << 20
     max_concurrent_per_connection: AtLeastOne = 16
     client_requests_per_minute: AtLeastOne | None = None
+    grace: Seconds = 5.0
+    insecure_no_auth: bool = False
+    max_body_size: AtLeastOne = 8 << 20
+
+    def named_tokens(self) -> dict[str, Secret]:
+        """The tokens by name: a mapping's as given, a list's as ``token-1``, ``token-2``..."""
+        if isinstance(self.tokens, dict):
+            return dict(self.tokens)
+        return {f"token-{n}": token for n, token in enumerate(self.tokens, 1)}

@@ -501,12 +501,20 @@ def _to_formatted(t: mi.Metadata, value: object, path: str, walk: Walk) -> objec
     return converted
 
 
+def _is_mapping(value: object) -> bool:
+    return isinstance(value, Mapping)
+
+
 def _to_union(t: mi.UnionType, value: object, path: str, walk: Walk) -> object:
     optional = any(isinstance(option, mi.NoneType) for option in t.types)
     if optional and (value is None or (isinstance(value, str) and value == "")):
         return None
     options = [option for option in t.types if not isinstance(option, mi.NoneType)]
-    if len(options) != 1:  # the config schema only uses ``X | None``
+    if len(options) == 2 and {type(option) for option in options} == {mi.ListType, mi.DictType}:
+        # ``list[X] | dict[K, X]`` (named or unnamed items): a mapping is the dict form
+        wanted = mi.DictType if _is_mapping(value) else mi.ListType
+        options = [option for option in options if isinstance(option, wanted)]
+    if len(options) != 1:  # otherwise the config schema only uses ``X | None``
         raise AssertionError(f"unsupported union at {path}: {t}")
     return convert(options[0], value, path, walk)
 

@@ -10,7 +10,6 @@ whole response; both run through the same `Run`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, final, overload
@@ -21,6 +20,7 @@ from ..actors.provider_session import ProviderSession, SessionMsg
 from ..actors.tools import ExecuteTools, ToolExecutor
 from ..config import Config
 from ..errors import ConfigurationError, InvalidRequest, LLMError, ProviderNotFound
+from ..observability._observer import Observer
 from ..runtime import ActorError, ActorRef, Runtime
 from ..store._base import StoreUnavailable
 from ..tools import Tool, ToolRegistry, ToolResult
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
     from ..store.cache import ResponseCache
 
 __all__ = ["InvocationStatistics", "Invoker"]
-
-log = logging.getLogger("llm_invocation.invocation")
 
 SESSION_PREFIX = "provider."
 """Provider sessions are named ``provider.<name>`` in the supervision tree."""
@@ -93,6 +91,7 @@ class Invoker:
         tools: ToolRegistry,
         executor: ActorRef[Any] | None = None,
         middleware: Sequence[Middleware] = (),
+        observer: Observer | None = None,
     ) -> None:
         self._runtime = runtime
         self._config = config
@@ -117,6 +116,9 @@ class Invoker:
         self._not_offered: set[tuple[str, str]] = set()
         self.middleware = MiddlewareChain(middleware)
         """The client's middleware (replaced, never changed, when one is added)."""
+        self.observer = observer if observer is not None else Observer()
+        """The client's audit log, spans and metrics."""
+        self._log = self.observer.invocation_log
 
     @property
     def config(self) -> Config:
@@ -161,7 +163,7 @@ class Invoker:
             for target in entry.fallback:
                 candidate = _parse_target(target, where=f"providers.{provider}")
                 if candidate[0] not in self._registry.names():
-                    log.warning("fallback %s skipped: provider not configured", target)
+                    self._log.warning("fallback %s skipped: provider not configured", target)
                     continue
                 candidates.append(candidate)
         return request, candidates
@@ -231,7 +233,7 @@ class Invoker:
             return True
         if (provider, model) not in self._not_offered:
             self._not_offered.add((provider, model))
-            log.info(
+            self._log.info(
                 "registered tools are not offered to %s:%s: it does not support function calling",
                 provider,
                 model,
@@ -321,7 +323,9 @@ class Invoker:
         executor = self._executor
         if executor is None:
             executor = self._runtime.ref("tools", ToolExecutor)
-        return await executor.call(ExecuteTools(calls=list(calls)))
+        telemetry = self.observer.telemetry
+        parent = telemetry.parent_of_tools() if telemetry is not None else None
+        return await executor.call(ExecuteTools(calls=list(calls), trace=parent))
 
     def session_ref(self, provider: str) -> ActorRef[SessionMsg]:
         """The session actor of ``provider``.
@@ -353,14 +357,14 @@ class Invoker:
             data = await self._cache.get(key)
         except StoreUnavailable as exc:
             # The connection logs the outage once; a cache miss is the safe side.
-            log.debug("response cache unreachable: %s", exc)
+            self._log.debug("response cache unreachable: %s", exc)
             return None
         if data is None:
             return None
         try:
             response = from_json(data, Response)
         except LLMError:
-            log.warning("an unreadable cached response was ignored (key %s)", key[:12])
+            self._log.warning("an unreadable cached response was ignored (key %s)", key[:12])
             return None
         self._cache_hits += 1
         metadata = {**(response.metadata or {}), "cache": "hit"}
@@ -376,7 +380,7 @@ class Invoker:
             await self._cache.set(key, to_json(response), self._config.cache_ttl)
         except StoreUnavailable as exc:
             # The connection logs the outage once; a cache miss is the safe side.
-            log.debug("response cache unreachable: %s", exc)
+            self._log.debug("response cache unreachable: %s", exc)
 
     # -- the record ----------------------------------------------------------------------------
 
@@ -385,7 +389,7 @@ class Invoker:
 
     def note_retry(self, provider: str, attempt: int, error: LLMError, delay: float) -> None:
         self._retries += 1
-        log.info(
+        self._log.info(
             "%s: attempt %d failed (%s); retrying in %.2fs",
             provider,
             attempt,
@@ -395,7 +399,9 @@ class Invoker:
 
     def note_fallback(self, provider: str, error: LLMError) -> None:
         self._fallbacks += 1
-        log.warning("%s failed (%s: %s); falling back", provider, error.code.value, error.message)
+        self._log.warning(
+            "%s failed (%s: %s); falling back", provider, error.code.value, error.message
+        )
 
     @property
     def usage(self) -> Usage:

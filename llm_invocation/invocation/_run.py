@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from decimal import Decimal
 from typing import TYPE_CHECKING, Final, final
 
 import msgspec
@@ -44,6 +45,7 @@ from ._middleware import EMPTY_CHAIN, CallInfo, MiddlewareChain
 
 if TYPE_CHECKING:
     from ..actors.governor import Lease
+    from ..observability._telemetry import InvocationTrace
     from ._invoker import Invoker
 
 __all__ = ["RetryPolicy", "Run", "can_fall_back", "failure_of"]
@@ -51,6 +53,7 @@ __all__ = ["RetryPolicy", "Run", "can_fall_back", "failure_of"]
 log = logging.getLogger("llm_invocation.invocation")
 
 _NO_USAGE: Final = Usage()
+_CACHED: Final = Usage(cost=Decimal(0))  # an answer from the cache: nothing sent, no cost
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,16 +123,23 @@ class Run:
         "_attempt",
         "_chain",
         "_deadline",
+        "_ended",
         "_index",
         "_invoker",
         "_lease",
         "_pending_usage",
+        "_since",
         "_started",
         "_timeout",
         "attempted",
+        "attempts",
         "call",
         "candidates",
+        "id",
         "request",
+        "retries",
+        "spent",
+        "trace",
         "usage",
     )
 
@@ -162,6 +172,16 @@ class Run:
         """The settled usage (with cost) of the last candidate settled."""
         self.attempted: list[str] = []
         """The ``provider:model`` candidates tried, in order (fallbacks after the first)."""
+        self.attempts = 0
+        """HTTP attempts let through, on every candidate."""
+        self.retries = 0
+        self.spent: Usage | None = None
+        """The settled usage of every candidate, summed."""
+        self.id = ""
+        self.trace: InvocationTrace | None = None
+        """The invocation's spans and metrics (None: telemetry is off)."""
+        self._since = 0.0
+        self._ended = False
 
     @property
     def provider(self) -> str:
@@ -196,6 +216,37 @@ class Run:
         self.candidates = candidates
         self._index = 0
 
+    def start(self) -> None:
+        """The invocation begins: tell the client's observer (audit, spans, metrics)."""
+        self.id, self._since, self.trace = self._invoker.observer.start(
+            self.request, self.provider, self.model
+        )
+
+    def finish(
+        self, status: Status, error: LLMError | None = None, response: Response | None = None
+    ) -> None:
+        """The invocation ended: its audit record, spans and metrics, once."""
+        if self._ended or not self.id:
+            return
+        self._ended = True
+        self._invoker.observer.finished(
+            invocation_id=self.id,
+            started=self._since,
+            trace=self.trace,
+            request=self.request,
+            provider=self.provider,
+            model=self.model,
+            status=status,
+            error=error,
+            response=response,
+            usage=self.spent if self.spent is not None or not self.call.cached else _CACHED,
+            attempts=self.attempts,
+            retries=self.retries,
+            attempted=self.attempted,
+            cached=self.call.cached,
+            step=self.call.step,
+        )
+
     # -- attempts ------------------------------------------------------------------------------
 
     async def begin(self) -> None:
@@ -217,6 +268,7 @@ class Run:
             if governance is None:
                 await self._before_attempt()
                 self._started = True
+                self.attempts += 1
                 return
             if self._admission is None:
                 self._admission = await governance.reserve(self.request, self.provider, self.model)
@@ -232,8 +284,11 @@ class Run:
                         provider=self.provider,
                         retryable=False,
                     )
+            if self.trace is not None and self._lease is not None and self._lease.waited > 0:
+                self.trace.rate_limit_wait(self._lease.waited)
             await self._before_attempt()
             self._started = True
+            self.attempts += 1
         finally:
             if self._timeout is not None and self._deadline == math.inf:
                 self._deadline = trio.current_time() + self._timeout
@@ -297,6 +352,9 @@ class Run:
         if not delivered and retry and self._attempt < policy.max_attempts:
             wait = policy.delay(self._attempt) if delay is None else delay
             self._invoker.note_retry(self.provider, self._attempt, error, wait)
+            self.retries += 1
+            if self.trace is not None:
+                self.trace.retried()
             if trio.current_time() + wait >= self._deadline:
                 await self._fail(self._timed_out(error), partial)
             await trio.sleep(wait)
@@ -311,6 +369,8 @@ class Run:
             self._admission = None
             self._pending_usage = None
             self._started = False
+            if self.trace is not None:
+                self.trace.fell_back(self.provider, self.model)
             return
         await self._fail(error, partial)
 
@@ -352,6 +412,8 @@ class Run:
             self._admission = None
             self._pending_usage = None
             self._started = False
+            if self.trace is not None:
+                self.trace.fell_back(self.provider, self.model)
             return
         await self.settle("error", _NO_USAGE, error=exc)
         raise exc
@@ -413,5 +475,6 @@ class Run:
             )
         if settled is not None:
             self.usage = settled
+            self.spent = settled if self.spent is None else self.spent + settled
             self._invoker.record_usage(settled)
         return settled

@@ -156,6 +156,7 @@ class InvocationStream:
         if self._entered:
             raise RuntimeError("an invocation stream can be entered only once")
         self._entered = True
+        self._run.start()
         try:
             await self._start()
         except LLMError as error:
@@ -167,6 +168,7 @@ class InvocationStream:
                 status: Status = "cancelled" if isinstance(exc, trio.Cancelled) else "error"
                 await self._close_attempt()
                 await self._run.settle(status, self._aggregator.usage, partial=self._partial())
+                self._run.finish(status)
             raise
         return self
 
@@ -209,12 +211,17 @@ class InvocationStream:
         self._batch = whole_chunks(response)
         for chunk in self._batch:
             self._aggregator.add(chunk)
+        self._run.finish("ok", response=response)
 
     async def _open(self) -> None:
         """Admit and open the next attempt (a retry or a fallback when one failed before)."""
         run = self._run
         while True:
             await run.admit()
+            trace = run.trace
+            parent = None
+            if trace is not None:
+                parent = trace.attempt_started(run.provider, run.model, run.attempt)
             self._aggregator = StreamAggregator()
             self._batch = []
             self._position = 0
@@ -224,12 +231,16 @@ class InvocationStream:
                 # as under the caller's own.
                 with trio.CancelScope(deadline=run.deadline) as scope:
                     if streamed:
-                        message = Attempt(request=run.attempt_request(), number=run.attempt)
+                        message = Attempt(
+                            request=run.attempt_request(), number=run.attempt, trace=parent
+                        )
                         context = run.session().stream(message, buffer=STREAM_BUFFER)
                         self._receiver = await context.__aenter__()
                         self._context = context
                     else:
-                        once = AttemptOnce(request=run.attempt_request(), number=run.attempt)
+                        once = AttemptOnce(
+                            request=run.attempt_request(), number=run.attempt, trace=parent
+                        )
                         self._whole = await run.session().call(once)
                 if scope.cancelled_caught:
                     raise trio.TooSlowError
@@ -251,6 +262,9 @@ class InvocationStream:
                 self._aggregator.add(chunk)
             self._content_seen = True
             self._batch = batch
+            if run.trace is not None:
+                run.trace.first_chunk()
+            run.finish("ok", response=whole)
 
     async def _close_attempt(self) -> None:
         context, self._context, self._receiver = self._context, None, None
@@ -261,6 +275,8 @@ class InvocationStream:
         """The current attempt failed: returns when another one may start, else raises."""
         await self._close_attempt()
         self._whole = None
+        if self._run.trace is not None:
+            self._run.trace.attempt_ended(exc)
         await self._run.retry_or_raise(
             exc,
             delivered=self._content_seen,
@@ -278,6 +294,7 @@ class InvocationStream:
             await self._run.settle(
                 "error", self._aggregator.usage, error=error, partial=self._partial()
             )
+        self._run.finish("error", error)
         if self._error is None:
             self._error = error
             if self._chain.on_error_hooks:
@@ -299,6 +316,7 @@ class InvocationStream:
             self._finished = True
             await self._close_attempt()
             await self._run.settle("cancelled", self._aggregator.usage, partial=self._partial())
+            self._run.finish("cancelled")
 
     async def aclose(self) -> None:
         """Cancel the upstream call (if still running) and settle what was streamed."""
@@ -363,6 +381,8 @@ class InvocationStream:
                 add(chunk)
             if not self._content_seen:
                 self._content_seen = _has_content(batch)
+                if self._content_seen and self._run.trace is not None:
+                    self._run.trace.first_chunk()
             self._batch = batch
             self._position = 1
             return batch[0]
@@ -385,6 +405,7 @@ class InvocationStream:
             if usage is not None and usage is not response.usage:
                 response = msgspec.structs.replace(response, usage=usage)
             self._response = response
+            run.finish("ok", response=response)
         if self._cached:  # nothing was sent: no attempt, nothing to cache
             if chain.after_response_hooks:
                 await chain.after_response(run.call, response)
