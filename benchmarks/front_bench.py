@@ -8,13 +8,17 @@ one run, side by side, the same streams are read two ways:
 
 * direct: `Client.invoke` streams in this process, reading the fake server;
 * through the front: WebSocket clients (bearer token, ``invoke``, frames to ``done``), the
-  front relaying the same upstream streams.
+  front relaying the same upstream streams;
+* through the gateway (CPU phase only): ``POST /v1/chat/completions`` with ``"stream":
+  true`` on the same front, read as OpenAI server-sent events.
 
 Phases:
 
 * CPU per chunk, one event per network read (200 chunks every 2 ms, 10 streams at once, over
   10 connections opened once): the front process against the direct client, both doing the
   same upstream work; the difference is the relay (framing, queueing, WebSocket writes);
+  the same for the gateway (one HTTP connection per stream), whose difference is the OpenAI
+  encoding and the HTTP writes;
 * CPU per WebSocket connection (handshake with the token check, a ping, close), for scale;
 * paced streams (40 chunks at 20 Hz, ideal 2 s) at 10 and at N clients (``--clients``,
   default 200; 50 with ``--quick``), all connected first and then started at one instant:
@@ -22,7 +26,8 @@ Phases:
   wrote it (the fake server's ``--stamp`` puts its send time in every chunk) to its arrival,
   direct against relayed. The difference of the latencies is the relay's added latency.
 
-Targets: the front's CPU per chunk at most 2.5x the direct client's; throughput through the
+Targets: the front's CPU per chunk at most 2.5x the direct client's, the gateway's at most
+2x; throughput through the
 front at least 0.95x direct; added median latency at most 5 ms at 10 clients and 20 ms at N.
 The three processes share the machine's cores: when the front and its clients keep most of
 them busy the report says so, and the numbers then measure the machine as much as the front
@@ -41,7 +46,9 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Final
 
+import httpx
 import msgspec
 import trio
 from stream_bench import client_config, fake_server
@@ -187,6 +194,28 @@ async def front_stream(ws: WebSocketConnection, tally: Tally) -> None:
                     pass
 
 
+_EVENT: Final = msgspec.json.Decoder()
+
+
+def gateway_url(ws_url: str) -> str:
+    """The gateway's base URL on the front whose WebSocket endpoint is ``ws_url``."""
+    return "http" + ws_url.removeprefix("ws").removesuffix("/ws") + "/v1"
+
+
+async def gateway_stream(http: httpx.AsyncClient, url: str, tally: Tally) -> None:
+    """One streamed chat completion through the gateway, read as server-sent events."""
+    body = {"model": "openai:bench", "messages": PROMPT, "stream": True}
+    async with http.stream("POST", url + "/chat/completions", json=body) as answer:
+        if answer.status_code != 200:
+            raise RuntimeError(f"gateway answered {answer.status_code}")
+        async for line in answer.aiter_lines():
+            if line.startswith("data: {"):
+                event = _EVENT.decode(line[6:])
+                if "error" in event:
+                    raise RuntimeError(f"gateway stream failed: {event['error']}")
+                tally.arrived([c["delta"].get("content") or "" for c in event["choices"]])
+
+
 async def run_many(count: int, concurrency: int, one: Callable[[], Awaitable[None]]) -> None:
     """Run ``one`` ``count`` times, ``concurrency`` at a time."""
     remaining = count
@@ -261,10 +290,16 @@ async def cpu_phase(base: str, front: FrontProcess, quick: bool) -> dict[str, fl
     """
     streams = 20 if quick else 60
     results: dict[str, float] = {}
-    async with llm.open_client(config_for(base)) as client:
+    gateway = gateway_url(front.url)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        llm.open_client(config_for(base)) as client,
+        httpx.AsyncClient(headers=headers, timeout=30) as http,
+    ):
         warm = Tally()
         await run_many(4, 4, lambda: direct_stream(client, warm))
         await run_over_connections(front.url, 4, 4, warm)
+        await run_many(4, 4, lambda: gateway_stream(http, gateway, warm))
         for _ in range(2):  # two rounds, keep the best: noise only ever adds CPU
             tally = Tally()
             cpu = time.process_time()
@@ -279,6 +314,12 @@ async def cpu_phase(base: str, front: FrontProcess, quick: bool) -> dict[str, fl
             client_per_chunk = (time.process_time() - cpu) / tally.chunks
             results["front"] = min(results.get("front", float("inf")), front_per_chunk)
             results["ws client"] = min(results.get("ws client", float("inf")), client_per_chunk)
+
+            tally = Tally()
+            front_cpu = front.cpu()
+            await run_many(streams, 10, lambda: gateway_stream(http, gateway, tally))  # noqa: B023
+            gateway_per_chunk = (front.cpu() - front_cpu) / tally.chunks
+            results["gateway"] = min(results.get("gateway", float("inf")), gateway_per_chunk)
     return results
 
 
@@ -352,6 +393,8 @@ def report(
         f"  front process (relaying):   {cpu['front'] * 1e6:7.1f} us",
         f"  WebSocket client (for info) {cpu['ws client'] * 1e6:7.1f} us",
         f"  front / direct: {verdict(cpu['front'] / cpu['direct'], 2.5)}",
+        f"  gateway process (OpenAI SSE): {cpu['gateway'] * 1e6:5.1f} us",
+        f"  gateway / direct: {verdict(cpu['gateway'] / cpu['direct'], 2.0)}",
         "CPU per WebSocket connection (handshake with token check, a ping, close)",
         f"  front process:              {connections['front'] * 1e6:7.0f} us",
         f"  WebSocket client (for info) {connections['ws client'] * 1e6:7.0f} us",

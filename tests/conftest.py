@@ -67,6 +67,16 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _user_data_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The command line keeps a usage ledger in the user's data folder: tests never use the
+    real one (subprocesses inherit the variable)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("user-data")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def conformance_dir() -> Path:
     """The folder of recorded provider responses named by ``LLM_CONFORMANCE_DIR``.

@@ -44,11 +44,18 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
             "through a local proxy",
             "ours via proxy / ours direct:",
             "bare via proxy / bare direct:",
+            "tracing on / off, per chunk:",  # a ratio, or why it was skipped
         ],
     ),
     "front_bench": (
         ["--quick", "--clients", "10"],
-        ["CPU per chunk", "front / direct:", "ratios at 10 clients", "added relay latency p50"],
+        [
+            "CPU per chunk",
+            "front / direct:",
+            "gateway / direct:",
+            "ratios at 10 clients",
+            "added relay latency p50",
+        ],
     ),
 }
 

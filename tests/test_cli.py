@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
+import functools
 import io
 import json
 import logging
@@ -10,14 +13,16 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
 import llm_invocation as llm
+from llm_invocation._version import __version__ as llm_version
 from llm_invocation.cli import main
+from llm_invocation.testing import FakeServer, Scenario, Scenarios, open_fake_server
 
 KEY = "sk-test-CLI-SECRET-0123456789"
 
@@ -40,9 +45,27 @@ def _no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
-def run(*argv: str) -> tuple[int, str, str]:
+@pytest.fixture(autouse=True)
+def user_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's data folder, where the command line keeps its default ledger: a temporary
+    one (subprocesses inherit it)."""
+    data = tmp_path / "user-data"
+    monkeypatch.setenv("XDG_DATA_HOME", str(data))
+    return data
+
+
+def no_stdin() -> io.StringIO:
+    """A standard input that is closed: neither a terminal nor piped."""
+    closed = io.StringIO()
+    closed.close()
+    return closed
+
+
+def run(*argv: str, stdin: str | None = None) -> tuple[int, str, str]:
+    """Run the command line in process; ``stdin``: text piped to it (default: none)."""
     out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), out=out, err=err)
+    piped = io.StringIO(stdin) if stdin is not None else no_stdin()
+    code = main(list(argv), out=out, err=err, stdin=piped)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -71,23 +94,6 @@ def test_chat_json_prints_the_response() -> None:
     assert response["choices"][0]["message"]["content"].startswith("You said: hi")
 
 
-def test_chat_interactive_session_keeps_the_history() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "llm_invocation", "chat"],
-        input="first\nsecond\n/exit\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")},
-    )
-    assert done.returncode == 0, done.stderr
-    lines = [line for line in done.stdout.splitlines() if line]
-    assert lines[0].startswith("You said: first")
-    assert lines[1].startswith("You said: second")
-    assert "interactive chat" in done.stderr
-
-
 def test_complete_streams_and_prints_json() -> None:
     code, out, _ = run("complete", "Once", "upon")
     assert code == 0
@@ -105,12 +111,9 @@ def test_models_lists_the_mock_models() -> None:
     assert all(m["provider"] == "mock" for m in json.loads(out))
 
 
-def test_tokens_counts_arguments_and_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tokens_counts_its_arguments() -> None:
     code, out, _ = run("tokens", "--model", "gpt-4o", "hello", "world")
-    assert (code, out.split()[0]) == (0, "2")
-    monkeypatch.setattr(sys, "stdin", io.StringIO("hello world"))
-    code, out, _ = run("tokens")
-    assert out.startswith("2 tokens (o200k_base")
+    assert (code, out) == (0, "2 tokens (o200k_base, 11 characters)\n")
 
 
 def test_usage_reports_from_a_ledger_file(tmp_path: Path) -> None:
@@ -130,12 +133,12 @@ def test_usage_reports_from_a_ledger_file(tmp_path: Path) -> None:
     assert json.loads(out)["total"]["calls"] == 3
 
 
-def test_usage_without_a_ledger_is_a_one_line_error() -> None:
+def test_usage_before_anything_was_recorded_is_a_one_line_error() -> None:
     code, out, err = run("usage")
     assert code == 1
     assert out == ""
-    assert err.startswith("error: ") and "ledger" in err
-    assert "Traceback" not in err
+    assert err.startswith("error: no ledger at ") and "nothing recorded yet" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_usage_of_a_missing_ledger_file_is_an_error_and_creates_nothing(tmp_path: Path) -> None:
@@ -178,15 +181,16 @@ def test_config_check_from_a_yaml_file(tmp_path: Path) -> None:
     assert json.loads(out)["rate_limits"]["requests_per_minute"] == 60
 
 
-def test_a_bad_configuration_is_reported_without_a_traceback(
+def test_a_bad_configuration_is_reported_on_one_line_naming_every_problem(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("LLM_TIMEOUT", "soon")
+    monkeypatch.setenv("LLM_MAX_RETRIES", "many")
     code, _, err = run("chat", "hi")
     assert code == 1
-    assert err.startswith("error: 1 configuration problem")
-    assert "LLM_TIMEOUT" in err
-    assert "Traceback" not in err
+    assert err.startswith("error: 2 configuration problems: ")
+    assert "LLM_TIMEOUT" in err and "LLM_MAX_RETRIES" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_an_unknown_provider_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,9 +219,9 @@ def test_demo_runs_with_a_progress_report() -> None:
 
 
 def test_unknown_commands_exit_with_usage_status() -> None:
-    with pytest.raises(SystemExit) as info:
-        run("fly")
-    assert info.value.code == 2
+    code, out, err = run("fly")
+    assert (code, out) == (2, "")
+    assert err.startswith("error: argument COMMAND: invalid choice: 'fly'")
 
 
 def test_serve_on_a_port_in_use_is_a_one_line_error() -> None:
@@ -274,6 +278,7 @@ async def test_chat_with_llm_api_key_talks_to_openai_and_makes_no_note_about_the
         env |= {"LLM_API_KEY": KEY, "LLM_BASE_URL": server.base_url("openai")}
         done = await trio.run_process(
             [sys.executable, "-m", "llm_invocation", "chat", "hello"],
+            stdin=b"",
             env=env,
             capture_stdout=True,
             capture_stderr=True,
@@ -333,3 +338,277 @@ def test_the_note_is_said_once_not_again_by_the_clients_log(
     assert code == 0
     assert err.count("built-in mock") == 1
     assert "built-in mock" not in capsys.readouterr().err
+
+
+# -- the habits users bring: -m, -s, piped input, --version ---------------------------------------
+
+
+class FakeTerminal(io.StringIO):
+    """A terminal as standard input: reading it for a prompt is a defect."""
+
+    def isatty(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        raise AssertionError("a terminal was read for a prompt")
+
+
+async def run_beside(*argv: str, stdin: str | None = None) -> tuple[int, str, str]:
+    """`run` from a trio test: the command line runs its own trio in a worker thread."""
+    return await trio.to_thread.run_sync(functools.partial(run, *argv, stdin=stdin))
+
+
+@contextlib.asynccontextmanager
+async def fake_openai(
+    monkeypatch: pytest.MonkeyPatch, scenarios: Scenarios | None = None
+) -> AsyncIterator[FakeServer]:
+    """A fake OpenAI server on 127.0.0.1, configured as the provider through the environment."""
+    async with open_fake_server(scenarios or Scenarios(Scenario(text="from the server"))) as server:
+        monkeypatch.setenv("LLM_API_KEY", KEY)
+        monkeypatch.setenv("LLM_BASE_URL", server.base_url("openai"))
+        yield server
+
+
+def test_version_prints_the_package_version() -> None:
+    code, out, err = run("--version")
+    assert (code, out, err) == (0, f"llm-invocation {llm_version}\n", "")
+
+
+def test_model_has_the_short_option_m() -> None:
+    code, out, _ = run("chat", "-m", "mock:mock-large", "--json", "hi")
+    assert code == 0
+    assert json.loads(out)["model"] == "mock-large"
+
+
+async def test_system_has_the_short_option_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with fake_openai(monkeypatch) as server:
+        code, _, err = await run_beside("chat", "-s", "be brief", "hi")
+        seen = server.requests
+    assert code == 0, err
+    assert seen[0].json["messages"][0] == {"role": "system", "content": "be brief"}
+
+
+async def test_complete_with_a_system_prompt_asks_the_chat_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with fake_openai(monkeypatch) as server:
+        code, out, err = await run_beside("complete", "-s", "be brief", "Once")
+        seen = server.requests
+    assert (code, out) == (0, "from the server\n"), err
+    assert seen[0].path == "/openai/v1/chat/completions"
+    assert [m["role"] for m in seen[0].json["messages"]] == ["system", "user"]
+
+
+async def test_piped_input_comes_first_then_a_blank_line_then_the_prompt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with fake_openai(monkeypatch) as server:
+        code, _, err = await run_beside("chat", "summarize", stdin="line one\nline two\n")
+        seen = server.requests
+    assert code == 0, err
+    assert seen[0].json["messages"][-1]["content"] == "line one\nline two\n\nsummarize"
+
+
+async def test_piped_input_alone_is_the_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with fake_openai(monkeypatch) as server:
+        code, _, err = await run_beside("chat", stdin="  indented\nsecond\n\n")
+        seen = server.requests
+    assert code == 0, err
+    assert seen[0].json["messages"][-1]["content"] == "  indented\nsecond"
+
+
+def test_a_terminal_is_never_read_for_a_prompt() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["chat", "hello"], out=out, err=err, stdin=FakeTerminal())
+    assert code == 0, err.getvalue()
+    assert out.getvalue().startswith("You said: hello")
+
+
+def test_tokens_count_piped_input() -> None:
+    code, out, _ = run("tokens", "-m", "gpt-4o", stdin="hello world")
+    assert (code, out.split()[0]) == (0, "2")
+
+
+# -- --config -------------------------------------------------------------------------------------
+
+
+def test_config_may_come_after_the_command(tmp_path: Path) -> None:
+    path = tmp_path / "llm.conf"  # no YAML extension: a path all the same
+    path.write_text("rate_limits: {requests_per_minute: 7}\n")
+    code, out, err = run("config", "check", "--config", str(path))
+    assert code == 0, err
+    assert json.loads(out)["rate_limits"]["requests_per_minute"] == 7
+
+
+def test_config_after_the_command_wins_over_one_before(tmp_path: Path) -> None:
+    before, after = tmp_path / "before.yaml", tmp_path / "after.yaml"
+    before.write_text("rate_limits: {requests_per_minute: 1}\n")
+    after.write_text("rate_limits: {requests_per_minute: 2}\n")
+    code, out, _ = run("--config", str(before), "config", "check", "--config", str(after))
+    assert code == 0
+    assert json.loads(out)["rate_limits"]["requests_per_minute"] == 2
+
+
+def test_config_that_names_no_file_is_reported_as_a_missing_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("--config", "myconf", "chat", "hi")
+    assert (code, out) == (1, "")
+    assert err == "error: config file not found: myconf (configuration)\n"
+
+
+@pytest.mark.parametrize(
+    "text", ["rate_limits: {requests_per_minute: 9}", '{"rate_limits": {"requests_per_minute": 9}}']
+)
+def test_config_may_be_inline_yaml_or_json(text: str) -> None:
+    code, out, err = run("--config", text, "config", "check")
+    assert code == 0, err
+    assert json.loads(out)["rate_limits"]["requests_per_minute"] == 9
+
+
+# -- models: the names -m takes -------------------------------------------------------------------
+
+
+def test_models_of_the_mock_are_the_names_it_answers_to() -> None:
+    code, out, _ = run("models")
+    assert code == 0
+    names = [line.split()[0] for line in out.splitlines()]
+    assert names == ["mock:mock", "mock:mock-large", "mock:mock-small"]
+    for name in names:
+        code, _, err = run("chat", "-m", name, "hi")
+        assert code == 0, err
+        assert f"[{name}]" in err
+
+
+async def test_models_of_a_provider_are_named_as_m_takes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with fake_openai(monkeypatch) as server:
+        code, out, err = await run_beside("models")
+        assert code == 0, err
+        names = [line.split()[0] for line in out.splitlines()]
+        assert names == ["openai:gpt-4o-mini"]
+        code, reply, err = await run_beside("chat", "-m", names[0], "hi")
+        seen = server.requests
+    assert code == 0, err
+    assert reply.startswith("from the server")
+    assert seen[-1].model == "gpt-4o-mini"
+
+
+async def test_models_leaves_out_those_that_cannot_chat(monkeypatch: pytest.MonkeyPatch) -> None:
+    scenarios = Scenarios(Scenario(text="from the server"))
+    scenarios.add("text-embedding-3-small", Scenario(text="not a chat model"))
+    async with fake_openai(monkeypatch, scenarios):
+        code, out, err = await run_beside("models", "--json")
+    assert code == 0, err
+    assert [m["name"] for m in json.loads(out)] == ["openai:gpt-4o-mini"]
+
+
+# -- the default ledger ---------------------------------------------------------------------------
+
+
+def test_usage_reports_a_chat_from_the_default_ledger(user_data: Path) -> None:
+    assert run("chat", "-m", "mock:mock-small", "hi")[0] == 0
+    code, out, err = run("usage", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["total"]["calls"] == 1
+    assert (user_data / "llm-invocation" / "ledger.sqlite3").is_file()
+
+
+def test_complete_is_recorded_in_the_default_ledger_too() -> None:
+    assert run("complete", "Once")[0] == 0
+    code, out, _ = run("usage", "--json")
+    assert (code, json.loads(out)["total"]["calls"]) == (0, 1)
+
+
+def test_no_log_records_nothing(user_data: Path) -> None:
+    assert run("chat", "--no-log", "hi")[0] == 0
+    assert not (user_data / "llm-invocation").exists()
+
+
+def test_llm_ledger_off_records_nothing(user_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_LEDGER", "off")
+    assert run("chat", "hi")[0] == 0
+    assert not (user_data / "llm-invocation").exists()
+
+
+def test_a_configured_ledger_path_is_used_instead_of_the_default(
+    user_data: Path, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "team.sqlite3"
+    assert run("--config", f"ledger_path: {ledger}", "chat", "hi")[0] == 0
+    code, out, _ = run("usage", "--ledger", str(ledger), "--json")
+    assert (code, json.loads(out)["total"]["calls"]) == (0, 1)
+    assert not (user_data / "llm-invocation").exists()
+
+
+# -- every error is one line ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Bad:
+    """A command line that must fail: its arguments, environment, piped input, and a piece of
+    the one error line that says why (so it cannot fail for another reason)."""
+
+    argv: tuple[str, ...]
+    says: str
+    env: tuple[tuple[str, str], ...] = ()
+    stdin: str | None = None
+    recorded_first: bool = False
+
+
+BAD = [
+    Bad(("chat", ""), "the prompt is empty"),
+    Bad(("chat", " \n\t "), "the prompt is empty"),
+    Bad(("chat",), "no prompt"),
+    Bad(("chat",), "the prompt is empty", stdin="\n  \n"),
+    Bad(("chat", "--max-tokens", "0", "hi"), "--max-tokens: must be at least 1"),
+    Bad(("chat", "--max-tokens", "-5", "hi"), "--max-tokens: must be at least 1"),
+    Bad(("chat", "--max-tokens", "lots", "hi"), "expected a whole number"),
+    Bad(("chat", "--temperature", "nan", "hi"), "--temperature: must be a finite number"),
+    Bad(("chat", "--temperature", "-1", "hi"), "--temperature: must be a finite number"),
+    Bad(("chat", "-m", "nowhere:x", "hi"), "provider_not_found"),
+    Bad(("chat", "--config", "myconf", "hi"), "config file not found: myconf"),
+    Bad(("--config", "myconf", "chat", "hi"), "config file not found: myconf"),
+    Bad(("chat", "--config", "provider: [", "hi"), "configuration problem"),
+    Bad(("chat", "--bogus", "hi"), "unrecognized arguments: --bogus"),
+    Bad(("chat", "hi"), "LLM_LEDGER must be 'on' or 'off'", env=(("LLM_LEDGER", "maybe"),)),
+    Bad(("chat", "hi"), "LLM_TIMEOUT", env=(("LLM_TIMEOUT", "soon"),)),
+    Bad(("complete", ""), "the prompt is empty"),
+    Bad(("complete",), "no prompt"),
+    Bad(("complete", "--max-tokens", "0", "x"), "--max-tokens: must be at least 1"),
+    Bad(("models", "--provider", "nowhere"), "provider_not_found"),
+    Bad(("models", "--config", "missing.yaml"), "config file not found: missing.yaml"),
+    Bad(("tokens",), "no text to count"),
+    Bad(("usage", "--group-by", "color"), "cannot group a report by 'color'", recorded_first=True),
+    Bad(("usage", "--ledger", "missing.sqlite3"), "no ledger at"),
+    Bad(("serve", "--port", "-1"), "--port: must be between 0 and 65535"),
+    Bad(("serve", "--port", "65536"), "--port: must be between 0 and 65535"),
+    Bad(("demo", "--calls", "0"), "--calls: must be at least 1"),
+    Bad(("demo", "--calls", "-3"), "--calls: must be at least 1"),
+    Bad(("config",), "the following arguments are required"),
+    Bad(("config", "check", "--config", "missing.yaml"), "config file not found: missing.yaml"),
+    Bad((), "the following arguments are required: COMMAND"),
+    Bad(("fly",), "invalid choice: 'fly'"),
+]
+
+
+@pytest.mark.parametrize("bad", BAD, ids=lambda bad: " ".join(bad.argv) or "(nothing)")
+def test_every_error_is_one_line_without_a_traceback(
+    bad: Bad, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if bad.recorded_first:
+        assert run("chat", "hi")[0] == 0
+    for name, value in bad.env:
+        monkeypatch.setenv(name, value)
+    code, out, err = run(*bad.argv, stdin=bad.stdin)
+    said = [line for line in err.splitlines() if not line.startswith("note:")]
+    assert code != 0
+    assert out == ""
+    assert len(said) == 1, err
+    assert said[0].startswith("error: ")
+    assert bad.says in said[0]
+    assert "Traceback" not in err

@@ -19,9 +19,20 @@ EXPECTED = {
     "mcp_tools.py": ["calc__multiply", "6 times 7 is 42."],
     "mcp_in_process.py": ["['papers__search']", "-> calling ['papers__search']", "Logical qubits"],
     "fan_out.py": ["300 answers", "fan-out"],
+    "observability.py": [
+        '"name": "chat flaky"',
+        '"name": "execute_tool get_weather"',
+        '"attempts":2,"retries":1',
+        "It is sunny in Paris.",
+    ],
     "embed_in_trio_app.py": ["[worker]", "gave up on a slow call", "0 calls in flight"],
     "websocket_client.py": ["story: error (canceled)", "joke: done", "joke (371 characters)"],
     "web_integration.py": ["chat page at http://127.0.0.1:", "GET / -> 200"],
+    "http_chat.py": [
+        "POST /v1/chat/completions -> 200",
+        "(stream) -> 200",
+        "ledger: token 'example' made 2 calls",
+    ],
     "custom_provider.py": [
         "LineChat heard: hello there [stop]",
         "streamed usage: 2 in, 4 out",
@@ -31,7 +42,7 @@ EXPECTED = {
     ],
 }
 
-ARGUMENTS = {"web_integration.py": ["--check"]}
+ARGUMENTS = {"web_integration.py": ["--check"], "http_chat.py": ["--check"]}
 
 
 def offline_env() -> dict[str, str]:

@@ -40,7 +40,8 @@ from llm_invocation.actors.websocket import (
     decode_server_message,
     serve_websocket_front,
 )
-from llm_invocation.cli._main import serve_forever
+from llm_invocation.actors.websocket._protocol import render_reference
+from llm_invocation.cli._serve import serve_front
 from llm_invocation.config import WebSocketConfig
 from llm_invocation.testing import Scenario, Scenarios, ScriptedToolCall
 from llm_invocation.tools import tool
@@ -537,6 +538,43 @@ async def test_the_right_token_is_accepted_from_each_place(how: str) -> None:
         assert isinstance(end, DoneFrame)
 
 
+async def test_without_tokens_a_web_page_of_another_origin_gets_403() -> None:
+    async with front_running() as (_, front):
+        assert await refused_status(front, origin="http://evil.example") == 403
+        assert await refused_status(front, origin="null") == 403
+        other_port = f"http://127.0.0.1:{front.port + 1}"
+        assert await refused_status(front, origin=other_port) == 403
+        assert front.statistics().origin_rejections == 3
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
+async def test_without_tokens_the_fronts_own_loopback_origins_are_accepted(host: str) -> None:
+    async with front_running() as (_, front):
+        origin = f"http://{host}:{front.port}".encode()
+        async with connect(front, headers=[(b"Origin", origin)]) as peer:
+            await peer.send({"type": "ping", "nonce": 1})
+            assert await peer.frame() == PongFrame(nonce=1)
+        assert front.statistics().origin_rejections == 0
+
+
+async def test_with_tokens_and_no_allow_list_any_origin_may_present_a_token() -> None:
+    async with front_running(ws={"tokens": [llm.Secret(TOKEN)]}) as (_, front):
+        origin = (b"Origin", b"https://app.example")
+        async with connect(front, query=f"?token={TOKEN}", headers=[origin]) as peer:
+            await peer.send({"type": "ping", "nonce": 2})
+            assert await peer.frame() == PongFrame(nonce=2)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "example.com"])  # noqa: S104 - refusing them is the test
+async def test_a_front_without_tokens_refuses_a_non_loopback_host(host: str) -> None:
+    async with llm.open_client(CONFIG) as client:
+        with pytest.raises(llm.ConfigurationError, match="without tokens"):
+            WebSocketFront(client, WebSocketConfig(host=host, port=0))
+        # Either of the two ways out is accepted (nothing is bound here).
+        WebSocketFront(client, WebSocketConfig(host=host, port=0, insecure_no_auth=True))
+        WebSocketFront(client, WebSocketConfig(host=host, port=0, tokens=[llm.Secret(TOKEN)]))
+
+
 async def test_an_origin_not_on_the_allow_list_gets_403() -> None:
     allowed = {"allowed_origins": ["http://good.example"]}
     async with front_running(ws=allowed) as (_, front):
@@ -607,19 +645,77 @@ async def test_a_malformed_frame_gets_an_error_and_the_connection_lives_on(
         assert isinstance(end, DoneFrame)
 
 
+async def next_error(peer: Peer) -> ErrorFrame:
+    frame = await peer.frame()
+    while not isinstance(frame, ErrorFrame):
+        frame = await peer.frame()
+    return frame
+
+
 async def test_a_duplicate_live_id_gets_an_error_and_the_live_invocation_goes_on() -> None:
     async with front_running() as (_, front), connect(front) as peer:
         await peer.send(invoke("d", "slow"))
         await peer.first_text("d")
         await peer.send(invoke("d"))
-        duplicate = await peer.frame()
-        while not isinstance(duplicate, ErrorFrame):
-            duplicate = await peer.frame()
-        assert duplicate.id == "d"
+        duplicate = await next_error(peer)
+        assert (duplicate.id, duplicate.code) == ("d", "invalid_request")
         assert duplicate.details == {"reason": "duplicate_id"}
         _, end = await peer.finish("d")
         assert isinstance(end, DoneFrame)
         assert end.response.text == SLOW_TEXT
+
+
+async def test_a_duplicate_live_id_with_an_invalid_request_is_a_duplicate_not_an_end() -> None:
+    async with front_running() as (_, front), connect(front) as peer:
+        await peer.send(invoke("d", "slow"))
+        await peer.first_text("d")
+        await peer.send({"type": "invoke", "id": "d", "request": {"model": 5}})
+        duplicate = await next_error(peer)
+        assert (duplicate.id, duplicate.code) == ("d", "invalid_request")
+        assert duplicate.details == {"reason": "duplicate_id"}
+        _, end = await peer.finish("d")
+        assert isinstance(end, DoneFrame)
+        assert not peer.pending
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"type": "launch", "id": "d"}',
+        '{"type": "ping", "id": "d", "nonce": [1]}',
+        '{"id": "d"}',
+    ],
+)
+async def test_an_unreadable_frame_naming_a_live_id_gets_an_error_without_that_id(
+    raw: str,
+) -> None:
+    async with front_running() as (_, front), connect(front) as peer:
+        await peer.send(invoke("d", "slow"))
+        await peer.first_text("d")
+        await peer.send(raw)
+        error = await next_error(peer)
+        assert error.id is None
+        assert error.code == "protocol_error"
+        _, end = await peer.finish("d")
+        assert isinstance(end, DoneFrame)
+
+
+async def test_a_duplicate_id_during_the_shutdown_is_a_duplicate_not_the_live_ones_end() -> None:
+    async with llm.open_client(CONFIG, scenarios=scenarios()) as client:
+        front = WebSocketFront(client, WebSocketConfig(port=0), grace=5.0)
+        await client.runtime.start_child(front.child_spec())
+        port = front.port
+        async with connect(front) as peer:
+            await peer.send(invoke("g", "slow"))
+            await peer.first_text("g")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.runtime.terminate_child, "websocket_front")
+                await eventually(lambda: not_(listening(port)))
+                await peer.send(invoke("g"))
+                duplicate = await next_error(peer)
+                assert (duplicate.id, duplicate.details) == ("g", {"reason": "duplicate_id"})
+                _, end = await peer.finish("g")
+                assert isinstance(end, DoneFrame)
 
 
 # -- limits --------------------------------------------------------------------------------------
@@ -972,7 +1068,8 @@ async def test_get_slash_serves_the_chat_page_and_its_files() -> None:
         style = await http.get("/style.css")
         assert style.headers["content-type"].startswith("text/css")
         config = await http.get("/config.json")
-        assert config.json() == {"model": "mock", "ws": "/ws"}
+        assert config.json()["model"] == "mock"
+        assert config.json()["ws"] == "/ws"
         assert (await http.get("/nope.js")).status_code == 404
         assert (await http.get("/../pyproject.toml")).status_code == 404
         assert (await http.get("/ws")).status_code == 426
@@ -1087,15 +1184,23 @@ async def test_the_websockets_client_sees_1001_when_the_front_stops() -> None:
         assert result == [1001]
 
 
-async def test_serve_forever_runs_a_client_and_the_front_and_says_where() -> None:
+async def test_serve_front_runs_a_client_and_the_front_says_where_and_stops_the_front() -> None:
     import io
 
     out = io.StringIO()
     config = llm.Config(
         provider="mock", model="mock", websocket=WebSocketConfig(port=0, tokens=[llm.Secret(TOKEN)])
     )
+    stop = trio.Event()
+    fronts: list[WebSocketFront] = []
+
+    async def until(front: WebSocketFront) -> None:
+        fronts.append(front)
+        await stop.wait()
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(functools.partial(serve_forever, config, config.websocket, out=out))
+        run = functools.partial(serve_front, config, config.websocket, out=out, until=until)
+        nursery.start_soon(run)
         await eventually(lambda: "WebSocket:" in out.getvalue())
         page_line, ws_line = out.getvalue().splitlines()
         assert page_line.endswith("/?token=<token>")
@@ -1108,7 +1213,16 @@ async def test_serve_forever_runs_a_client_and_the_front_and_says_where() -> Non
             await peer.send(invoke("cli"))
             _, end = await peer.finish("cli")
             assert isinstance(end, DoneFrame)
-        nursery.cancel_scope.cancel()
+            stop.set()
+            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                await peer.frame()
+        assert closed.value.reason is not None
+        assert (closed.value.reason.code, closed.value.reason.reason) == (
+            1001,
+            "server shutting down",
+        )
+    with pytest.raises(RuntimeError):
+        _ = fronts[0].port  # stopped with the command
 
 
 class ScriptedService:
@@ -1141,3 +1255,10 @@ async def test_the_front_serves_any_invocation_service_not_only_a_client() -> No
     assert isinstance(end, DoneFrame)
     assert text == "hello over the socket"
     assert [r.messages[0].text for r in service.requests] == ["through a service"]
+
+
+def test_the_documentation_holds_the_protocol_reference_rendered_from_the_types() -> None:
+    from pathlib import Path
+
+    docs = Path(__file__).parent.parent / "docs" / "websocket.md"
+    assert render_reference() in docs.read_text(encoding="utf-8")

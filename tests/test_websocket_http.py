@@ -33,6 +33,8 @@ from llm_invocation.actors.websocket._http import (
     PrefixedStream,
     RequestHead,
     http_response,
+    is_loopback_host,
+    loopback_origins,
     parse_head,
     read_head,
 )
@@ -341,6 +343,43 @@ def read_response(wire: bytes, method: str = "GET") -> tuple[h11.Response, bytes
             return response, body
         else:
             raise AssertionError(f"unexpected {event!r}")
+
+
+# -- who counts as local ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.8.9.10", "localhost", "LOCALHOST", "::1", "[::1]"]
+)
+def test_loopback_hosts_are_local(host: str) -> None:
+    assert is_loopback_host(host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["0.0.0.0", "::", "192.0.2.10", "10.0.0.1", "example.com", "localhost.example", "::ffff:1"],  # noqa: S104 - not local is the point
+)
+def test_wildcards_other_addresses_and_names_are_not_local(host: str) -> None:
+    assert not is_loopback_host(host)
+
+
+def test_the_loopback_origins_are_the_three_loopback_names_on_the_port() -> None:
+    assert loopback_origins(8765) == {
+        "http://127.0.0.1:8765",
+        "http://localhost:8765",
+        "http://[::1]:8765",
+    }
+
+
+def test_on_port_80_the_loopback_origins_come_without_a_port_too() -> None:
+    assert loopback_origins(80) == {
+        "http://127.0.0.1:80",
+        "http://localhost:80",
+        "http://[::1]:80",
+        "http://127.0.0.1",
+        "http://localhost",
+        "http://[::1]",
+    }
 
 
 def test_h11_reads_back_what_is_written() -> None:

@@ -1,6 +1,6 @@
 // The chat page of llm-invocation's WebSocket front. Plain JavaScript, no build step.
 //
-// Protocol (see llm_invocation/actors/_ws_protocol.py): the page sends
+// Protocol (see llm_invocation.actors.websocket._protocol): the page sends
 //   {type: "invoke", id, request}   {type: "cancel", id}   {type: "ping", nonce}
 // and receives chunk, chunks, tool_call, tool_result, done, error and pong frames, possibly
 // several at once in a {type: "batch", frames: [...]} message.
@@ -14,6 +14,9 @@
   const stopButton = $("stop");
   const statusBadge = $("status");
   const modelInput = $("model");
+  const modelPicker = $("model-picker");
+  const modelList = $("model-list");
+  const statusDetail = $("status-detail");
   const usageLine = $("usage");
   const totalLine = $("total");
   const composer = $("composer");
@@ -38,6 +41,8 @@
   }
 
   // -- the model: ?model=, the last one used, or the server's default ---------------------
+  // The picker lists the server's models (/models.json); the text box holds the model sent,
+  // so any name can still be typed.
   const savedModel = (() => {
     try {
       return window.localStorage.getItem("llm-model");
@@ -46,14 +51,125 @@
     }
   })();
   modelInput.value = params.get("model") || savedModel || "";
-  if (!modelInput.value) {
-    fetch("config.json", { cache: "no-store" })
-      .then((response) => (response.ok ? response.json() : {}))
-      .then((config) => {
-        if (!modelInput.value && config && config.model) modelInput.value = config.model;
-      })
-      .catch(() => {});
+  const OTHER = ""; // the picker's "other" entry: the text box holds a name not listed
+
+  // Requests for the server's JSON present the token like the WebSocket does.
+  function authorized(path) {
+    const init = { cache: "no-store", headers: {} };
+    let url = path;
+    if (token && /^[\x21-\x7e]+$/.test(token)) {
+      init.headers.Authorization = "Bearer " + token;
+    } else if (token) {
+      url += "?token=" + encodeURIComponent(token);
+    }
+    return [url, init];
   }
+
+  function option(value, text) {
+    const item = document.createElement("option");
+    item.value = value;
+    item.textContent = text;
+    return item;
+  }
+
+  function syncPicker() {
+    const listed = Array.from(modelPicker.options).some(
+      (item) => item.value !== OTHER && item.value === modelInput.value.trim(),
+    );
+    modelPicker.value = listed ? modelInput.value.trim() : OTHER;
+  }
+
+  function fillModels(list) {
+    const seen = new Set();
+    const items = [];
+    const suggestions = [];
+    if (list.default) {
+      items.push(option(list.default, list.default + " (default)"));
+      suggestions.push(option(list.default, "default"));
+      seen.add(list.default);
+    }
+    const groups = new Map();
+    for (const entry of list.models || []) {
+      if (!entry || typeof entry.model !== "string" || seen.has(entry.model)) continue;
+      seen.add(entry.model);
+      const provider = entry.provider || "";
+      if (!groups.has(provider)) {
+        const group = document.createElement("optgroup");
+        group.label = provider || "models";
+        groups.set(provider, group);
+        items.push(group);
+      }
+      const label = entry.label && entry.label !== entry.model ? " — " + entry.label : "";
+      groups.get(provider).appendChild(option(entry.model, entry.model + label));
+      suggestions.push(option(entry.model, entry.label || ""));
+    }
+    items.push(option(OTHER, "other (type it)"));
+    modelPicker.replaceChildren(...items);
+    modelList.replaceChildren(...suggestions);
+    modelPicker.disabled = false;
+    modelPicker.dataset.state = "ready";
+    syncPicker();
+  }
+
+  function modelsUnavailable(why) {
+    modelPicker.replaceChildren(option(OTHER, why));
+    modelPicker.disabled = true;
+    modelPicker.dataset.state = "unavailable";
+  }
+
+  let modelsLoaded = false;
+  function loadModels() {
+    if (modelsLoaded) return;
+    const [url, init] = authorized("models.json");
+    fetch(url, init)
+      .then((response) => {
+        if (response.status === 401) {
+          modelsUnavailable("no list: token needed");
+          return null;
+        }
+        if (!response.ok) {
+          modelsUnavailable("model list unavailable");
+          return null;
+        }
+        return response.json();
+      })
+      .then((list) => {
+        if (list === null) return;
+        modelsLoaded = true;
+        fillModels(list);
+      })
+      .catch(() => modelsUnavailable("model list unavailable"));
+  }
+
+  modelPicker.addEventListener("change", () => {
+    if (modelPicker.value === OTHER) {
+      modelInput.focus();
+      modelInput.select();
+    } else {
+      modelInput.value = modelPicker.value;
+    }
+  });
+  modelInput.addEventListener("input", syncPicker);
+
+  fetch("config.json", { cache: "no-store" })
+    .then((response) => (response.ok ? response.json() : {}))
+    .then((config) => {
+      if (!config) return;
+      if (!modelInput.value && config.model) {
+        modelInput.value = config.model;
+        syncPicker();
+      }
+      const hintModel = $("hint-model");
+      if (hintModel && !config.model) {
+        hintModel.textContent =
+          "This server names no default model: pick one of its models, or type one as " +
+          "provider:model, before you send.";
+      }
+      const hintMock = $("hint-mock");
+      if (hintMock) hintMock.hidden = !config.mock_fallback;
+    })
+    .catch(() => {});
+  loadModels();
 
   // -- state --------------------------------------------------------------------------------
   const history = []; // the conversation sent with each request: [{role, content}]
@@ -65,9 +181,14 @@
   let reconnectDelay = 500;
   let keepAlive = null;
 
-  function setStatus(state, text) {
+  // state: open, connecting or closed (the badge's colour); reason: why it is closed.
+  function setStatus(state, text, reason, detail) {
     statusBadge.dataset.state = state;
+    statusBadge.dataset.reason = reason || "";
     statusBadge.textContent = text;
+    statusBadge.title = detail || text;
+    statusDetail.textContent = detail || "";
+    statusDetail.hidden = !detail;
     updateButtons();
   }
 
@@ -164,19 +285,126 @@
     return offered;
   }
 
-  function connect() {
-    setStatus("connecting", "connecting…");
+  // Why a connection ended. A browser sees no HTTP status of a refused handshake, only a
+  // socket closed before it opened: the page then asks /models.json, which wants the same
+  // token, to tell a refused token (401) from a server that is not there (no answer).
+  function probe() {
+    const [url, init] = authorized("models.json");
+    const abort = new AbortController();
+    const timer = window.setTimeout(() => abort.abort(), 5000);
+    init.signal = abort.signal;
+    return fetch(url, init)
+      .then((response) => (response.status === 401 ? "token" : "refused"))
+      .catch(() => (abort.signal.aborted ? "silent" : "down"))
+      .finally(() => window.clearTimeout(timer));
+  }
+
+  function retryIn() {
+    return "retrying in " + Math.round(reconnectDelay / 1000) + " s";
+  }
+
+  function reconnectLater() {
+    // The status keeps saying what went wrong until the next attempt ends.
+    window.setTimeout(() => connect(true), reconnectDelay);
+    reconnectDelay = Math.min(reconnectDelay * 2, 10000);
+  }
+
+  function closedAfterOpen(event) {
+    const said = event.reason ? ": " + event.reason : "";
+    if (event.code === 1001) {
+      reconnectDelay = Math.max(reconnectDelay, 2000);
+      setStatus(
+        "closed",
+        "server shutting down",
+        "shutdown",
+        "The server is shutting down (code 1001" + said + "). The page reconnects when " +
+          "it is back: " + retryIn() + ".",
+      );
+    } else if (event.code === 1011) {
+      setStatus(
+        "closed",
+        "server error",
+        "error",
+        "The server closed the connection after an internal error (code 1011" + said +
+          "): " + retryIn() + ".",
+      );
+    } else {
+      setStatus(
+        "closed",
+        "disconnected",
+        "lost",
+        "The connection ended (code " + event.code + said + "): " + retryIn() + ".",
+      );
+    }
+    reconnectLater();
+  }
+
+  function closedBeforeOpen() {
+    const where = window.location.host;
+    if (statusBadge.dataset.state !== "closed") {
+      setStatus("connecting", "checking the server…", "checking");
+    }
+    probe().then((outcome) => {
+      if (socket !== null) return;
+      const address = window.location.origin + window.location.pathname + "?token=<token>";
+      if (outcome === "token") {
+        // Retrying cannot help: the page needs another token, from its address.
+        setStatus(
+          "closed",
+          token ? "token refused" : "token needed",
+          token ? "token" : "no-token",
+          (token
+            ? "The server refused this page's token."
+            : "The server wants a token, and this page has none.") +
+            " Open the page as " + address + ".",
+        );
+        return;
+      }
+      if (outcome === "down") {
+        setStatus(
+          "closed",
+          "server unreachable",
+          "down",
+          "Nothing answers at " + where + ": the server is not running, or the network " +
+            "is down; " + retryIn() + ".",
+        );
+      } else if (outcome === "silent") {
+        setStatus(
+          "closed",
+          "server not answering",
+          "silent",
+          "The server at " + where + " took the connection but did not answer: " +
+            retryIn() + ".",
+        );
+      } else {
+        setStatus(
+          "closed",
+          "connection refused",
+          "refused",
+          "The server answers but refused the WebSocket connection (it may be shutting " +
+            "down, or not accept this page's origin): " + retryIn() + ".",
+        );
+      }
+      reconnectLater();
+    });
+  }
+
+  function connect(again) {
+    if (!again) setStatus("connecting", "connecting…");
     let ws;
     try {
       ws = new WebSocket(endpoint(), subprotocols());
     } catch (error) {
-      setStatus("closed", "cannot connect: " + error.message);
+      setStatus("closed", "cannot connect", "invalid", "Cannot connect: " + error.message);
       return;
     }
     socket = ws;
+    let opened = false;
     ws.addEventListener("open", () => {
+      opened = true;
       reconnectDelay = 500;
       setStatus("open", "connected");
+      loadModels();
       keepAlive = window.setInterval(() => send({ type: "ping", nonce: String(Date.now()) }), 30000);
     });
     ws.addEventListener("message", (event) => {
@@ -200,15 +428,11 @@
       if (current !== null) {
         finish("error", "connection lost before the answer ended");
       }
-      const why =
-        event.code === 1001
-          ? "server going away"
-          : event.code === 1006
-            ? "connection refused or lost (is the token right?)"
-            : "closed (" + event.code + (event.reason ? ": " + event.reason : "") + ")";
-      setStatus("closed", "disconnected: " + why + " — retrying");
-      window.setTimeout(connect, reconnectDelay);
-      reconnectDelay = Math.min(reconnectDelay * 2, 10000);
+      if (opened) {
+        closedAfterOpen(event);
+      } else {
+        closedBeforeOpen();
+      }
     });
   }
 

@@ -21,8 +21,15 @@ from ...errors import ErrorCode, LLMError
 from ...types import Request, StreamChunk, Usage
 from ._outbox import ENCODER, Outbox
 from ._protocol import (
-    OVERLOADED,
-    PROTOCOL_ERROR,
+    CANCELED_AT_SHUTDOWN,
+    CANCELED_BY_CLIENT,
+    DUPLICATE_ID,
+    RATE_LIMITED,
+    SHUTTING_DOWN,
+    SLOW_CONSUMER,
+    TOO_LARGE,
+    TOO_MANY_INVOCATIONS,
+    TOOL_LOOP_DISABLED,
     CancelFrame,
     DoneFrame,
     ErrorFrame,
@@ -33,10 +40,11 @@ from ._protocol import (
     ServerFrame,
     decode_client_frame,
     error_frame,
+    probe_client_frame,
 )
 from ._service import InvocationService, Relayable
 
-__all__ = ["Connection", "Counters", "FrontState", "Reason"]
+__all__ = ["CLOSE_REASON", "Connection", "Counters", "FrontState", "Reason"]
 
 log = logging.getLogger("llm_invocation.websocket")
 
@@ -44,6 +52,9 @@ log = logging.getLogger("llm_invocation.websocket")
 Reason = Literal["client", "slow_consumer", "shutdown"]
 
 _RELAYED_EVENTS: Final = ("tool_call", "tool_result")
+
+CLOSE_REASON: Final = "server shutting down"
+"""The reason of the 1001 close at shutdown (a page can show it)."""
 
 
 @final
@@ -246,19 +257,24 @@ class Connection:
         size = _message_size(message, limit)
         if size > limit:
             counters.protocol_errors += 1
-            await self._reply(
-                ErrorFrame(
-                    code=PROTOCOL_ERROR,
-                    message=f"a frame of {size} bytes exceeds max_message_size ({limit})",
-                    details={"reason": "too_large", "limit": limit},
-                )
-            )
+            text = f"a frame of {size} bytes exceeds max_message_size ({limit})"
+            await self._reply(TOO_LARGE.frame(text, limit=limit))
             return
         try:
-            frame = decode_client_frame(message)
+            # The id first: an invoke reusing a live id is a duplicate whatever its request
+            # (its request's error would read as the live invocation's end).
+            probe = probe_client_frame(message)
+            id = probe.frame_id
+            if probe.type == "invoke" and id is not None and id in self.live:
+                text = f"id {id!r} is already in use by a live invocation"
+                await self._reply(DUPLICATE_ID.frame(text, id=id))
+                return
+            frame = decode_client_frame(message, probe)
         except FrameError as exc:
             counters.protocol_errors += 1
-            await self._reply(ErrorFrame(id=exc.id, code=exc.code, message=exc.message))
+            # An error naming a live id would read as that invocation's end: leave it out.
+            id = exc.id if exc.id not in self.live else None
+            await self._reply(ErrorFrame(id=id, code=exc.code, message=exc.message))
             return
         match frame:
             case PingFrame(nonce=nonce):
@@ -274,48 +290,25 @@ class Connection:
         """Why ``frame`` cannot start now, if it cannot."""
         id, state, counters = frame.id, self.state, self.state.counters
         limit = state.config.max_concurrent_per_connection
+        if id in self.live:  # (`_on_message` answers duplicates before decoding)
+            message = f"id {id!r} is already in use by a live invocation"
+            return DUPLICATE_ID.frame(message, id=id)
         if state.closing.is_set():
-            return ErrorFrame(
-                id=id,
-                code=OVERLOADED,
-                message="the server is shutting down",
-                details={"reason": "shutting_down"},
-            )
-        if id in self.live:
-            return ErrorFrame(
-                id=id,
-                code=PROTOCOL_ERROR,
-                message=f"id {id!r} is already in use by a live invocation",
-                details={"reason": "duplicate_id"},
-            )
+            return SHUTTING_DOWN.frame("the server is shutting down", id=id)
         if frame.tool_mode == "auto" and not state.allow_tool_loop:
-            return ErrorFrame(
-                id=id,
-                code=ErrorCode.INVALID_REQUEST.value,
-                message="the tool loop is not enabled on this server",
-                details={"reason": "tool_loop_disabled"},
-            )
+            return TOOL_LOOP_DISABLED.frame("the tool loop is not enabled on this server", id=id)
         if len(self.live) >= limit:
             counters.overloaded += 1
-            return ErrorFrame(
-                id=id,
-                code=OVERLOADED,
-                message=f"at most {limit} invocations at once per connection",
-                details={"reason": "too_many_invocations", "limit": limit},
-            )
+            message = f"at most {limit} invocations at once per connection"
+            return TOO_MANY_INVOCATIONS.frame(message, id=id, limit=limit)
         if self.bucket is not None:
             wait = self.bucket.take()
             if wait > 0:
                 counters.rate_limited += 1
-                return ErrorFrame(
-                    id=id,
-                    code=ErrorCode.RATE_LIMIT_EXCEEDED.value,
-                    message=(
-                        f"at most {state.config.client_requests_per_minute} invocations "
-                        "per minute per connection"
-                    ),
-                    retry_after=round(wait, 3),
-                    retryable=True,
+                per_minute = state.config.client_requests_per_minute
+                message = f"at most {per_minute} invocations per minute per connection"
+                return RATE_LIMITED.frame(
+                    message, id=id, retry_after=round(wait, 3), retryable=True
                 )
         return None
 
@@ -385,19 +378,12 @@ class Connection:
                 self.peer,
                 id,
             )
-            return ErrorFrame(
-                id=id,
-                code=OVERLOADED,
-                message="slow consumer: the connection's outgoing queue is full",
-                details={"reason": "slow_consumer"},
-                usage=usage,
-            )
-        message = (
-            "cancelled: the server is shutting down"
-            if reason == "shutdown"
-            else "cancelled by the client"
-        )
-        return ErrorFrame(id=id, code=ErrorCode.CANCELED.value, message=message, usage=usage)
+            message = "slow consumer: the connection's outgoing queue is full"
+            return SLOW_CONSUMER.frame(message, id=id, usage=usage)
+        if reason == "shutdown":
+            message = "cancelled: the server is shutting down"
+            return CANCELED_AT_SHUTDOWN.frame(message, id=id, usage=usage)
+        return CANCELED_BY_CLIENT.frame("cancelled by the client", id=id, usage=usage)
 
     async def _wait_relay(self, id: str, id_json: bytes, item: object) -> bool:
         """The queue was full: wait for room, up to the slow-consumer timeout.
@@ -462,5 +448,5 @@ class Connection:
             await self._wait_idle()
             await self.outbox.wait_drained()
         with trio.move_on_after(state.close_timeout):
-            await self.ws.aclose(1001, "going away")
+            await self.ws.aclose(1001, CLOSE_REASON)
         self._cancel_all()

@@ -1,9 +1,10 @@
 """The WebSocket front: streaming invocations for remote clients, and a chat page.
 
 One port serves both the chat page (``GET /``, ``/app.js``, ``/style.css``,
-``/config.json``) and the WebSocket endpoint ``/ws``. The protocol is in
-`llm_invocation.actors.websocket._protocol`: JSON frames tagged by ``"type"``, several invocations
-multiplexed per connection by id (the frame types are re-exported here)::
+``/config.json``, ``/models.json``: see ``_page``) and the WebSocket endpoint ``/ws``.
+The protocol is in `llm_invocation.actors.websocket._protocol`: JSON frames tagged by
+``"type"``, several invocations multiplexed per connection by id (the frame types are
+re-exported here)::
 
     front = WebSocketFront(client, config.websocket)          # any InvocationService
     await client.runtime.start_child(front.child_spec())     # a service child of the tree
@@ -19,10 +20,17 @@ Handshake. Only ``/ws`` upgrades. When ``allowed_origins`` is set, a handshake w
 always send, is not a browser and is let through to the token check). When ``tokens`` are
 set, the handshake must present one of them: ``Authorization: Bearer <token>``, the
 ``?token=`` query parameter, or a ``bearer.<token>`` entry of ``Sec-WebSocket-Protocol``;
-otherwise 401. Tokens are compared in constant time and never logged. Without tokens the
-front is open to anyone who can reach it, and says so in a warning at start. The server
-selects the subprotocol ``llm-invocation.v1`` when offered, else the ``bearer.<token>``
-entry (browsers insist on one of their offers being selected), else none.
+otherwise 401. Tokens are compared in constant time and never logged.
+
+Without tokens, any web page the user visits could open a WebSocket to the front on
+localhost and spend the user's keys: so without tokens and without ``allowed_origins``
+only the front's own loopback origins (``http://127.0.0.1:<port>``,
+``http://localhost:<port>``, ``http://[::1]:<port>``) and handshakes without ``Origin``
+are accepted (others get 403), and a front without tokens refuses to listen on an
+address other than loopback (`ConfigurationError`) unless ``insecure_no_auth`` is set.
+The server selects the subprotocol ``llm-invocation.v1`` when offered, else the
+``bearer.<token>`` entry (browsers insist on one of their offers being selected), else
+none.
 
 Frames. A frame larger than ``max_message_size`` is answered with an ``error`` frame
 (``protocol_error``) and the connection lives on, up to ``close_message_size`` (default 4x
@@ -59,10 +67,14 @@ the client's ledger.
 Shutdown. Cancelling the front (``terminate_child``, runtime shutdown, or cancelling the
 task running `WebSocketFront.serve`) stops accepting connections and invocations (new ones
 get ``overloaded``, ``details.reason == "shutting_down"``), lets the invocations in flight
-finish for ``grace`` seconds (default 5), cancels what is left (``error`` code
-``canceled``), then closes every connection with code 1001 (going away). The serving task
-shields itself to do that, and bounds it: it ends at most ``grace + 2 * close_timeout + 1``
-seconds after it was cancelled.
+finish for ``grace`` seconds (``config.grace``, default 5), cancels what is left
+(``error`` code ``canceled``, ``details.reason == "shutting_down"``), then closes every
+connection with code 1001 (going away) and the reason ``server shutting down``. The
+serving task shields itself to do that, and bounds it: it ends at most
+``grace + 2 * close_timeout + 1`` seconds after it was cancelled. Stop the front before the
+client it serves (``terminate_child``, or leave ``open_client`` normally: the front, started
+last, stops first): its invocations need the client's providers and accountant until they
+end, and a cancelled scope around ``open_client`` cancels those too.
 """
 
 from __future__ import annotations
@@ -76,8 +88,10 @@ import trio
 import trio_websocket
 
 from ...config import WebSocketConfig
+from ...errors import ConfigurationError
 from ...runtime import ChildSpec, RestartType
 from ._connection import Connection, Counters, FrontState
+from ._gateway import Gateway
 from ._http import (
     PAGE_HEADERS,
     BadRequest,
@@ -86,12 +100,14 @@ from ._http import (
     StaticFile,
     TokenCheck,
     http_response,
+    is_loopback_host,
     load_static,
+    loopback_origins,
     offered_subprotocols,
     presented_tokens,
     read_head,
 )
-from ._outbox import ENCODER
+from ._page import PAGE_JSON, PageInfo, PageReply
 from ._protocol import SUBPROTOCOL as SUBPROTOCOL
 from ._protocol import BatchFrame as BatchFrame
 from ._protocol import CancelFrame as CancelFrame
@@ -136,8 +152,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("llm_invocation.websocket")
-
-DEFAULT_GRACE: Final = 5.0
 
 
 @final
@@ -216,11 +230,12 @@ class WebSocketFront:
     Args:
         service: what runs the invocations (`llm_invocation.Client`, or anything that
             satisfies `InvocationService`).
-        config: host, port, tokens, origins and per-connection limits (default: the
+        config: host, port, tokens, origins, grace and per-connection limits (default: the
             service's ``config.websocket``).
         static_dir: a folder whose files replace the packaged chat page (``/`` serves its
             ``index.html``).
-        grace: seconds in-flight invocations may take to finish when the front stops.
+        grace: seconds in-flight invocations may take to finish when the front stops
+            (default: ``config.grace``).
         close_timeout: seconds for a connection's last frames and its closing handshake.
         handshake_timeout: seconds a new connection has to send its request head and
             complete the WebSocket handshake.
@@ -236,6 +251,8 @@ class WebSocketFront:
 
     Raises:
         ValueError: a timeout or a queue bound is out of range.
+        ConfigurationError: no tokens are configured and the host is not a loopback
+            address, without ``insecure_no_auth``.
     """
 
     def __init__(
@@ -244,7 +261,7 @@ class WebSocketFront:
         config: WebSocketConfig | None = None,
         *,
         static_dir: str | os.PathLike[str] | None = None,
-        grace: float = DEFAULT_GRACE,
+        grace: float | None = None,
         close_timeout: float = 2.0,
         handshake_timeout: float = 10.0,
         max_queued_frames: int = 256,
@@ -254,6 +271,14 @@ class WebSocketFront:
         allow_tool_loop: bool = False,
     ) -> None:
         config = config if config is not None else service.config.websocket
+        grace = grace if grace is not None else config.grace
+        if not config.tokens and not config.insecure_no_auth and not is_loopback_host(config.host):
+            raise ConfigurationError(
+                f"the WebSocket front would listen on {config.host} without tokens: set "
+                "websocket.tokens, or listen on 127.0.0.1, or set websocket.insecure_no_auth "
+                "(serve --insecure-no-auth) to let anyone who can reach it run invocations",
+                details={"field": "websocket.tokens"},
+            )
         if grace < 0 or min(close_timeout, handshake_timeout, slow_consumer_timeout) <= 0:
             raise ValueError("grace must be >= 0, the timeouts > 0")
         if max_queued_frames < 1 or max_queued_bytes < 1:
@@ -272,7 +297,8 @@ class WebSocketFront:
             config.max_message_size,
             close_message_size if close_message_size is not None else 4 * config.max_message_size,
         )
-        self._tokens = TokenCheck(token.reveal() for token in config.tokens)
+        self._tokens = TokenCheck(token.reveal() for token in config.named_tokens().values())
+        self._page = PageInfo(service, self._tokens)
         self._origins = frozenset(config.allowed_origins)
         self._static: dict[str, StaticFile] = {}
         self._port: int | None = None
@@ -281,6 +307,7 @@ class WebSocketFront:
         self._accept_scope: trio.CancelScope | None = None
         self._handshakes: set[trio.CancelScope] = set()
         self._counters = Counters()
+        self._gateway = Gateway(service, config, self._counters, read_timeout=handshake_timeout)
         self._state = self._new_state()
 
     # -- public --------------------------------------------------------------------------------
@@ -330,6 +357,14 @@ class WebSocketFront:
             http_requests=counters.http_requests,
         )
 
+    def origin_allowed(self, origin: str | None) -> bool:
+        """Whether a request with this ``Origin`` header may use the front (None: no header).
+
+        ``allowed_origins`` when set; else, without tokens, the front's own loopback
+        origins only (a page the user visits must not drive it); else any.
+        """
+        return not self._origins or origin is None or origin in self._origins
+
     def _new_state(self) -> FrontState:
         return FrontState(
             self._service,
@@ -376,12 +411,14 @@ class WebSocketFront:
                 raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from exc
             port: int = listeners[0].socket.getsockname()[1]
             self._port = port
-            if self._tokens.open:
+            if self._tokens.open and not self._origins:
+                self._origins = loopback_origins(port)  # only this machine's own pages
+            if self._tokens.open and not is_loopback_host(config.host):
                 log.warning(
-                    "WebSocket front on %s:%d has no tokens configured: anyone who can reach "
-                    "it can run invocations",
+                    "WebSocket front on %s:%d has no tokens configured (insecure_no_auth): "
+                    "anyone who can reach it can run invocations",
                     config.host,
-                    self._port,
+                    port,
                 )
             log.info("WebSocket front listening on %s (WebSocket at /ws)", self.url)
             async with trio.open_nursery() as nursery:
@@ -394,6 +431,7 @@ class WebSocketFront:
         finally:
             self._serving = False
             self._port = None
+            self._origins = frozenset(self._config.allowed_origins)
 
     # -- the server's life ---------------------------------------------------------------------
 
@@ -461,7 +499,9 @@ class WebSocketFront:
                     self._handshakes.discard(scope)
             if head is None:
                 return
-            if head.is_websocket:
+            if Gateway.serves(head):  # the OpenAI-compatible API under /v1
+                await self._gateway.serve(stream, head, self._state, port=self.port)
+            elif head.is_websocket:
                 await self._upgrade(stream, head)
             else:
                 await self._serve_file(stream, head)
@@ -497,21 +537,21 @@ class WebSocketFront:
                 stream, 426, "this endpoint speaks WebSocket", [("Upgrade", "websocket")]
             )
             return
-        if head.path == "/config.json":
-            model = self._service.config.model or ""
-            file = StaticFile("application/json", ENCODER.encode({"model": model, "ws": "/ws"}))
+        if head.path in PAGE_JSON:
+            reply = await self._page.answer(head, _peer(stream))
         else:
             found = self._static.get(head.path)
             if found is None:
                 await self._refuse(stream, 404, "not found")
                 return
-            file = found
+            reply = PageReply(200, found)
+        file = reply.file
         self._counters.http_requests += 1
         response = http_response(
-            200,
+            reply.status,
             file.body,
             content_type=file.content_type,
-            headers=PAGE_HEADERS,
+            headers=[*PAGE_HEADERS, *reply.headers],
             head_only=head.method == "HEAD",
         )
         with trio.move_on_after(self._close_timeout):
@@ -539,8 +579,7 @@ class WebSocketFront:
         if self._state.closing.is_set():
             await self._refuse(stream, 503, "the server is shutting down")
             return
-        origin = head.header("origin")
-        if self._origins and origin is not None and origin not in self._origins:
+        if not self.origin_allowed(head.header("origin")):
             self._counters.origin_rejections += 1
             log.info("refused a WebSocket handshake from %s: origin not allowed", peer)
             await self._refuse(stream, 403, "origin not allowed")
@@ -589,7 +628,7 @@ async def serve_websocket_front(
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     static_dir: str | os.PathLike[str] | None = None,
-    grace: float = DEFAULT_GRACE,
+    grace: float | None = None,
 ) -> None:
     """Serve ``service``'s invocations over WebSocket (and the chat page) until cancelled.
 
@@ -597,6 +636,7 @@ async def serve_websocket_front(
     bound port. See `WebSocketFront` for the options and the shutdown sequence.
 
     Raises:
+        ConfigurationError: no tokens and a host other than loopback (see `WebSocketFront`).
         OSError: the address cannot be bound.
     """
     front = WebSocketFront(service, config, static_dir=static_dir, grace=grace)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib.resources
+import ipaddress
 import os
 import re
 import urllib.parse
@@ -39,7 +40,9 @@ __all__ = [
     "StaticFile",
     "TokenCheck",
     "http_response",
+    "is_loopback_host",
     "load_static",
+    "loopback_origins",
     "offered_subprotocols",
     "parse_head",
     "presented_tokens",
@@ -395,3 +398,31 @@ def offered_subprotocols(head: RequestHead) -> list[str]:
     if not value:
         return []
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether listening on ``host`` is reachable from this machine only.
+
+    ``localhost`` and loopback addresses are; a wildcard (``0.0.0.0``, ``::``), any other
+    address and any other name are not (a name may resolve to anything).
+    """
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_origins(port: int) -> frozenset[str]:
+    """The ``Origin`` values of pages served from this machine's loopback on ``port``.
+
+    ``http://127.0.0.1:<port>``, ``http://localhost:<port>`` and ``http://[::1]:<port>``
+    (without ``:<port>`` too when it is 80, as browsers send it then).
+    """
+    hosts = ("127.0.0.1", "localhost", "[::1]")
+    origins = {f"http://{host}:{port}" for host in hosts}
+    if port == 80:
+        origins.update(f"http://{host}" for host in hosts)
+    return frozenset(origins)
