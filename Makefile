@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS := dev,redis,yaml,otel
 
-.PHONY: all test quick lint typecheck browser demo bench clean
+.PHONY: all test quick lint typecheck browser mcp-servers demo bench clean
 
 all: test
 
@@ -32,7 +32,13 @@ browser:
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	    else echo "note: chromium is not installed: the web page test will skip"; fi; }
 
-test: lint typecheck browser
+# The MCP reference server that tests/test_mcp_everything.py runs on node (a pinned npm
+# package, cached outside the tree); without node its tests skip.
+mcp-servers:
+	@bash tests/mcp_servers/install_everything.sh || \
+	  echo "note: the MCP reference server is not installed: its tests will skip"
+
+test: lint typecheck browser mcp-servers
 	$(BIN)/coverage erase
 	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/coverage report --fail-under=85

@@ -11,12 +11,19 @@ from .actors.accountant import BudgetAlert as BudgetAlert
 from .actors.mcp import InProcessMCPServer as InProcessMCPServer
 from .actors.mcp import MCPAuth as MCPAuth
 from .actors.mcp import MCPCompletion as MCPCompletion
+from .actors.mcp import MCPElicitation as MCPElicitation
+from .actors.mcp import MCPElicitationAnswer as MCPElicitationAnswer
 from .actors.mcp import MCPEvent as MCPEvent
+from .actors.mcp import MCPProgress as MCPProgress
 from .actors.mcp import MCPPrompt as MCPPrompt
 from .actors.mcp import MCPPromptArgument as MCPPromptArgument
 from .actors.mcp import MCPPromptResult as MCPPromptResult
 from .actors.mcp import MCPResource as MCPResource
 from .actors.mcp import MCPResourceTemplate as MCPResourceTemplate
+from .actors.mcp import MCPRoot as MCPRoot
+from .actors.mcp import MCPSampling as MCPSampling
+from .actors.mcp import MCPSamplingRefused as MCPSamplingRefused
+from .actors.mcp import MCPSamplingRequest as MCPSamplingRequest
 from .actors.mcp import MCPServerHandle as MCPServerHandle
 from .actors.mcp import MCPServerInfo as MCPServerInfo
 from .actors.mcp import MCPTool as MCPTool
@@ -58,6 +65,7 @@ from .invocation._stream import InvocationStream as InvocationStream
 from .invocation._toolloop import ToolCallsEvent as ToolCallsEvent
 from .invocation._toolloop import ToolLoopStream as ToolLoopStream
 from .invocation._toolloop import ToolResultsEvent as ToolResultsEvent
+from .runtime import UsageError as UsageError
 from .tools._core import Tool as Tool
 from .tools._core import ToolRegistry as ToolRegistry
 from .tools._core import ToolResult as ToolResult
@@ -168,6 +176,7 @@ __all__ = [
     "ToolResultsEvent",
     "ToolSpec",
     "Usage",
+    "UsageError",
     "assistant",
     "developer",
     "mcp_server",
@@ -181,12 +190,19 @@ __all__ = [
     "tool_result",
     "user",
     "MCPCompletion",
+    "MCPElicitation",
+    "MCPElicitationAnswer",
     "MCPEvent",
+    "MCPProgress",
     "MCPPrompt",
     "MCPPromptArgument",
     "MCPPromptResult",
     "MCPResource",
     "MCPResourceTemplate",
+    "MCPRoot",
+    "MCPSampling",
+    "MCPSamplingRefused",
+    "MCPSamplingRequest",
     "MCPAuth",
     "MCPServerHandle",
     "MCPServerInfo",

@@ -152,29 +152,54 @@ async def test_an_argument_that_is_not_a_string_is_refused_before_sending() -> N
         assert caught.value.details["names"] == ["code"]
 
 
+# The embedded resources of the rich server's prompts, by prompt name.
+EMBEDDED: dict[str, mcp_types.TextResourceContents | mcp_types.BlobResourceContents] = {
+    "notes": mcp_types.TextResourceContents(uri="file:///a.txt", text="notes"),
+    "text_blob": mcp_types.BlobResourceContents(
+        uri="file:///c.txt",
+        mime_type="text/plain; charset=utf-8",
+        blob=base64.b64encode("café au lait".encode()).decode(),
+    ),
+    "json_blob": mcp_types.BlobResourceContents(
+        uri="file:///d.json",
+        mime_type="application/json",
+        blob=base64.b64encode(b'{"a": 1}').decode(),
+    ),
+    "latin1_blob": mcp_types.BlobResourceContents(
+        uri="file:///e.txt",
+        mime_type="text/plain",
+        blob=base64.b64encode("café".encode("latin-1")).decode(),
+    ),
+    "binary_blob": mcp_types.BlobResourceContents(
+        uri="file:///f.bin",
+        mime_type="application/octet-stream",
+        blob=base64.b64encode(b"\x00\x01").decode(),
+    ),
+}
+
+
 def rich_prompts() -> Server[Any]:
-    """A low-level server whose prompts hold images, resources, links and audio."""
+    """A low-level server whose prompts hold images, resources, links and audio; it serves
+    each embedded resource (`EMBEDDED`) under its URI too."""
 
     async def list_prompts(
         ctx: ServerRequestContext[Any], params: mcp_types.PaginatedRequestParams | None
     ) -> mcp_types.ListPromptsResult:
-        return mcp_types.ListPromptsResult(
-            prompts=[mcp_types.Prompt(name="rich"), mcp_types.Prompt(name="audio")]
-        )
+        names = ["rich", "audio", *EMBEDDED]
+        return mcp_types.ListPromptsResult(prompts=[mcp_types.Prompt(name=n) for n in names])
 
     async def get_prompt(
         ctx: ServerRequestContext[Any], params: mcp_types.GetPromptRequestParams
     ) -> mcp_types.GetPromptResult:
+        content: list[mcp_types.ContentBlock]
         if params.name == "audio":
-            content: list[mcp_types.ContentBlock] = [
-                mcp_types.AudioContent(data=WAV, mime_type="audio/wav")
-            ]
+            content = [mcp_types.AudioContent(data=WAV, mime_type="audio/wav")]
+        elif params.name in EMBEDDED:
+            content = [mcp_types.EmbeddedResource(resource=EMBEDDED[params.name])]
         else:
             content = [
                 mcp_types.ImageContent(data=PNG, mime_type="image/png"),
-                mcp_types.EmbeddedResource(
-                    resource=mcp_types.TextResourceContents(uri="file:///a.txt", text="notes")
-                ),
+                mcp_types.EmbeddedResource(resource=EMBEDDED["notes"]),
                 mcp_types.ResourceLink(uri="file:///b.pdf", name="b"),
             ]
         return mcp_types.GetPromptResult(
@@ -182,7 +207,18 @@ def rich_prompts() -> Server[Any]:
             messages=[mcp_types.PromptMessage(role="user", content=block) for block in content],
         )
 
-    return Server("rich", on_list_prompts=list_prompts, on_get_prompt=get_prompt)
+    async def read_resource(
+        ctx: ServerRequestContext[Any], params: mcp_types.ReadResourceRequestParams
+    ) -> mcp_types.ReadResourceResult:
+        (found,) = [c for c in EMBEDDED.values() if str(c.uri) == str(params.uri)]
+        return mcp_types.ReadResourceResult(contents=[found])
+
+    return Server(
+        "rich",
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
+        on_read_resource=read_resource,
+    )
 
 
 async def test_images_resources_and_links_in_a_prompt_become_parts() -> None:
@@ -192,9 +228,45 @@ async def test_images_resources_and_links_in_a_prompt_become_parts() -> None:
         assert result.description == "rich content"
         assert [m.content for m in result.messages] == [
             [llm.ImagePart(data=PNG, media_type="image/png")],
-            "notes",
+            "[file:///a.txt]\nnotes",
             "[resource link b: file:///b.pdf]",
         ]
+
+
+async def test_an_embedded_text_resource_is_headed_by_its_uri_as_in_resource_message() -> None:
+    async with client() as opened:
+        await opened.register_mcp_server("rich", rich_prompts())
+        (message,) = (await opened.mcp("rich").get_prompt("notes")).messages
+        read = await opened.mcp("rich").resource_message("file:///a.txt")
+    assert read.content == [llm.TextPart(text="[file:///a.txt]\nnotes")]
+    assert message.content == "[file:///a.txt]\nnotes"
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("text_blob", "[file:///c.txt]\ncafé au lait"), ("json_blob", '[file:///d.json]\n{"a": 1}')],
+)
+async def test_an_embedded_blob_of_a_textual_type_is_its_utf8_text(name: str, text: str) -> None:
+    async with client() as opened:
+        await opened.register_mcp_server("rich", rich_prompts())
+        (message,) = (await opened.mcp("rich").get_prompt(name)).messages
+        read = await opened.mcp("rich").resource_message(str(EMBEDDED[name].uri))
+    assert message.content == text
+    assert read.content == [llm.TextPart(text=text)]
+
+
+@pytest.mark.parametrize("name", ["latin1_blob", "binary_blob"])
+async def test_an_embedded_blob_that_is_not_utf8_text_is_unsupported_content(name: str) -> None:
+    async with client() as opened:
+        await opened.register_mcp_server("rich", rich_prompts())
+        with pytest.raises(llm.ToolExecutionFailed) as caught:
+            await opened.mcp("rich").get_prompt(name)
+        with pytest.raises(llm.ToolExecutionFailed) as read:
+            await opened.mcp("rich").resource_message(str(EMBEDDED[name].uri))
+        after = await opened.mcp("rich").get_prompt("notes")  # the connection stays
+    assert caught.value.details["reason"] == "unsupported_content"
+    assert read.value.details["reason"] == "unsupported_content"
+    assert after.messages == [llm.user("[file:///a.txt]\nnotes")]
 
 
 async def test_audio_in_a_prompt_is_a_typed_error_not_dropped() -> None:

@@ -8,8 +8,12 @@ from ..errors import ConfigurationError
 from ..runtime import Runtime, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
     from ..actors.mcp import MCPServerHandle, MCPServerInfo, MCPServerLike
     from ..actors.mcp._auth import MCPAuth
+    from ..actors.mcp._host import ElicitationCallback, MCPRoot, MCPSampling, ProgressCallback
     from ..config import Config
     from ..invocation import Invoker
     from ..types import Message
@@ -35,6 +39,10 @@ class MCPMethods:
         *,
         timeout: float | None = None,
         auth: MCPAuth | None = None,
+        on_progress: ProgressCallback | None = None,
+        sampling: MCPSampling | None = None,
+        elicitation: ElicitationCallback | None = None,
+        roots: Sequence[str | Path | MCPRoot] | None = None,
     ) -> list[str]:
         """Connect an MCP server and offer its tools (named ``<name>__<tool>``).
 
@@ -50,6 +58,15 @@ class MCPMethods:
                 configuration's, else 30).
             auth: for an HTTP server: an ``httpx2.Auth`` (such as the SDK's OAuth provider)
                 or a function (plain or async) returning headers, called per connection.
+            on_progress: hears the progress of every call of the server's tools
+                (`MCPProgress`; see `MCPServerHandle.on_progress`).
+            sampling: lets the server ask this client's models for completions, through
+                the governed path, tagged ``mcp_server=<name>`` (`MCPSampling`); off when
+                None (and when the configuration's ``sampling`` is unset).
+            elicitation: answers the server's forms (`MCPServerHandle.on_elicitation`);
+                without it they are declined.
+            roots: the roots this server is told, instead of the client's
+                (`set_mcp_roots`): paths or ``file://`` URIs.
 
         Returns:
             The local names of the server's tools.
@@ -57,7 +74,8 @@ class MCPMethods:
         Raises:
             ConfigurationError: ``server`` is not an MCP server in any of these forms, the
                 name is empty or contains ``/``, or a server of that name is registered or
-                configured already (``details["reason"] == "duplicate_mcp_server"``).
+                configured already (``details["reason"] == "duplicate_mcp_server"``), or a
+                root is not a path or a ``file://`` URI.
             ToolExecutionFailed: the server could not be reached now.
         """
         from ..actors.mcp import ListServerTools, MCPConnection, mcp_child_spec, mcp_server
@@ -70,6 +88,21 @@ class MCPMethods:
             )
         configured = self._config.mcp.servers.get(name)
         if configured is not None and configured.enabled and name not in self._released_mcp:
+            raise _duplicate_server(name)
+        from ..actors.mcp._host import host_for, mcp_roots
+
+        own_roots = mcp_roots(roots) if roots is not None else None
+        try:
+            self._runtime.ref(f"mcp.{name}", MCPConnection)
+        except UsageError:
+            host_for(self._invoker.tools).configure(
+                name,
+                sampling=sampling,
+                elicitation=elicitation,
+                roots=own_roots,
+                on_progress=on_progress,
+            )
+        else:
             raise _duplicate_server(name)
         try:
             child = mcp_child_spec(name, spec, self._invoker.tools, auth=auth)
@@ -106,6 +139,7 @@ class MCPMethods:
         """
         from ..actors.mcp import MIN_CONNECT_TIMEOUT, MCPConnection, MCPServerHandle
         from ..actors.mcp._handle import listeners_for
+        from ..actors.mcp._host import host_for
 
         try:
             ref = self._runtime.ref(f"mcp.{name}", MCPConnection)
@@ -116,7 +150,35 @@ class MCPMethods:
             ) from exc
         configured = self._config.mcp.servers.get(name)
         timeout = max(configured.timeout if configured else 0.0, MIN_CONNECT_TIMEOUT)
-        return MCPServerHandle(name, ref, listeners_for(self._invoker.tools), timeout=timeout)
+        tools = self._invoker.tools
+        return MCPServerHandle(
+            name, ref, listeners_for(tools), timeout=timeout, host=host_for(tools)
+        )
+
+    async def set_mcp_roots(
+        self, roots: Sequence[str | Path | MCPRoot], *, server: str | None = None
+    ) -> None:
+        """Tell MCP servers which directories they may work in (``roots/list``).
+
+        ``roots`` are ``file://`` URIs, paths (made absolute) or `MCPRoot` (with a name).
+        Without ``server`` they are the client's roots, told to every server that has none
+        of its own; with it, that server's own. The servers concerned that are connected
+        are sent ``notifications/roots/list_changed`` (one that cannot be told is logged; it
+        reads them again when it reconnects).
+
+        Raises:
+            ConfigurationError: a root is not a path or a ``file://`` URI.
+        """
+        from ..actors.mcp._host import host_for, mcp_roots
+
+        found = mcp_roots(roots)
+        host = host_for(self._invoker.tools)
+        if server is None:
+            host.roots = found
+            await host.roots_changed([s for s in host.connected() if s not in host.server_roots])
+        else:
+            host.server_roots[server] = found
+            await host.roots_changed([server])
 
     async def mcp_resource_message(self, server: str, uri: str) -> Message:
         """The resource ``uri`` of MCP server ``server`` as a ``user`` message, for a request.

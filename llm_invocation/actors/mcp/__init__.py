@@ -3,6 +3,18 @@
 from ._auth import MCPAuth as MCPAuth
 from ._handle import MCPListener as MCPListener
 from ._handle import MCPServerHandle as MCPServerHandle
+from ._host import ElicitationCallback as ElicitationCallback
+from ._host import MCPElicitation as MCPElicitation
+from ._host import MCPElicitationAnswer as MCPElicitationAnswer
+from ._host import MCPLogLevel as MCPLogLevel
+from ._host import MCPProgress as MCPProgress
+from ._host import MCPRoot as MCPRoot
+from ._host import MCPSampling as MCPSampling
+from ._host import MCPSamplingRefused as MCPSamplingRefused
+from ._host import MCPSamplingRequest as MCPSamplingRequest
+from ._host import ProgressCallback as ProgressCallback
+from ._host import SamplingPolicy as SamplingPolicy
+from ._host import mcp_root as mcp_root
 from ._manager import MCP_BACKOFF as MCP_BACKOFF
 from ._manager import MCP_MAX_RESTARTS as MCP_MAX_RESTARTS
 from ._manager import MCP_RESTART_WINDOW as MCP_RESTART_WINDOW
@@ -45,32 +57,44 @@ __all__ = [
     "MIN_CONNECT_TIMEOUT",
     "PING_INTERVAL",
     "CallTool",
+    "ElicitationCallback",
     "InProcessMCPServer",
     "ListServerTools",
     "MCPCompletion",
     "MCPConnection",
+    "MCPElicitation",
+    "MCPElicitationAnswer",
     "MCPEvent",
     "MCPListener",
+    "MCPLogLevel",
     "MCPMsg",
+    "MCPProgress",
     "MCPPrompt",
     "MCPPromptArgument",
     "MCPPromptResult",
     "MCPResource",
     "MCPResourceTemplate",
+    "MCPRoot",
+    "MCPSampling",
+    "MCPSamplingRefused",
+    "MCPSamplingRequest",
     "MCPServerHandle",
     "MCPAuth",
     "MCPServerInfo",
     "MCPServerLike",
     "MCPTool",
     "MCPToolAnnotations",
+    "ProgressCallback",
     "PromptsChanged",
     "ResourceUpdated",
     "ResourcesChanged",
     "ServerInfo",
+    "SamplingPolicy",
     "ServerSpec",
     "TaskSupport",
     "local_tool_name",
     "mcp_child_spec",
+    "mcp_root",
     "mcp_server",
     "mcp_supervisor_spec",
     "server_url",

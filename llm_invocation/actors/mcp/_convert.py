@@ -25,6 +25,7 @@ from ...types import (
     ResourcePart,
     TextPart,
 )
+from ._content import resource_message_part
 from ._models import (
     MCPPrompt,
     MCPPromptArgument,
@@ -253,20 +254,21 @@ def prompt(raw: mcp_types.Prompt) -> MCPPrompt:
 def message_part(block: ContentBlock, *, where: str) -> Part:
     """``block`` as a message part: text, an image, an embedded resource's text or image.
 
-    A resource link becomes a text line with its URI (read it to include its contents).
+    An embedded resource is carried as `resource_message_part` carries it (its text headed
+    by its URI; a textual blob decoded as UTF-8). A resource link becomes a text line with
+    its URI (read it to include its contents).
 
     Raises:
-        InvalidRequest: the block is audio or a binary resource that is not an image: a
-            message cannot carry it (``details["reason"] == "unsupported_content"``).
+        InvalidRequest: the block is audio or a binary resource that is not an image or
+            UTF-8 text: a message cannot carry it (``details["reason"] ==
+            "unsupported_content"``).
     """
     part = block.part
     match part:
         case TextPart() | ImagePart():
             return part
-        case ResourcePart() if part.text is not None:
-            return TextPart(text=part.text)
-        case ResourcePart() if (image := part.as_image()) is not None:
-            return image
+        case ResourcePart() if (carried := resource_message_part(part)) is not None:
+            return carried
         case ResourceLinkPart():
             return TextPart(text=_describe(part))
         case AudioPart() | ResourcePart():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeAlias, TypeVar, final
+from typing import Any, Final, TypeAlias, TypeVar, cast, final
 
 import mcp_types
 import msgspec
@@ -89,14 +89,21 @@ ToolOutput: TypeAlias = mcp_types.CallToolResult | InvalidOutput
 
 
 async def checked_call_tool(
-    client: ClientSession, name: str, arguments: dict[str, Any]
+    client: ClientSession,
+    name: str,
+    arguments: dict[str, Any],
+    *,
+    meta: dict[str, Any] | None = None,
 ) -> ToolOutput:
-    """Call ``name``; a result that fails its output schema is an `InvalidOutput`.
+    """Call ``name`` (with ``meta`` as its ``_meta``, if any); a result that fails its
+    output schema is an `InvalidOutput`.
 
     Raises:
         Exception: whatever the SDK raised otherwise (the caller translates it).
     """
     try:
+        if meta is not None:
+            return await client.call_tool(name, arguments, meta=cast("Any", meta))
         return await client.call_tool(name, arguments)
     except RuntimeError as exc:
         text = str(exc)

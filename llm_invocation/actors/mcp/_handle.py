@@ -1,4 +1,4 @@
-"""One MCP server's resources, prompts and completions, and its notifications.
+"""One MCP server's resources, prompts, completions, log level and direct tool calls.
 
 `MCPServerHandle` (``client.mcp(name)``) sends requests to the server's connection actor,
 which answers them over its current session; `MCPListeners` holds the callbacks that hear
@@ -19,8 +19,17 @@ import trio
 
 from ...errors import InvalidRequest, ToolExecutionFailed
 from ...runtime import ActorCrashed, ActorDead, ActorRef, Call
-from ...tools._core import ToolRegistry
-from ...types import Message, Part, ResourcePart, TextPart
+from ...tools._core import ToolRegistry, ToolResult
+from ...types import Message, Part, ResourcePart
+from ._content import resource_message_part
+from ._host import (
+    LOG_LEVELS,
+    ElicitationCallback,
+    MCPHost,
+    MCPLogLevel,
+    ProgressCallback,
+    SamplingPolicy,
+)
 from ._models import (
     MCPCompletion,
     MCPEvent,
@@ -46,6 +55,7 @@ __all__ = [
     "MCPListeners",
     "MCPServerHandle",
     "ReadResource",
+    "SetLogLevel",
     "SubscribeResource",
     "UnsubscribeResource",
     "answer",
@@ -117,8 +127,15 @@ class Complete(Call[MCPCompletion], frozen=True, kw_only=True):
     context: dict[str, str] | None = None
 
 
+class SetLogLevel(Call[None], frozen=True, kw_only=True):
+    """Receive the server's log messages from ``level`` up (``logging/setLevel``)."""
+
+    level: str
+
+
 FeatureMsg = (
-    ListResources
+    SetLogLevel
+    | ListResources
     | ListResourceTemplates
     | ReadResource
     | SubscribeResource
@@ -251,6 +268,15 @@ async def answer(
             return await send("prompts/list", lambda: f.list_prompts(client))
         case GetPrompt(name=name, arguments=arguments):
             return await send("prompts/get", lambda: f.get_prompt(client, name, arguments))
+        case SetLogLevel(level=level):
+            if "logging" not in session.capabilities:
+                raise ToolExecutionFailed(
+                    f"MCP server {server!r} does not support logging",
+                    details={"server": server, "reason": "not_supported"},
+                )
+            from ._bridge import set_log_level
+
+            return await send("logging/setLevel", lambda: set_log_level(client, level))
         case Complete():
             ref: mcp_types.PromptReference | mcp_types.ResourceTemplateReference
             if msg.kind == "prompt":
@@ -311,7 +337,9 @@ async def _resubscribe(session: Session, uris: list[str], timeout: float) -> Non
 
 @final
 class MCPServerHandle:
-    """One connected MCP server's resources, prompts and argument completion.
+    """One connected MCP server's resources, prompts and argument completion, direct tool
+    calls, and what it may ask of its host: progress, logs, forms and sampling (see
+    ``_host``).
 
     Get it with ``client.mcp(name)``. Every method sends one request through the server's
     connection actor (waiting for a reconnection in progress, up to the server's timeout)::
@@ -332,15 +360,22 @@ class MCPServerHandle:
         server: the server's configured name.
     """
 
-    __slots__ = ("_listeners", "_ref", "_timeout", "server")
+    __slots__ = ("_host", "_listeners", "_ref", "_timeout", "server")
 
     def __init__(
-        self, server: str, ref: ActorRef[Any], listeners: MCPListeners, *, timeout: float
+        self,
+        server: str,
+        ref: ActorRef[Any],
+        listeners: MCPListeners,
+        *,
+        timeout: float,
+        host: MCPHost | None = None,
     ) -> None:
         self.server = server
         self._ref = ref
         self._listeners = listeners
         self._timeout = timeout
+        self._host = host if host is not None else MCPHost()
 
     def __repr__(self) -> str:
         return f"<MCPServerHandle {self.server!r}>"
@@ -393,20 +428,20 @@ class MCPServerHandle:
     async def resource_message(self, uri: str, *, role: Literal["user"] = "user") -> Message:
         """``uri``'s contents as a message, ready for a `Request` (the context it gives).
 
-        Text becomes text parts (each headed by its URI), ``image/*`` blobs become images.
+        Text becomes text parts (each headed by its URI), as do blobs of a textual MIME
+        type (``text/*``, JSON, XML: decoded as UTF-8); ``image/*`` blobs become images.
+        A prompt's embedded resources are carried the same way.
 
         Raises:
             ToolExecutionFailed: see the class; ``details["reason"] ==
                 "unsupported_content"`` when the resource holds binary data that is not an
-                image (read it with `read_resource` instead).
+                image or UTF-8 text (read it with `read_resource` instead).
         """
         parts: list[Part] = []
         for content in await self.read_resource(uri):
-            image = content.as_image()
-            if image is not None:
-                parts.append(image)
-            elif content.text is not None:
-                parts.append(TextPart(text=f"[{content.uri}]\n{content.text}"))
+            carried = resource_message_part(content)
+            if carried is not None:
+                parts.append(carried)
             else:
                 raise ToolExecutionFailed(
                     f"resource {content.uri} of MCP server {self.server!r} is binary data "
@@ -510,3 +545,107 @@ class MCPServerHandle:
             kind="resource", ref=uri_template, argument=argument, value=value, context=context
         )
         return await self._call(msg)
+
+    # -- tools, progress, logging, forms, sampling (see ``_host``)
+
+    async def call_tool(
+        self,
+        tool: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> ToolResult:
+        """Call the server's tool ``tool`` (its name on the server) directly.
+
+        ``on_progress`` hears this call's progress (`MCPProgress`, in order), beside the
+        server's callbacks (`on_progress`); every event is delivered before the result is
+        returned (a callback still busy a second after the call ended is stopped). A
+        callback that raises is logged once and not called again for this call; the call
+        goes on.
+
+        Returns:
+            The result; an error result when the tool reported an error or did not answer
+            within ``timeout`` seconds (default: the server's).
+
+        Raises:
+            ToolExecutionFailed: see the class.
+        """
+        from ._messages import CallTool
+
+        msg = CallTool(
+            name=tool,
+            arguments=dict(arguments or {}),
+            remote_name=tool,
+            timeout=timeout,
+            on_progress=on_progress,
+        )
+        limit = (self._timeout if timeout is None else timeout) + 1.0
+        try:
+            # The actor times the call out; this bound only catches a reconnection.
+            with trio.move_on_after(limit):
+                return await self._ref.call(msg)
+        except (ActorCrashed, ActorDead) as exc:
+            raise ToolExecutionFailed(
+                f"MCP server {self.server!r} is not connected",
+                details={"server": self.server, "reason": "mcp_connection_failed"},
+                retryable=True,
+            ) from exc
+        raise ToolExecutionFailed(
+            f"MCP server {self.server!r} did not answer within {limit:g}s",
+            details={"server": self.server, "reason": "timeout"},
+            retryable=True,
+        )
+
+    def on_progress(self, callback: ProgressCallback) -> Callable[[], None]:
+        """Call ``callback`` with the progress of every call of this server's tools.
+
+        Tool calls carry a progress token while a callback listens. Events of one call
+        arrive in order; a plain function runs in the connection's task (it must not
+        block), an async one is awaited before the next event. A callback that raises is
+        logged once per call and never breaks the call.
+
+        Returns:
+            A function that removes the callback.
+        """
+        return self._host.add_progress(self.server, callback)
+
+    async def set_log_level(self, level: MCPLogLevel) -> None:
+        """Receive the server's log messages from ``level`` up (``logging/setLevel``).
+
+        They go to the Python logger ``llm_invocation.mcp.<server>`` (see `MCPHost`). The
+        level is set again after every reconnection.
+
+        Raises:
+            InvalidRequest: ``level`` is not an MCP log level.
+            ToolExecutionFailed: see the class; ``details["reason"] == "not_supported"``
+                when the server does not declare the logging capability.
+        """
+        if level not in LOG_LEVELS:
+            raise InvalidRequest(
+                f"an MCP log level is one of {', '.join(LOG_LEVELS)}, not {level!r}",
+                details={"field": "level"},
+            )
+        await self._call(SetLogLevel(level=level))
+        self._host.log_levels[self.server] = level
+
+    def on_elicitation(self, callback: ElicitationCallback | None) -> None:
+        """Answer the server's forms (``elicitation/create``) with ``callback``.
+
+        It receives an `MCPElicitation` and returns an `MCPElicitationAnswer` (plain or
+        async). Without a callback (None), forms are declined. An accepted answer that does
+        not match the requested schema is sent as a decline, and logged.
+        """
+        self._host.elicitation.pop(self.server, None)
+        if callback is not None:
+            self._host.elicitation[self.server] = callback
+
+    def set_sampling_policy(self, policy: SamplingPolicy | None) -> None:
+        """Use ``policy`` for the server's sampling requests (None: the registered one's).
+
+        Sampling itself is turned on when the server is registered or configured
+        (`MCPSampling`, ``sampling`` in its configuration).
+        """
+        self._host.policies.pop(self.server, None)
+        if policy is not None:
+            self._host.policies[self.server] = policy

@@ -51,6 +51,7 @@ from ...runtime import (
 )
 from ...tools._core import ToolRegistry, ToolResult
 from ._handle import answer, listeners_for, notify, resubscribe
+from ._host import host_for
 from ._messages import CallTool, ListServerTools, MCPMsg, MCPServerInfo, ServerInfo
 from ._models import MCPToolAnnotations, TaskSupport, same_tool, tool_metadata
 from ._servers import ServerSpec
@@ -367,6 +368,7 @@ class MCPConnection(Actor[MCPMsg]):
         try:
             await _load_sdk()
             from . import _session as _mcp_session
+            from ._bridge import HostBridge
 
             # The connection lives in its own task: a broken connection raises there, which
             # ends this incarnation with that error (and the supervisor reconnects).
@@ -378,6 +380,7 @@ class MCPConnection(Actor[MCPMsg]):
                 connect_timeout=_connect_timeout(self.config),
                 ping_interval=self.ping_interval,
                 auth=self.auth,
+                bridge=HostBridge(self.server, host_for(self.registry), self.config),
             )
             await ctx.nursery.start(serve_routinely, serve, self.status, self._ending(ctx))
             yield
@@ -392,7 +395,7 @@ class MCPConnection(Actor[MCPMsg]):
                 return sorted(self._tools)
             case ServerInfo():
                 return self._info()
-            case _:  # resources, prompts, completion: see ``_handle``
+            case _:  # resources, prompts, completion, log level: see ``_handle``
                 hub = listeners_for(self.registry)
                 timeout = self.config.timeout
                 return await answer(msg, self._session, hub, server=self.server, timeout=timeout)
@@ -430,6 +433,7 @@ class MCPConnection(Actor[MCPMsg]):
                 name=msg.name,
                 call_id=msg.call_id,
                 timeout=self.config.timeout if msg.timeout is None else msg.timeout,
+                on_progress=msg.on_progress,
             )
         except ToolExecutionFailed as exc:
             self._errors += 1
@@ -486,6 +490,7 @@ class MCPConnection(Actor[MCPMsg]):
                 connected_since=self._connected_since,
             )
         )
+        host_for(self.registry).attach(session)
         if self._nursery is not None:
             hub = listeners_for(self.registry)
             resubscribe(session, hub, self._nursery, timeout=self.config.timeout)
@@ -507,6 +512,8 @@ class MCPConnection(Actor[MCPMsg]):
             notify(self.server, message, listeners_for(self.registry), self._nursery)
 
     def disconnected(self) -> None:
+        if self._session is not None:
+            host_for(self.registry).detach(self._session)
         self._session = None
         self.status.disconnected()
         for local in list(self._tools):

@@ -24,6 +24,7 @@ class CallTool(Call[ToolResult], frozen=True, kw_only=True):
         remote_name: the tool's name on the server; looked up from ``name`` when omitted.
         retry: this is the one retry of a call that was not delivered (it is counted).
         timeout: seconds this call may take (default: the server's ``timeout``).
+        on_progress: a `ProgressCallback` hearing this call's progress (with the server's).
     """
 
     name: str
@@ -32,6 +33,7 @@ class CallTool(Call[ToolResult], frozen=True, kw_only=True):
     remote_name: str | None = None
     retry: bool = False
     timeout: float | None = None
+    on_progress: Any = None
 
 
 class ListServerTools(Call[list[str]], frozen=True, kw_only=True):

@@ -65,8 +65,10 @@ from ..._version import __version__
 from ...errors import LLMError, ToolExecutionFailed
 from ...tools._core import ToolResult
 from ._auth import MCPAuth
+from ._bridge import HostBridge
 from ._convert import RemoteTool, remote_tool
 from ._features import NOTIFICATIONS, ToolOutput, checked_call_tool, tool_result
+from ._host import ProgressCallback
 from ._http_session import open_sse, open_streamable_http, tracking_delivery
 from ._launcher import launch_command
 from ._servers import InProcessMCPServer, ServerSpec
@@ -143,7 +145,7 @@ class Session:
     Safe to use from many tasks at once: each call is its own JSON-RPC request.
     """
 
-    __slots__ = ("_client", "_init", "_signals", "server", "transport")
+    __slots__ = ("_bridge", "_client", "_init", "_signals", "server", "transport")
 
     def __init__(
         self,
@@ -152,12 +154,14 @@ class Session:
         client: ClientSession,
         init: mcp_types.InitializeResult,
         signals: _Signals,
+        bridge: HostBridge | None = None,
     ) -> None:
         self.server = server
         self.transport = transport
         self._client = client
         self._init = init
         self._signals = signals
+        self._bridge = bridge
 
     @property
     def server_name(self) -> str:
@@ -199,10 +203,13 @@ class Session:
         name: str,
         call_id: str,
         timeout: float,
+        on_progress: ProgressCallback | None = None,
     ) -> ToolResult:
         """Call ``remote_name`` and convert its result; ``name`` labels the result.
 
         Cancelling the caller cancels the request at the server (``notifications/cancelled``).
+        The call carries a progress token when ``on_progress`` or a callback of the server
+        listens (see ``_bridge``).
 
         Returns:
             The result; an error result when the tool reported an error (``isError``:
@@ -219,7 +226,7 @@ class Session:
         with tracking_delivery() as delivery:
             try:
                 with trio.move_on_after(timeout):
-                    raw = await checked_call_tool(self._client, remote_name, dict(arguments))
+                    raw = await self._checked_call(remote_name, dict(arguments), on_progress)
             except MCPError as exc:
                 failure = self._call_failure(remote_name, exc, exc.message, delivery.refused)
                 raise failure from exc
@@ -240,6 +247,14 @@ class Session:
                 duration=duration,
             )
         return tool_result(raw, remote_name, name=name, call_id=call_id, duration=duration)
+
+    async def _checked_call(
+        self, remote_name: str, arguments: dict[str, Any], on_progress: ProgressCallback | None
+    ) -> ToolOutput:
+        if self._bridge is None:
+            return await checked_call_tool(self._client, remote_name, arguments)
+        async with self._bridge.progress(remote_name, on_progress) as meta:
+            return await checked_call_tool(self._client, remote_name, arguments, meta=meta)
 
     def _call_failure(
         self, remote_name: str, exc: Exception, text: str, refused: str | None = None
@@ -348,10 +363,16 @@ def _transport(
 async def _relay(
     source: ReadStream[SessionMessage | Exception],
     sink: MemoryObjectSendStream[SessionMessage | Exception],
+    bridge: HostBridge | None = None,
 ) -> NoReturn:
-    """Forward the transport's read stream to the session; its end is a lost connection."""
+    """Forward the transport's read stream to the session; its end is a lost connection.
+
+    The bridge sees every message first, in order (progress of our calls).
+    """
     async with sink:
         async for item in source:
+            if bridge is not None:
+                bridge.observe(item)
             await sink.send(item)
     raise _ConnectionFailed("the server closed the connection")
 
@@ -374,6 +395,7 @@ async def serve_connection(
     connect_timeout: float,
     ping_interval: float | None = None,
     auth: MCPAuth | None = None,
+    bridge: HostBridge | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Connect to ``server`` and keep the connection until it breaks; for ``nursery.start``.
@@ -382,7 +404,9 @@ async def serve_connection(
     server starts its process first), tells the listener, reports started, then follows
     ``notifications/tools/list_changed``. The listener hears
     `ConnectionListener.disconnected` as soon as the connection ends, before the transport
-    is closed (for stdio: before the server process is stopped).
+    is closed (for stdio: before the server process is stopped). ``bridge`` gives the session
+    its host callbacks (logging, roots, elicitation, sampling, progress) and sets the
+    server's log level after the handshake.
 
     Raises:
         ToolExecutionFailed: connecting failed, or the connection broke
@@ -405,12 +429,20 @@ async def serve_connection(
 
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_relay, read, relay_send)
+                    nursery.start_soon(_relay, read, relay_send, bridge)
+                    host = bridge.session_options() if bridge is not None else {}
                     async with ClientSession(
-                        relay_receive, write, message_handler=on_message, client_info=_CLIENT_INFO
+                        relay_receive,
+                        write,
+                        message_handler=on_message,
+                        client_info=_CLIENT_INFO,
+                        **host,
                     ) as client:
                         init, tools = await _handshake(client, connect_timeout)
-                        session = Session(server, config.transport, client, init, signals)
+                        if bridge is not None:
+                            bridge.nursery = nursery
+                            await bridge.prepare(client, init)
+                        session = Session(server, config.transport, client, init, signals, bridge)
                         try:
                             listener.connected(session, tools)
                             task_status.started()
