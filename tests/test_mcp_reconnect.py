@@ -234,3 +234,30 @@ async def test_a_header_provider_is_called_again_on_reconnection() -> None:
     finally:
         await stop_server(server)
     assert (first.content, second.content) == ("Bearer token-1", "Bearer token-2")
+
+
+@pytest.mark.parametrize(
+    ("method", "session", "status", "heard"),
+    [
+        ("GET", "s-1", 200, True),  # the standalone stream is open
+        ("GET", "s-1", 405, True),  # the server has none: nothing will come that way
+        ("GET", None, 200, False),  # not a session's stream
+        ("POST", "s-1", 200, False),  # a request, not the stream
+    ],
+)
+async def test_the_standalone_stream_is_reported_once_the_server_answers_it(
+    method: str, session: str | None, status: int, heard: bool
+) -> None:
+    import httpx2
+
+    from llm_invocation.actors.mcp._http_session import (
+        _SessionWatch,  # pyright: ignore[reportPrivateUsage]
+    )
+
+    listening: list[bool] = []
+    inner = httpx2.MockTransport(lambda request: httpx2.Response(status))
+    watch = _SessionWatch(inner, lambda reason: None, lambda: listening.append(True))
+    headers = {"mcp-session-id": session} if session else {}
+    request = httpx2.Request(method, "http://127.0.0.1:1/mcp", headers=headers)
+    await watch.handle_async_request(request)
+    assert listening == ([True] if heard else [])

@@ -90,11 +90,18 @@ def _refuse(request: httpx2.Request, reason: str) -> None:
 
 @final
 class _SessionWatch(httpx2.AsyncBaseTransport):
-    """Wraps the real transport: records the session id, reports a lost session."""
+    """Wraps the real transport: records the session id, reports a lost session, and says
+    when the server has answered the standalone ``GET`` stream."""
 
-    def __init__(self, inner: httpx2.AsyncBaseTransport, on_lost: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        inner: httpx2.AsyncBaseTransport,
+        on_lost: Callable[[str], None],
+        on_listening: Callable[[], None],
+    ) -> None:
         self._inner = inner
         self._on_lost = on_lost
+        self._on_listening = on_listening
         self.session_id: str | None = None
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -104,6 +111,11 @@ class _SessionWatch(httpx2.AsyncBaseTransport):
         except httpx2.ConnectError as exc:
             _refuse(request, f"could not connect: {exc}")
             raise
+        if request.method == "GET" and sent_session is not None:
+            # The standalone stream is open (or the server has none, 405): from here on,
+            # what the server sends of its own accord (logs, roots requests, list changes)
+            # reaches us, or never will.
+            self._on_listening()
         if session_id := response.headers.get(MCP_SESSION_ID):
             self.session_id = session_id
         if sent_session is None or request.method == "DELETE":
@@ -150,20 +162,23 @@ async def open_streamable_http(
     headers: dict[str, str],
     timeout: float,
     on_lost: Callable[[str], None],
+    on_listening: Callable[[], None],
     auth: MCPAuth | None = None,
 ) -> AsyncGenerator[TransportStreams]:
     """The SDK's streamable HTTP transport, watched (see the module).
 
     ``on_lost`` is called (synchronously, maybe more than once) with the reason whenever a
-    response shows the session is gone. ``auth`` is an ``httpx2.Auth`` or a header provider,
-    called here, once per connection (`MCPAuth`).
+    response shows the session is gone; ``on_listening`` whenever the server answers the
+    standalone ``GET`` stream (the SDK opens it once the session is initialised). ``auth``
+    is an ``httpx2.Auth`` or a header provider, called here, once per connection
+    (`MCPAuth`).
     """
     headers, http_auth = await _authenticated(headers, auth)
     # No read timeout: the standalone GET stream idles until the server has something to
     # say, and the SDK gives up on that stream for good after two failed reads (tool list
     # changes would then go unheard). Calls have their own timeouts; pings find dead servers.
     http_timeout = httpx2.Timeout(timeout, read=None)
-    watch = _SessionWatch(httpx2.AsyncHTTPTransport(), on_lost)
+    watch = _SessionWatch(httpx2.AsyncHTTPTransport(), on_lost, on_listening)
     async with httpx2.AsyncClient(
         headers=headers, timeout=http_timeout, transport=watch, auth=http_auth
     ) as client:

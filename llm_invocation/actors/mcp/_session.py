@@ -109,7 +109,7 @@ class _ConnectionFailed(Exception):
 class _Signals:
     """Wakes the connection's watcher: the tool list changed, or the session is dead."""
 
-    __slots__ = ("calls", "idle", "lost", "tools_changed", "wake")
+    __slots__ = ("calls", "idle", "listening", "lost", "tools_changed", "wake")
 
     def __init__(self) -> None:
         self.wake = trio.Event()
@@ -118,6 +118,10 @@ class _Signals:
         self.calls = 0  # tool calls in flight
         self.idle = trio.Event()
         self.idle.set()
+        # Set once what the server sends of its own accord can reach us: at once for
+        # stdio, SSE and in-process servers; for streamable HTTP once the server answered
+        # the standalone GET stream.
+        self.listening = trio.Event()
 
     def call_started(self) -> None:
         self.calls += 1
@@ -347,6 +351,7 @@ def _transport(
                 headers=headers,
                 timeout=config.timeout,
                 on_lost=signals.notify_lost,
+                on_listening=signals.listening.set,
                 auth=auth,
             )
         case "sse":
@@ -439,6 +444,7 @@ async def serve_connection(
                         **host,
                     ) as client:
                         init, tools = await _handshake(client, connect_timeout)
+                        await _until_listening(server, config, signals, connect_timeout)
                         if bridge is not None:
                             bridge.nursery = nursery
                             await bridge.prepare(client, init)
@@ -468,6 +474,20 @@ async def serve_connection(
             finally:
                 error.__context__ = context
         raise _translate(server, config, error) from exc
+
+
+async def _until_listening(
+    server: str, config: ServerSpec, signals: _Signals, timeout: float
+) -> None:
+    """Wait (bounded) until the server can reach us of its own accord, so that nothing it
+    sends right after the handshake (a log, a roots request) is lost; a server that never
+    answers the standalone stream is used without it."""
+    if config.transport != "http":
+        return
+    with trio.move_on_after(timeout):
+        await signals.listening.wait()
+        return
+    log.debug("MCP server %r did not answer the standalone stream within %gs", server, timeout)
 
 
 async def _handshake(
