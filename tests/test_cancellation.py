@@ -29,7 +29,7 @@ from llm_invocation.store._base import Budget, RateLimit
 from llm_invocation.store.memory import MemoryBudgetStore, MemoryRateStore
 from llm_invocation.testing import Scenario, Scenarios, ScriptedUsage
 
-from .store_worker import redis_url_or_skip
+from .store_worker import LONG_REDIS_TIMEOUT, redis_url_or_skip
 
 CALLS = 300
 AT_ONCE = 30
@@ -216,7 +216,7 @@ async def redis_leftovers(url: str, prefix: str) -> dict[str, int]:
         "if redis.call('TYPE', k)['ok'] == 'zset' then "
         "out[#out + 1] = k; out[#out + 1] = redis.call('ZCARD', k) end end return out"
     )
-    async with open_redis_stores(url, prefix=prefix) as (rate, _):
+    async with open_redis_stores(url, prefix=prefix, timeout=LONG_REDIS_TIMEOUT) as (rate, _):
         conn: Any = rate._conn  # pyright: ignore[reportPrivateUsage]
         flat = await conn.run("test", lambda client: client.eval(script, [], [f"*{prefix}*"]))
         await conn.run(
@@ -240,7 +240,10 @@ async def test_random_cancellations_leave_nothing_behind_in_redis() -> None:
     url = redis_url_or_skip()
     prefix = f"llmcancel{secrets.token_hex(4)}:"
     rng = random.Random(7_20261202)
-    config = llm.Config.unlimited(**settings(f"{url}{'&' if '?' in url else '?'}prefix={prefix}"))
+    # A long operation timeout: this test is about cancellation, not Redis outages, and a
+    # busy machine can hold one Redis round trip past the default second.
+    store = f"{url}{'&' if '?' in url else '?'}prefix={prefix}&timeout=30"
+    config = llm.Config.unlimited(**settings(store))
     async with llm.open_client(config, scenarios=scenarios()) as client:
         cut = await cancel_at_random(client, rng, await typical_duration(client))
         await check_records(client, cut)

@@ -28,7 +28,7 @@ from llm_invocation.store._base import Grant, RateLimit, RateObservation, RateSt
 from llm_invocation.store.memory import MemoryRateStore
 from llm_invocation.store.redis import open_redis_stores
 
-from .store_worker import redis_url_or_skip
+from .store_worker import LONG_REDIS_TIMEOUT, redis_url_or_skip
 
 LIMIT = RateLimitSettings(concurrency=3, tokens_per_minute=100_000)
 GLOBAL = RateLimit(key="global", concurrency=3, tokens_per_minute=100_000)
@@ -226,7 +226,9 @@ async def test_random_cancellations_in_memory_leave_nothing_behind(seed: int) ->
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_random_cancellations_on_redis_leave_nothing_behind(seed: int) -> None:
     prefix = f"test-cancel-{secrets.token_hex(4)}:"
-    async with open_redis_stores(redis_url_or_skip(), prefix=prefix) as (store, _):
+    async with open_redis_stores(
+        redis_url_or_skip(), prefix=prefix, timeout=LONG_REDIS_TIMEOUT
+    ) as (store, _):
         try:
             async with governor(store, max_wait=60) as gov:
                 outcomes = await cancel_at_random(gov, seed, callers=300)

@@ -21,7 +21,7 @@ from llm_invocation.store._base import RateStore
 from llm_invocation.store.memory import MemoryRateStore
 from llm_invocation.store.redis import open_redis_stores
 
-from .store_worker import redis_url_or_skip
+from .store_worker import LONG_REDIS_TIMEOUT, redis_url_or_skip
 
 
 @asynccontextmanager
@@ -137,8 +137,8 @@ async def test_a_release_wakes_the_older_waiter_of_another_process_on_redis(
     monkeypatch.setattr(governor_module, "POLL", 60.0)  # only a release notice can wake it
     url, prefix = redis_url_or_skip(), f"test-fair-{secrets.token_hex(4)}:"
     async with (
-        open_redis_stores(url, prefix=prefix) as (first, _),
-        open_redis_stores(url, prefix=prefix) as (second, _),
+        open_redis_stores(url, prefix=prefix, timeout=LONG_REDIS_TIMEOUT) as (first, _),
+        open_redis_stores(url, prefix=prefix, timeout=LONG_REDIS_TIMEOUT) as (second, _),
     ):
         try:
             assert await two_governors_take_turns((first, second)) == [1, 0]

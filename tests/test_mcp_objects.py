@@ -232,7 +232,7 @@ def test_an_sdk_server_object_is_served_in_process() -> None:
         "local host:80",
         {"transport": "stdio"},
     ],
-    ids=repr,
+    ids=lambda value: type(value).__name__ if type(value) is object else repr(value),
 )
 def test_anything_else_is_a_configuration_error(value: Any) -> None:
     with pytest.raises(llm.ConfigurationError):

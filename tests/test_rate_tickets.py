@@ -30,7 +30,7 @@ from llm_invocation.store._base import (
 from llm_invocation.store.memory import MemoryRateStore
 from llm_invocation.store.redis import RedisRateStore, open_redis_stores
 
-from .store_worker import redis_url_or_skip
+from .store_worker import LONG_REDIS_TIMEOUT, redis_url_or_skip
 
 
 class FakeClock:
@@ -69,8 +69,8 @@ async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Shared]:
     url = redis_url_or_skip()
     prefix = f"test-{secrets.token_hex(6)}:"
     async with (
-        open_redis_stores(url, prefix=prefix) as (rate, _),
-        open_redis_stores(url, prefix=prefix) as (other, _),
+        open_redis_stores(url, prefix=prefix, timeout=LONG_REDIS_TIMEOUT) as (rate, _),
+        open_redis_stores(url, prefix=prefix, timeout=LONG_REDIS_TIMEOUT) as (other, _),
     ):
         try:
             yield Shared("redis", rate, other, trio.sleep)

@@ -32,7 +32,7 @@ from llm_invocation.store._base import (
 from llm_invocation.store.memory import MemoryBudgetStore, MemoryRateStore
 from llm_invocation.store.redis import open_redis_stores
 
-from .store_worker import redis_url_or_skip
+from .store_worker import LONG_REDIS_TIMEOUT, redis_url_or_skip
 
 
 class FakeClock:
@@ -96,7 +96,7 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
         return
     url = redis_url_or_skip()
     prefix = f"test-{secrets.token_hex(6)}:"
-    async with open_redis_stores(url, prefix=prefix) as (rate, budget):
+    async with open_redis_stores(url, prefix=prefix, timeout=LONG_REDIS_TIMEOUT) as (rate, budget):
         try:
             yield Stores("redis", rate, budget, trio.sleep)
         finally:

@@ -23,7 +23,7 @@ import trio
 from llm_invocation.store._base import Budget, RateLimit, period_id
 from llm_invocation.store.redis import RedisBudgetStore, RedisRateStore, open_redis_stores
 
-from .store_worker import redis_url_or_skip
+from .store_worker import LONG_REDIS_TIMEOUT, redis_url_or_skip
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -45,7 +45,10 @@ def prefix() -> str:
 async def stores(
     redis_url: str, prefix: str
 ) -> AsyncIterator[tuple[RedisRateStore, RedisBudgetStore]]:
-    async with open_redis_stores(redis_url, prefix=prefix) as (rate, budget):
+    async with open_redis_stores(redis_url, prefix=prefix, timeout=LONG_REDIS_TIMEOUT) as (
+        rate,
+        budget,
+    ):
         try:
             yield rate, budget
         finally:
