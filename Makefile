@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS := dev,redis,yaml,otel
+# Test processes (pytest-xdist): one per CPU; each test file runs whole in one of them.
+JOBS   ?= auto
 
 .PHONY: all test quick lint typecheck browser mcp-servers demo bench clean
 
@@ -40,7 +42,7 @@ mcp-servers:
 
 test: lint typecheck browser mcp-servers
 	$(BIN)/coverage erase
-	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(JOBS) --dist loadfile --cov --cov-report= $(PYTEST_ARGS)
 	$(BIN)/coverage report --fail-under=85
 	$(BIN)/coverage report --include='llm_invocation/runtime/*' --fail-under=90
 
