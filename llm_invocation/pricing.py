@@ -53,8 +53,10 @@ caches each model's lookup and its compiled prices, so after the first call for 
 `PriceBook.cost` is a dictionary lookup and a few integer products (about 1-2 us). Build a
 new book to pick up updated genai-prices data.
 
-genai-prices is imported lazily, on the first lookup that needs it (it takes about 0.2 s):
-``await book.load()`` does that in a worker thread so the event loop never stalls.
+genai-prices is imported lazily, once per process, on the first lookup that needs it (it takes
+about 0.15 s): ``await book.load()`` does that in a worker thread so the event loop never
+stalls (`PriceBook.ready` says whether a lookup needs it), and `preload` starts it without
+waiting.
 """
 
 from __future__ import annotations
@@ -69,13 +71,25 @@ from typing import TYPE_CHECKING, Final, final
 import msgspec
 import trio
 
+from .errors import ConfigurationError
+from .runtime._shared_load import SharedLoad
+
 if TYPE_CHECKING:
+    from genai_prices.data_snapshot import DataSnapshot
     from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
 
     from .config import PriceOverride
     from .types import Usage
 
-__all__ = ["LOCAL_PRICE", "MOCK_PRICE", "Price", "PriceBook", "budget_cost"]
+__all__ = [
+    "LOCAL_PRICE",
+    "MOCK_PRICE",
+    "Price",
+    "PriceBook",
+    "budget_cost",
+    "needs_table",
+    "preload",
+]
 
 _log = logging.getLogger("llm_invocation.pricing")
 
@@ -397,21 +411,47 @@ class _Overrides:
         return None
 
 
-def _load_snapshot() -> None:
-    """Import genai-prices and load its bundled data (blocking: about 0.2 s)."""
-    from genai_prices import data_snapshot
+def _load_snapshot() -> DataSnapshot:
+    """Import genai-prices and load its bundled data (blocking: about 0.15 s and 15 MB).
 
-    data_snapshot.get_snapshot()
+    Raises:
+        ConfigurationError: genai-prices or its data cannot be loaded.
+    """
+    try:
+        from genai_prices import data_snapshot
+
+        return data_snapshot.get_snapshot()
+    except Exception as exc:  # an installation problem: whatever it is, say what failed
+        raise ConfigurationError(
+            f"the genai-prices price table cannot be loaded: {exc!r} (reinstall genai-prices, "
+            "or price the models in cost_control.prices)"
+        ) from exc
+
+
+_SNAPSHOT: Final = SharedLoad(_load_snapshot, name="the genai-prices price table", logger=_log)
+"""The price table, loaded once per process and shared by every book."""
+
+
+def preload() -> None:
+    """Start loading the genai-prices price table in a worker thread and return at once
+    (nothing happens when it is loaded or loading; a failure is logged, and the next use
+    tries again)."""
+    _SNAPSHOT.start()
+
+
+def needs_table(provider: str) -> bool:
+    """Whether models of ``provider`` (as prices are looked up) may be priced from the
+    genai-prices table (not the mock, nor a local server with no table price)."""
+    key = provider.lower()
+    return key != "mock" and bool(_GENAI_PROVIDERS.get(key, (key,)))
 
 
 def _genai_model(provider: str, model: str) -> ModelInfo | None:
-    from genai_prices import data_snapshot
-
     key = provider.lower()
     provider_ids = _GENAI_PROVIDERS.get(key, (key,))
     if not provider_ids:
         return None
-    snapshot = data_snapshot.get_snapshot()
+    snapshot = _SNAPSHOT.get_blocking()
     name = model.removeprefix("models/") if key == "gemini" else model
     for provider_id in provider_ids:
         try:
@@ -449,13 +489,32 @@ class PriceBook:
         self._cache: dict[tuple[str, str], _Entry] = {}
 
     async def load(self) -> None:
-        """Import genai-prices and its price table in a worker thread.
+        """Import genai-prices and its price table in a worker thread, if not done yet.
 
-        Call it once at start-up (the accountant's lifespan) so that the first lookup of a
-        model does not block the event loop for the import (about 0.2 s). Without it, the
-        first lookup that needs the table imports it on the spot.
+        The table is loaded once per process and shared by every book; concurrent callers
+        share one load, and a failed load is tried again by the next call. Await it before
+        a lookup on the event loop when `ready` says no: without it, the first lookup that
+        needs the table imports it on the spot (about 0.15 s, blocking).
+
+        Raises:
+            ConfigurationError: genai-prices or its data cannot be loaded.
         """
-        await trio.to_thread.run_sync(_load_snapshot)
+        if _SNAPSHOT.loaded:
+            await trio.lowlevel.checkpoint()
+            return
+        await _SNAPSHOT.wait()
+
+    def ready(self, provider: str, model: str) -> bool:
+        """Whether looking up ``model`` of ``provider`` costs no load: it was looked up
+        before, an override, the mock price or the local price answers it, or the price
+        table is loaded."""
+        return (
+            (provider, model) in self._cache
+            or _SNAPSHOT.loaded
+            or not needs_table(provider)
+            or provider.lower() in self._free
+            or self._overrides.find(provider, model) is not None
+        )
 
     def price(
         self,

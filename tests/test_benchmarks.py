@@ -47,6 +47,19 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
             "tracing on / off, per chunk:",  # a ratio, or why it was skipped
         ],
     ),
+    "scale_bench": (
+        ["--quick"],
+        [
+            "streams, CPU per chunk, ours / aiohttp:",  # a ratio, or why it was skipped
+            "streams, wall, ours / aiohttp:",
+            "non-streamed request CPU, ours / aiohttp:",
+            "TLS CPU per chunk, ours / aiohttp:",
+            "open_client time:",
+            "open_client RSS:",
+            "ours, memory per stream:",
+            "ours, event-loop lag p99:",
+        ],
+    ),
     "front_bench": (
         ["--quick", "--clients", "10"],
         [

@@ -357,6 +357,8 @@ class Accountant(Actor[AccountantMsg]):
     async def handle(self, msg: AccountantMsg, ctx: Context) -> Any:
         match msg:
             case Reserve():
+                if not self.prices.ready(msg.provider, msg.model):
+                    await self.prices.load()  # once per process, in a worker thread
                 return self._reserve(msg, ctx)
             case Abandon():
                 await self._abandon(msg)
@@ -537,7 +539,7 @@ class Accountant(Actor[AccountantMsg]):
         if cost is not None and not (cost.is_finite() and cost >= 0):
             cost = None  # a cost that cannot be true is no cost
         if cost is None:  # not priced by the caller
-            cost = self.prices.cost(usage, provider=reservation.provider, model=reservation.model)
+            cost = await self._price(usage, reservation)
             usage = msgspec.structs.replace(usage, cost=cost)
         if cost is None:
             self.unknown_cost += 1
@@ -556,6 +558,17 @@ class Accountant(Actor[AccountantMsg]):
             await self.book.settle(budgets, reservation.id, Decimal(actual), alerts=True)
         if self.writer is not None:
             await self._record(msg, usage)
+
+    async def _price(self, usage: Usage, reservation: Reservation) -> Decimal | None:
+        """The cost of ``usage`` at the book's price; None (unknown: the worst case stays
+        charged) when the price table it needs cannot be loaded (the load logs why)."""
+        provider, model = reservation.provider, reservation.model
+        if not self.prices.ready(provider, model):
+            try:
+                await self.prices.load()
+            except LLMError:
+                return None
+        return self.prices.cost(usage, provider=provider, model=model)
 
     async def _record(self, msg: Settle, usage: Usage) -> None:
         from ..store.ledger import LedgerEntry

@@ -240,6 +240,24 @@ class _Observer:
             pass  # headers are advisory; the next response says it again
 
 
+def _preload(
+    config: Config, codecs: Mapping[str, ProviderCodec], priced: Mapping[str, str]
+) -> None:
+    """Start loading, in worker threads and without waiting, the data the first calls will
+    need: the price table when a provider is priced from it, and the tokenizer of the
+    default model when a real provider is configured. Both load once per process; the
+    first use that needs one waits for it off the event loop. The mock provider needs
+    neither until it is called (its calls are counted with ``o200k_base``)."""
+    from .. import pricing
+
+    real = [name for name, codec in codecs.items() if codec.kind != "mock"]
+    if not real:
+        return
+    if any(pricing.needs_table(priced[name]) for name in real):
+        pricing.preload()
+    tokens.preload_encodings({tokens.encoding_name_for_model(config.default_model or "")})
+
+
 async def _open_stores(
     config: Config, stack: AsyncExitStack, free_providers: frozenset[str] = frozenset()
 ) -> _Stores:
@@ -269,10 +287,9 @@ async def _open_stores(
     ledger = await stack.enter_async_context(open_ledger(config.ledger_path))
     # The writer outlives the accountant's restarts; it commits what it holds when it closes.
     writer = await stack.enter_async_context(open_ledger_writer(ledger))
+    # The price table and the tokenizers load once per process, off the event loop, when
+    # first needed (`_preload` starts them): opening a client does not wait for them.
     prices = PriceBook(config.cost_control.prices, free_providers=free_providers)
-    await prices.load()
-    # Load the tokenizer now, in a worker thread, rather than on the first request.
-    await trio.to_thread.run_sync(tokens.get_encoding, tokens.DEFAULT_ENCODING)
     return _Stores(rate, budget, ledger, writer, prices, cache)
 
 
@@ -395,6 +412,9 @@ async def open_client(
     sourced = {name for name, entry in entries.items() if entry.api_key_file} | set(keys)
     check_keys(config, entries, {n: c for n, c in codecs.items() if n not in sourced})
     free = frozenset(_price_provider(n, c) for n, c in codecs.items() if is_local_preset(c))
+    # A provider of one's own is priced under its name, as when registered at run time.
+    priced = {n: n if n in custom else _price_provider(n, c) for n, c in codecs.items()}
+    _preload(config, {n: c for n, c in codecs.items() if _price_provider(n, c) not in free}, priced)
     observation = open_observer(
         config,
         logger=logger,
@@ -441,8 +461,6 @@ async def open_client(
         governor = runtime.ref(GOVERNOR, Governor)
         observer.governor = governor
         accountant = runtime.ref(ACCOUNTANT, Accountant)
-        # A provider of one's own is priced under its name, as when registered at run time.
-        priced = {n: n if n in custom else _price_provider(n, c) for n, c in codecs.items()}
         governance = Governance(
             governor,
             accountant,

@@ -153,6 +153,7 @@ class Governance:
         self._budgets: dict[tuple[str, str], int] = {}
         self._handover_failed = 0
         self._handover_logged = False
+        self._count_logged = False
 
     @property
     def lost_casts(self) -> int:
@@ -191,6 +192,11 @@ class Governance:
         """
         probe = msgspec.structs.replace(request, model=model)
         price_provider = self.price_provider(provider, model)
+        prices = self.prices
+        if prices is not None and not prices.ready(price_provider, model):
+            # The price table loads once per process, off the event loop: the lookups
+            # below and the accountant's are then dictionary reads.
+            await prices.load()
         estimate = await tokens.count_request(
             probe,
             provider=self._token_providers.get(provider, provider),
@@ -290,7 +296,7 @@ class Governance:
             return usage or Usage()
         admission.settled = True
         if usage is None:
-            usage = estimated_usage(admission, response)
+            usage = await self._count_usage(admission, response)
         usage = self.price(admission, usage)
         message = Settle(
             reservation=admission.reservation,
@@ -308,6 +314,40 @@ class Governance:
         except ActorError as exc:
             self._lost("a settlement could not reach the accountant", exc)
         return usage
+
+    async def _count_usage(self, admission: Admission, response: Response | None) -> Usage:
+        """`estimated_usage`, its tokenizer loaded off the event loop first (it is, unless
+        the prompt was counted by the provider). The wait is shielded, as settling is, and
+        bounded by `SETTLE_LIMIT`; a tokenizer that cannot be loaded charges the completion
+        at its worst case (the reserved completion tokens), logged once."""
+        encoding = tokens.encoding_name_for_model(admission.model)
+        streamed = response is not None and bool(
+            response.text or response.reasoning or response.tool_calls
+        )
+        if not streamed or tokens.is_loaded(encoding):
+            return estimated_usage(admission, response)
+        problem: BaseException | None = None
+        with trio.move_on_after(SETTLE_LIMIT, shield=True) as bounded:
+            try:
+                await tokens.load_encoding(encoding)
+            except LLMError as exc:
+                problem = exc
+        if bounded.cancelled_caught:
+            problem = TimeoutError(f"waited {SETTLE_LIMIT:g}s")
+        if problem is None:
+            return estimated_usage(admission, response)
+        if not self._count_logged:
+            self._count_logged = True
+            log.error(
+                "the tokenizer to count a completion could not be loaded (%s): it is charged "
+                "at its worst case, the reserved completion tokens",
+                problem,
+            )
+        return Usage(
+            prompt_tokens=admission.estimate.prompt_tokens,
+            completion_tokens=admission.estimate.max_completion_tokens,
+            estimated=True,
+        )
 
     async def record_refusal(
         self, request: Request, provider: str, model: str, error: LLMError

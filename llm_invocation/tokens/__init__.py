@@ -27,11 +27,15 @@ from ._count import count_messages as count_messages
 from ._count import count_request as count_request
 from ._count import count_text as count_text
 from ._count import encoding_for_model as encoding_for_model
+from ._count import encoding_name_for_model as encoding_name_for_model
 from ._count import estimate as estimate
 from ._count import family_of as family_of
 from ._count import get_encoding as get_encoding
 from ._count import image_size as image_size
+from ._count import is_loaded as is_loaded
+from ._count import load_encoding as load_encoding
 from ._count import openai_image_tokens as openai_image_tokens
+from ._count import preload_encodings as preload_encodings
 from ._count import render_tools as render_tools
 
 __all__ = [
@@ -62,10 +66,14 @@ __all__ = [
     "count_request",
     "count_text",
     "encoding_for_model",
+    "encoding_name_for_model",
     "estimate",
     "family_of",
     "get_encoding",
     "image_size",
+    "is_loaded",
+    "load_encoding",
     "openai_image_tokens",
+    "preload_encodings",
     "render_tools",
 ]

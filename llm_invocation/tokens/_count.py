@@ -70,9 +70,13 @@ from ._encodings import EncodingDefinition as EncodingDefinition
 from ._encodings import TokenEncoding as TokenEncoding
 from ._encodings import count_cache_statistics as count_cache_statistics
 from ._encodings import count_text as count_text
-from ._encodings import count_with, encoding_name_for_model, is_loaded, model_name
+from ._encodings import count_with, model_name
 from ._encodings import encoding_for_model as encoding_for_model
+from ._encodings import encoding_name_for_model as encoding_name_for_model
 from ._encodings import get_encoding as get_encoding
+from ._encodings import is_loaded as is_loaded
+from ._encodings import load_encoding as load_encoding
+from ._encodings import preload_encodings as preload_encodings
 
 __all__ = [
     "ANTHROPIC_FACTOR",
@@ -102,11 +106,15 @@ __all__ = [
     "count_request",
     "count_text",
     "encoding_for_model",
+    "encoding_name_for_model",
     "estimate",
     "family_of",
     "get_encoding",
     "image_size",
+    "is_loaded",
+    "load_encoding",
     "openai_image_tokens",
+    "preload_encodings",
     "render_tools",
 ]
 
@@ -339,9 +347,10 @@ async def count_request(
     When ``counter`` is given (the client passes one that calls the provider's count-tokens
     endpoint) and the local rule would only estimate, the provider's answer is used
     (``estimated=False``, ``method="provider"``); if the endpoint fails with an `LLMError`
-    the local estimate is used instead. Otherwise `estimate` runs: inline for small requests
-    with a loaded tokenizer, in a worker thread (``trio.to_thread.run_sync``) for requests of
-    more than `LARGE_INPUT` characters or a tokenizer still to load.
+    the local estimate is used instead. Otherwise `estimate` runs, once its tokenizer is
+    loaded (`load_encoding`: in a worker thread, one load shared by concurrent first uses):
+    inline for small requests, in a worker thread (``trio.to_thread.run_sync``) for requests
+    of more than `LARGE_INPUT` characters.
 
     Args:
         request: the request.
@@ -369,7 +378,9 @@ async def count_request(
             )
     family = family_of(provider, request.model)
     encoding = encoding_name_for_model(request.model) if family == "openai" else DEFAULT_ENCODING
-    if _text_size(request) > LARGE_INPUT or not is_loaded(encoding):
+    if not is_loaded(encoding):
+        await load_encoding(encoding)
+    if _text_size(request) > LARGE_INPUT:
         work = functools.partial(
             estimate, request, provider=provider, default_max_tokens=default_max_tokens
         )
