@@ -7,7 +7,9 @@ fairness across processes sharing one Redis limit.
 
 * store: `RateStore.acquire` + `RateStore.settle` on three keys (global, provider, model),
   as one task and as 50 concurrent tasks;
-* governor: `Acquire` (a call) + `Release` (a cast) through the governor actor;
+* governor: `Acquire` (a call) + `Release` (a cast) through the governor actor; and as the
+  invocation layer asks, at once first (`ActorRef.call_nowait`, `ActorRef.cast_nowait`:
+  granted without a round trip by a governor in memory, never through Redis);
 * budgets: `BudgetStore.reserve` + `BudgetStore.settle` on two budgets.
 
 * settlement (`_settlement.py`): ``--calls`` concurrent invocations with a file ledger:
@@ -85,7 +87,10 @@ async def budgets(n: int, tasks: int, store: BudgetStore) -> float:
     return per_task * tasks / (time.perf_counter() - start)
 
 
-async def governor(n: int, tasks: int, store: RateStore) -> float:
+async def governor(n: int, tasks: int, store: RateStore, *, at_once: bool = False) -> float:
+    """Acquire + Release through the governor; ``at_once``: as the invocation layer does,
+    asked at once first (`ActorRef.call_nowait`, `ActorRef.cast_nowait`), else a round
+    trip."""
     spec = SupervisorSpec(
         children=[
             ChildSpec.actor(
@@ -105,8 +110,22 @@ async def governor(n: int, tasks: int, store: RateStore) -> float:
 
         async def worker() -> None:
             for _ in range(per_task):
-                lease = await gov.call(Acquire(provider="openai", model="gpt-4o", tokens=500))
-                await gov.send(Release(lease=lease, used=300))
+                acquire = Acquire(
+                    provider="openai", model="gpt-4o", tokens=500, lease=secrets.token_hex(8)
+                )
+                if at_once:
+                    try:
+                        lease = gov.call_nowait(acquire)
+                    except trio.WouldBlock:
+                        lease = await gov.call(acquire)
+                    try:
+                        gov.cast_nowait(Release(lease=lease, used=300))
+                    except trio.WouldBlock:
+                        await gov.send(Release(lease=lease, used=300))
+                    await trio.lowlevel.checkpoint()  # as the call's own I/O would
+                else:
+                    lease = await gov.call(acquire)
+                    await gov.send(Release(lease=lease, used=300))
 
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
@@ -147,6 +166,15 @@ async def main(n: int, url: str | None, calls: int, fairness: float) -> None:
             memory_gov = await governor(n, tasks, MemoryRateStore())
             redis_gov = await governor(n // 5, tasks, shared[0]) if shared is not None else None
             rows.append((f"governor Acquire+Release, {tasks} task(s)", memory_gov, redis_gov))
+            at_once = await governor(n, tasks, MemoryRateStore(), at_once=True)
+            redis_at_once = (
+                await governor(n // 5, tasks, shared[0], at_once=True)
+                if shared is not None
+                else None
+            )
+            rows.append(
+                (f"governor at once (else a call), {tasks} task(s)", at_once, redis_at_once)
+            )
             memory_budget = await budgets(n, tasks, MemoryBudgetStore())
             redis_budget = await budgets(n // 5, tasks, shared[1]) if shared is not None else None
             rows.append((f"budget reserve+settle, {tasks} task(s)", memory_budget, redis_budget))

@@ -60,6 +60,15 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
             "ours, event-loop lag p99:",
         ],
     ),
+    "request_bench": (
+        ["--quick"],
+        [
+            "per non-streamed request",
+            "ours / bare httpx:",
+            "governed / ours:",
+            "ours / aiohttp:",  # a ratio, or why it was skipped
+        ],
+    ),
     "front_bench": (
         ["--quick", "--clients", "10"],
         [

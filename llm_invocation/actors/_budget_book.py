@@ -94,6 +94,11 @@ class _Progress:
         heapq.heappush(self._heap, self.issued)
         return self.issued
 
+    @property
+    def idle(self) -> bool:
+        """Whether everything issued is finished."""
+        return self._lowest_open() > self.issued
+
     def _lowest_open(self) -> int:
         heap = self._heap
         while heap and heap[0] not in self._open:
@@ -142,11 +147,20 @@ class BudgetBook:
         store: the budget store.
         on_levels: called with a budget's levels after a settlement (the accountant's
             alerts).
+        alerts_due: whether ``on_levels`` has anything to do with these levels (a
+            settlement applied at once calls it only then).
     """
 
-    def __init__(self, store: BudgetStore, on_levels: LevelsHook) -> None:
+    def __init__(
+        self,
+        store: BudgetStore,
+        on_levels: LevelsHook,
+        alerts_due: Callable[[list[BudgetLevel]], bool] = lambda _: True,
+    ) -> None:
         self.store = store
         self._on_levels = on_levels
+        self._alerts_due = alerts_due
+        self._nursery: trio.Nursery | None = None
         self._progress = _Progress()
         self.store_errors = 0
         """Store operations that failed (the store was unreachable or too slow)."""
@@ -176,6 +190,7 @@ class BudgetBook:
 
     def start(self, nursery: trio.Nursery) -> None:
         """Start the tasks that apply settlements (in the accountant's nursery)."""
+        self._nursery = nursery
         for _ in range(STORE_WORKERS):
             nursery.start_soon(self._worker)
         nursery.start_soon(self._retry_loop)
@@ -214,6 +229,68 @@ class BudgetBook:
             self._send.send_nowait(item)
         except trio.WouldBlock:
             await self._send.send(item)
+
+    def has_room(self) -> bool:
+        """Whether `settle_nowait` can take a settlement now."""
+        return self._send.statistics().current_buffer_used < STORE_QUEUE
+
+    @property
+    def idle(self) -> bool:
+        """Whether the store is synchronous and every settlement taken is applied: it can
+        then be asked at once, and sees every settlement taken before."""
+        return self.store.synchronous and self._progress.idle and not self._pending
+
+    def reserve_nowait(
+        self, budgets: Sequence[Budget], *, reservation: str, amount: Decimal, ttl: float
+    ) -> BudgetCheck:
+        """`reserve` at once, for an `idle` book.
+
+        Raises:
+            trio.WouldBlock: the book is not idle, or the store failed (nothing reserved).
+        """
+        if not self.idle:
+            raise trio.WouldBlock
+        try:
+            return self.store.reserve_nowait(
+                budgets, reservation=reservation, amount=storable(amount), ttl=ttl
+            )
+        except StoreUnavailable:
+            self.store_errors += 1
+            raise trio.WouldBlock from None
+
+    def settle_nowait(
+        self, budgets: list[Budget], reservation: str, amount: Decimal, *, alerts: bool
+    ) -> None:
+        """`settle` without waiting: applied at once when the book is `idle` (its alerts,
+        if any are due, are checked by a task of the book's, before later reads), else
+        taken to be applied in turn.
+
+        Raises:
+            trio.WouldBlock: `STORE_QUEUE` settlements wait already (nothing was taken).
+        """
+        if not self.has_room():
+            raise trio.WouldBlock
+        item = _Settlement(budgets, reservation, amount, alerts=alerts)
+        if self.idle and self._nursery is not None:
+            try:
+                levels = self.store.settle_nowait(
+                    budgets, reservation=reservation, actual=item.amount
+                )
+            except StoreUnavailable:
+                pass  # taken to be applied in turn (and kept while the store is down)
+            else:
+                if alerts and levels and self._alerts_due(levels):
+                    number = self._progress.issue()
+                    self._nursery.start_soon(self._alert, levels, budgets, number)
+                return
+        item.number = self._progress.issue()
+        self._send.send_nowait(item)
+
+    async def _alert(self, levels: list[BudgetLevel], budgets: list[Budget], number: int) -> None:
+        try:
+            await self._on_levels(levels, budgets)
+        finally:
+            self._progress.finish(number)
 
     async def wait_applied(self, upto: int) -> None:
         """Wait until every settlement numbered ``upto`` or less was applied (or kept for

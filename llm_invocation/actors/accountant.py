@@ -15,6 +15,13 @@ rows per transaction) and fires each budget alert threshold once per period. A r
 (`GetReport`), the budget levels (`BudgetLevels`) and a `Reserve` first wait for every
 settlement that arrived before them, so a caller always sees its own settled calls.
 
+A `Reserve` is answered at once on the caller's task (`ActorRef.call_nowait`,
+`Accountant.handle_nowait`) when no budget applies, or when the budget store is in memory and
+every settlement taken is applied; a `Settle` is taken at once when the budget store's queue
+and the ledger writer have room, and applied at once to a budget store in memory with
+nothing before it still to apply. Both only while the accountant has nothing else in hand,
+so arrival order is kept; anything else goes through the mailbox.
+
 Reservations are named by the caller (``Reserve.reservation``): a caller cancelled while it
 waits for the answer casts `Abandon` with that id, and the accountant gives the reservation
 back whether the answer was still on its way or not. The budget store is asked from tasks of
@@ -46,7 +53,7 @@ import trio
 
 from ..errors import CostExceeded, LLMError
 from ..runtime import Actor, Call, Context, Msg, ReplyHandle
-from ..store._base import Budget, BudgetLevel, BudgetStore, StoreUnavailable
+from ..store._base import Budget, BudgetCheck, BudgetLevel, BudgetStore, StoreUnavailable
 from ..store._ledger_schema import LedgerError
 from ..store._ledger_writer import WriterStatistics
 from ..store._report import UsageReport
@@ -57,7 +64,7 @@ if TYPE_CHECKING:
     from ..config import Config, CostConfig
     from ..pricing import PriceBook
     from ..store._ledger_writer import LedgerWriter
-    from ..store.ledger import SQLiteLedger
+    from ..store.ledger import LedgerEntry, SQLiteLedger
 
 __all__ = [
     "Abandon",
@@ -303,7 +310,7 @@ class Accountant(Actor[AccountantMsg]):
         self.released = 0
         self.ledger_errors = 0
         self.spent = Decimal(0)
-        self.book = BudgetBook(store, self._alerts)
+        self.book = BudgetBook(store, self._alerts, self._alerts_due)
         self._nursery: trio.Nursery | None = None
         self._reserving: dict[str, bool] = {}  # id -> abandoned while the store answers
         self._held: dict[str, Reservation] = {}
@@ -402,7 +409,74 @@ class Accountant(Actor[AccountantMsg]):
 
     # -- reserve -------------------------------------------------------------------------------
 
+    def handle_nowait(self, msg: AccountantMsg) -> Any:
+        """Reserve at once when no budget applies (the cap is checked, nothing is held in a
+        store) or the budget store is in memory with every settlement taken applied, and
+        take a settlement at once when the budget store's queue and the ledger writer have
+        room. Anything else goes through the mailbox (`trio.WouldBlock`), before anything
+        changes.
+
+        Raises:
+            CostExceeded: the cap or a budget refuses the request, or its price is unknown.
+            trio.WouldBlock: the message must go through the mailbox.
+        """
+        match msg:
+            case Reserve():
+                if not self.prices.ready(msg.provider, msg.model):
+                    raise trio.WouldBlock  # the handler loads the price table first
+                reservation, budgets = self._priced(msg)
+                if budgets:
+                    return self._reserve_nowait(reservation, budgets)
+                self.reserved += 1
+                return reservation
+            case Settle():
+                self._settle_nowait(msg)
+                return None
+            case _:
+                raise trio.WouldBlock
+
+    def _reserve_nowait(self, reservation: Reservation, budgets: list[Budget]) -> Reservation:
+        """Reserve in a synchronous budget store at once when every settlement taken is
+        applied (`BudgetBook.idle`); otherwise `trio.WouldBlock` (a task of ours asks).
+
+        Raises:
+            CostExceeded: a budget would be exceeded.
+            trio.WouldBlock: the store must be asked by a task of ours.
+        """
+        rid = reservation.id
+        if rid in self._reserving or rid in self._held:
+            raise trio.WouldBlock
+        check = self.book.reserve_nowait(
+            budgets,
+            reservation=rid,
+            amount=reservation.worst_case or Decimal(0),
+            ttl=self.reservation_ttl,
+        )
+        if not check.ok:
+            self.refused += 1
+            raise self._over_budget(reservation, check)
+        self.reserved += 1
+        self._held[rid] = reservation
+        return reservation
+
     def _reserve(self, msg: Reserve, ctx: Context) -> Reservation | None:
+        reservation, budgets = self._priced(msg)
+        if not budgets:  # nothing is held in a store: nothing to give back
+            self.reserved += 1
+            return reservation
+        self._reserving[reservation.id] = False
+        ctx.nursery.start_soon(
+            self._reserve_in_store, ctx.defer(msg), reservation, budgets, self.book.arrived
+        )
+        return None
+
+    def _priced(self, msg: Reserve) -> tuple[Reservation, list[Budget]]:
+        """The reservation of ``msg`` and the budgets it is to be held against.
+
+        Raises:
+            CostExceeded: the cap refuses it, or its price is unknown while a cap or a
+                budget applies (counted as refused).
+        """
         worst = self.prices.worst_case(
             msg.prompt_tokens, msg.max_tokens, provider=msg.provider, model=msg.model
         )
@@ -440,14 +514,7 @@ class Accountant(Actor[AccountantMsg]):
             scopes=[b.scope for b in budgets],
             tags=dict(msg.tags),
         )
-        if not budgets:  # nothing is held in a store: nothing to give back
-            self.reserved += 1
-            return reservation
-        self._reserving[reservation.id] = False
-        ctx.nursery.start_soon(
-            self._reserve_in_store, ctx.defer(msg), reservation, budgets, self.book.arrived
-        )
-        return None
+        return reservation, budgets
 
     async def _reserve_in_store(
         self,
@@ -491,20 +558,7 @@ class Accountant(Actor[AccountantMsg]):
         if not check.ok:
             self._reserving.pop(rid, None)
             self.refused += 1
-            handle.fail(
-                CostExceeded(
-                    f"budget {check.scope} would be exceeded: spent ${check.spent:.6f} and "
-                    f"reserved ${check.reserved:.6f} of ${check.limit}, this request may cost "
-                    f"${reservation.worst_case or 0:.6f}",
-                    provider=reservation.provider,
-                    details={
-                        "scope": check.scope,
-                        "spent": str(check.spent),
-                        "reserved": str(check.reserved),
-                        "limit": str(check.limit),
-                    },
-                )
-            )
+            handle.fail(self._over_budget(reservation, check))
             return
         abandoned = self._reserving.pop(rid, False)
         if abandoned or not handle.reply(reservation):
@@ -512,6 +566,20 @@ class Accountant(Actor[AccountantMsg]):
             return
         self.reserved += 1
         self._held[rid] = reservation
+
+    def _over_budget(self, reservation: Reservation, check: BudgetCheck) -> CostExceeded:
+        return CostExceeded(
+            f"budget {check.scope} would be exceeded: spent ${check.spent:.6f} and "
+            f"reserved ${check.reserved:.6f} of ${check.limit}, this request may cost "
+            f"${reservation.worst_case or 0:.6f}",
+            provider=reservation.provider,
+            details={
+                "scope": check.scope,
+                "spent": str(check.spent),
+                "reserved": str(check.reserved),
+                "limit": str(check.limit),
+            },
+        )
 
     async def _abandon(self, msg: Abandon) -> None:
         rid = msg.reservation
@@ -531,52 +599,92 @@ class Accountant(Actor[AccountantMsg]):
 
     # -- settle --------------------------------------------------------------------------------
 
-    async def _settle(self, msg: Settle) -> None:
+    def _costed(
+        self, msg: Settle, *, priceable: bool = True
+    ) -> tuple[Usage, list[Budget], Decimal]:
+        """The settlement's usage with its cost, the budgets it applies to and the amount
+        they are charged (an unknown cost is never counted as zero: the worst case stays).
+
+        The price table must be loaded when the caller did not price the usage (see
+        `_priceable`); ``priceable=False`` says it could not be: the cost is unknown."""
         reservation = msg.reservation
-        self._held.pop(reservation.id, None)
         usage = msg.usage
-        cost = usage.cost
-        if cost is not None and not (cost.is_finite() and cost >= 0):
-            cost = None  # a cost that cannot be true is no cost
+        cost = _given_cost(usage)
         if cost is None:  # not priced by the caller
-            cost = await self._price(usage, reservation)
+            if priceable:
+                cost = self.prices.cost(
+                    usage, provider=reservation.provider, model=reservation.model
+                )
             usage = msgspec.structs.replace(usage, cost=cost)
-        if cost is None:
-            self.unknown_cost += 1
-        else:
-            self.spent += cost
-        self.settled += 1
         budgets = budgets_for(
             self.budgets, reservation.provider, reservation.model, reservation.tags
         )
+        actual = Decimal(0)
         if budgets:
-            # An unknown cost is never counted as zero: the worst case stays charged.
             if cost is not None:
-                actual = cost
-            else:
-                actual = reservation.worst_case if reservation.worst_case is not None else 0
-            await self.book.settle(budgets, reservation.id, Decimal(actual), alerts=True)
+                actual = Decimal(cost)
+            elif reservation.worst_case is not None:
+                actual = Decimal(reservation.worst_case)
+        return usage, budgets, actual
+
+    def _count(self, msg: Settle, usage: Usage) -> None:
+        self._held.pop(msg.reservation.id, None)
+        if usage.cost is None:
+            self.unknown_cost += 1
+        else:
+            self.spent += usage.cost
+        self.settled += 1
+
+    def _needs_table(self, msg: Settle) -> bool:
+        """Whether pricing ``msg`` needs the price table, which is not loaded yet."""
+        reservation = msg.reservation
+        return _given_cost(msg.usage) is None and not self.prices.ready(
+            reservation.provider, reservation.model
+        )
+
+    async def _priceable(self, msg: Settle) -> bool:
+        """Load the price table if pricing ``msg`` needs it (once per process, in a worker
+        thread); False when it cannot be loaded (the load logs why): the cost is unknown and
+        the worst case stays charged."""
+        if not self._needs_table(msg):
+            return True
+        try:
+            await self.prices.load()
+        except LLMError:
+            return False
+        return True
+
+    async def _settle(self, msg: Settle) -> None:
+        usage, budgets, actual = self._costed(msg, priceable=await self._priceable(msg))
+        self._count(msg, usage)
+        if budgets:
+            await self.book.settle(budgets, msg.reservation.id, actual, alerts=True)
         if self.writer is not None:
             await self._record(msg, usage)
 
-    async def _price(self, usage: Usage, reservation: Reservation) -> Decimal | None:
-        """The cost of ``usage`` at the book's price; None (unknown: the worst case stays
-        charged) when the price table it needs cannot be loaded (the load logs why)."""
-        provider, model = reservation.provider, reservation.model
-        if not self.prices.ready(provider, model):
+    def _settle_nowait(self, msg: Settle) -> None:
+        """`_settle` at once, or `trio.WouldBlock` with nothing changed (the budget store's
+        queue or the ledger writer is full)."""
+        if self._needs_table(msg):
+            raise trio.WouldBlock  # the handler loads the price table first
+        usage, budgets, actual = self._costed(msg)
+        if budgets and not self.book.has_room():
+            raise trio.WouldBlock
+        writer = self.writer
+        if writer is not None:
             try:
-                await self.prices.load()
-            except LLMError:
-                return None
-        return self.prices.cost(usage, provider=provider, model=model)
+                writer.put_nowait(self._entry(msg, usage))  # WouldBlock: nothing taken
+            except trio.ClosedResourceError:
+                self._ledger_closed()
+        self._count(msg, usage)
+        if budgets:
+            self.book.settle_nowait(budgets, msg.reservation.id, actual, alerts=True)
 
-    async def _record(self, msg: Settle, usage: Usage) -> None:
+    def _entry(self, msg: Settle, usage: Usage) -> LedgerEntry:
         from ..store.ledger import LedgerEntry
 
-        writer = self.writer
-        assert writer is not None
         reservation = msg.reservation
-        entry = LedgerEntry(
+        return LedgerEntry(
             id=reservation.id,
             at=time.time() if msg.at is None else msg.at,
             provider=reservation.provider,
@@ -594,16 +702,24 @@ class Accountant(Actor[AccountantMsg]):
             duration=msg.duration,
             request_id=msg.request_id,
         )
+
+    async def _record(self, msg: Settle, usage: Usage) -> None:
+        writer = self.writer
+        assert writer is not None
+        entry = self._entry(msg, usage)
         try:
             try:
                 writer.put_nowait(entry)
             except trio.WouldBlock:
                 await writer.put(entry)  # backpressure: the ledger is behind
         except trio.ClosedResourceError:
-            self.ledger_errors += 1
-            if not self._ledger_logged:
-                self._ledger_logged = True
-                log.error("the usage ledger writer is closed: settled calls are not recorded")
+            self._ledger_closed()
+
+    def _ledger_closed(self) -> None:
+        self.ledger_errors += 1
+        if not self._ledger_logged:
+            self._ledger_logged = True
+            log.error("the usage ledger writer is closed: settled calls are not recorded")
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -641,6 +757,17 @@ class Accountant(Actor[AccountantMsg]):
         handle.reply(None)
 
     # -- alerts --------------------------------------------------------------------------------
+
+    def _alerts_due(self, levels: list[BudgetLevel]) -> bool:
+        """Whether `_alerts` has a threshold to decide for these levels."""
+        for level in levels:
+            fraction = level.fraction
+            for threshold in self.thresholds:
+                if fraction < threshold:
+                    break
+                if (level.scope, threshold, level.period_id) not in self._claimed:
+                    return True
+        return False
 
     async def _alerts(self, levels: list[BudgetLevel], budgets: list[Budget]) -> None:
         periods = {b.scope: b.period for b in budgets}
@@ -689,3 +816,11 @@ async def _deliver(callback: AlertCallback, alert: BudgetAlert) -> None:
             await result
     except Exception:
         log.exception("budget alert callback failed")
+
+
+def _given_cost(usage: Usage) -> Decimal | None:
+    """The cost the caller priced, if it can be true (a negative or infinite one is none)."""
+    cost = usage.cost
+    if cost is not None and not (cost.is_finite() and cost >= 0):
+        return None
+    return cost

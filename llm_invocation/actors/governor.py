@@ -26,6 +26,12 @@ A caller that gives up (cancelled) sends `Abandon` with the lease id it chose: i
 line is dropped, or the lease it was granted meanwhile is given back. Nothing of it is left
 in the store.
 
+With a store in memory, an `Acquire` that carries its lease id is granted at once on the
+caller's task (`ActorRef.call_nowait`, `Governor.handle_nowait`) when nobody waits in its
+line and there is room now, exactly as the handler would grant it; one that would wait or
+be refused goes through the mailbox. Releases and observations are taken at once the same
+way. A remote store is asked by the governor's own tasks alone.
+
 State lives in a `RateStore`: in memory for one process, in Redis to share limits across
 processes. If Redis is unreachable, ``fail_mode`` decides: ``"open"`` admits, ``"closed"``
 refuses with `RateLimited`; the store logs the outage once (its connection does), the
@@ -359,6 +365,55 @@ class Governor(Actor[GovernorMsg]):
                     ignored_observations=self.ignored_observations,
                 )
 
+    def handle_nowait(self, msg: GovernorMsg) -> Any:
+        """Grant a lease at once when the store is in memory, nobody waits in the caller's
+        line and there is room now; give a lease back and take an observation at once when
+        the store is in memory. Anything else goes through the mailbox (`trio.WouldBlock`),
+        before anything changes: a request that must wait, or would be refused, is asked
+        again there and queued or refused as usual.
+
+        Raises:
+            trio.WouldBlock: the message must go through the mailbox.
+        """
+        store = self.store
+        if not store.synchronous:
+            raise trio.WouldBlock  # a remote store is asked by the pump alone
+        match msg:
+            case Acquire():
+                return self._acquire_nowait(msg)
+            case Release(lease=lease, used=used):
+                self._release_nowait(lease.id, used, degraded=lease.degraded)
+                return None
+            case Observe(provider=provider, model=model, observation=observation):
+                self._observe_nowait(provider, model, observation)
+                return None
+            case _:
+                raise trio.WouldBlock
+
+    def _acquire_nowait(self, msg: Acquire) -> Lease:
+        """A lease granted at once, or `trio.WouldBlock` with nothing changed."""
+        key = (msg.provider, msg.model)
+        lease = msg.lease
+        if lease is None or key in self._queues or lease in self._waiters or lease in self._active:
+            raise trio.WouldBlock
+        route = self._routes.get(msg.provider, msg.model)
+        tokens = max(0, int(msg.tokens))
+        if too_large(route, tokens, msg.provider) is not None:
+            raise trio.WouldBlock
+        try:
+            # No ticket: a refusal leaves no place in line behind (the mailbox asks again).
+            grant = self.store.acquire_nowait(
+                route.limits, lease=lease, tokens=tokens, ttl=LEASE_TTL
+            )
+        except StoreUnavailable:
+            raise trio.WouldBlock from None
+        if not grant.granted:
+            raise trio.WouldBlock
+        self._store_ok()
+        now = trio.current_time()
+        self._clock_sample(grant.now, now, now)
+        return self._grant(lease, route, tokens, 0.0)
+
     def _acquire(self, msg: Acquire, ctx: Context) -> Lease | None:
         route = self._routes.get(msg.provider, msg.model)
         lease = msg.lease or secrets.token_hex(8)
@@ -492,24 +547,50 @@ class Governor(Actor[GovernorMsg]):
             await self._release(lease_id, 0)
 
     async def _release(self, lease_id: str, used: int, *, degraded: bool = False) -> None:
+        if self.store.synchronous:
+            self._release_nowait(lease_id, used, degraded=degraded)
+            return
         held = self._active.pop(lease_id, None)
         if held is None or degraded:
             return
         used = max(0, int(used))
         try:
-            if self.store.synchronous:
-                self.store.settle_nowait(
-                    held.limits, lease=lease_id, reserved=held.tokens, used=used
-                )
-            else:
-                await self.store.settle(
-                    held.limits, lease=lease_id, reserved=held.tokens, used=used
-                )
+            await self.store.settle(held.limits, lease=lease_id, reserved=held.tokens, used=used)
         except StoreUnavailable as exc:
             self._store_error(exc)  # the lease expires by itself
         # The store tells the waiters next in line (here or in other processes) to ask again.
 
+    def _release_nowait(self, lease_id: str, used: int, *, degraded: bool = False) -> None:
+        """`_release` with a synchronous store."""
+        held = self._active.pop(lease_id, None)
+        if held is None or degraded:
+            return
+        used = max(0, int(used))
+        try:
+            self.store.settle_nowait(held.limits, lease=lease_id, reserved=held.tokens, used=used)
+        except StoreUnavailable as exc:
+            self._store_error(exc)  # the lease expires by itself
+
     async def _observe(self, provider: str, model: str, observation: RateObservation) -> None:
+        if self.store.synchronous:
+            self._observe_nowait(provider, model, observation)
+            return
+        checked = self._checked(provider, model, observation)
+        try:
+            await self.store.observe(RateLimit(key=f"m:{provider}:{model}"), checked)
+        except StoreUnavailable as exc:
+            self._store_error(exc)
+
+    def _observe_nowait(self, provider: str, model: str, observation: RateObservation) -> None:
+        """`_observe` with a synchronous store."""
+        checked = self._checked(provider, model, observation)
+        try:
+            self.store.observe_nowait(RateLimit(key=f"m:{provider}:{model}"), checked)
+        except StoreUnavailable as exc:
+            self._store_error(exc)
+
+    def _checked(self, provider: str, model: str, observation: RateObservation) -> RateObservation:
+        """``observation`` without its out-of-range values (counted, and warned of once)."""
         checked, dropped = checked_observation(observation)
         if dropped:
             self.ignored_observations += 1
@@ -521,14 +602,7 @@ class Governor(Actor[GovernorMsg]):
                     model,
                     ", ".join(dropped),
                 )
-        limit = RateLimit(key=f"m:{provider}:{model}")
-        try:
-            if self.store.synchronous:
-                self.store.observe_nowait(limit, checked)
-            else:
-                await self.store.observe(limit, checked)
-        except StoreUnavailable as exc:
-            self._store_error(exc)
+        return checked
 
     # -- the store -----------------------------------------------------------------------------
 

@@ -232,10 +232,12 @@ class _Observer:
             tokens_reset=limits.tokens_reset if limits else None,
             retry_after=info.retry_after if info.status == 429 else None,
         )
+        message = Observe(provider=info.provider, model=info.model, observation=observation)
         try:
-            governor.send_nowait(
-                Observe(provider=info.provider, model=info.model, observation=observation)
-            )
+            try:
+                governor.cast_nowait(message)  # taken at once when it can be
+            except trio.WouldBlock:
+                governor.send_nowait(message)
         except (MailboxFull, ActorError):
             pass  # headers are advisory; the next response says it again
 

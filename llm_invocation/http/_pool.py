@@ -2,8 +2,10 @@
 
 `HttpPool.stream` builds the `httpx.Request` itself and hands it to a transport's
 ``handle_async_request``: no ``httpx.AsyncClient`` anywhere, so every transport sees the same
-request and its response body is read the same way (from ``response.stream``). The transport
-of a request is:
+request and its response body is read the same way (from ``response.stream``). Our own
+transport is handed the request's bytes instead (`FastHTTPTransport.exchange`): the bytes the
+``httpx.Request`` would be sent as, proven equal by a differential test, without making it
+or an ``httpx.Response``. The transport of a request is:
 
 * our `FastHTTPTransport` for direct connections: one instance, whose pool is O(1) (about
   24 us per streamed chunk where httpcore spends 65 us, and 1,000 streams in 2.4 s instead
@@ -42,7 +44,7 @@ import ssl
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Final, final
+from typing import Any, Final, final
 
 import httpx
 import msgspec
@@ -62,11 +64,13 @@ from ..errors import (
     scrub_exception,
 )
 from ..providers._base import HttpRequest
+from ._connection import Origin
 from ._content import decode_body
 from ._proxy import ProxyRules, describe_proxy, proxy_rules
 from ._response import HttpResponse
 from ._tls import build_ssl_context
-from ._transport import REUSED, SENT, FastHTTPTransport, ResponseBody
+from ._transport import REUSED, SENT, FastHTTPTransport, ResponseBody, origin_of
+from ._wire import Message, encode_message
 
 __all__ = [
     "USER_AGENT",
@@ -147,12 +151,14 @@ def translate_http_error(
     provider: str,
     phase: str,
     request: httpx.Request | None = None,
+    marks: Mapping[str, Any] | None = None,
 ) -> LLMError:
     """The typed error for a transport failure (httpx's exceptions, OS, TLS or zlib errors).
 
     ``phase`` is ``"request"`` (before the response head) or ``"stream"`` (reading the body).
-    When ``request`` is given, what the transport recorded on it says whether the request
-    had been sent whole and on a reused connection; otherwise the exception's kind tells.
+    When ``request`` (or the ``marks`` of `FastHTTPTransport.exchange`) is given, what the
+    transport recorded on it says whether the request had been sent whole and on a reused
+    connection; otherwise the exception's kind tells.
 
     ``exc`` becomes the error's cause (the caller raises ``from exc``): its text, and that of
     the exceptions it chains, is scrubbed of secrets here (`scrub_exception`).
@@ -161,10 +167,12 @@ def translate_http_error(
         return exc
     scrub_exception(exc)
     details: dict[str, object] = {"phase": phase}
-    sent = _sent(exc, phase, request)
+    if marks is None and request is not None:
+        marks = request.extensions
+    sent = _sent(exc, phase, marks)
     if sent is not None:
         details["sent"] = sent
-    if request is not None and request.extensions.get(REUSED):
+    if marks is not None and marks.get(REUSED):
         details["reused"] = True
     text = _text(exc)
     tls = _tls_failure(exc)
@@ -221,12 +229,12 @@ def _text(exc: BaseException) -> str:
     return f"{name}: {message}"[:300] if message else name
 
 
-def _sent(exc: BaseException, phase: str, request: httpx.Request | None) -> bool | None:
+def _sent(exc: BaseException, phase: str, marks: Mapping[str, Any] | None) -> bool | None:
     """Whether the whole request had been sent when ``exc`` happened, when that is known."""
     if phase == "stream":
         return True
-    if request is not None:
-        recorded = request.extensions.get(SENT)
+    if marks is not None:
+        recorded = marks.get(SENT)
         if isinstance(recorded, bool):
             return recorded
     if isinstance(
@@ -302,6 +310,20 @@ _Route = FastHTTPTransport | _Sharded
 
 
 @final
+class _Target:
+    """A request URL, parsed once: its route, and what our transport sends it with."""
+
+    __slots__ = ("netloc", "origin", "path", "route", "url")
+
+    def __init__(self, url: httpx.URL, route: _Route) -> None:
+        self.url = url
+        self.route = route
+        self.origin: Origin = origin_of(url)
+        self.path: bytes = url.raw_path
+        self.netloc: bytes = url.netloc
+
+
+@final
 class HttpPool:
     """Sends a provider's requests (see the module docstring); FIFO admission up to
     ``max_connections`` requests at once.
@@ -354,7 +376,7 @@ class HttpPool:
         self._rules: ProxyRules | None = None
         self._rule_problems: list[tuple[str, str]] = []
         self._routes: dict[tuple[str, str, int | None], _Route] = {}
-        self._urls: dict[str, tuple[httpx.URL, _Route]] = {}
+        self._urls: dict[str, _Target] = {}
         self._ssl: ssl.SSLContext | None = settings.ssl_context
 
     def __repr__(self) -> str:
@@ -382,7 +404,7 @@ class HttpPool:
             )
         return self._ssl
 
-    def _resolve(self, text: str) -> tuple[httpx.URL, _Route]:
+    def _resolve(self, text: str) -> _Target:
         """The parsed URL and the route of a request URL (cached).
 
         Raises:
@@ -407,8 +429,8 @@ class HttpPool:
             route = self._routes[key] = self._route_for(url)
         if len(self._urls) >= _URL_CACHE:
             self._urls.clear()
-        self._urls[text] = (url, route)
-        return url, route
+        target = self._urls[text] = _Target(url, route)
+        return target
 
     def _route_for(self, url: httpx.URL) -> _Route:
         """How requests to ``url``'s origin travel; logged once per origin.
@@ -483,6 +505,45 @@ class HttpPool:
             InvalidRequest: a header name is not a token, or a value holds CR, LF, NUL, VT
                 or FF (the message names the header, never its value).
         """
+        return httpx.Request(
+            request.method,
+            url,
+            headers=self._headers(request),
+            content=request.body,
+            extensions={"timeout": self._timeouts},
+        )
+
+    def _message(self, request: HttpRequest, target: _Target) -> Message:
+        """The bytes `_build`'s httpx request would be sent as by our transport, made
+        without it: the same headers in the same order (httpx puts ``Host`` first, then a
+        ``Content-Length: 0`` for a POST without a body, and appends the body's
+        ``Content-Length`` unless one is given).
+
+        Raises:
+            InvalidRequest: as `_build`.
+            httpx.LocalProtocolError: (from the encoding) as `encode_request`.
+        """
+        given = self._headers(request)
+        names = {name.lower() for name, _ in given}
+        body = request.body or b""
+        headers: list[tuple[bytes, bytes]] = []
+        if b"host" not in names:
+            headers.append((b"Host", target.netloc))
+        if (
+            not body
+            and request.method == "POST"
+            and b"content-length" not in names
+            and b"transfer-encoding" not in names
+        ):
+            headers.append((b"Content-Length", b"0"))
+        headers += given
+        if body and b"content-length" not in names:
+            headers.append((b"Content-Length", str(len(body)).encode("ascii")))
+        method = request.method.encode("ascii")
+        return encode_message(method, target.path, target.netloc, headers, body)
+
+    def _headers(self, request: HttpRequest) -> list[tuple[bytes, bytes]]:
+        """``request``'s headers with the header policy applied (see `_build`)."""
         headers: list[tuple[bytes, bytes]] = []
         agent = False
         for name, value in request.headers.items():
@@ -507,13 +568,7 @@ class HttpPool:
         if not agent:
             headers.append((b"User-Agent", USER_AGENT.encode("ascii")))
         headers.append((b"Accept-Encoding", b"identity" if request.stream else b"gzip"))
-        return httpx.Request(
-            request.method,
-            url,
-            headers=headers,
-            content=request.body,
-            extensions={"timeout": self._timeouts},
-        )
+        return headers
 
     @asynccontextmanager
     async def stream(self, request: HttpRequest) -> AsyncGenerator[HttpResponse]:
@@ -532,9 +587,20 @@ class HttpPool:
         provider = self.provider
         if self._closed:
             raise ProviderError("the session's connection pool is closed", provider=provider)
-        entry = self._urls.get(request.url)
-        url, route = entry if entry is not None else self._resolve(request.url)
-        built = self._build(request, url)
+        target = self._urls.get(request.url) or self._resolve(request.url)
+        route = target.route
+        if isinstance(route, FastHTTPTransport):
+            # Our transport takes the request's bytes: no httpx request or response.
+            try:
+                message = self._message(request, target)
+            except LLMError:
+                raise
+            except Exception as exc:
+                raise translate_http_error(exc, provider=provider, phase="request") from exc
+            async with self._direct(route, request, target, message) as response:
+                yield response
+            return
+        built = self._build(request, target.url)
         async with self._admission:
             if self._closed:
                 raise ProviderError("the session's connection pool is closed", provider=provider)
@@ -543,12 +609,9 @@ class HttpPool:
             shard: _Shard | None = None
             try:
                 try:
-                    if isinstance(route, FastHTTPTransport):
-                        response = await route.handle_async_request(built)
-                    else:
-                        shard = route.pick()
-                        shard.active += 1
-                        response = await shard.transport.handle_async_request(built)
+                    shard = route.pick()
+                    shard.active += 1
+                    response = await shard.transport.handle_async_request(built)
                 except LLMError:
                     raise
                 except Exception as exc:
@@ -581,6 +644,49 @@ class HttpPool:
                 self._active -= 1
                 if shard is not None:
                     shard.active -= 1
+
+    @asynccontextmanager
+    async def _direct(
+        self,
+        route: FastHTTPTransport,
+        request: HttpRequest,
+        target: _Target,
+        message: Message,
+    ) -> AsyncGenerator[HttpResponse]:
+        """`stream` through our transport, from the request's bytes."""
+        provider = self.provider
+        async with self._admission:
+            if self._closed:
+                raise ProviderError("the session's connection pool is closed", provider=provider)
+            self._requests += 1
+            self._active += 1
+            try:
+                marks: dict[str, Any] = {}
+                try:
+                    head, body = await route.exchange(
+                        target.origin,
+                        message,
+                        method=request.method,
+                        timeouts=self._timeouts,
+                        marks=marks,
+                    )
+                except LLMError:
+                    raise
+                except Exception as exc:
+                    raise translate_http_error(
+                        exc, provider=provider, phase="request", marks=marks
+                    ) from exc
+                headers = _joined(head.headers)
+                try:
+                    pieces: AsyncIterator[bytes] = body
+                    coding = headers.get("content-encoding")
+                    if coding is not None:
+                        pieces = decode_body(pieces, coding, provider=provider, status=head.status)
+                    yield HttpResponse(head.status, headers, pieces, self._translate)
+                finally:
+                    await body.aclose()  # closes at once, never checkpoints
+            finally:
+                self._active -= 1
 
     async def _close_foreign(
         self, stream: httpx.AsyncByteStream | httpx.SyncByteStream, pieces: AsyncIterator[bytes]
@@ -652,8 +758,13 @@ class HttpPool:
 
 def _headers(response: httpx.Response) -> dict[str, str]:
     """Lower-case names; a repeated header's values joined with ``", "``."""
+    return _joined(response.headers.raw)
+
+
+def _joined(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Lower-case names; a repeated header's values joined with ``", "``."""
     out: dict[str, str] = {}
-    for raw_name, raw_value in response.headers.raw:
+    for raw_name, raw_value in raw:
         name = raw_name.decode("latin-1").lower()
         value = raw_value.decode("latin-1")
         out[name] = f"{out[name]}, {value}" if name in out else value

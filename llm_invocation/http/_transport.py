@@ -49,8 +49,8 @@ from __future__ import annotations
 import math
 import socket
 import ssl
-from collections.abc import AsyncIterable, Callable, Mapping
-from typing import Final, final
+from collections.abc import AsyncIterable, Callable, Mapping, MutableMapping
+from typing import Any, Final, final
 
 import httpx
 import msgspec
@@ -60,7 +60,14 @@ from ._body import CHUNKED, LENGTH, NONE, UNTIL_CLOSE, ResponseBody
 from ._connection import Connection, ConnectionPool, Origin, close_socket, io_error, open_socket
 from ._wire import HEAD_END, MAX_HEAD, Head, Message, encode_request, parse_head
 
-__all__ = ["REUSED", "SENT", "FastHTTPTransport", "ResponseBody", "TransportStatistics"]
+__all__ = [
+    "REUSED",
+    "SENT",
+    "FastHTTPTransport",
+    "ResponseBody",
+    "TransportStatistics",
+    "origin_of",
+]
 
 SENT: Final = "llm_invocation.sent"
 """Request extension set on failure: whether the whole request had been written."""
@@ -187,34 +194,52 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
             httpx.RemoteProtocolError: the response is malformed, or none came.
             RuntimeError: the transport is closed, or the body is a sync stream.
         """
-        pool = self._pool
-        if pool.closed:
+        if self._pool.closed:
             raise RuntimeError("the transport is closed")
-        pool.token = trio.lowlevel.current_trio_token()
         url = request.url
-        scheme = url.scheme
-        if scheme not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(
-                f"Request URL has an unsupported protocol '{scheme}://'."
-            )
-        origin = (scheme, url.raw_host.decode("ascii"), url.port or _default_port(scheme))
+        origin = origin_of(url)
         timeouts: Mapping[str, float | None] = request.extensions.get("timeout") or _NO_TIMEOUTS
         message = encode_request(request)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        await pool.admit(timeouts.get("pool"))
-        try:
-            conn, head, initial = await self._exchange(request, origin, timeouts, message)
-        except BaseException:
-            pool.admission.release()
-            raise
-        # From here on the body owns the connection and the admission slot.
-        body = self._body(request.method, conn, head, initial, message.close, timeouts)
+        head, body = await self.exchange(
+            origin, message, method=request.method, timeouts=timeouts, marks=request.extensions
+        )
         return httpx.Response(
             head.status,
             headers=head.headers,
             stream=body,
             extensions={"http_version": head.version, "reason_phrase": head.reason},
         )
+
+    async def exchange(
+        self,
+        origin: Origin,
+        message: Message,
+        *,
+        method: str,
+        timeouts: Mapping[str, float | None],
+        marks: MutableMapping[str, Any],
+    ) -> tuple[Head, ResponseBody]:
+        """Send an encoded request (`encode_request`) to ``origin`` and return the response
+        head and its unread body: `handle_async_request` without httpx's request and response
+        objects. On failure ``marks`` gets `SENT` and `REUSED` (as a request's extensions
+        do), and ``marks["sni_hostname"]`` is read as that extension is.
+
+        Raises:
+            The errors of `handle_async_request`.
+        """
+        pool = self._pool
+        if pool.closed:
+            raise RuntimeError("the transport is closed")
+        pool.token = trio.lowlevel.current_trio_token()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        await pool.admit(timeouts.get("pool"))
+        try:
+            conn, head, initial = await self._exchange(marks, origin, timeouts, message)
+        except BaseException:
+            pool.admission.release()
+            raise
+        # From here on the body owns the connection and the admission slot.
+        return head, self._body(method, conn, head, initial, message.close, timeouts)
 
     def _body(
         self,
@@ -270,7 +295,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
 
     async def _exchange(
         self,
-        request: httpx.Request,
+        marks: MutableMapping[str, Any],
         origin: Origin,
         timeouts: Mapping[str, float | None],
         message: Message,
@@ -294,7 +319,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
                 conn = await self._connect(
                     origin,
                     timeouts.get("connect", self.connect_timeout),
-                    request.extensions.get("sni_hostname"),
+                    marks.get("sni_hostname"),
                 )
                 pool.add(conn)
             conn.responded = False
@@ -313,12 +338,12 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
                     pool.resent += 1
                     conn = None
                     continue
-                _mark(request, sent=False, reused=conn.reused)
+                _mark(marks, sent=False, reused=conn.reused)
                 raise
             except BaseException as exc:
                 pool.check_in(conn, reuse=False, release=False)
                 if isinstance(exc, Exception):
-                    _mark(request, sent=False, reused=conn.reused)
+                    _mark(marks, sent=False, reused=conn.reused)
                 raise
             try:
                 head, initial = await self._read_head(conn, read_timeout)
@@ -326,7 +351,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
                 # The request was written: whatever failed now, it may be at work there.
                 pool.check_in(conn, reuse=False, release=False)
                 if isinstance(exc, Exception):
-                    _mark(request, sent=True, reused=conn.reused)
+                    _mark(marks, sent=True, reused=conn.reused)
                 raise
             return conn, head, initial
 
@@ -436,10 +461,22 @@ async def _handshake(
     return tls
 
 
-def _mark(request: httpx.Request, *, sent: bool, reused: bool) -> None:
-    """Say on ``request`` how far it got before it failed."""
-    request.extensions[SENT] = sent
-    request.extensions[REUSED] = reused
+def _mark(marks: MutableMapping[str, Any], *, sent: bool, reused: bool) -> None:
+    """Say in a request's ``marks`` (its extensions) how far it got before it failed."""
+    marks[SENT] = sent
+    marks[REUSED] = reused
+
+
+def origin_of(url: httpx.URL) -> Origin:
+    """The (scheme, host, port) a request to ``url`` connects to.
+
+    Raises:
+        httpx.UnsupportedProtocol: the URL's scheme is not http or https.
+    """
+    scheme = url.scheme
+    if scheme not in ("http", "https"):
+        raise httpx.UnsupportedProtocol(f"Request URL has an unsupported protocol '{scheme}://'.")
+    return (scheme, url.raw_host.decode("ascii"), url.port or _default_port(scheme))
 
 
 def _default_port(scheme: str) -> int:

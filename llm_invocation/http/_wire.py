@@ -22,7 +22,7 @@ with the same status, headers and body, and a response h11 refuses is refused he
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Iterable
 from typing import Final
 
 import httpx
@@ -39,6 +39,7 @@ __all__ = [
     "Head",
     "Message",
     "chunk_size",
+    "encode_message",
     "encode_request",
     "parse_head",
     "parse_trailers",
@@ -213,12 +214,58 @@ def encode_request(request: httpx.Request) -> Message:
         RuntimeError: the body is a sync stream.
     """
     url = request.url
+    try:
+        body: bytes | None = request.content
+    except httpx.RequestNotRead:
+        body = None
     method = request.method.encode("ascii", "replace")
+    if body is not None:
+        return encode_message(method, url.raw_path, url.netloc, request.headers.raw, body)
+    parts, has_length, has_coding, close = _head(
+        method, url.raw_path, url.netloc, request.headers.raw
+    )
+    stream = request.stream
+    if not isinstance(stream, httpx.AsyncByteStream):
+        raise RuntimeError("Attempted to send a sync request with an AsyncClient instance.")
+    chunked = not has_length
+    if chunked and not has_coding:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    parts.append(b"\r\n")
+    return Message(first=b"".join(parts), rest=b"", stream=stream, chunked=chunked, close=close)
+
+
+def encode_message(
+    method: bytes, target: bytes, netloc: bytes, headers: Iterable[tuple[bytes, bytes]], body: bytes
+) -> Message:
+    """The bytes to send for a request with a body in memory (``b""``: none), to
+    ``target`` (the path and query) at ``netloc`` (the ``Host``, unless ``headers`` name one).
+
+    Raises:
+        httpx.LocalProtocolError: the method or a header name is not a token, or a header
+            value contains CR, LF or NUL.
+    """
+    parts, _, _, close = _head(method, target, netloc, headers)
+    parts.append(b"\r\n")
+    if len(body) <= _JOIN_BODY_LIMIT:
+        parts.append(body)
+        return Message(first=b"".join(parts), rest=b"", stream=None, chunked=False, close=close)
+    return Message(first=b"".join(parts), rest=body, stream=None, chunked=False, close=close)
+
+
+def _head(
+    method: bytes, target: bytes, netloc: bytes, headers: Iterable[tuple[bytes, bytes]]
+) -> tuple[list[bytes], bool, bool, bool]:
+    """The request line and header lines (the empty line not yet), and whether the headers
+    hold a ``Content-Length``, a ``Transfer-Encoding`` and ``Connection: close``.
+
+    Raises:
+        httpx.LocalProtocolError: as `encode_message`.
+    """
     if not TOKEN.fullmatch(method):
         raise httpx.LocalProtocolError("illegal request method: not a token")
-    parts = [method, b" ", url.raw_path, b" HTTP/1.1\r\n"]
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     has_host = has_connection = has_length = has_coding = close = False
-    for name, value in request.headers.raw:
+    for name, value in headers:
         if not TOKEN.fullmatch(name):
             raise httpx.LocalProtocolError("illegal header name: not a token")
         if b"\n" in value or b"\r" in value or b"\0" in value:
@@ -235,24 +282,7 @@ def encode_request(request: httpx.Request) -> Message:
             has_coding = True
         parts += (name, b": ", value, b"\r\n")
     if not has_host:
-        parts += (b"Host: ", url.netloc, b"\r\n")
+        parts += (b"Host: ", netloc, b"\r\n")
     if not has_connection:
         parts.append(b"Connection: keep-alive\r\n")
-    try:
-        body: bytes | None = request.content
-    except httpx.RequestNotRead:
-        body = None
-    if body is not None:
-        parts.append(b"\r\n")
-        if len(body) <= _JOIN_BODY_LIMIT:
-            parts.append(body)
-            return Message(first=b"".join(parts), rest=b"", stream=None, chunked=False, close=close)
-        return Message(first=b"".join(parts), rest=body, stream=None, chunked=False, close=close)
-    stream = request.stream
-    if not isinstance(stream, httpx.AsyncByteStream):
-        raise RuntimeError("Attempted to send a sync request with an AsyncClient instance.")
-    chunked = not has_length
-    if chunked and not has_coding:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    parts.append(b"\r\n")
-    return Message(first=b"".join(parts), rest=b"", stream=stream, chunked=chunked, close=close)
+    return parts, has_length, has_coding, close

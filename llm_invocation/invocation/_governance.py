@@ -8,17 +8,20 @@ waits) and give it back with the tokens the attempt used.
 
 Reservations and leases are named here, before they are asked for: a caller cancelled while
 it waits for one casts `Abandon` with its id, so nothing is left behind whichever await the
-cancellation hit.
+cancellation hit. Each is first asked for at once (`ActorRef.call_nowait`: the governor
+grants a lease in memory when nobody waits and there is room, the accountant reserves when
+no budget applies), which has no await at all; otherwise it is a round trip.
 
 Settling does not wait for the accountant. The usage is priced here (the price book is pure)
 by `llm_invocation.pricing.budget_cost`: the model's price when the book knows it, or else
 the cost the provider reported (``Usage.reported_cost``, OpenRouter's ``usage.cost``), or else
 it is unknown (None, never a made-up 0); the reported cost is kept beside it either way. The
 settlement is then cast to the accountant, which applies settlements in the order they
-arrive. Casting never drops one: when the accountant's mailbox is full it waits
-(backpressure), shielded from the caller's cancellation and bounded by `SETTLE_LIMIT`. A
-settlement that cannot be handed over at all keeps the safe side: its reservation keeps the
-worst case charged until it expires, and it is logged once.
+arrive (taken at once, `ActorRef.cast_nowait`, when the accountant has nothing else in
+hand; leases are given back the same way). Casting never drops one: when the accountant's
+mailbox is full it waits (backpressure), shielded from the caller's cancellation and bounded
+by `SETTLE_LIMIT`. A settlement that cannot be handed over at all keeps the safe side: its
+reservation keeps the worst case charged until it expires, and it is logged once.
 """
 
 from __future__ import annotations
@@ -211,17 +214,23 @@ class Governance:
                     estimate = msgspec.structs.replace(estimate, max_completion_tokens=room)
         tags = _tags(request)
         rid = secrets.token_hex(8)
+        message = Reserve(
+            provider=price_provider,
+            model=model,
+            prompt_tokens=estimate.prompt_tokens,
+            max_tokens=estimate.max_completion_tokens,
+            tags=tags,
+            reservation=rid,
+        )
         try:
-            reservation = await self.accountant.call(
-                Reserve(
-                    provider=price_provider,
-                    model=model,
-                    prompt_tokens=estimate.prompt_tokens,
-                    max_tokens=estimate.max_completion_tokens,
-                    tags=tags,
-                    reservation=rid,
-                )
-            )
+            # Answered at once when no budget applies; otherwise a round trip.
+            reservation = self.accountant.call_nowait(message)
+        except trio.WouldBlock:
+            pass
+        else:
+            return Admission(provider, model, estimate, reservation)
+        try:
+            reservation = await self.accountant.call(message)
         except LLMError:
             raise  # refused: nothing was reserved
         except BaseException:
@@ -240,15 +249,20 @@ class Governance:
             RateLimited: the governor refuses it (or it waited longer than ``max_wait``).
         """
         lease = secrets.token_hex(8)
+        message = Acquire(
+            provider=admission.provider,
+            model=admission.model,
+            tokens=admission.estimate.total,
+            lease=lease,
+        )
         try:
-            return await self.governor.call(
-                Acquire(
-                    provider=admission.provider,
-                    model=admission.model,
-                    tokens=admission.estimate.total,
-                    lease=lease,
-                )
-            )
+            # Granted at once when nobody waits and there is room (rate limits in memory);
+            # otherwise a round trip, waiting in line if it must.
+            return self.governor.call_nowait(message)
+        except trio.WouldBlock:
+            pass
+        try:
+            return await self.governor.call(message)
         except LLMError:
             raise  # refused: no lease
         except BaseException:
@@ -259,8 +273,12 @@ class Governance:
 
     def release(self, lease: Lease, used: int) -> None:
         """Give a lease back with the tokens its attempt used (a cast: never waits)."""
+        message = Release(lease=lease, used=used)
         try:
-            self.governor.send_nowait(Release(lease=lease, used=used))
+            try:
+                self.governor.cast_nowait(message)  # given back at once when it can be
+            except trio.WouldBlock:
+                self.governor.send_nowait(message)
         except (MailboxFull, ActorError) as exc:
             self._lost("a rate-limit lease was left to expire", exc)
 
@@ -308,7 +326,10 @@ class Governance:
             at=time.time(),
         )
         try:
-            self.accountant.send_nowait(message)
+            try:
+                self.accountant.cast_nowait(message)  # taken at once when it can be
+            except trio.WouldBlock:
+                self.accountant.send_nowait(message)
         except MailboxFull:
             await self._hand_over(self.accountant, message)
         except ActorError as exc:

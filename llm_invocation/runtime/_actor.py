@@ -64,6 +64,26 @@ class Actor(Generic[M]):
         """
         raise NotImplementedError
 
+    def handle_nowait(self, msg: M) -> Any:
+        """Handle ``msg`` at once, without a checkpoint, or raise `trio.WouldBlock`.
+
+        `ActorRef.call_nowait` and `ActorRef.cast_nowait` call it on the caller's task, only
+        while this incarnation is running, no message waits in its mailbox or is on its way
+        to it, and (one message at a time) no handler is in progress: handling ``msg`` here is
+        then what `handle` would do with it as the next message. Override it for the messages
+        that can be answered without waiting (the default handles none); it must not block,
+        and must raise `trio.WouldBlock` before it changes anything, the message then being
+        sent and handled by `handle`. Background tasks of the actor may be suspended at any
+        of their awaits meanwhile.
+
+        Raises:
+            trio.WouldBlock: ``msg`` must go through the mailbox.
+            ReplyError: (or a type in ``reply_errors``) to answer the caller with an error.
+            Exception: anything else crashes this incarnation; the caller gets `ActorCrashed`.
+        """
+        del msg
+        raise trio.WouldBlock
+
 
 @asynccontextmanager
 async def _nothing(_: Context) -> AsyncGenerator[None]:

@@ -49,7 +49,16 @@ class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Incarnation:
-    __slots__ = ("deferred", "in_flight", "rx", "stop_reason", "task")
+    __slots__ = (
+        "actor",
+        "crash",
+        "deferred",
+        "in_flight",
+        "rx",
+        "serving",
+        "stop_reason",
+        "task",
+    )
 
     def __init__(self, rx: trio.MemoryReceiveChannel[Envelope]) -> None:
         self.rx = rx
@@ -57,6 +66,9 @@ class _Incarnation:
         self.deferred: set[ReplyHandle[Any]] = set()
         self.stop_reason: StopReason | None = None
         self.task = trio.lowlevel.current_task()
+        self.actor: Actor[Any] | None = None  # while it serves messages
+        self.serving: trio.CancelScope | None = None
+        self.crash: Exception | None = None  # raised by handle_nowait: ends the incarnation
 
 
 class Cell:
@@ -85,6 +97,10 @@ class Cell:
         self.dropped = 0
         self.restarts = 0
         self.crashes = 0
+        self.sent = 0
+        """Messages put in the mailbox so far."""
+        self.taken = 0
+        """Messages taken out of the mailbox by an incarnation so far."""
         self._inc: _Incarnation | None = None
 
     # -- supervisor side -------------------------------------------------------------------
@@ -155,11 +171,18 @@ class Cell:
                     try:
                         self.state = "running"
                         task_status.started()
-                        if concurrency == 1:
-                            await self._serve_one(actor, background, inc)
-                        else:
-                            await self._serve_many(actor, background, inc, concurrency)
+                        with trio.CancelScope() as serving:
+                            inc.serving = serving
+                            inc.actor = actor
+                            if concurrency == 1:
+                                await self._serve_one(actor, background, inc)
+                            else:
+                                await self._serve_many(actor, background, inc, concurrency)
+                        inc.actor = None
+                        if inc.crash is not None:
+                            raise inc.crash
                     except BaseException as exc:  # noqa: BLE001 - closed, then re-raised below
+                        inc.actor = None
                         ended = exc
                     background.cancel_scope.cancel()
                     closing.shield = True
@@ -207,6 +230,57 @@ class Cell:
         inc.deferred.add(handle)
         return handle
 
+    # -- handling at once, on the caller's task ---------------------------------------------
+
+    def handle_nowait(self, msg: Any, *, call: bool) -> Any:
+        """Have the running incarnation handle ``msg`` at once (`Actor.handle_nowait`): only
+        while it is running, no message waits in its mailbox or on its way to the actor, and
+        (one message at a time) no handler is in progress, so ``msg`` is handled exactly as
+        if it had been the next message taken.
+
+        Raises:
+            trio.WouldBlock: it cannot be handled at once (nothing happened).
+            ReplyError: (or the actor's ``reply_errors``) from a call's handler.
+            ActorCrashed: the handler failed otherwise; the incarnation ends (a crash).
+        """
+        inc = self._inc
+        actor = inc.actor if inc is not None else None
+        if (
+            inc is None
+            or actor is None
+            or inc.crash is not None
+            or inc.stop_reason is not None
+            or self.state != "running"
+            or self.busy_task is not None
+            or self.sent != self.taken
+        ):
+            raise trio.WouldBlock
+        try:
+            result = actor.handle_nowait(msg)
+        except trio.WouldBlock:
+            raise
+        except (ReplyError, *actor.reply_errors) as exc:
+            self.handled += 1
+            if call:
+                raise
+            log.warning(
+                "actor %r answered a cast of %s with an error: %s",
+                self.name,
+                type(msg).__name__,
+                exc,
+            )
+            return None
+        except Exception as exc:
+            # As if the handler had crashed the incarnation: it ends, and is restarted.
+            inc.crash = exc
+            if inc.serving is not None:
+                inc.serving.cancel()
+            crashed = ActorCrashed(self.name)
+            crashed.__cause__ = exc
+            raise crashed from exc
+        self.handled += 1
+        return result
+
     # -- the incarnation's loops -----------------------------------------------------------
 
     async def _serve_one(self, actor: Actor[Any], nursery: trio.Nursery, inc: _Incarnation) -> None:
@@ -225,6 +299,7 @@ class Cell:
                     return
             except (trio.ClosedResourceError, trio.EndOfChannel):
                 return
+            self.taken += 1
             self.busy_task = task
             try:
                 await self._dispatch(actor, nursery, inc, envelope)
@@ -260,6 +335,7 @@ class Cell:
                 except (trio.ClosedResourceError, trio.EndOfChannel):
                     slots.release()
                     return
+                self.taken += 1
                 handlers.start_soon(run, envelope)
 
     async def _dispatch(

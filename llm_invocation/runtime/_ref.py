@@ -68,10 +68,15 @@ class ActorRef(Generic[M]):
         Raises:
             ActorDead: the actor is stopped for good.
         """
+        cell = self._cell
+        cell.sent += 1
         try:
-            await self._cell.send_ch.send(Envelope(msg))
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise ActorDead(self._cell.name) from None
+            await cell.send_ch.send(Envelope(msg))
+        except BaseException as exc:
+            cell.sent -= 1
+            if isinstance(exc, trio.ClosedResourceError | trio.BrokenResourceError):
+                raise ActorDead(cell.name) from None
+            raise
 
     def send_nowait(self, msg: M) -> None:
         """Cast ``msg`` without waiting.
@@ -87,6 +92,37 @@ class ActorRef(Generic[M]):
             raise MailboxFull(cell.name, int(cell.capacity)) from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ActorDead(cell.name) from None
+        cell.sent += 1
+
+    def call_nowait(self, msg: Call[R]) -> R:
+        """Have the actor answer ``msg`` at once, on the calling task and without a
+        checkpoint, when it can: see `Actor.handle_nowait`. Otherwise nothing happens and
+        `trio.WouldBlock` says to use `call`.
+
+        The actor answers at once only while it is running with nothing in hand: no message
+        waits in its mailbox or is on its way to it, and (for an actor that handles one
+        message at a time) no handler is in progress. So ``msg`` is handled exactly as if it
+        had been sent and taken next.
+
+        Raises:
+            trio.WouldBlock: the actor cannot answer at once (use `call`).
+            ReplyError: (or the actor's ``reply_errors``) as raised by its handler.
+            ActorCrashed: the handler failed otherwise: the actor crashes and is restarted.
+        """
+        result: R = self._cell.handle_nowait(msg, call=True)
+        return result
+
+    def cast_nowait(self, msg: M) -> None:
+        """Have the actor handle the cast ``msg`` at once, on the calling task and without a
+        checkpoint, when it can (as `call_nowait`); otherwise nothing happens and
+        `trio.WouldBlock` says to `send` it. Unlike `send_nowait`, which puts ``msg`` in the
+        mailbox, the actor has handled it when this returns.
+
+        Raises:
+            trio.WouldBlock: the actor cannot handle it at once (send it instead).
+            ActorCrashed: the handler failed: the actor crashes and is restarted.
+        """
+        self._cell.handle_nowait(msg, call=False)
 
     async def call(self, msg: Call[R]) -> R:
         """Send ``msg`` and wait for its reply, typed by the message.
@@ -110,10 +146,14 @@ class ActorRef(Generic[M]):
         previous = waiting_on.get(task)
         waiting_on[task] = cell
         try:
+            cell.sent += 1
             try:
                 await cell.send_ch.send(envelope)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                raise ActorDead(cell.name) from None
+            except BaseException as exc:
+                cell.sent -= 1
+                if isinstance(exc, trio.ClosedResourceError | trio.BrokenResourceError):
+                    raise ActorDead(cell.name) from None
+                raise
             return await slot.wait()
         finally:
             if previous is None:
@@ -169,10 +209,14 @@ class StreamContext(Generic[Y]):
         state = StreamState(cell.name, self._buffer, self._overrun)
         deadline = trio.current_effective_deadline()
         envelope = Envelope(self._msg, stream=state, deadline=deadline)
+        cell.sent += 1
         try:
             await cell.send_ch.send(envelope)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise ActorDead(cell.name) from None
+        except BaseException as exc:
+            cell.sent -= 1
+            if isinstance(exc, trio.ClosedResourceError | trio.BrokenResourceError):
+                raise ActorDead(cell.name) from None
+            raise
         self._state = state
         self._task = task
         self._previous = waiting_on.get(task)

@@ -371,10 +371,26 @@ class BudgetStore(abc.ABC):
     """True when the store logs its own outages (once each, with the fail mode in force):
     its users then only count the `StoreUnavailable` errors they see."""
 
+    synchronous: bool = False
+    """True when `reserve_nowait` and `settle_nowait` exist and do the same work as
+    `reserve` and `settle` without awaiting (the memory store)."""
+
     def set_fail_mode(self, mode: str) -> None:
         """Name the fail mode its users apply when the store is unreachable, for the store's
         outage log lines (`logs_outages`); nothing for stores that never fail."""
         return
+
+    def reserve_nowait(
+        self, budgets: Sequence[Budget], *, reservation: str, amount: Decimal, ttl: float
+    ) -> BudgetCheck:
+        """`reserve` without awaiting, for stores that are ``synchronous``."""
+        raise NotImplementedError
+
+    def settle_nowait(
+        self, budgets: Sequence[Budget], *, reservation: str, actual: Decimal
+    ) -> list[BudgetLevel]:
+        """`settle` without awaiting, for stores that are ``synchronous``."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     async def reserve(

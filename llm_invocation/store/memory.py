@@ -382,6 +382,8 @@ def _state_key(budget: Budget) -> tuple[str, str, float]:
 class MemoryBudgetStore(BudgetStore):
     """Budgets and reservations in this process."""
 
+    synchronous = True
+
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._clock = clock or time.time
         self._windows: dict[tuple[str, str, float], _Window] = {}
@@ -417,6 +419,11 @@ class MemoryBudgetStore(BudgetStore):
         self, budgets: Sequence[Budget], *, reservation: str, amount: Decimal, ttl: float
     ) -> BudgetCheck:
         await trio.lowlevel.checkpoint()
+        return self.reserve_nowait(budgets, reservation=reservation, amount=amount, ttl=ttl)
+
+    def reserve_nowait(
+        self, budgets: Sequence[Budget], *, reservation: str, amount: Decimal, ttl: float
+    ) -> BudgetCheck:
         now = self._clock()
         self._expire(now)
         nanos = to_nanos(amount, up=True)
@@ -444,6 +451,11 @@ class MemoryBudgetStore(BudgetStore):
         self, budgets: Sequence[Budget], *, reservation: str, actual: Decimal
     ) -> list[BudgetLevel]:
         await trio.lowlevel.checkpoint()
+        return self.settle_nowait(budgets, reservation=reservation, actual=actual)
+
+    def settle_nowait(
+        self, budgets: Sequence[Budget], *, reservation: str, actual: Decimal
+    ) -> list[BudgetLevel]:
         now = self._clock()
         self._drop(reservation)
         nanos = to_nanos(actual)

@@ -470,6 +470,7 @@ _MODEL_PREFIXES: Final[tuple[tuple[str, EncodingName], ...]] = (
 )
 
 
+@functools.lru_cache(maxsize=1024)  # asked several times per call for the same few models
 def model_name(model: str) -> str | None:
     """Return the OpenAI model id inside ``model``, or None when there is none.
 
@@ -484,6 +485,7 @@ def model_name(model: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def encoding_name_for_model(model: str) -> EncodingName:
     """Return the name of the encoding ``model`` uses; unknown models get `DEFAULT_ENCODING`."""
     base = model_name(model)

@@ -70,6 +70,9 @@ async def replies_are_typed_by_their_message(ref: ActorRef[Protocol]) -> None:
             reveal_type(tick, expected_text="float")
     await ref.send(Reset())
     ref.send_nowait(Get(key="b"))
+    reveal_type(ref.call_nowait(Get(key="a")), expected_text="int")
+    reveal_type(ref.call_nowait(Names()), expected_text="list[str]")
+    assert_type(ref.cast_nowait(Reset()), None)
     assert_type(ref.statistics(), ActorStatistics)
 
 
