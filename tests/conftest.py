@@ -68,6 +68,19 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _process_wide_data() -> None:
+    """The tokenizer and the price table load once per process, in a worker thread, on
+    first use. They are loaded here, before any test: a test on trio's autojump clock that
+    happened to be its process's first user would see the clock run on (to whatever timer
+    comes next) while the thread loads, and which test comes first in a process depends on
+    how the files are shared out between processes."""
+    from llm_invocation import pricing, tokens
+
+    tokens.get_encoding(tokens.DEFAULT_ENCODING)
+    pricing._SNAPSHOT.get_blocking()  # pyright: ignore[reportPrivateUsage]
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _user_data_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The command line keeps a usage ledger in the user's data folder: tests never use the
     real one (subprocesses inherit the variable)."""

@@ -65,7 +65,7 @@ from llm_invocation.store.ledger import SQLiteLedger, open_ledger
 from llm_invocation.store.memory import MemoryBudgetStore
 from llm_invocation.testing import Scenario, Scenarios, ScriptedUsage
 
-from .store_worker import redis_url_or_skip
+from .store_worker import LONG_REDIS_TIMEOUT, redis_url_or_skip
 
 REPO = Path(__file__).parents[1]
 BUDGET = Budget(scope="global", limit=Decimal(1))
@@ -194,7 +194,8 @@ async def test_every_success_of_a_thousand_concurrent_calls_is_charged_and_recor
 ) -> None:
     if store == "redis":
         url = redis_url_or_skip()
-        store = f"{url}{'&' if '?' in url else '?'}prefix=llmsettle{secrets.token_hex(4)}:"
+        prefix = f"llmsettle{secrets.token_hex(4)}:"
+        store = f"{url}{'&' if '?' in url else '?'}prefix={prefix}&timeout={LONG_REDIS_TIMEOUT}"
     outcomes: list[str] = []
     async with mock_client(store=store, cost_control={"max_budget": "0.02"}) as client:
 
@@ -223,7 +224,8 @@ async def test_every_success_of_a_thousand_concurrent_calls_is_charged_and_recor
 async def test_a_call_is_in_every_report_as_soon_as_it_returned(store: str) -> None:
     if store == "redis":
         url = redis_url_or_skip()
-        store = f"{url}{'&' if '?' in url else '?'}prefix=llmryw{secrets.token_hex(4)}:"
+        prefix = f"llmryw{secrets.token_hex(4)}:"
+        store = f"{url}{'&' if '?' in url else '?'}prefix={prefix}&timeout={LONG_REDIS_TIMEOUT}"
     async with mock_client(store=store, cost_control={"max_budget": "1"}) as client:
         for calls in range(1, 31):
             streamed = calls % 2 == 0
