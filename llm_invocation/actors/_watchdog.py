@@ -1,4 +1,5 @@
-"""`ChunkWatchdog`: the first-chunk and idle-chunk deadlines of every stream of a session."""
+"""`ChunkWatchdog`: the first-chunk deadline of every stream of a session until its body is
+lent to the caller (whose reads keep the chunk limits from then on, see ``_stream_body``)."""
 
 from __future__ import annotations
 
@@ -24,12 +25,12 @@ class Watch:
 
 @final
 class ChunkWatchdog:
-    """First-chunk and idle-chunk deadlines of every stream of a session, in one task.
+    """The first-chunk deadlines of the streams of a session, in one task, while the session
+    sends their requests and reads their heads.
 
-    A stream only moves its ``deadline`` forward as chunks arrive (an attribute write); the
-    watchdog sleeps until the earliest deadline and cancels the scope of each stream whose
-    deadline has passed. That costs nothing per chunk, where moving a cancel scope's
-    deadline per chunk costs several microseconds.
+    The watchdog sleeps until the earliest deadline and cancels the scope of each stream
+    whose deadline has passed: one task for all of them, where a cancel scope with a
+    deadline per stream costs several microseconds each time it is moved.
     """
 
     def __init__(self) -> None:
@@ -43,13 +44,6 @@ class ChunkWatchdog:
         if deadline < self._target:
             self._kick.set()
         return watch
-
-    def touch(self, watch: Watch, deadline: float) -> None:
-        """Move a stream's deadline (waking the watchdog if it is now the earliest)."""
-        watch.deadline = deadline
-        if deadline < self._target:
-            self._target = deadline
-            self._kick.set()
 
     def unwatch(self, watch: Watch) -> None:
         self._watches.discard(watch)

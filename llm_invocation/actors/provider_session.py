@@ -5,8 +5,11 @@ and does the I/O that the sans-I/O codec describes. The invocation layer above d
 many attempts an invocation makes; a session runs one attempt per message and says whether
 another one makes sense:
 
-* `Attempt` streams one HTTP request's answer (the chunks of each network read as one
-  message), `AttemptOnce` sends one non-streamed request and returns the whole response;
+* `Attempt` sends one streamed HTTP request and, once its answer's head is in, lends the
+  caller the body (`StreamBody`): the caller's task reads and decodes it, one wake-up per
+  network read, while the session keeps the attempt's lifetime and verdict (see
+  ``_stream_body``); `AttemptOnce` sends one non-streamed request and returns the whole
+  response;
 * watchdogs: ``first_chunk`` runs until the first event that carries content (text,
   reasoning, a tool-call delta, a finish), ``idle_chunk`` between events after that; the
   `InvocationTimeout` names the limit that fired;
@@ -23,7 +26,9 @@ another one makes sense:
   The same holds for a codec that raises (a custom one, say): encoding fails that call with
   a `ProviderError` (``details["reason"] == "encode failed"``), nothing sent;
 * cancellation: a caller that goes away cancels the handler, which closes the HTTP response
-  at once (its connection is dropped, not reused).
+  at once (its connection is dropped, not reused); so does a session that restarts or stops
+  while a caller reads a body it lent (the caller's next read returns, and the attempt's
+  stream raises the runtime's error).
 
 Models and token counts (`ListModels`, `CountTokens`) are free endpoints outside any budget;
 the session retries them itself, counted in its statistics.
@@ -41,11 +46,9 @@ import trio
 from .._secrets import Secret, redact
 from ..errors import (
     AuthenticationError,
-    InvocationTimeout,
     LLMError,
     ProviderError,
     RateLimited,
-    error_from_info,
 )
 from ..http import HttpPool, HttpResponse, HttpSettings, PoolStatistics, TransportFactory
 from ..providers._base import (
@@ -55,10 +58,12 @@ from ..providers._base import (
     RetryAdvice,
     checked_rate_limits,
 )
-from ..runtime import Actor, Call, Context, ReplyError, Stream
-from ..types import ModelInfo, Request, Response, StreamChunk
+from ..runtime import Actor, Call, Context, ReplyError, Stream, StreamSink
+from ..types import ModelInfo, Request, Response
 from ._keys import KeyRing, model_family
 from ._resilience import CircuitBreaker, backoff_delay, counts_against_breaker
+from ._stream_body import MALFORMED, StreamBody, chunk_timeout, malformed_response
+from ._stream_body import Failed as _Failed
 from ._watchdog import ChunkWatchdog
 
 __all__ = [
@@ -73,6 +78,7 @@ __all__ = [
     "SessionSettings",
     "SessionStatistics",
     "SessionStats",
+    "StreamBody",
     "malformed_response",
 ]
 
@@ -80,7 +86,6 @@ log = logging.getLogger("llm_invocation.providers")
 
 _MAX_ERROR_BODY: Final = 64 * 1024
 _AUX_ATTEMPTS: Final = 3
-MALFORMED: Final = "malformed response"
 
 
 class SessionSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,8 +115,13 @@ class ResponseInfo(msgspec.Struct, frozen=True, kw_only=True):
 # -- protocol --------------------------------------------------------------------------------
 
 
-class Attempt(Stream[list[StreamChunk]], frozen=True, kw_only=True):
+class Attempt(Stream[StreamBody], frozen=True, kw_only=True):
     """Stream one HTTP attempt of ``request`` (model already resolved for this provider).
+
+    The stream yields one item, the answer's body (`StreamBody`), once its head is in and
+    says 2xx; the caller reads it to its end (until `StreamBody.next_batch` returns None),
+    then the stream ends, or raises `AttemptFailed` with the session's advice. A failure
+    before the body raises at once.
 
     ``number`` counts the invocation's attempts on this provider from 1 (later ones are
     retries, counted in the session's statistics). ``trace``, when set, is the attempt
@@ -188,42 +198,6 @@ class AttemptFailed(ReplyError):
         self.delay = delay
 
 
-class _Failed(Exception):
-    """Inside the session: an attempt failed with ``error``, with or without content out."""
-
-    def __init__(self, error: LLMError, headers: Mapping[str, str], delivered: bool) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.headers = headers
-        self.delivered = delivered
-
-
-def malformed_response(exc: BaseException, *, provider: str, delivered: bool) -> ProviderError:
-    """The typed error for an answer that could not be decoded (``exc`` is the cause)."""
-    text = redact(str(exc))[:200]
-    error = ProviderError(
-        f"{MALFORMED}: {type(exc).__name__}: {text}" if text else f"{MALFORMED}",
-        provider=provider,
-        retryable=not delivered,
-        details={"reason": MALFORMED, "exception": type(exc).__name__},
-    )
-    error.__cause__ = exc
-    return error
-
-
-def _any_content(batch: list[StreamChunk]) -> bool:
-    for chunk in batch:
-        if (
-            chunk.text
-            or chunk.reasoning
-            or chunk.tool_calls
-            or chunk.finish_reason
-            or chunk.reasoning_signature
-        ):
-            return True
-    return False
-
-
 class ProviderSession(Actor[SessionMsg]):
     """I/O with one provider: see the module documentation."""
 
@@ -276,16 +250,7 @@ class ProviderSession(Actor[SessionMsg]):
     async def handle(self, msg: SessionMsg, ctx: Context) -> Any:
         match msg:
             case Attempt(request=request, number=number, trace=trace):
-                sink = ctx.sink(msg)
-
-                async def forward(batch: list[StreamChunk]) -> None:
-                    # The next network read is a checkpoint: do not yield here as well.
-                    try:
-                        sink.send_nowait(batch)
-                    except trio.WouldBlock:
-                        await sink.send(batch)
-
-                await self._attempt(request, number, self._stream_once, forward, trace)
+                await self._attempt(request, number, self._stream_once, ctx.sink(msg), trace)
                 return None
             case AttemptOnce(request=request, number=number, trace=trace):
                 return await self._attempt(request, number, self._fetch_once, None, trace)
@@ -488,20 +453,27 @@ class ProviderSession(Actor[SessionMsg]):
     # -- streaming -----------------------------------------------------------------------------
 
     async def _stream_once(
-        self,
-        request: Request,
-        http_request: HttpRequest,
-        forward: Callable[[list[StreamChunk]], Any],
+        self, request: Request, http_request: HttpRequest, sink: StreamSink[StreamBody]
     ) -> None:
+        """Send ``http_request``, then lend its body to the caller and wait until the caller
+        is done with it (or this handler is cancelled: the body is revoked).
+
+        Raises:
+            _Failed: the attempt failed (before the body, or while the caller read it).
+        """
         assert self._pool is not None
         settings = self.settings
-        delivered = False
-        headers: Mapping[str, str] = {}
-        idle = settings.idle_chunk_timeout
         first = settings.first_chunk_timeout
+        idle = settings.idle_chunk_timeout
+        headers: Mapping[str, str] = {}
+        body: StreamBody | None = None
+        outcome: _Failed | None = None
         watchdog = self._watchdog
+        deadline = trio.current_time() + first
         scope = trio.CancelScope()
-        watch = watchdog.watch(scope, trio.current_time() + first)
+        # Until the body is lent, the watchdog keeps the first_chunk limit by cancelling this
+        # handler; after that the caller's reads keep it (and the idle_chunk limit).
+        watch = watchdog.watch(scope, deadline)
         with scope:
             try:
                 async with self._pool.stream(http_request) as response:
@@ -511,64 +483,39 @@ class ProviderSession(Actor[SessionMsg]):
                         error = await self._error_from(response, headers)
                         raise _Failed(error, headers, delivered=False)
                     decoder = self.codec.stream_decoder(request)
-                    feed = decoder.feed
-                    clock = trio.current_time
-                    touch = watchdog.touch
-                    async for data in response:
-                        if delivered:
-                            touch(watch, clock() + idle)
-                        batch = feed(data)
-                        if batch:
-                            content = await self._deliver(batch, forward, headers, delivered)
-                            if content and not delivered:
-                                # The first content arrived: from now on the idle limit.
-                                delivered = True
-                                touch(watch, clock() + idle)
-                    tail = decoder.close()
-                    if tail:
-                        delivered = await self._deliver(tail, forward, headers, delivered)
+                    body = StreamBody(
+                        response,
+                        decoder,
+                        provider=self.provider,
+                        deadline=deadline,
+                        first=first,
+                        idle=idle,
+                    )
+                    watchdog.unwatch(watch)
+                    try:
+                        try:
+                            sink.send_nowait(body)
+                        except trio.WouldBlock:
+                            await sink.send(body)
+                        outcome = await body.wait()
+                    finally:
+                        await body.revoke()
             except _Failed:
                 raise
             except LLMError as error:
-                raise _Failed(error, headers, delivered) from error
+                raise _Failed(error, headers, delivered=False) from error
             except Exception as exc:
                 raise _Failed(
-                    self._malformed(exc, delivered=delivered), headers, delivered
+                    self._malformed(exc, delivered=False), headers, delivered=False
                 ) from exc
             finally:
                 watchdog.unwatch(watch)
-        if watch.expired:
-            if delivered:
-                what, limit, name = "no chunk for", idle, "idle_chunk"
-            else:
-                what, limit, name = "no content within", first, "first_chunk"
-            timeout = InvocationTimeout(
-                f"{what} {limit:g}s (the {name} limit)",
-                provider=self.provider,
-                retryable=True,
-                details={"limit": name, "seconds": limit},
-            )
-            # Our own deadline, like trio.fail_after's: the cause says which kind of limit.
-            timeout.__cause__ = trio.TooSlowError(f"the {name} limit of {limit:g}s passed")
+        delivered = body is not None and body.delivered
+        if scope.cancelled_caught:  # the first_chunk limit, before the body was lent
+            timeout = chunk_timeout(self.provider, delivered=delivered, first=first, idle=idle)
             raise _Failed(timeout, headers, delivered)
-
-    async def _deliver(
-        self,
-        batch: list[StreamChunk],
-        forward: Callable[[list[StreamChunk]], Any],
-        headers: Mapping[str, str],
-        delivered: bool,
-    ) -> bool:
-        """Forward ``batch``; turn an error chunk into a failed attempt (after what precedes)."""
-        for index, chunk in enumerate(batch):
-            if chunk.error is not None:
-                before = batch[:index]
-                if before:
-                    await forward(before)
-                    delivered = delivered or _any_content(before)
-                raise _Failed(error_from_info(chunk.error), headers, delivered)
-        await forward(batch)
-        return delivered or _any_content(batch)
+        if outcome is not None:
+            raise outcome
 
     # -- whole responses, models and tokens ----------------------------------------------------
 

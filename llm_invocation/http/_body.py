@@ -47,6 +47,7 @@ class ResponseBody(httpx.AsyncByteStream):
     """A response body read straight from its connection (an iterator, not a generator)."""
 
     __slots__ = (
+        "_closed",
         "_conn",
         "_keep_alive",
         "_left",
@@ -81,6 +82,7 @@ class ResponseBody(httpx.AsyncByteStream):
         self._state: int = _SIZE
         self._tail: bytes = b""  # undecoded chunked framing kept for the next read
         self._ready: bytes = b""  # body bytes that came with the head, not yet handed out
+        self._closed = False  # closed by `close` before its end: reads fail
         try:
             self._start(initial)
         except BaseException:
@@ -118,9 +120,41 @@ class ResponseBody(httpx.AsyncByteStream):
         Raises:
             StopAsyncIteration: the body is done.
             httpx.ReadTimeout: no data within the request's ``read`` timeout.
-            httpx.ReadError: the connection failed.
+            httpx.ReadError: the connection failed, or the body was closed.
             httpx.RemoteProtocolError: the body is malformed or ended early.
         """
+        return await self._read(self._timeout)
+
+    async def receive(self, timeout: float) -> bytes:
+        """The next piece of the body, waiting at most ``timeout`` seconds for it (or the
+        request's ``read`` timeout, when that is shorter).
+
+        The wait is the transport's own read deadline, not a cancel scope: it costs nothing
+        more than the read.
+
+        Raises:
+            trio.TooSlowError: nothing arrived within ``timeout`` (the connection is closed).
+            StopAsyncIteration, httpx.ReadTimeout, httpx.ReadError,
+                httpx.RemoteProtocolError: as `__anext__`.
+        """
+        limit = self._timeout
+        if limit is not None and limit < timeout:
+            return await self._read(limit)
+        try:
+            return await self._read(timeout)
+        except httpx.ReadTimeout:
+            raise trio.TooSlowError(f"nothing arrived within {timeout:g}s") from None
+
+    def close(self) -> None:
+        """Close the body now, from any task: a read waiting on it, and every later one, fails
+        with `httpx.ReadError`. The connection goes back to the pool only if the body was
+        done."""
+        if self._conn is not None or self._ready:
+            self._closed = True
+            self._ready = b""
+            self._release(reuse=False)
+
+    async def _read(self, timeout: float | None) -> bytes:
         if self._ready:
             await trio.lowlevel.checkpoint()
             data, self._ready = self._ready, b""
@@ -128,12 +162,14 @@ class ResponseBody(httpx.AsyncByteStream):
         conn = self._conn
         if conn is None:
             await trio.lowlevel.checkpoint()
+            if self._closed:
+                raise httpx.ReadError("the response was closed")
             raise StopAsyncIteration
         try:
             mode = self._mode
             if mode == CHUNKED:
                 while True:
-                    data = await conn.recv(self._size, self._timeout)
+                    data = await conn.recv(self._size, timeout)
                     if not data:
                         raise httpx.RemoteProtocolError(
                             "peer closed connection without sending complete message body: "
@@ -148,7 +184,7 @@ class ResponseBody(httpx.AsyncByteStream):
                         return data
             if mode == LENGTH:
                 left = self._left
-                data = await conn.recv(left if left < self._size else self._size, self._timeout)
+                data = await conn.recv(left if left < self._size else self._size, timeout)
                 if not data:
                     raise httpx.RemoteProtocolError(
                         "peer closed connection without sending complete message body: "
@@ -158,7 +194,7 @@ class ResponseBody(httpx.AsyncByteStream):
                 if not left:
                     self._release(reuse=True)
                 return data
-            data = await conn.recv(self._size, self._timeout)
+            data = await conn.recv(self._size, timeout)
             if not data:
                 self._release(reuse=False)
                 raise StopAsyncIteration

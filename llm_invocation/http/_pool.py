@@ -634,7 +634,8 @@ class HttpPool:
                         body = decode_body(
                             body, coding, provider=provider, status=response.status_code
                         )
-                    yield HttpResponse(response.status_code, headers, body, self._translate)
+                    raw = ours if body is ours else None  # no content coding in between
+                    yield HttpResponse(response.status_code, headers, body, self._translate, raw)
                 finally:
                     if ours is not None:
                         await ours.aclose()  # closes at once, never checkpoints

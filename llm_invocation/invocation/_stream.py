@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Generic, Self, TypeVar, final
 import msgspec
 import trio
 
-from ..actors.provider_session import Attempt, AttemptOnce
+from ..actors.provider_session import Attempt, AttemptOnce, StreamBody
 from ..errors import LLMError
 from ..runtime import ActorError, StreamContext, StreamReceiver
 from ..types import (
@@ -34,8 +34,8 @@ __all__ = ["DeltaStream", "InvocationStream", "whole_chunks"]
 
 T = TypeVar("T")
 
-# Batches of chunks buffered between the provider session and the caller.
-STREAM_BUFFER = 16
+# An attempt's stream carries one item: the body its session lends the caller.
+_ATTEMPT_BUFFER = 1
 
 
 def _as_chunk(response: Response, choice: Choice) -> StreamChunk:
@@ -118,8 +118,9 @@ class InvocationStream:
         self._cache_key = cache_key
         self._chain = chain
         self._chunk_hooks = bool(chain.on_chunk_hooks)
-        self._context: StreamContext[list[StreamChunk]] | None = None
-        self._receiver: StreamReceiver[list[StreamChunk]] | None = None
+        self._context: StreamContext[StreamBody] | None = None
+        self._receiver: StreamReceiver[StreamBody] | None = None
+        self._body: StreamBody | None = None  # the current attempt's, while it is read
         self._aggregator = StreamAggregator()
         self._batch: list[StreamChunk] = []
         self._position = 0
@@ -225,6 +226,7 @@ class InvocationStream:
             self._aggregator = StreamAggregator()
             self._batch = []
             self._position = 0
+            self._body = None
             streamed = run.request.stream
             try:
                 # The session's handler runs under the invocation's deadline (ours) as well
@@ -234,7 +236,7 @@ class InvocationStream:
                         message = Attempt(
                             request=run.attempt_request(), number=run.attempt, trace=parent
                         )
-                        context = run.session().stream(message, buffer=STREAM_BUFFER)
+                        context = run.session().stream(message, buffer=_ATTEMPT_BUFFER)
                         self._receiver = await context.__aenter__()
                         self._context = context
                     else:
@@ -268,6 +270,7 @@ class InvocationStream:
 
     async def _close_attempt(self) -> None:
         context, self._context, self._receiver = self._context, None, None
+        self._body = None  # its session takes it back (and closes its connection)
         if context is not None:
             await context.__aexit__(None, None, None)
 
@@ -348,11 +351,22 @@ class InvocationStream:
     async def _next_batch(self) -> StreamChunk:
         """The first chunk of the next batch (the rest wait in ``_batch``).
 
+        This task reads the body the session lent it: the chunks of one network read at a
+        time. Once the body is done with, the attempt's stream tells how it ended.
+
         Raises:
             StopAsyncIteration: the stream ended (it is settled).
             LLMError: the invocation failed.
         """
         while True:
+            body = self._body
+            if body is not None:
+                batch = await body.next_batch()
+                if batch is None:  # the body is done with: its session's verdict follows
+                    self._body = None
+                elif batch:
+                    return self._take(batch)
+                continue
             receiver = self._receiver
             if receiver is None:
                 if not self._entered:
@@ -362,11 +376,9 @@ class InvocationStream:
                 raise StopAsyncIteration
             try:
                 try:
-                    # A batch already waiting needs no trip through the scheduler; the
-                    # bounded buffer makes the producer block (and so yield) when it is full.
-                    batch = receiver.receive_nowait()
+                    self._body = receiver.receive_nowait()
                 except trio.WouldBlock:
-                    batch = await receiver.receive()
+                    self._body = await receiver.receive()
             except trio.EndOfChannel:
                 await self._end()
                 raise StopAsyncIteration from None
@@ -374,18 +386,19 @@ class InvocationStream:
                 await self._fail_attempt(exc)
                 await self._open()
                 continue
-            if not batch:
-                continue
-            add = self._aggregator.add
-            for chunk in batch:
-                add(chunk)
-            if not self._content_seen:
-                self._content_seen = _has_content(batch)
-                if self._content_seen and self._run.trace is not None:
-                    self._run.trace.first_chunk()
-            self._batch = batch
-            self._position = 1
-            return batch[0]
+
+    def _take(self, batch: list[StreamChunk]) -> StreamChunk:
+        """Aggregate ``batch``, keep it for the next chunks and return its first."""
+        add = self._aggregator.add
+        for chunk in batch:
+            add(chunk)
+        if not self._content_seen:
+            self._content_seen = _has_content(batch)
+            if self._content_seen and self._run.trace is not None:
+                self._run.trace.first_chunk()
+        self._batch = batch
+        self._position = 1
+        return batch[0]
 
     async def _end(self) -> None:
         """The stream ended: settle it (a whole or cached answer is settled already), then

@@ -423,10 +423,10 @@ class Connection:
         try:
             while True:
                 await outbox.wait_ready()
-                if len(self.live) > 1:
-                    # One more scheduler pass lets the other invocations' frames of this
-                    # tick join. A lone invocation has queued what it had ready already.
-                    await trio.lowlevel.checkpoint()
+                # One more scheduler pass lets the frames of this tick join: the other
+                # invocations', and a lone invocation's next network read (its task reads
+                # its provider's answer itself, one read per pass).
+                await trio.lowlevel.checkpoint()
                 data, frames = outbox.take()
                 try:
                     await ws.send_message(data.decode())

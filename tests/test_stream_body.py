@@ -1,0 +1,224 @@
+"""Streamed attempts: the caller's task reads the body its provider session lends it.
+
+The session does the admission side (request, status, headers) and then hands the caller the
+response's body; the caller's reads keep the session's chunk limits, and the session keeps
+the body's lifetime: a caller that leaves, or a session that restarts, closes the connection
+rather than returning it to the pool. Over real sockets against the fake server, or over the
+mock transport where time is what is tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import llm_invocation as llm
+from llm_invocation._secrets import Secret
+from llm_invocation.actors.provider_session import (
+    Attempt,
+    ProviderSession,
+    SessionMsg,
+    SessionSettings,
+    SessionStats,
+)
+from llm_invocation.http import HttpPool, HttpSettings
+from llm_invocation.providers.openai import OpenAICodec
+from llm_invocation.runtime import ActorCrashed, ChildSpec, Context, SupervisorSpec, open_runtime
+from llm_invocation.testing import Scenario, Scenarios, Stall, open_fake_server
+
+from .mock_clients import client_for
+
+KEY = "sk-test-BODY-0123456789abcdef"
+SLOW = Scenario(text="abcdefgh", chunk_chars=1, interval=0.05)
+
+
+@asynccontextmanager
+async def serve(scenarios: Scenarios, **timeouts: float) -> AsyncGenerator[tuple[llm.Client, Any]]:
+    async with open_fake_server(scenarios) as server:
+        config = llm.Config.unlimited(
+            provider="openai",
+            retries={"max_attempts": 1},
+            timeouts={"connect": 5, "first_chunk": 5, "idle_chunk": 5, **timeouts},
+            providers={"openai": {"api_key": KEY, "base_url": server.base_url("openai")}},
+        )
+        async with llm.open_client(config) as client:
+            yield client, server
+
+
+def request(model: str) -> llm.Request:
+    return llm.Request(model=f"openai:{model}", messages=[llm.user("hello")])
+
+
+def resolved(model: str) -> llm.Request:
+    """A request as a session receives it: provider and model resolved."""
+    return llm.Request(model=model, provider="openai", messages=[llm.user("hello")])
+
+
+async def test_a_body_read_to_its_end_gives_its_connection_back_for_the_next_call() -> None:
+    scenarios = Scenarios(Scenario(text="whole"))
+    async with serve(scenarios) as (client, server):
+        for _ in range(3):
+            async with client.invoke(request("m")) as stream:
+                assert await stream.aggregate() == stream.response
+            assert stream.response.text == "whole"
+        assert server.statistics().connections_total == 1
+
+
+async def test_a_caller_cancelled_mid_body_leaves_the_pool_without_that_connection() -> None:
+    scenarios = Scenarios()
+    scenarios.add("slow", SLOW)
+    scenarios.add("quick", Scenario(text="ok"))
+    async with serve(scenarios) as (client, server):
+        stream = client.invoke(request("slow"))
+        with trio.CancelScope() as scope:
+            async with stream:
+                async for chunk in stream:
+                    if chunk.text:
+                        scope.cancel()  # the caller's own cancellation, in the middle
+        assert scope.cancelled_caught
+        assert stream.text == "a"
+        assert (await client.invoke_sync(request("quick"))).text == "ok"
+        assert server.statistics().connections_total == 2  # the cut one was not reused
+        statistics = (await client.session_statistics())["openai"]
+        assert statistics.pool.active == 0
+        assert statistics.failures == {}  # the caller's cancellation is no provider failure
+
+
+async def test_the_first_chunk_limit_is_kept_by_the_callers_reads() -> None:
+    scenarios = Scenarios(Scenario(text="late", ttft=30))  # the head at once, then nothing
+    async with (
+        serve(scenarios, first_chunk=0.3) as (client, _),
+        client.invoke(request("m")) as stream,
+    ):
+        with pytest.raises(llm.InvocationTimeout) as caught:
+            await stream.aggregate()
+    assert "no content within 0.3s (the first_chunk limit)" in str(caught.value)
+    assert caught.value.details["limit"] == "first_chunk"
+    assert isinstance(caught.value.__cause__, trio.TooSlowError)
+
+
+async def test_the_idle_chunk_limit_is_kept_by_the_callers_reads() -> None:
+    scenarios = Scenarios(Scenario(text="abcd", chunk_chars=2, failure=Stall(after_chunks=1)))
+    async with serve(scenarios, idle_chunk=0.3) as (client, _):
+        async with client.invoke(request("m")) as stream:
+            with pytest.raises(llm.InvocationTimeout) as caught:
+                await stream.aggregate()
+        assert stream.text == "ab"
+        assert caught.value.details["limit"] == "idle_chunk"
+        statistics = (await client.session_statistics())["openai"]
+        assert statistics.failures == {"timeout": 1}
+
+
+async def test_a_caller_slower_than_the_first_chunk_limit_is_not_a_slow_provider(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    del autojump_clock
+    scenarios = Scenarios()
+    scenarios.add("m", Scenario(text="abc", chunk_chars=1))
+    anthropic = llm.Request(model="anthropic:m", messages=[llm.user("hello")])
+    async with client_for(scenarios) as (client, _):
+        async with client.invoke(anthropic) as stream:
+            first = await stream.__anext__()
+            assert not first.text  # the message's start: no content yet
+            await trio.sleep(20)  # past the first_chunk limit of 10s, away from reading
+            assert await stream.aggregate() == stream.response
+        assert stream.response.text == "abc"
+        assert scenarios.calls("m") == 1
+
+
+# -- the session's side ------------------------------------------------------------------------
+
+
+class CrashOnStats(ProviderSession):
+    """A session that crashes when asked for its statistics (and remembers its pools)."""
+
+    pools: list[HttpPool] = []  # noqa: RUF012 - shared by the incarnations, on purpose
+
+    def _open_pool(self) -> HttpPool:
+        pool = super()._open_pool()
+        self.pools.append(pool)
+        return pool
+
+    async def handle(self, msg: SessionMsg, ctx: Context) -> Any:
+        if isinstance(msg, SessionStats):
+            raise RuntimeError("the session crashed on purpose")
+        return await super().handle(msg, ctx)
+
+
+async def test_a_body_whose_session_restarts_stops_cleanly_and_its_connection_is_closed() -> None:
+    CrashOnStats.pools = []
+    scenarios = Scenarios(SLOW)
+    async with open_fake_server(scenarios) as server:
+        codec = OpenAICodec(base_url=server.base_url("openai"))
+        settings = SessionSettings(http=HttpSettings(trust_env=False))
+
+        def session() -> CrashOnStats:
+            return CrashOnStats(codec, keys=[Secret(KEY)], settings=settings)
+
+        spec = SupervisorSpec(children=[ChildSpec.actor("session", session)])
+        async with open_runtime(spec) as runtime:
+            ref = runtime.ref("session", CrashOnStats)
+            attempt = Attempt(request=resolved("m"))
+            async with ref.stream(attempt, buffer=1) as items:
+                body = await items.receive()
+                batch = await body.next_batch()
+                assert batch is not None  # the caller's task reads the body
+                with pytest.raises(ActorCrashed):
+                    await ref.call(SessionStats())
+                assert await body.next_batch() is None  # taken back: no more reads
+                with pytest.raises(ActorCrashed):
+                    await items.receive()
+            first = CrashOnStats.pools[0]._fast  # pyright: ignore[reportPrivateUsage]
+            assert first is not None
+            stats = first.statistics()
+            assert (stats.connections_open, stats.in_use) == (0, 0)
+
+
+async def test_a_read_in_progress_stops_when_another_task_aborts_the_response() -> None:
+    scenarios = Scenarios(Scenario(text="late", ttft=30))
+    async with open_fake_server(scenarios) as server:
+        pool = HttpPool(HttpSettings(trust_env=False), provider="openai")
+        codec = OpenAICodec(base_url=server.base_url("openai"))
+        try:
+            async with pool.stream(codec.encode(resolved("m"), KEY)) as response:
+                failures: list[BaseException] = []
+
+                async def read() -> None:
+                    try:
+                        await response.receive(60)
+                    except llm.StreamingFailed as exc:
+                        failures.append(exc)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(read)
+                    await trio.testing.wait_all_tasks_blocked()
+                    response.abort()
+                assert len(failures) == 1
+                with pytest.raises(llm.StreamingFailed):
+                    await response.receive(60)
+            transport = pool._fast  # pyright: ignore[reportPrivateUsage]
+            assert transport is not None
+            assert transport.statistics().connections_open == 0
+        finally:
+            await pool.aclose()
+
+
+async def test_a_read_past_its_time_limit_raises_too_slow_and_closes_the_connection() -> None:
+    scenarios = Scenarios(Scenario(text="late", ttft=30))
+    async with open_fake_server(scenarios) as server:
+        pool = HttpPool(HttpSettings(trust_env=False), provider="openai")
+        codec = OpenAICodec(base_url=server.base_url("openai"))
+        try:
+            async with pool.stream(codec.encode(resolved("m"), KEY)) as response:
+                with pytest.raises(trio.TooSlowError):
+                    await response.receive(0.2)
+            transport = pool._fast  # pyright: ignore[reportPrivateUsage]
+            assert transport is not None
+            assert transport.statistics().connections_open == 0
+        finally:
+            await pool.aclose()
