@@ -869,3 +869,37 @@ async def test_an_ssl_context_factory_is_called_once_at_the_first_https_connecti
         for _ in range(2):
             assert (await http.get(secure.url)).content == b"tls"
         assert len(made) == 1
+
+
+async def test_tls_cancel_mid_body_closes_the_connection_with_close_notify(
+    certificates: Certificates,
+) -> None:
+    ended: list[str] = []
+    saw_end = trio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(CHUNKED_HEAD + b"5\r\nfirst\r\n")
+        try:
+            while await peer.stream.receive_some(65536):
+                pass
+            ended.append("close_notify")
+        except trio.BrokenResourceError:  # the server's stream is not https-compatible
+            ended.append("the connection's end without close_notify")
+        saw_end.set()
+
+    transport = FastHTTPTransport(ssl_context=trusting(certificates))
+    async with (
+        serve_tls(handler, certificates.server_context()) as server,
+        client(transport) as http,
+    ):
+        with trio.CancelScope() as scope:
+            async with http.stream("GET", server.url) as response:
+                async for piece in response.aiter_raw():
+                    assert piece == b"first"
+                    scope.cancel()
+                    await trio.lowlevel.checkpoint()
+        assert scope.cancelled_caught
+        await saw_end.wait()
+        assert transport.statistics().connections_open == 0
+    assert ended == ["close_notify"]

@@ -4,8 +4,15 @@
   ``trio.lowlevel.wait_readable`` only when the kernel has nothing; ``send`` and
   ``wait_writable`` only when the kernel buffer is full. Every call that can block
   checkpoints, and every wait is cancellable.
-* **https** wraps the same socket in `trio.SSLStream` (ALPN ``http/1.1``): correct, but
-  without the raw fast path.
+* **https** runs on the same socket and the same loop: an `ssl.SSLObject` between two
+  memory BIOs (`TLS`, ``_records.py``). The bytes the socket has are fed to the incoming
+  BIO and every whole record they complete is decrypted in the same call, up to the size
+  asked for (`trio.SSLStream` hands out one record per read, through several layers of
+  locks and checkpoints); what is written is encrypted into the outgoing BIO and sent like
+  plain bytes. The handshake (SNI, certificate and host name checks, ALPN ``http/1.1``) is the
+  context's, as before; the end of the stream without ``close_notify`` is an end of stream,
+  as in `trio.SSLStream` with ``https_compatible=True``; closing a healthy connection sends
+  ``close_notify`` without waiting for the peer's.
 * **Read deadlines.** A trio cancel scope with a deadline costs about as much as the wait and
   the read it guards (7 us here), so on plain http a waiting read only records its deadline
   and one system task per transport (`Watchdog`, started at the first read deadline of a trio
@@ -27,11 +34,14 @@ import errno
 import math
 import os
 import socket
+import ssl
 from collections import deque
 from typing import Final, final
 
 import httpx
 import trio
+
+from ._records import TLS, TLS_READ
 
 __all__ = [
     "Connection",
@@ -41,9 +51,12 @@ __all__ = [
     "close_socket",
     "io_error",
     "open_socket",
+    "open_tls",
 ]
 
 _IN_PROGRESS: Final = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK})
+_TLS_WRITE: Final = 65536
+"""The most plaintext bytes encrypted at once when sending."""
 
 Origin = tuple[str, str, int]
 """(scheme, host, port) of a connection."""
@@ -93,6 +106,61 @@ async def open_socket(host: str, port: int, *, nodelay: bool) -> socket.socket:
             raise
         return sock
     raise last if last is not None else OSError(f"no address found for {host}")
+
+
+async def open_tls(sock: socket.socket, context: ssl.SSLContext, server_hostname: str) -> TLS:
+    """Shake hands over the connected non-blocking ``sock`` (SNI ``server_hostname``).
+
+    The host name and certificate checks are the context's (``check_hostname``,
+    ``verify_mode``); the server must choose ALPN ``http/1.1`` or nothing. No timeout of
+    its own: the caller's cancel scope bounds it.
+
+    Raises:
+        httpx.ConnectError: the handshake failed (certificate, protocol, connection), the
+            server chose another protocol, or the connection ended.
+        ValueError: ``server_hostname`` is empty or starts with a dot.
+    """
+    tls = TLS(context, server_hostname)
+    obj = tls.obj
+    outgoing = tls.outgoing
+    try:
+        while True:
+            try:
+                obj.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            if outgoing.pending:
+                await _send_all(sock, outgoing.read())
+            if done:
+                break
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                tls.feed(sock.recv(TLS_READ))
+            except BlockingIOError:
+                continue
+    except (OSError, ValueError, trio.ClosedResourceError) as exc:  # ssl.SSLError included
+        raise io_error(httpx.ConnectError, exc) from exc
+    chosen = obj.selected_alpn_protocol()
+    if chosen not in (None, "http/1.1"):
+        raise httpx.ConnectError(f"the server chose {chosen!r}: only http/1.1 is supported")
+    tls.usable = True
+    return tls
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    """Send all of ``data`` on the non-blocking ``sock``, waiting while its buffer is full.
+
+    Raises:
+        OSError: sending failed.
+    """
+    with memoryview(data) as view:
+        sent = 0
+        while sent < len(data):
+            try:
+                sent += sock.send(view[sent:])
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
 
 
 @final
@@ -153,7 +221,7 @@ class Watchdog:
 
 @final
 class Connection:
-    """One HTTP/1.1 connection: a non-blocking socket, maybe wrapped in TLS."""
+    """One HTTP/1.1 connection: a non-blocking socket, maybe with TLS over it."""
 
     __slots__ = (
         "closed",
@@ -172,7 +240,7 @@ class Connection:
         self,
         origin: Origin,
         sock: socket.socket,
-        tls: trio.SSLStream[trio.SocketStream] | None,
+        tls: TLS | None,
         watchdog: Watchdog,
     ) -> None:
         self.origin = origin
@@ -187,13 +255,23 @@ class Connection:
         self.idle_since = 0.0
 
     def close(self) -> None:
-        """Close the socket at once (idempotent); a task waiting on it gets a ReadError."""
+        """Close the socket at once (idempotent); a task waiting on it gets a ReadError.
+
+        A healthy TLS session first sends its ``close_notify``, if the socket takes it now.
+        """
         if not self.closed:
             self.closed = True
+            if self.tls is not None and (alert := self.tls.close_notify()):
+                try:
+                    self.sock.send(alert)
+                except OSError:
+                    pass  # the peer is gone, or the buffer is full: closing is enough
             close_socket(self.sock)
 
     def is_stale(self) -> bool:
         """Whether the idle socket is readable: the peer closed it, reset it or sent bytes."""
+        if self.tls is not None and self.tls.pending():
+            return True  # the session ended, or bytes came after the response (an alert...)
         try:
             self.sock.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
@@ -251,26 +329,90 @@ class Connection:
             return data
 
     async def _recv_tls(self, size: int, timeout: float | None) -> bytes:
-        # The read deadline is the watchdog's, as on plain sockets (a cancel scope per read
-        # costs several microseconds): when it passes, the watchdog wakes the socket's
-        # waiter with notify_closing, the TLS stream breaks, and that is our timeout.
+        # The plain loop, with the socket's bytes fed to the TLS object in between: records
+        # already received are decrypted without touching the socket, and every whole record
+        # a read completes is handed out at once (up to ``size``). The read deadline is the
+        # watchdog's, as on plain sockets.
         tls = self.tls
         assert tls is not None
+        checked = False  # whether this call met a cancel point already
+        if tls.pending():
+            await trio.lowlevel.checkpoint_if_cancelled()
+            checked = True
+            data = self._decrypt(tls, size)
+            if data is not None:
+                if tls.outgoing.pending:
+                    await self._answer(tls, timeout)
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+        sock = self.sock
         if timeout is None:
             deadline = math.inf
         else:
             deadline = trio.current_time() + timeout
             if deadline < self.watchdog.wake_at:
                 self.watchdog.wake(deadline)
-        self.deadline = deadline
+        waited = False
+        while True:
+            self.deadline = deadline
+            try:
+                if not self.eager:
+                    waited = True
+                    await trio.lowlevel.wait_readable(sock)
+                elif not checked:
+                    checked = True
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                received = sock.recv(TLS_READ)
+            except BlockingIOError:
+                self.eager = False
+                continue
+            except trio.ClosedResourceError as exc:
+                tls.usable = False
+                if not self.closed and self.deadline <= trio.current_time():
+                    raise httpx.ReadTimeout(f"no data within {timeout:g}s") from None
+                raise io_error(httpx.ReadError, exc) from exc
+            except (OSError, ValueError) as exc:  # ValueError: the socket is closed (fd -1)
+                tls.usable = False
+                if self.closed:
+                    raise httpx.ReadError("the connection was closed") from exc
+                raise io_error(httpx.ReadError, exc) from exc
+            finally:
+                self.deadline = math.inf
+            self.eager = len(received) == TLS_READ
+            tls.feed(received)
+            data = self._decrypt(tls, size)
+            if tls.outgoing.pending:
+                await self._answer(tls, timeout)
+            if data is not None:
+                if not waited:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+
+    async def _answer(self, tls: TLS, timeout: float | None) -> None:
+        """Send what reading made the TLS object say (a key update's, a renegotiation's
+        answer). A failed session's alert is dropped, as `trio.SSLStream` drops it: the
+        error is raised, and the connection closed, without it.
+
+        Raises:
+            httpx.WriteTimeout, httpx.WriteError: see `send`.
+        """
+        data = tls.outgoing.read()
+        if tls.usable:
+            tls.usable = False  # as in `_send_tls`: a send cut short is no clean state
+            await self._send_raw(data, timeout)
+            tls.usable = True
+
+    @staticmethod
+    def _decrypt(tls: TLS, size: int) -> bytes | None:
+        """`TLS.decrypt`, its errors translated.
+
+        Raises:
+            httpx.ReadError: the records are corrupt, or the peer sent an alert.
+        """
         try:
-            return bytes(await tls.receive_some(size))
-        except (OSError, ValueError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            if not self.closed and self.deadline <= trio.current_time():
-                raise httpx.ReadTimeout(f"no data within {timeout:g}s") from None
+            return tls.decrypt(size)
+        except ssl.SSLError as exc:
             raise io_error(httpx.ReadError, exc) from exc
-        finally:
-            self.deadline = math.inf
 
     async def send(self, data: bytes, timeout: float | None) -> None:
         """Send all of ``data``, waiting only while the kernel's buffer is full.
@@ -281,7 +423,10 @@ class Connection:
         """
         if self.tls is not None:
             await self._send_tls(data, timeout)
-            return
+        else:
+            await self._send_raw(data, timeout)
+
+    async def _send_raw(self, data: bytes, timeout: float | None) -> None:
         sock = self.sock
         try:
             sent = sock.send(data)
@@ -306,14 +451,55 @@ class Connection:
                     raise io_error(httpx.WriteError, exc) from exc
 
     async def _send_tls(self, data: bytes, timeout: float | None) -> None:
+        # Encrypted in pieces, each sent before the next is made, so a large body is never
+        # held twice. Until all is sent the session counts as broken: a send cut short
+        # leaves a partial record behind, and no close_notify may follow it.
+        tls = self.tls
+        assert tls is not None
+        if not data:
+            await trio.lowlevel.checkpoint()
+            return
+        tls.usable = False
+        with memoryview(data) as view:
+            for start in range(0, len(data), _TLS_WRITE):
+                piece = view[start : start + _TLS_WRITE]
+                while True:
+                    try:
+                        records = tls.encrypt(piece)
+                    except ssl.SSLWantReadError:
+                        # The peer renegotiates: send what we have, take its answer, again.
+                        await self._send_raw(tls.outgoing.read(), timeout)
+                        await self._receive_records(timeout)
+                        continue
+                    except ssl.SSLError as exc:
+                        raise io_error(httpx.WriteError, exc) from exc
+                    break
+                await self._send_raw(records, timeout)
+        tls.usable = True
+
+    async def _receive_records(self, timeout: float | None) -> None:
+        """Feed the TLS object what the socket receives next (a renegotiation's answer).
+
+        Raises:
+            httpx.WriteTimeout: nothing came within ``timeout`` seconds.
+            httpx.WriteError: the connection failed or ended.
+        """
         assert self.tls is not None
-        try:
-            with trio.move_on_after(math.inf if timeout is None else timeout):
-                await self.tls.send_all(data)
-                return
-        except (OSError, ValueError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise io_error(httpx.WriteError, exc) from exc
-        raise httpx.WriteTimeout(f"could not send within {timeout:g}s")
+        sock = self.sock
+        while True:
+            try:
+                with trio.move_on_after(math.inf if timeout is None else timeout):
+                    await trio.lowlevel.wait_readable(sock)
+                    received = sock.recv(TLS_READ)
+                    break
+            except BlockingIOError:
+                continue
+            except (OSError, ValueError, trio.ClosedResourceError) as exc:
+                raise io_error(httpx.WriteError, exc) from exc
+            raise httpx.WriteTimeout(f"could not send within {timeout:g}s")
+        if not received:
+            raise httpx.WriteError("the connection ended during a renegotiation")
+        self.tls.feed(received)
 
 
 @final

@@ -6,10 +6,11 @@ pool rescans every connection for every request and several times per body chunk
 every read in ``contextlib``-based exception mapping, and h11 parses each chunk as a general
 event. Here:
 
-* **Connections and their pool** (``_connection.py``): raw non-blocking sockets for http,
-  `trio.SSLStream` for https, read deadlines enforced by one watchdog task; per origin a LIFO
-  stack of idle connections (O(1) checkout and return), stale ones detected at checkout
-  (``MSG_PEEK``); FIFO admission of at most ``max_connections`` requests at once (from
+* **Connections and their pool** (``_connection.py``): raw non-blocking sockets for http
+  and for https (TLS records through an `ssl.SSLObject` on memory BIOs, in the same loop),
+  read deadlines enforced by one watchdog task; per origin a LIFO stack of idle connections
+  (O(1) checkout and return), stale ones detected at checkout (``MSG_PEEK``, and any TLS
+  record still buffered); FIFO admission of at most ``max_connections`` requests at once (from
   checkout until the response body is done or closed), others waiting up to the request's
   ``pool`` timeout.
 * **Parsing** (``_wire.py``): the response head and the chunked framing, proven equal to h11
@@ -47,7 +48,6 @@ protocol upgrades, pipelining, and the ``network_stream`` response extension.
 from __future__ import annotations
 
 import math
-import socket
 import ssl
 from collections.abc import AsyncIterable, Callable, Mapping, MutableMapping
 from typing import Any, Final, final
@@ -57,7 +57,16 @@ import msgspec
 import trio
 
 from ._body import CHUNKED, LENGTH, NONE, UNTIL_CLOSE, ResponseBody
-from ._connection import Connection, ConnectionPool, Origin, close_socket, io_error, open_socket
+from ._connection import (
+    Connection,
+    ConnectionPool,
+    Origin,
+    close_socket,
+    io_error,
+    open_socket,
+    open_tls,
+)
+from ._records import TLS
 from ._wire import HEAD_END, MAX_HEAD, Head, Message, encode_request, parse_head
 
 __all__ = [
@@ -408,7 +417,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
             httpx.ConnectTimeout: it took longer than ``timeout`` seconds.
         """
         scheme, host, port = origin
-        tls: trio.SSLStream[trio.SocketStream] | None = None
+        tls: TLS | None = None
         context = self._context() if scheme == "https" else None
         with trio.move_on_after(math.inf if timeout is None else timeout):
             try:
@@ -417,7 +426,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
                 raise io_error(httpx.ConnectError, exc) from exc
             if context is not None:
                 try:
-                    tls = await _handshake(sock, context, sni_hostname or host)
+                    tls = await open_tls(sock, context, sni_hostname or host)
                 except BaseException:
                     close_socket(sock)
                     raise
@@ -435,30 +444,6 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
                 context.set_alpn_protocols(["http/1.1"])
             self._ssl_context = context
         return context
-
-
-async def _handshake(
-    sock: socket.socket, context: ssl.SSLContext, server_hostname: str
-) -> trio.SSLStream[trio.SocketStream]:
-    """Wrap ``sock`` in TLS and shake hands.
-
-    Raises:
-        httpx.ConnectError: the handshake failed (certificate, protocol, connection).
-    """
-    tls = trio.SSLStream(
-        trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
-        context,
-        server_hostname=server_hostname,
-        https_compatible=True,
-    )
-    try:
-        await tls.do_handshake()
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise io_error(httpx.ConnectError, exc) from exc
-    chosen = tls.selected_alpn_protocol()
-    if chosen not in (None, "http/1.1"):
-        raise httpx.ConnectError(f"the server chose {chosen!r}: only http/1.1 is supported")
-    return tls
 
 
 def _mark(marks: MutableMapping[str, Any], *, sent: bool, reused: bool) -> None:
