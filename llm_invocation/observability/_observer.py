@@ -107,23 +107,51 @@ class Observer:
         Neither ever fails the call: a failure here is logged (once per client).
         """
         try:
-            self._finished(
-                invocation_id=invocation_id,
-                started=started,
-                trace=trace,
-                request=request,
+            if trace is not None:
+                trace.finish(
+                    status,
+                    error=error,
+                    response=response,
+                    usage=usage,
+                    provider=provider,
+                    model=model,
+                    attempted=attempted,
+                )
+            log = self.audit_log
+            if not log.isEnabledFor(logging.INFO):
+                return
+            metadata = request.metadata
+            token = metadata.get("token") if metadata else None
+            capture = self.capture_content
+            record = AuditRecord(
+                id=invocation_id,
                 provider=provider,
                 model=model,
+                operation=trace.operation if trace is not None else operation_of(request),
                 status=status,
-                error=error,
-                response=response,
-                usage=usage,
+                error_code=error.code.value if error is not None and status == "error" else None,
+                response_id=(response.id or None) if response is not None else None,
+                response_model=response.model if response is not None else None,
+                finish_reason=response.finish_reason if response is not None else None,
+                input_tokens=usage.prompt_tokens if usage is not None else None,
+                output_tokens=usage.completion_tokens if usage is not None else None,
+                usage_estimated=usage.estimated if usage is not None else False,
+                cost=usage.cost if usage is not None else None,
+                duration=time.monotonic() - started,
                 attempts=attempts,
                 retries=retries,
-                attempted=attempted,
+                fallbacks=max(0, len(attempted) - 1),
+                attempted=list(attempted),
                 cached=cached,
+                stream=request.stream,
                 step=step,
+                tags=tags_of(metadata),
+                token=token if isinstance(token, str) else None,
+                trace_id=trace.trace_id if trace is not None else None,
+                input=message_parts(request.messages) if capture else None,
+                output=redact(response.text) if capture and response is not None else None,
             )
+            emit_audit(log, record)
         except Exception as exc:  # noqa: BLE001 - observing never fails a call
             self._failed(exc)
 
@@ -135,71 +163,6 @@ class Observer:
                 type(exc).__name__,
                 redact(str(exc))[:200],
             )
-
-    def _finished(
-        self,
-        *,
-        invocation_id: str,
-        started: float,
-        trace: InvocationTrace | None,
-        request: Request,
-        provider: str,
-        model: str,
-        status: Any,
-        error: LLMError | None,
-        response: Response | None,
-        usage: Usage | None,
-        attempts: int,
-        retries: int,
-        attempted: list[str],
-        cached: bool,
-        step: int | None,
-    ) -> None:
-        if trace is not None:
-            trace.finish(
-                status,
-                error=error,
-                response=response,
-                usage=usage,
-                provider=provider,
-                model=model,
-                attempted=attempted,
-            )
-        log = self.audit_log
-        if not log.isEnabledFor(logging.INFO):
-            return
-        metadata = request.metadata
-        token = metadata.get("token") if metadata else None
-        capture = self.capture_content
-        record = AuditRecord(
-            id=invocation_id,
-            provider=provider,
-            model=model,
-            operation=trace.operation if trace is not None else operation_of(request),
-            status=status,
-            error_code=error.code.value if error is not None and status == "error" else None,
-            response_id=(response.id or None) if response is not None else None,
-            response_model=response.model if response is not None else None,
-            finish_reason=response.finish_reason if response is not None else None,
-            input_tokens=usage.prompt_tokens if usage is not None else None,
-            output_tokens=usage.completion_tokens if usage is not None else None,
-            usage_estimated=usage.estimated if usage is not None else False,
-            cost=usage.cost if usage is not None else None,
-            duration=time.monotonic() - started,
-            attempts=attempts,
-            retries=retries,
-            fallbacks=max(0, len(attempted) - 1),
-            attempted=list(attempted),
-            cached=cached,
-            stream=request.stream,
-            step=step,
-            tags=tags_of(metadata),
-            token=token if isinstance(token, str) else None,
-            trace_id=trace.trace_id if trace is not None else None,
-            input=message_parts(request.messages) if capture else None,
-            output=redact(response.text) if capture and response is not None else None,
-        )
-        emit_audit(log, record)
 
 
 def open_observer(

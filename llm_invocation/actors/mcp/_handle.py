@@ -42,6 +42,7 @@ from ._models import (
 if TYPE_CHECKING:
     import mcp_types
 
+    from ._messages import CallTool
     from ._session import Session
 
 __all__ = [
@@ -380,10 +381,13 @@ class MCPServerHandle:
     def __repr__(self) -> str:
         return f"<MCPServerHandle {self.server!r}>"
 
-    async def _call(self, msg: FeatureMsg) -> Any:
+    async def _call(self, msg: FeatureMsg | CallTool, timeout: float | None = None) -> Any:
+        """Ask the connection actor; a server that is not connected, or that does not answer
+        within ``timeout`` (the server's) plus a second, is `ToolExecutionFailed`."""
+        limit = (self._timeout if timeout is None else timeout) + 1.0
         try:
             # The actor times the request out; this bound only catches a reconnection.
-            with trio.move_on_after(self._timeout + 1.0):
+            with trio.move_on_after(limit):
                 return await self._ref.call(msg)
         except (ActorCrashed, ActorDead) as exc:
             raise ToolExecutionFailed(
@@ -392,7 +396,7 @@ class MCPServerHandle:
                 retryable=True,
             ) from exc
         raise ToolExecutionFailed(
-            f"MCP server {self.server!r} did not answer within {self._timeout + 1.0:g}s",
+            f"MCP server {self.server!r} did not answer within {limit:g}s",
             details={"server": self.server, "reason": "timeout"},
             retryable=True,
         )
@@ -580,22 +584,7 @@ class MCPServerHandle:
             timeout=timeout,
             on_progress=on_progress,
         )
-        limit = (self._timeout if timeout is None else timeout) + 1.0
-        try:
-            # The actor times the call out; this bound only catches a reconnection.
-            with trio.move_on_after(limit):
-                return await self._ref.call(msg)
-        except (ActorCrashed, ActorDead) as exc:
-            raise ToolExecutionFailed(
-                f"MCP server {self.server!r} is not connected",
-                details={"server": self.server, "reason": "mcp_connection_failed"},
-                retryable=True,
-            ) from exc
-        raise ToolExecutionFailed(
-            f"MCP server {self.server!r} did not answer within {limit:g}s",
-            details={"server": self.server, "reason": "timeout"},
-            retryable=True,
-        )
+        return await self._call(msg, timeout)
 
     def on_progress(self, callback: ProgressCallback) -> Callable[[], None]:
         """Call ``callback`` with the progress of every call of this server's tools.
