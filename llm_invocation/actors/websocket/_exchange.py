@@ -20,26 +20,11 @@ from typing import Final, final
 import h11
 import trio
 
-from ._http import BadRequest, RequestHead
+from ._http import BadRequest, RequestHead, reason_phrase
 
 __all__ = ["Exchange", "NamedTokens", "bearer_token"]
 
 _RECEIVE: Final = 65536
-_REASONS: Final = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
 
 
 def _status_of(exc: h11.RemoteProtocolError) -> int:
@@ -128,9 +113,7 @@ class Exchange:
         fields = [("Content-Type", content_type), ("Connection", "close"), *headers]
         if length is not None:
             fields.append(("Content-Length", str(length)))
-        response = h11.Response(
-            status_code=status, reason=_REASONS.get(status, "Error"), headers=fields
-        )
+        response = h11.Response(status_code=status, reason=reason_phrase(status), headers=fields)
         return self._connection.send(response)
 
     async def respond(

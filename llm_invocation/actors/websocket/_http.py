@@ -46,6 +46,7 @@ __all__ = [
     "offered_subprotocols",
     "parse_head",
     "presented_tokens",
+    "reason_phrase",
     "read_head",
 ]
 
@@ -68,11 +69,24 @@ _REASONS: Final = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
     426: "Upgrade Required",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
     501: "Not Implemented",
+    502: "Bad Gateway",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
+
+
+def reason_phrase(status: int) -> str:
+    """The reason phrase the front writes for ``status`` (RFC 9110's wording)."""
+    return _REASONS.get(status, "Error")
+
+
 # The page reads its token from its own URL: keep that URL out of Referer headers, and let
 # it load nothing but its own files and talk to nothing but this server.
 PAGE_HEADERS: Final = [
@@ -254,9 +268,7 @@ def http_response(
     ]
     connection = h11.Connection(h11.SERVER)
     try:
-        response = h11.Response(
-            status_code=status, reason=_REASONS.get(status, "Error"), headers=fields
-        )
+        response = h11.Response(status_code=status, reason=reason_phrase(status), headers=fields)
         head = connection.send(response)
         if head_only:
             return head
