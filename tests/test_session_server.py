@@ -209,7 +209,10 @@ async def test_the_idle_watchdog_fires_on_a_silent_connection() -> None:
 
 async def test_two_hundred_concurrent_streams_over_sockets() -> None:
     scenarios = Scenarios(Scenario(text="z" * 40, chunk_chars=4, interval=0.005))
-    async with serve(scenarios) as (client, server):
+    # About concurrency, not the chunk limits: the server shares this process, so a busy
+    # machine that stalls the process for half a second is not a provider gone silent.
+    timeouts = {"connect": 5, "first_chunk": 30, "idle_chunk": 30}
+    async with serve(scenarios, timeouts=timeouts) as (client, server):
         done: list[int] = []
 
         async def one(i: int) -> None:
