@@ -438,6 +438,15 @@ class InvocationStream:
         Raises:
             LLMError: the invocation failed.
         """
+        if self._whole is not None and self._receiver is None and not self._chunk_hooks:
+            # A whole answer, aggregated already: its chunks need no walk (nobody sees them).
+            self._position = len(self._batch)
+            try:
+                await self._end()
+            except LLMError as error:
+                await self._failed(error)
+                raise
+            return self.response
         async for _ in self:
             pass
         return self.response

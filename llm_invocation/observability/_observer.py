@@ -35,6 +35,11 @@ __all__ = ["DEFAULT_LOGGER", "Observer", "open_observer"]
 DEFAULT_LOGGER: Final = "llm_invocation"
 
 
+def _last_resort_takes_info() -> bool:
+    last = logging.lastResort
+    return last is not None and last.level <= logging.INFO
+
+
 @final
 class Observer:
     """A client's audit log and telemetry.
@@ -118,7 +123,11 @@ class Observer:
                     attempted=attempted,
                 )
             log = self.audit_log
-            if not log.isEnabledFor(logging.INFO):
+            # Nobody to read it (INFO disabled, or no handler on the way to the root and
+            # none of last resort for INFO): the record is not built.
+            if not log.isEnabledFor(logging.INFO) or not (
+                log.hasHandlers() or _last_resort_takes_info()
+            ):
                 return
             metadata = request.metadata
             token = metadata.get("token") if metadata else None
