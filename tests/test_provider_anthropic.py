@@ -801,7 +801,7 @@ def test_thinking_then_text_aggregates_to_a_signed_reasoning_part() -> None:
     assert [c.reasoning_signature for c in chunks if c.reasoning_signature] == ["EqQBCkgI=="]
     message = aggregate(chunks).message
     assert message.content == [
-        ReasoningPart(text="Let me think.", signature="EqQBCkgI=="),
+        ReasoningPart(text="Let me think.", signature="EqQBCkgI==", provider="anthropic"),
         TextPart(text="Answer"),
     ]
 
@@ -1200,8 +1200,8 @@ def test_a_whole_body_decodes_in_block_order(codec: AnthropicCodec) -> None:
     assert response.model == "claude-test"
     assert response.created.tzinfo is UTC
     assert response.message.content == [
-        ReasoningPart(text="T", signature="S"),
-        ReasoningPart(signature="R", redacted=True),
+        ReasoningPart(text="T", signature="S", provider="anthropic"),
+        ReasoningPart(signature="R", redacted=True, provider="anthropic"),
         TextPart(text="AB"),
     ]
     assert response.tool_calls == [

@@ -596,7 +596,7 @@ def test_thought_parts_are_reasoning_and_their_signature_closes_them() -> None:
         ("", None, "Done."),
     ]
     assert aggregate(chunks).message.content == [
-        ReasoningPart(text="Let me think.", signature="SIG"),
+        ReasoningPart(text="Let me think.", signature="SIG", provider="gemini"),
         TextPart(text="Done."),
     ]
 
@@ -606,7 +606,7 @@ def test_a_signature_on_an_empty_text_part_is_kept() -> None:
     assert chunks[-1].reasoning_signature == "SIG"
     assert aggregate(chunks).message.content == [
         TextPart(text="Hi"),
-        ReasoningPart(signature="SIG"),
+        ReasoningPart(signature="SIG", provider="gemini"),
     ]
 
 
@@ -620,7 +620,7 @@ def test_parts_that_cannot_share_a_chunk_are_split_in_order() -> None:
     ]
     assert aggregate(chunks).message.content == [
         TextPart(text="a"),
-        ReasoningPart(text="b", signature="S"),
+        ReasoningPart(text="b", signature="S", provider="gemini"),
         TextPart(text="cd"),
     ]
 
@@ -1305,8 +1305,8 @@ def test_two_signed_blocks_in_one_object_become_two_chunks() -> None:
         ("", "S2", "b"),
     ]
     assert aggregate(chunks).message.content == [
-        ReasoningPart(text="a", signature="S1"),
-        ReasoningPart(signature="S2"),
+        ReasoningPart(text="a", signature="S1", provider="gemini"),
+        ReasoningPart(signature="S2", provider="gemini"),
         TextPart(text="b"),
     ]
 

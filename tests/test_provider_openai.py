@@ -1092,7 +1092,10 @@ def test_decode_reasoning_becomes_a_reasoning_part_first(field: str) -> None:
         }
     ).encode()
     response = OpenAICodec().decode_response(request(), body)
-    assert response.message.content == [ReasoningPart(text="Capital..."), TextPart(text="Paris")]
+    assert response.message.content == [
+        ReasoningPart(text="Capital...", provider="openai"),
+        TextPart(text="Paris"),
+    ]
     assert response.text == "Paris"
     assert response.reasoning == "Capital..."
 

@@ -7,7 +7,10 @@
   wants user and assistant to alternate), ``tool_result`` blocks first in a user message;
 * an assistant message's signed reasoning is echoed first, as ``thinking`` (or
   ``redacted_thinking``) blocks, then its text, then its ``tool_use`` blocks. Reasoning
-  without a signature (another provider's) cannot be verified by Anthropic and is left out;
+  without a signature, or made by another provider (`ReasoningPart.provider` names another
+  entry), cannot be verified by Anthropic and is left out, text and all: the API takes
+  thinking only with a valid signature, and another model's thoughts are not this model's
+  words to put in a text block;
 * a `CacheControl` marker becomes ``cache_control: {"type": "ephemeral"}`` (plus
   ``"ttl": "1h"`` for an hour) on its block: a part's on that part's block, a message's on
   its last block (a tool message's on its ``tool_result``), a tool's on its definition; a
@@ -127,9 +130,9 @@ def _mark_last(blocks: list[Block], message: Message, index: int) -> list[Block]
     return blocks
 
 
-def _reasoning_block(part: ReasoningPart) -> Block | None:
-    if part.signature is None:
-        return None  # unsigned reasoning (another provider's): the API would reject it
+def _reasoning_block(part: ReasoningPart, provider: str | None) -> Block | None:
+    if part.signature is None or not part.belongs_to(provider):
+        return None  # unsigned, or signed by another provider: the API would reject it
     if part.redacted:
         return {"type": "redacted_thinking", "data": part.signature}
     return {"type": "thinking", "thinking": part.text, "signature": part.signature}
@@ -185,7 +188,7 @@ def _user_content(message: Message, index: int) -> str | list[Block]:
     )
 
 
-def _assistant_content(message: Message, index: int) -> str | list[Block]:
+def _assistant_content(message: Message, index: int, provider: str | None) -> str | list[Block]:
     content = message.content
     calls = message.tool_calls
     if isinstance(content, str) and not calls and message.cache_control is None:
@@ -197,7 +200,7 @@ def _assistant_content(message: Message, index: int) -> str | list[Block]:
     elif content:
         for part in content:  # signed reasoning first, as the API requires
             if isinstance(part, ReasoningPart):
-                block = _reasoning_block(part)
+                block = _reasoning_block(part, provider)
                 if block is not None:
                     blocks.append(block)
         for part in content:
@@ -246,9 +249,14 @@ def _as_blocks(content: str | list[Block]) -> list[Block]:
 
 
 def convert_messages(
-    messages: Sequence[Message],
+    messages: Sequence[Message], *, provider: str | None = None
 ) -> tuple[str | list[Block] | None, list[Block]]:
     """Split a conversation into Anthropic's ``system`` and alternating ``messages``.
+
+    Args:
+        messages: the conversation.
+        provider: the provider entry the body is for: reasoning another one made is left
+            out (`ReasoningPart.belongs_to`); None sends every signed part.
 
     Returns:
         The ``system`` value (None when there is none) and the ``messages`` list.
@@ -279,7 +287,7 @@ def convert_messages(
             content = _user_content(message, index)
         else:
             wire_role = "assistant"
-            content = _assistant_content(message, index)
+            content = _assistant_content(message, index, provider)
             if not content and not isinstance(content, str):
                 continue  # nothing Anthropic can take (only unsigned reasoning)
         if turns and turns[-1]["role"] == wire_role:
@@ -428,7 +436,11 @@ def _merge(body: dict[str, Any], extra: Mapping[str, Any]) -> None:
 
 
 def build_body(
-    request: Request, *, default_max_tokens: int, count_tokens: bool = False
+    request: Request,
+    *,
+    default_max_tokens: int,
+    count_tokens: bool = False,
+    provider: str | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The JSON body for ``request`` and the ``anthropic-beta`` flags it asks for.
 
@@ -438,6 +450,7 @@ def build_body(
             ``thinking.budget_tokens`` that reaches it, which the API requires).
         count_tokens: build a ``/v1/messages/count_tokens`` body instead (only the fields that
             endpoint accepts).
+        provider: the provider entry the body is for (see `convert_messages`).
 
     Raises:
         InvalidRequest: the request uses something Anthropic cannot express (see
@@ -457,7 +470,7 @@ def build_body(
     betas = pop_betas(extra)
     disable_parallel: Any = extra.pop("disable_parallel_tool_use", None)
 
-    system, messages = convert_messages(request.messages)
+    system, messages = convert_messages(request.messages, provider=provider)
     body: dict[str, Any] = {"model": request.model}
     if not count_tokens:
         max_tokens = options.max_tokens

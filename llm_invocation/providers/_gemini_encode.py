@@ -11,7 +11,9 @@ Mapping (``WIRE-FORMATS.md`` 4.2):
 * an assistant `ReasoningPart` with text is sent back as a ``thought`` part (with its
   signature); one with only a signature lends it, as ``thoughtSignature``, to the content part
   that follows it (the part it arrived with), or becomes an empty signed text part when none
-  follows; a `ToolCall` is a ``functionCall`` part with ``thoughtSignature`` from
+  follows. Reasoning another provider made (`ReasoningPart.provider` names another entry)
+  loses its signature: its text goes as an unsigned ``thought`` part, a bare signature or
+  redacted data not at all; a `ToolCall` is a ``functionCall`` part with ``thoughtSignature`` from
   ``metadata["thought_signature"]``, verbatim;
 * a tool result whose text is a JSON object is sent as that object, anything else as
   ``{"output": <text>}`` (``{"error": <text or object>}`` when ``is_error``), the keys the API
@@ -159,7 +161,7 @@ def _text_and_image_parts(message: Message, index: int, *, system: bool) -> list
 
 
 def _assistant_parts(
-    message: Message, index: int, call_names: dict[str, str]
+    message: Message, index: int, call_names: dict[str, str], provider: str | None
 ) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     content = message.content
@@ -173,18 +175,19 @@ def _assistant_parts(
             if isinstance(part, ReasoningPart):
                 if part.redacted:
                     continue  # another provider's opaque thinking: meaningless to Gemini
+                signature = part.signature if part.belongs_to(provider) else None
                 if not part.text:
-                    if part.signature:
+                    if signature:
                         if pending is not None:
                             parts.append({"text": "", "thoughtSignature": pending})
-                        pending = part.signature
+                        pending = signature
                     continue
                 if pending is not None:
                     parts.append({"text": "", "thoughtSignature": pending})
                     pending = None
                 out = {"text": part.text, "thought": True}
-                if part.signature:
-                    out["thoughtSignature"] = part.signature
+                if signature:
+                    out["thoughtSignature"] = signature
                 parts.append(out)
                 continue
             if isinstance(part, TextPart):
@@ -256,7 +259,9 @@ def _tool_parts(
     return [{"functionResponse": {"name": name, "response": response}}]
 
 
-def _contents(request: Request) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _contents(
+    request: Request, provider: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     contents: list[dict[str, Any]] = []
     system: list[dict[str, Any]] = []
     call_names: dict[str, str] = {}
@@ -274,7 +279,7 @@ def _contents(request: Request) -> tuple[list[dict[str, Any]], list[dict[str, An
             parts = _text_and_image_parts(message, index, system=False)
         elif role == "assistant":
             wire_role = "model"
-            parts = _assistant_parts(message, index, call_names)
+            parts = _assistant_parts(message, index, call_names, provider)
         else:
             wire_role = "user"
             parts = _tool_parts(message, index, call_names, shown)
@@ -342,15 +347,20 @@ def _apply_provider_options(
             body[name] = value
 
 
-def build_body(request: Request) -> dict[str, Any]:
+def build_body(request: Request, *, provider: str | None = None) -> dict[str, Any]:
     """The JSON body (as plain data) of ``generateContent`` for ``request``.
+
+    Args:
+        request: the invocation.
+        provider: the provider entry the body is for: reasoning another one made goes
+            without its signature (`ReasoningPart.belongs_to`); None keeps every signature.
 
     Raises:
         InvalidRequest: a tool result whose tool name cannot be found, tool-call arguments
             that are not a JSON object, an image in a system message, or more than five stop
             sequences.
     """
-    contents, system = _contents(request)
+    contents, system = _contents(request, provider)
     body: dict[str, Any] = {"contents": contents}
     if system:
         body["systemInstruction"] = {"parts": system}

@@ -7,9 +7,10 @@ WIRE-FORMATS 2. What goes where:
   ``input_text`` / ``input_image`` parts (a ``developer`` message stays a developer item);
 * an assistant message's `ReasoningPart` parts that carry a Responses signature (see
   `_responses_wire.reasoning_signature`) go back as ``reasoning`` items with their
-  encrypted content (needed when ``store`` is false); other reasoning is not sent, as in
-  Chat Completions; its text becomes an assistant item, its tool calls ``function_call``
-  items (``call_id``, ``name``, ``arguments``);
+  encrypted content (needed when ``store`` is false), unless another provider entry made
+  them (`ReasoningPart.provider`: its encrypted content is not this one's to read); other
+  reasoning is not sent, as in Chat Completions; its text becomes an assistant item, its
+  tool calls ``function_call`` items (``call_id``, ``name``, ``arguments``);
 * a tool message is a ``function_call_output`` item; one with images has a list of
   ``input_text`` and ``input_image`` parts as its output, as the API takes them;
 * tools are flat ``{"type": "function", "name", "description", "parameters"[, "strict"]}``;
@@ -150,7 +151,7 @@ def _assistant(message: Message, provider: str, items: list[dict[str, Any]]) -> 
                 text.append(part.text)
             elif isinstance(part, ReasoningPart):
                 signed = parse_signature(part.signature)
-                if signed is None:
+                if signed is None or not part.belongs_to(provider):
                     continue
                 flush()
                 summary = [{"type": "summary_text", "text": part.text}] if part.text else []

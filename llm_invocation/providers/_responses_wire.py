@@ -298,14 +298,15 @@ class ResponseBuilder:
         elif kind not in self.types:
             self.types.append(kind)
 
-    def content(self) -> str | list[Part] | None:
-        """The message content: a string when it is only text, else the parts."""
+    def content(self, provider: str) -> str | list[Part] | None:
+        """The message content: a string when it is only text, else the parts (reasoning
+        parts made by ``provider``)."""
         if all(kind == "text" for kind, _, _ in self.runs):
             return "".join("".join(texts) for _, texts, _ in self.runs) or None
         return [
             TextPart(text="".join(texts))
             if kind == "text"
-            else ReasoningPart(text="".join(texts), signature=signature)
+            else ReasoningPart(text="".join(texts), signature=signature, provider=provider)
             for kind, texts, signature in self.runs
         ]
 
@@ -336,7 +337,9 @@ def decode_body(body: WireResponse, *, provider: str, model: str) -> Response:
             Choice(
                 index=0,
                 message=Message(
-                    role="assistant", content=builder.content(), tool_calls=builder.calls or None
+                    role="assistant",
+                    content=builder.content(provider),
+                    tool_calls=builder.calls or None,
                 ),
                 finish_reason=finish,
             )

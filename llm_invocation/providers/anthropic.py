@@ -270,7 +270,11 @@ class AnthropicCodec(ProviderCodec):
                 )
         # Everything else the encoder refuses (content, formats, tool_choice) is found by
         # building the body once.
-        build_body(self.provider_options.apply(request), default_max_tokens=self.default_max_tokens)
+        build_body(
+            self.provider_options.apply(request),
+            default_max_tokens=self.default_max_tokens,
+            provider=self.name,
+        )
 
     # -- invocations ----------------------------------------------------------------------
 
@@ -294,7 +298,9 @@ class AnthropicCodec(ProviderCodec):
                 `validate`).
         """
         request = self.provider_options.apply(request)
-        body, betas = build_body(request, default_max_tokens=self.default_max_tokens)
+        body, betas = build_body(
+            request, default_max_tokens=self.default_max_tokens, provider=self.name
+        )
         return HttpRequest(
             method="POST",
             url=f"{self.base_url}/messages",
@@ -313,10 +319,11 @@ class AnthropicCodec(ProviderCodec):
         Content blocks are read in order: text becomes `TextPart` (the content is a plain
         string when there is only text; adjacent text blocks are joined, as a stream's
         aggregate joins them), thinking becomes `ReasoningPart` with its signature (redacted
-        thinking: ``redacted=True``), and ``tool_use`` becomes a `ToolCall` whose arguments are
-        the input as compact JSON. Server-tool blocks are skipped. ``created`` is the time
-        the body was decoded: Anthropic sends no creation time, and a streamed answer's
-        aggregate gets the time it ended, so both mean "when the whole answer was here".
+        thinking: ``redacted=True``), its ``provider`` this codec's name, and ``tool_use``
+        becomes a `ToolCall` whose arguments are the input as compact JSON. Server-tool
+        blocks are skipped. ``created`` is the time the body was decoded: Anthropic sends no
+        creation time, and a streamed answer's aggregate gets the time it ended, so both mean
+        "when the whole answer was here".
 
         Raises:
             ProviderError: the body is not a message (and not an error body); retryable, a
@@ -341,7 +348,7 @@ class AnthropicCodec(ProviderCodec):
                 status=None,
                 request_id=message.request_id,
             )
-        parts, calls, redacted = self._content(message.content)
+        parts, calls, redacted = self._content(message.content, self.name)
         native = message.stop_reason
         finish: FinishReason | None = finish_reason(native)
         if finish is None and calls:
@@ -378,7 +385,7 @@ class AnthropicCodec(ProviderCodec):
         )
 
     @staticmethod
-    def _content(blocks: list[Block]) -> tuple[list[Part], list[ToolCall], bool]:
+    def _content(blocks: list[Block], provider: str) -> tuple[list[Part], list[ToolCall], bool]:
         parts: list[Part] = []
         calls: list[ToolCall] = []
         redacted = False
@@ -393,9 +400,11 @@ class AnthropicCodec(ProviderCodec):
                 else:
                     parts.append(TextPart(text=block.text))
             elif kind == "thinking":
-                parts.append(ReasoningPart(text=block.thinking, signature=block.signature))
+                parts.append(
+                    ReasoningPart(text=block.thinking, signature=block.signature, provider=provider)
+                )
             elif kind == "redacted_thinking":
-                parts.append(ReasoningPart(signature=block.data, redacted=True))
+                parts.append(ReasoningPart(signature=block.data, redacted=True, provider=provider))
                 redacted = True
             elif kind == "tool_use":
                 arguments = _ENCODER.encode(block.input if block.input is not None else {})
@@ -540,6 +549,7 @@ class AnthropicCodec(ProviderCodec):
             self.provider_options.apply(request),
             default_max_tokens=self.default_max_tokens,
             count_tokens=True,
+            provider=self.name,
         )
         return HttpRequest(
             method="POST",

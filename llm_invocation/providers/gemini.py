@@ -251,7 +251,7 @@ class GeminiCodec(ProviderCodec):
                     provider=self.name,
                     details={"model": request.model, "feature": str(feature)},
                 )
-        build_body(self.provider_options.apply(request))
+        build_body(self.provider_options.apply(request), provider=self.name)
 
     # -- invocations ----------------------------------------------------------------------
 
@@ -269,7 +269,7 @@ class GeminiCodec(ProviderCodec):
             InvalidRequest: see `validate`.
         """
         request = self.provider_options.apply(request)
-        body = _ENCODER.encode(build_body(request))
+        body = _ENCODER.encode(build_body(request, provider=self.name))
         path = f"{self.base_url}/{model_path(request.model)}"
         if not request.stream:
             url = f"{path}:generateContent"
@@ -422,7 +422,7 @@ class GeminiCodec(ProviderCodec):
         Raises:
             InvalidRequest: see `validate`.
         """
-        body = build_body(self.provider_options.apply(request))
+        body = build_body(self.provider_options.apply(request), provider=self.name)
         path = model_path(request.model)
         payload = (
             {"contents": body["contents"]}

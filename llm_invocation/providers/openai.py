@@ -461,7 +461,9 @@ class OpenAICodec(ProviderCodec):
         if completion.error:
             raise self.map_stream_error({"error": completion.error})
         metadata: dict[str, Any] = {}
-        choices = [self._choice(wire_choice, metadata) for wire_choice in completion.choices]
+        choices = [
+            self._choice(wire_choice, metadata, self.name) for wire_choice in completion.choices
+        ]
         if completion.service_tier is not None:
             metadata["service_tier"] = completion.service_tier
         wire_usage = completion.usage
@@ -479,7 +481,7 @@ class OpenAICodec(ProviderCodec):
         )
 
     @staticmethod
-    def _choice(wire: CompletionChoice, metadata: dict[str, Any]) -> Choice:
+    def _choice(wire: CompletionChoice, metadata: dict[str, Any], provider: str) -> Choice:
         message = wire.message
         tool_calls: list[ToolCall] | None = None
         message_metadata: dict[str, Any] | None = None
@@ -490,7 +492,7 @@ class OpenAICodec(ProviderCodec):
             text = message.content or ""
             reasoning = message.reasoning_content or message.reasoning
             if reasoning:
-                parts: list[Part] = [ReasoningPart(text=reasoning)]
+                parts: list[Part] = [ReasoningPart(text=reasoning, provider=provider)]
                 if text:
                     parts.append(TextPart(text=text))
                 content = parts

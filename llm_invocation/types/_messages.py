@@ -203,12 +203,30 @@ class ReasoningPart(
 
     Anthropic thinking blocks carry a ``signature`` that the API verifies when the block is
     sent back; a redacted thinking block has ``redacted=True`` and its opaque ``data`` in
-    ``signature``. Gemini's ``thoughtSignature`` travels in ``signature`` too.
+    ``signature``. Gemini's ``thoughtSignature`` travels in ``signature`` too, and so does an
+    OpenAI Responses reasoning item (its id and encrypted content).
+
+    ``provider`` names the provider entry whose answer the part came from: every decoder sets
+    it. A signature means something only to the provider that made it, so an encoder sends
+    ``signature`` (and redacted data) only for a part of its own provider or a part with no
+    ``provider`` (one built by hand). Another provider's part goes without its opaque data:
+    Gemini gets its text as a thought, Chat Completions servers that take reasoning text get
+    the text, and Anthropic and the Responses API, which accept only their own signed
+    reasoning, get nothing of it.
     """
 
     text: str = ""
     signature: str | None = None
     redacted: bool = False
+    provider: str | None = None
+
+    def belongs_to(self, provider: str | None) -> bool:
+        """Whether this part's opaque data may go to ``provider`` (a provider entry's name).
+
+        True when the part came from ``provider``, when it has no ``provider`` (built by
+        hand) and when ``provider`` is None (the encoder was not told whom it encodes for).
+        """
+        return self.provider is None or provider is None or self.provider == provider
 
 
 Part = TextPart | ImagePart | ReasoningPart

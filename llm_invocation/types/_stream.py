@@ -185,7 +185,7 @@ class _ChoiceState:
             pieces.extend(self.buf)
         return "".join(pieces)
 
-    def choice(self, index: int) -> Choice:
+    def choice(self, index: int, provider: str | None) -> Choice:
         self.close_run()
         text_only = True
         for kind, _, _ in self.segments:
@@ -199,7 +199,7 @@ class _ChoiceState:
             content = [
                 TextPart(text=text)
                 if kind == _TEXT
-                else ReasoningPart(text=text, signature=signature)
+                else ReasoningPart(text=text, signature=signature, provider=provider)
                 for kind, text, signature in self.segments
             ]
         tool_calls: list[ToolCall] = []
@@ -231,7 +231,8 @@ class StreamAggregator:
     thread-safe: one aggregator belongs to one task.
 
     - text and reasoning are concatenated, in arrival order; a ``reasoning_signature`` closes
-      the current thinking block, so each signed block is echoed back as its own part;
+      the current thinking block, so each signed block is echoed back as its own part; every
+      `ReasoningPart` records the response's provider as its ``provider``;
     - tool calls are accumulated by ``index`` and come out ordered by it. ``id`` and
       ``name`` come from the first fragment that has them, and a fragment repeating them
       does not repeat the name; a fragment with a *different* id at a taken index starts a
@@ -361,12 +362,13 @@ class StreamAggregator:
         if self._error is not None:
             raise error_from_info(self._error)
         states = self._choices or {0: _ChoiceState()}
+        source = self._provider or provider
         return Response(
             id=self._id or id,
-            provider=self._provider or provider,
+            provider=source,
             model=self._model or model,
             created=self._created or created or datetime.now(UTC),
-            choices=[states[i].choice(i) for i in sorted(states)],
+            choices=[states[i].choice(i, source or None) for i in sorted(states)],
             usage=self._usage,
             metadata=self._metadata,
             system_fingerprint=self._fingerprint,
