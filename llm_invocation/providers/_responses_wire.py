@@ -38,6 +38,7 @@ from ..types import (
 )
 from ._base import JSON_ERRORS, checked_usage, unix_to_datetime
 from ._openai_errors import classify_stream_error
+from ._openai_wire import CompletionDetails, PromptDetails
 
 __all__ = [
     "EVENT_DECODER",
@@ -87,27 +88,16 @@ class OutputItem(msgspec.Struct, gc=False):
     arguments: str | None = None
 
 
-class InputDetails(msgspec.Struct, gc=False):
-    """``usage.input_tokens_details``."""
-
-    cached_tokens: int | None = None
-    cache_write_tokens: int | None = None
-
-
-class OutputDetails(msgspec.Struct, gc=False):
-    """``usage.output_tokens_details``."""
-
-    reasoning_tokens: int | None = None
-
-
 class WireUsage(msgspec.Struct, gc=False):
     """``usage`` of a response."""
 
     input_tokens: int | None = None
     output_tokens: int | None = None
     total_tokens: int | None = None
-    input_tokens_details: InputDetails | None = None
-    output_tokens_details: OutputDetails | None = None
+    # The same shapes as chat completions' ``prompt_tokens_details`` and
+    # ``completion_tokens_details``.
+    input_tokens_details: PromptDetails | None = None
+    output_tokens_details: CompletionDetails | None = None
 
 
 class IncompleteDetails(msgspec.Struct, gc=False):
