@@ -222,3 +222,36 @@ async def test_a_read_past_its_time_limit_raises_too_slow_and_closes_the_connect
             assert transport.statistics().connections_open == 0
         finally:
             await pool.aclose()
+
+
+async def test_reads_through_our_transport_open_no_cancel_scope(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plain body's reads keep their time limit in the connection (one deadline, no scope
+    per read); only a body decoded on its way (content coding) needs a scope per read."""
+    scopes: list[float] = []
+    original = trio.move_on_after
+
+    def counting(seconds: float, **kwargs: Any) -> trio.CancelScope:
+        scopes.append(seconds)
+        return original(seconds, **kwargs)
+
+    scenarios = Scenarios(SLOW)
+    async with open_fake_server(scenarios) as server:
+        pool = HttpPool(HttpSettings(trust_env=False), provider="openai")
+        codec = OpenAICodec(base_url=server.base_url("openai"))
+        try:
+            async with pool.stream(codec.encode(resolved("m"), KEY)) as response:
+                monkeypatch.setattr(trio, "move_on_after", counting)
+                pieces = 0
+                while True:
+                    try:
+                        await response.receive(60)
+                    except StopAsyncIteration:
+                        break
+                    pieces += 1
+                monkeypatch.undo()
+            assert pieces >= 8  # one read per chunk sent 50 ms apart
+            assert scopes == []
+        finally:
+            await pool.aclose()

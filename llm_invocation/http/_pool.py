@@ -683,7 +683,8 @@ class HttpPool:
                     coding = headers.get("content-encoding")
                     if coding is not None:
                         pieces = decode_body(pieces, coding, provider=provider, status=head.status)
-                    yield HttpResponse(head.status, headers, pieces, self._translate)
+                    raw = body if pieces is body else None  # no content coding in between
+                    yield HttpResponse(head.status, headers, pieces, self._translate, raw)
                 finally:
                     await body.aclose()  # closes at once, never checkpoints
             finally:
