@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ from llm_invocation.store.ledger import (
     SCHEMA_VERSION,
     LedgerEntry,
     LedgerError,
+    LedgerWriter,
     SQLiteLedger,
     UsageReport,
     new_entry_id,
@@ -780,3 +782,54 @@ async def test_an_exception_from_the_writers_block_comes_out_as_itself(
     with pytest.raises(KeyError, match="mine"):
         async with open_ledger_writer(ledger):
             raise KeyError("mine")
+
+
+async def test_entries_that_trickle_in_share_one_commit_while_the_writer_lingers(
+    ledger: SQLiteLedger, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_ledger_writer(ledger, linger=10) as writer:
+        for _ in range(3):
+            writer.put_nowait(entry())
+            await trio.sleep(1)
+        assert writer.statistics().committed == 0  # still lingering
+        before = trio.current_time()
+        await writer.flush()  # someone waits: the linger ends now
+        assert trio.current_time() - before < 10
+        stats = writer.statistics()
+
+    assert (stats.committed, stats.batches, stats.largest_batch) == (3, 1, 3)
+
+
+async def test_a_lingering_batch_commits_by_itself_when_its_time_is_up(
+    ledger: SQLiteLedger, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_ledger_writer(ledger, linger=5) as writer:
+        writer.put_nowait(entry())
+        await trio.sleep(4)
+        assert writer.statistics().committed == 0
+        await trio.sleep(2)
+        assert writer.statistics().committed == 1
+
+
+async def test_half_a_full_batch_commits_without_lingering(
+    ledger: SQLiteLedger, autojump_clock: trio.testing.MockClock
+) -> None:
+    start = trio.current_time()
+    async with open_ledger_writer(ledger, max_batch=4, linger=1000) as writer:
+        writer.put_nowait(entry())
+        writer.put_nowait(entry())
+        while writer.statistics().committed < 2:
+            await trio.sleep(0.01)
+        assert trio.current_time() - start < 1000
+        # closing ends a linger too: the last entry does not wait for its time
+        writer.put_nowait(entry())
+    assert trio.current_time() - start < 1000
+    assert len(await ledger.entries()) == 3
+
+
+@pytest.mark.parametrize("linger", [-1.0, math.inf, math.nan])
+async def test_a_linger_that_is_not_a_number_of_seconds_is_refused(
+    ledger: SQLiteLedger, linger: float
+) -> None:
+    with pytest.raises(ValueError, match="linger"):
+        LedgerWriter(ledger, linger=linger)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -51,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import msgspec
 import trio
 
+from .._ids import new_id
 from ..errors import CostExceeded, LLMError
 from ..runtime import Actor, Call, Context, Msg, ReplyHandle
 from ..store._base import Budget, BudgetCheck, BudgetLevel, BudgetStore, StoreUnavailable
@@ -507,7 +507,7 @@ class Accountant(Actor[AccountantMsg]):
                 },
             )
         reservation = Reservation(
-            id=msg.reservation or secrets.token_hex(8),
+            id=msg.reservation or new_id(),
             provider=msg.provider,
             model=msg.model,
             worst_case=worst,

@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import msgspec
 import trio
 
+from .._ids import new_id
 from ..errors import ConfigurationError, LLMError, RateLimited
 from ..runtime import Actor, Call, Context, Msg, ReplyHandle
 from ..store._base import (
@@ -416,7 +416,7 @@ class Governor(Actor[GovernorMsg]):
 
     def _acquire(self, msg: Acquire, ctx: Context) -> Lease | None:
         route = self._routes.get(msg.provider, msg.model)
-        lease = msg.lease or secrets.token_hex(8)
+        lease = msg.lease or new_id()
         if lease in self._waiters or lease in self._active:
             self.refused += 1
             raise RateLimited(

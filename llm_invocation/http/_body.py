@@ -155,13 +155,15 @@ class ResponseBody(httpx.AsyncByteStream):
             self._release(reuse=False)
 
     async def _read(self, timeout: float | None) -> bytes:
+        # What is already here (bytes that came with the head, the end of the body) is
+        # handed over without a trip through the scheduler: a cancellation still lands.
         if self._ready:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
             data, self._ready = self._ready, b""
             return data
         conn = self._conn
         if conn is None:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
             if self._closed:
                 raise httpx.ReadError("the response was closed")
             raise StopAsyncIteration

@@ -656,7 +656,12 @@ class HttpPool:
     ) -> AsyncGenerator[HttpResponse]:
         """`stream` through our transport, from the request's bytes."""
         provider = self.provider
-        async with self._admission:
+        admission = self._admission
+        try:
+            admission.acquire_nowait()  # a free place: no trip through the scheduler
+        except trio.WouldBlock:
+            await admission.acquire()
+        try:
             if self._closed:
                 raise ProviderError("the session's connection pool is closed", provider=provider)
             self._requests += 1
@@ -689,6 +694,8 @@ class HttpPool:
                     await body.aclose()  # closes at once, never checkpoints
             finally:
                 self._active -= 1
+        finally:
+            admission.release()
 
     async def _close_foreign(
         self, stream: httpx.AsyncByteStream | httpx.SyncByteStream, pieces: AsyncIterator[bytes]

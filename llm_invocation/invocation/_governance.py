@@ -27,7 +27,6 @@ reservation keeps the worst case charged until it expires, and it is logged once
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Mapping
 from decimal import Decimal
@@ -37,6 +36,7 @@ import msgspec
 import trio
 
 from .. import tokens
+from .._ids import new_id
 from ..actors.accountant import Abandon as AbandonReservation
 from ..actors.accountant import Reservation, Reserve, Settle
 from ..actors.governor import Abandon as AbandonLease
@@ -213,7 +213,7 @@ class Governance:
                 if room < estimate.max_completion_tokens:
                     estimate = msgspec.structs.replace(estimate, max_completion_tokens=room)
         tags = _tags(request)
-        rid = secrets.token_hex(8)
+        rid = new_id()
         message = Reserve(
             provider=price_provider,
             model=model,
@@ -248,7 +248,7 @@ class Governance:
         Raises:
             RateLimited: the governor refuses it (or it waited longer than ``max_wait``).
         """
-        lease = secrets.token_hex(8)
+        lease = new_id()
         message = Acquire(
             provider=admission.provider,
             model=admission.model,
@@ -378,7 +378,7 @@ class Governance:
         is cast like a settlement, reserves nothing and touches no budget's spend."""
         price_provider = self.price_provider(provider, model)
         reservation = Reservation(
-            id=secrets.token_hex(8),
+            id=new_id(),
             provider=price_provider,
             model=model,
             worst_case=Decimal(0),

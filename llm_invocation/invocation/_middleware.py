@@ -43,10 +43,10 @@ and no actor is touched. Cancellation is the caller's: a cancelled call runs no 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, final
 
+from .._ids import new_id
 from .._secrets import redact
 from ..errors import LLMError, ProviderError
 from ..types import Request, Response, StreamChunk
@@ -88,7 +88,7 @@ class CallInfo:
     def __init__(
         self, request: Request, *, step: int | None = None, run: Run | None = None
     ) -> None:
-        self.id = secrets.token_hex(8)
+        self.id = new_id()
         self.request = request
         self.step = step
         self.state: dict[str, Any] = {}

@@ -8,11 +8,11 @@ exists only when telemetry is on.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, final
 
+from .._ids import new_id
 from .._secrets import redact
 from ._audit import AuditRecord, emit_audit, tags_of
 from ._logging import apply_config_level
@@ -78,7 +78,7 @@ class Observer:
         self, request: Request, provider: str, model: str
     ) -> tuple[str, float, InvocationTrace | None]:
         """An invocation begins: its id, its start (monotonic) and its trace (None: off)."""
-        invocation_id = secrets.token_hex(8)
+        invocation_id = new_id()
         telemetry = self.telemetry
         trace = None
         if telemetry is not None:

@@ -148,7 +148,13 @@ class ActorRef(Generic[M]):
         try:
             cell.sent += 1
             try:
-                await cell.send_ch.send(envelope)
+                # Into the mailbox without a trip through the scheduler when there is room:
+                # the wait for the reply below is this call's schedule point.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                try:
+                    cell.send_ch.send_nowait(envelope)
+                except trio.WouldBlock:
+                    await cell.send_ch.send(envelope)
             except BaseException as exc:
                 cell.sent -= 1
                 if isinstance(exc, trio.ClosedResourceError | trio.BrokenResourceError):

@@ -8,15 +8,19 @@ commit::
         await writer.flush()            # every entry put before is committed
 
 The writer's task takes every entry queued, commits them in one transaction
-(`SQLiteLedger.append_many`) and starts again, so the batches grow with the load: one entry
-per transaction when settlements trickle in, hundreds under a burst.
+(`SQLiteLedger.append_many`) and starts again, so the batches grow with the load. Before a
+commit it lingers up to ``linger`` seconds (20 ms by default) for more entries to join the
+batch, unless someone waits for it (`LedgerWriter.flush`), the batch is half of ``max_batch``,
+or the writer is closing: a transaction costs about the same for one entry as for a hundred,
+so settlements that trickle in at a steady rate share one commit instead of paying one each.
 
 Bounds: at most ``max_batch`` entries are accepted and not yet committed at any moment.
 `LedgerWriter.put` waits while that many are (backpressure up to the accountant, and from it
 to the callers); `LedgerWriter.put_nowait` raises `trio.WouldBlock` instead. Nothing accepted
 is ever dropped from the queue. Each transaction commits every entry accepted before it
 started, so when the process dies (SIGKILL included) what is lost is at most one batch: the
-entries accepted and not yet committed, never more than ``max_batch``.
+entries accepted and not yet committed, never more than ``max_batch``, accepted within the
+last ``linger`` seconds or during the commit in progress.
 
 Read-your-writes: `LedgerWriter.flush` returns once every entry accepted before it was called
 is committed (or refused, or given up: see below). Batches commit in the order their entries
@@ -32,6 +36,7 @@ locked by another process past its busy timeout, a disk error) is tried again wi
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncGenerator
@@ -47,6 +52,7 @@ if TYPE_CHECKING:
     from .ledger import LedgerEntry, SQLiteLedger
 
 __all__ = [
+    "DEFAULT_LINGER",
     "DEFAULT_MAX_BATCH",
     "DRAIN_LIMIT",
     "LedgerWriter",
@@ -58,6 +64,8 @@ _log = logging.getLogger("llm_invocation.store.ledger")
 
 DEFAULT_MAX_BATCH: Final = 1024
 """Entries accepted and not yet committed, at most (and so the largest transaction)."""
+DEFAULT_LINGER: Final = 0.02
+"""Seconds the writer waits for more entries to join a batch before it commits it."""
 DRAIN_LIMIT: Final = 10.0
 """Seconds `open_ledger_writer` waits, when its block ends, for the queued entries to commit."""
 _RETRY_DELAY: Final = 0.05
@@ -102,19 +110,32 @@ class LedgerWriter:
         max_batch: the most entries accepted and not yet committed (at least 1).
         max_attempts: how many times a failing transaction is tried before its entries are
             given up (at least 1).
+        linger: the most seconds a batch waits for more entries before it is committed (0:
+            never; see the module documentation).
 
     Raises:
-        ValueError: ``max_batch`` or ``max_attempts`` is below 1.
+        ValueError: ``max_batch`` or ``max_attempts`` is below 1, or ``linger`` is negative
+            or not finite.
     """
 
     def __init__(
-        self, ledger: SQLiteLedger, *, max_batch: int = DEFAULT_MAX_BATCH, max_attempts: int = 5
+        self,
+        ledger: SQLiteLedger,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_attempts: int = 5,
+        linger: float = DEFAULT_LINGER,
     ) -> None:
         if max_batch < 1 or max_attempts < 1:
             raise ValueError("max_batch and max_attempts must be at least 1")
+        if not 0 <= linger < math.inf:
+            raise ValueError(f"linger must be a finite number of seconds >= 0, got {linger!r}")
         self.ledger = ledger
         self.max_batch = max_batch
         self.max_attempts = max_attempts
+        self.linger = linger
+        self._enough = max(1, max_batch // 2)  # a batch this large commits without lingering
+        self._hurry: trio.Event | None = None  # set to end a linger now
         self._slots = trio.Semaphore(max_batch)
         self._queue: list[LedgerEntry] = []
         self._kick = trio.Event()
@@ -171,12 +192,18 @@ class LedgerWriter:
             return
         event = trio.Event()
         self._waiters.append((target, event))
+        self._end_linger()
         await event.wait()
 
     def close(self) -> None:
         """Refuse new entries; `serve` returns once the entries already accepted are written."""
         self._closed = True
         self._kick.set()
+        self._end_linger()
+
+    def _end_linger(self) -> None:
+        if self._hurry is not None:
+            self._hurry.set()
 
     def statistics(self) -> WriterStatistics:
         """Return counters of what the writer has done."""
@@ -200,6 +227,8 @@ class LedgerWriter:
         self._queue.append(entry)
         self._accepted += 1
         self._kick.set()
+        if len(self._queue) >= self._enough:
+            self._end_linger()
 
     # -- the writing task ----------------------------------------------------------------------
 
@@ -223,6 +252,7 @@ class LedgerWriter:
                     self._kick = trio.Event()
                     await self._kick.wait()
                     continue
+                await self._gather()
                 batch, self._queue = self._queue, []
                 await self._write(batch)
         finally:
@@ -232,6 +262,18 @@ class LedgerWriter:
                 self._failed += len(left)
                 self._stopped += len(left)
                 self._finish(len(left))
+
+    async def _gather(self) -> None:
+        """Linger for more entries to join the queued ones, unless there is a reason not to
+        (see the module documentation)."""
+        if self.linger <= 0 or self._closed or self._waiters or len(self._queue) >= self._enough:
+            return
+        hurry = self._hurry = trio.Event()
+        try:
+            with trio.move_on_after(self.linger):
+                await hurry.wait()
+        finally:
+            self._hurry = None
 
     async def _write(self, batch: list[LedgerEntry]) -> None:
         started = time.perf_counter()
@@ -292,6 +334,7 @@ async def open_ledger_writer(
     *,
     max_batch: int = DEFAULT_MAX_BATCH,
     drain_limit: float = DRAIN_LIMIT,
+    linger: float = DEFAULT_LINGER,
 ) -> AsyncGenerator[LedgerWriter]:
     """Run a `LedgerWriter` on ``ledger`` for the block.
 
@@ -300,9 +343,9 @@ async def open_ledger_writer(
     then are logged (once) as lost. An exception from the block comes out as itself.
 
     Raises:
-        ValueError: ``max_batch`` is below 1.
+        ValueError: ``max_batch`` is below 1, or ``linger`` is not a number of seconds.
     """
-    writer = LedgerWriter(ledger, max_batch=max_batch)
+    writer = LedgerWriter(ledger, max_batch=max_batch, linger=linger)
     # The writing task runs shielded, so that cancelling the block does not stop it before it
     # has written what was accepted; it is cancelled explicitly once drained (or given up).
     serving = trio.CancelScope(shield=True)
