@@ -202,6 +202,7 @@ class ProviderSession(Actor[SessionMsg]):
     """I/O with one provider: see the module documentation."""
 
     max_concurrency = 1 << 20  # bounded by the pool's admission, not by the actor
+    inline_calls = True  # a whole (non-streamed) attempt runs on its caller's task
     reply_errors = (LLMError, AttemptFailed)
 
     def __init__(

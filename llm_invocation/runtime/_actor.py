@@ -37,10 +37,19 @@ class Actor(Generic[M]):
             incarnation's nursery.
         reply_errors: exception types that, raised by `handle`, answer the caller like a
             `ReplyError` and leave the actor running. Any other `Exception` crashes it.
+        inline_calls: (with ``max_concurrency`` above 1) a call may be handled on the
+            caller's own task instead of a task of the actor's, when the actor is running,
+            nothing waits in its mailbox and a place is free: no trip through the mailbox
+            and the scheduler. It counts as in hand like any other message; a stop lets it
+            finish, a crash or a restart cancels it and its caller gets `ActorCrashed`
+            (`ActorDead` when the actor stops for good), as for a call handled in the
+            actor's task. The handler runs in the caller's context variables. Casts and
+            streams always go through the mailbox.
     """
 
     max_concurrency: ClassVar[int] = 1
     reply_errors: ClassVar[tuple[type[Exception], ...]] = ()
+    inline_calls: ClassVar[bool] = False
 
     def lifespan(self, ctx: Context) -> AbstractAsyncContextManager[object]:
         """Open what the incarnation needs (clients, sessions, background tasks).

@@ -53,9 +53,14 @@ class _Incarnation:
         "actor",
         "crash",
         "deferred",
+        "ended",
         "in_flight",
+        "inline",
+        "inline_done",
+        "nursery",
         "rx",
         "serving",
+        "slots",
         "stop_reason",
         "task",
     )
@@ -69,6 +74,13 @@ class _Incarnation:
         self.actor: Actor[Any] | None = None  # while it serves messages
         self.serving: trio.CancelScope | None = None
         self.crash: Exception | None = None  # raised by handle_nowait: ends the incarnation
+        self.nursery: trio.Nursery | None = None  # the incarnation's background nursery
+        self.slots: trio.Semaphore | None = None  # places of a concurrent actor's handlers
+        # Calls handled on their callers' tasks (`Cell.call_inline`): their scopes, and an
+        # event set when the last one ends while the incarnation waits for them.
+        self.inline: set[trio.CancelScope] = set()
+        self.inline_done: trio.Event | None = None
+        self.ended: BaseException | None = None  # why the serving ended early, if it did
 
 
 class Cell:
@@ -97,6 +109,8 @@ class Cell:
         self.dropped = 0
         self.restarts = 0
         self.crashes = 0
+        self.inline_calls = False
+        """Whether calls may run on their callers' tasks (`Actor.inline_calls`)."""
         self.sent = 0
         """Messages put in the mailbox so far."""
         self.taken = 0
@@ -160,7 +174,9 @@ class Cell:
                 raise UsageError(f"{type(actor).__name__}.max_concurrency must be >= 1")
             self.actor_type = type(actor)
             self.max_concurrency = concurrency
+            self.inline_calls = actor.inline_calls and concurrency > 1
             async with trio.open_nursery() as background:
+                inc.nursery = background
                 lifespan = actor.lifespan(Context(self, background, None))
                 ended: BaseException | None = None
                 # The scope that will shield the lifespan's closing is entered BEFORE the
@@ -312,7 +328,7 @@ class Cell:
     async def _serve_many(
         self, actor: Actor[Any], nursery: trio.Nursery, inc: _Incarnation, concurrency: int
     ) -> None:
-        slots = trio.Semaphore(concurrency)
+        slots = inc.slots = trio.Semaphore(concurrency)
         rx = inc.rx
 
         async def run(envelope: Envelope) -> None:
@@ -321,22 +337,126 @@ class Cell:
             finally:
                 slots.release()
 
-        async with trio.open_nursery() as handlers:
-            while True:
-                try:
-                    slots.acquire_nowait()
-                except trio.WouldBlock:
-                    await slots.acquire()
-                try:
+        try:
+            async with trio.open_nursery() as handlers:
+                while True:
                     try:
-                        envelope = rx.receive_nowait()
+                        slots.acquire_nowait()
                     except trio.WouldBlock:
-                        envelope = await rx.receive()
-                except (trio.ClosedResourceError, trio.EndOfChannel):
-                    slots.release()
-                    return
-                self.taken += 1
-                handlers.start_soon(run, envelope)
+                        await slots.acquire()
+                    try:
+                        try:
+                            envelope = rx.receive_nowait()
+                        except trio.WouldBlock:
+                            envelope = await rx.receive()
+                    except (trio.ClosedResourceError, trio.EndOfChannel):
+                        slots.release()
+                        break
+                    self.taken += 1
+                    handlers.start_soon(run, envelope)
+                # Stopping: the calls in hand on their callers' tasks finish, as handlers do.
+                await self._inline_finished(inc)
+        except BaseException as exc:
+            # A crash, a restart or a hard stop: the calls in hand on their callers' tasks
+            # are cancelled too, and unwind before the lifespan closes.
+            inc.ended = exc
+            for scope in inc.inline:
+                scope.cancel()
+            with trio.CancelScope(shield=True) as bounded:
+                bounded.deadline = trio.current_time() + LIFESPAN_CLOSE_LIMIT
+                await self._inline_finished(inc)
+            raise
+
+    @staticmethod
+    async def _inline_finished(inc: _Incarnation) -> None:
+        if inc.inline:
+            inc.inline_done = trio.Event()
+            await inc.inline_done.wait()
+
+    # -- calls handled on the caller's task ------------------------------------------------
+
+    def inline_slot(self) -> _Incarnation | None:
+        """The running incarnation, with a place taken for a call on the caller's task, when
+        the call may run there now (`Actor.inline_calls`); else None (nothing taken)."""
+        inc = self._inc
+        if (
+            inc is None
+            or inc.actor is None
+            or inc.slots is None
+            or inc.crash is not None
+            or inc.ended is not None
+            or inc.stop_reason is not None
+            or self.state != "running"
+            or self.sent != self.taken
+        ):
+            return None
+        try:
+            inc.slots.acquire_nowait()
+        except trio.WouldBlock:
+            return None
+        return inc
+
+    async def call_inline(self, inc: _Incarnation, envelope: Envelope) -> Any:
+        """Handle the call ``envelope`` on this task, in the place `inline_slot` took.
+
+        Raises:
+            ReplyError: (or the actor's ``reply_errors``) from the handler.
+            ActorCrashed: the handler failed (the incarnation ends), or the actor crashed
+                or restarted meanwhile.
+            ActorDead: the actor stopped for good meanwhile.
+        """
+        actor = inc.actor
+        slots = inc.slots
+        nursery = inc.nursery
+        assert actor is not None and slots is not None and nursery is not None
+        assert envelope.reply is not None
+        self.sent += 1
+        self.taken += 1
+        inc.in_flight.add(envelope)
+        ctx = Context(self, nursery, envelope)
+        scope = trio.CancelScope()
+        inc.inline.add(scope)
+        result: Any = None
+        try:
+            with scope:
+                try:
+                    result = await actor.handle(envelope.msg, ctx)
+                except (ReplyError, *actor.reply_errors):
+                    raise
+                except Exception as exc:
+                    # As if its task had crashed the incarnation: it ends, and is restarted.
+                    if inc.crash is None and inc.ended is None:
+                        inc.crash = exc
+                        if inc.serving is not None:
+                            inc.serving.cancel()
+                    crashed = ActorCrashed(self.name)
+                    crashed.__cause__ = exc
+                    raise crashed from exc
+            if scope.cancelled_caught:  # the incarnation ended under it
+                raise self._ended_error(inc)
+        finally:
+            inc.in_flight.discard(envelope)
+            inc.inline.discard(scope)
+            slots.release()
+            self.handled += 1
+            if not inc.inline and inc.inline_done is not None:
+                inc.inline_done.set()
+        if ctx.deferred:  # answered later through its reply handle
+            return await envelope.reply.wait()
+        return result
+
+    def _ended_error(self, inc: _Incarnation) -> ActorCrashed | ActorDead:
+        cause = inc.crash
+        if cause is None and inc.ended is not None:
+            cause = unwrap(inc.ended)
+        if isinstance(cause, Exception):
+            error: ActorCrashed | ActorDead = ActorCrashed(self.name)
+            error.__cause__ = cause
+        elif inc.stop_reason == "restart":
+            error = ActorCrashed(self.name, "was restarted")
+        else:
+            error = ActorDead(self.name, "stopped before answering")
+        return error
 
     async def _dispatch(
         self, actor: Actor[Any], nursery: trio.Nursery, inc: _Incarnation, envelope: Envelope

@@ -138,6 +138,14 @@ class ActorRef(Generic[M]):
             CallCycle: the call would deadlock; raised at once, nothing is sent.
         """
         cell = self._cell
+        if cell.inline_calls:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            inc = cell.inline_slot()
+            if inc is not None:  # handled on this task (`Actor.inline_calls`)
+                deadline = trio.current_effective_deadline()
+                return await cell.call_inline(
+                    inc, Envelope(msg, reply=ReplySlot(), deadline=deadline)
+                )
         task = trio.lowlevel.current_task()
         if cell.busy_task is not None:
             _check_cycle(cell, task)
