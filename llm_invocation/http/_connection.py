@@ -42,6 +42,7 @@ import httpx
 import trio
 
 from ._records import TLS, TLS_READ
+from ._resolve import Resolver
 
 __all__ = [
     "Connection",
@@ -77,13 +78,19 @@ def close_socket(sock: socket.socket) -> None:
         sock.close()
 
 
-async def open_socket(host: str, port: int, *, nodelay: bool) -> socket.socket:
-    """A connected non-blocking TCP socket to ``host:port``, trying each address in order.
+async def open_socket(
+    host: str, port: int, *, nodelay: bool, resolver: Resolver | None = None
+) -> socket.socket:
+    """A connected non-blocking TCP socket to ``host:port``, trying each address in order
+    (``resolver``'s, else looked up now).
 
     Raises:
         OSError: name resolution failed, or no address accepted the connection.
     """
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if resolver is not None:
+        infos = await resolver.resolve(host, port)
+    else:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     last: OSError | None = None
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)

@@ -67,6 +67,7 @@ from ._connection import (
     open_tls,
 )
 from ._records import TLS
+from ._resolve import DEFAULT_DNS_TTL, Resolver
 from ._wire import HEAD_END, MAX_HEAD, Head, Message, encode_request, parse_head
 
 __all__ = [
@@ -133,6 +134,8 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
             protocol through it is refused.
         tcp_nodelay: set ``TCP_NODELAY`` on new sockets.
         read_buffer: the most bytes read from a socket at once.
+        dns_ttl: seconds the addresses of a host name are kept for new connections (0:
+            looked up for each; see `Resolver`).
 
     Raises:
         ValueError: an argument is out of range.
@@ -148,6 +151,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
         tcp_nodelay: bool = True,
         read_buffer: int = 65536,
+        dns_ttl: float = DEFAULT_DNS_TTL,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
@@ -163,6 +167,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         self.connect_timeout = connect_timeout
         self.tcp_nodelay = tcp_nodelay
         self.read_buffer = read_buffer
+        self.resolver = Resolver(dns_ttl)
         self._ssl_context: ssl.SSLContext | None = None
         self._make_ssl_context: Callable[[], ssl.SSLContext] | None = None
         if isinstance(ssl_context, ssl.SSLContext):
@@ -421,7 +426,9 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         context = self._context() if scheme == "https" else None
         with trio.move_on_after(math.inf if timeout is None else timeout):
             try:
-                sock = await open_socket(host, port, nodelay=self.tcp_nodelay)
+                sock = await open_socket(
+                    host, port, nodelay=self.tcp_nodelay, resolver=self.resolver
+                )
             except OSError as exc:
                 raise io_error(httpx.ConnectError, exc) from exc
             if context is not None:

@@ -7,6 +7,7 @@ Re-exported by `llm_invocation.types`, which documents them.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, Literal, final
@@ -219,26 +220,40 @@ InvocationRequest = Request
 """The second specification's name for `Request`."""
 
 
-def _cache_breakpoints(request: Request) -> list[str]:
-    """Where ``request`` carries prompt-cache breakpoints (`CacheControl`), in order:
-    ``tools[i]``, ``messages[i]`` (the message's last block) and ``messages[i].content[j]``."""
-    where: list[str] = []
+def _breakpoints(request: Request) -> Iterator[tuple[int, int | None, int | None]]:
+    """The prompt-cache breakpoints (`CacheControl`) of ``request``, in order, each as
+    ``(tool, message, content)`` indexes, the ones that do not apply None."""
     for i, tool in enumerate(request.tools or ()):
         if tool.cache_control is not None:
-            where.append(f"tools[{i}]")
+            yield i, None, None
     for i, message in enumerate(request.messages):
         if message.cache_control is not None:
-            where.append(f"messages[{i}]")
+            yield -1, i, None
         content = message.content
         if isinstance(content, list):
             for j, part in enumerate(content):
                 if not isinstance(part, ReasoningPart) and part.cache_control is not None:
-                    where.append(f"messages[{i}].content[{j}]")
+                    yield -1, i, j
+
+
+def _cache_breakpoints(request: Request) -> list[str]:
+    """Where ``request`` carries prompt-cache breakpoints, in order: ``tools[i]``,
+    ``messages[i]`` (the message's last block) and ``messages[i].content[j]``."""
+    where: list[str] = []
+    for tool, message, content in _breakpoints(request):
+        if message is None:
+            where.append(f"tools[{tool}]")
+        elif content is None:
+            where.append(f"messages[{message}]")
+        else:
+            where.append(f"messages[{message}].content[{content}]")
     return where
 
 
 def _check_breakpoints(request: Request) -> None:
     limit = CacheControl.MAX_PER_REQUEST
+    if sum(1 for _ in _breakpoints(request)) <= limit:
+        return  # the usual case: counted, not named
     where = _cache_breakpoints(request)
     if len(where) > limit:
         raise InvalidRequest(
