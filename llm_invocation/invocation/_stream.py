@@ -375,9 +375,13 @@ class InvocationStream:
                     await self._end()
                 raise StopAsyncIteration
             try:
+                # Waited for outside the handler of WouldBlock, which would otherwise stay
+                # alive (with its traceback) as long as the wait.
                 try:
                     self._body = receiver.receive_nowait()
                 except trio.WouldBlock:
+                    pass
+                if self._body is None:
                     self._body = await receiver.receive()
             except trio.EndOfChannel:
                 await self._end()

@@ -307,12 +307,7 @@ class Cell:
             try:
                 # Take what is queued without a trip through the scheduler: a busy actor
                 # then handles its backlog in one pass instead of one message per pass.
-                envelope = rx.receive_nowait()
-            except trio.WouldBlock:
-                try:
-                    envelope = await rx.receive()
-                except (trio.ClosedResourceError, trio.EndOfChannel):
-                    return
+                envelope = await _take(rx)
             except (trio.ClosedResourceError, trio.EndOfChannel):
                 return
             self.taken += 1
@@ -345,10 +340,7 @@ class Cell:
                     except trio.WouldBlock:
                         await slots.acquire()
                     try:
-                        try:
-                            envelope = rx.receive_nowait()
-                        except trio.WouldBlock:
-                            envelope = await rx.receive()
+                        envelope = await _take(rx)
                     except (trio.ClosedResourceError, trio.EndOfChannel):
                         slots.release()
                         break
@@ -498,6 +490,16 @@ class Cell:
             envelope.fail(trio.TooSlowError(f"deadline passed while {self.name!r} handled it"))
         inc.in_flight.discard(envelope)
         self.handled += 1
+
+
+async def _take(rx: trio.MemoryReceiveChannel[Envelope]) -> Envelope:
+    """The next envelope: at once when one is queued, else waited for (outside the handler
+    of WouldBlock, which would otherwise stay alive, traceback and all, while it waits)."""
+    try:
+        return rx.receive_nowait()
+    except trio.WouldBlock:
+        pass
+    return await rx.receive()
 
 
 def _forget(inc: _Incarnation) -> Callable[[ReplyHandle[Any]], None]:
