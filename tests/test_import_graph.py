@@ -41,6 +41,7 @@ RANKS: Final = {
     "tokens": 8,
     "types": 9,
     "errors": 10,
+    "_ids": 11,
     "_secrets": 11,
     "_version": 11,
     "runtime": 12,

@@ -309,7 +309,7 @@ async def test_a_successful_invocation_has_one_audit_record(audit: Records) -> N
     assert audit.records[0].levelno == logging.INFO
     assert audit.records[0].name == "llm_invocation.audit"
     assert record["event"] == "invocation"
-    assert re.fullmatch(r"[0-9a-f]{16}", record["id"])
+    assert re.fullmatch(r"[0-9a-f]{24}", record["id"])
     assert (record["provider"], record["model"], record["operation"]) == ("mock", "mock", "chat")
     assert (record["status"], record["error_code"]) == ("ok", None)
     assert (record["input_tokens"], record["output_tokens"]) == (11, 4)
