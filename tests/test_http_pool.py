@@ -702,3 +702,20 @@ async def test_closing_the_pool_fails_a_response_being_read_with_a_typed_error()
                 await anext(pieces)
         with pytest.raises(llm.ProviderError, match="closed"):
             await read_all(pool, post(server.url))
+
+
+@PATHS
+async def test_a_response_block_opens_once_and_leaves_nothing_in_hand(path: str) -> None:
+    async with recording(path) as (pool, url, _):
+        exchange = pool.stream(post(url))
+        async with exchange as response:
+            assert response.status == 200
+            assert pool.statistics().active == 1
+        assert pool.statistics().active == 0
+        with pytest.raises(RuntimeError, match="only once"):
+            async with exchange:
+                pass
+        with pytest.raises(KeyError):  # the block's own error comes out as itself
+            async with pool.stream(post(url)):
+                raise KeyError("mine")
+        assert pool.statistics().active == 0

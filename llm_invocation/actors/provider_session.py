@@ -328,8 +328,9 @@ class ProviderSession(Actor[SessionMsg]):
                 if not isinstance(http_request, HttpRequest):  # pyright: ignore[reportUnnecessaryIsInstance]
                     raise TypeError(f"encode() returned a {type(http_request).__name__}")
                 if trace is not None:  # the caller's trace, asked to reach the provider
-                    headers = {**http_request.headers, "traceparent": trace}
-                    http_request = msgspec.structs.replace(http_request, headers=headers)
+                    http_request = msgspec.structs.replace(
+                        http_request, headers={**http_request.headers, "traceparent": trace}
+                    )
             except LLMError as error:
                 raise _Failed(error, {}, delivered=False) from None
             except Exception as exc:
@@ -342,7 +343,10 @@ class ProviderSession(Actor[SessionMsg]):
                 error.__cause__ = exc
                 log.exception("%s: encoding a request failed", self.provider)
                 raise _Failed(error, {}, delivered=False) from None
-            result = await once(request, http_request, forward)
+            # The encoded request is the callee's alone: it may drop it once it is sent.
+            pending = once(request, http_request, forward)
+            del http_request
+            result = await pending
         except _Failed as failed:
             error = failed.error
             code = error.code.value
@@ -475,9 +479,11 @@ class ProviderSession(Actor[SessionMsg]):
         # Until the body is lent, the watchdog keeps the first_chunk limit by cancelling this
         # handler; after that the caller's reads keep it (and the idle_chunk limit).
         watch = watchdog.watch(scope, deadline)
+        exchange = self._pool.stream(http_request)
+        del http_request  # the exchange drops it once it is encoded
         with scope:
             try:
-                async with self._pool.stream(http_request) as response:
+                async with exchange as response:
                     headers = response.headers
                     self._report(request, response.status, headers)
                     if response.status >= 300:

@@ -43,7 +43,8 @@ import re
 import ssl
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
 from typing import Any, Final, final
 
 import httpx
@@ -570,9 +571,9 @@ class HttpPool:
         headers.append((b"Accept-Encoding", b"identity" if request.stream else b"gzip"))
         return headers
 
-    @asynccontextmanager
-    async def stream(self, request: HttpRequest) -> AsyncGenerator[HttpResponse]:
-        """Send ``request`` and yield the response with its body unread.
+    def stream(self, request: HttpRequest) -> AbstractAsyncContextManager[HttpResponse]:
+        """Send ``request`` on entering the block, which gets the response with its body
+        unread: ``async with pool.stream(request) as response:``.
 
         Leaving the block (or being cancelled) closes the response at once; an unread body
         means its connection is closed rather than reused, so the pool stays consistent.
@@ -584,22 +585,87 @@ class HttpPool:
                 `InvocationTimeout`...; see `translate_http_error`). Reading the response
                 raises only `LLMError`s too.
         """
+        return _Exchange(self, request)
+
+    async def _enter(
+        self, request: HttpRequest
+    ) -> tuple[HttpResponse, ResponseBody | AbstractAsyncContextManager[HttpResponse]]:
+        """Send ``request`` for `stream`: the response, and what closes it (our transport's
+        body, for `_leave`, or the context of `_foreign`, for its ``__aexit__``)."""
         provider = self.provider
         if self._closed:
             raise ProviderError("the session's connection pool is closed", provider=provider)
         target = self._urls.get(request.url) or self._resolve(request.url)
         route = target.route
-        if isinstance(route, FastHTTPTransport):
-            # Our transport takes the request's bytes: no httpx request or response.
+        if not isinstance(route, FastHTTPTransport):
+            foreign = self._foreign(request, target)
+            return await foreign.__aenter__(), foreign
+        # Our transport takes the request's bytes: no httpx request or response, and nothing
+        # of the request (nor the raw response head) is kept while the body is read.
+        try:
+            message = self._message(request, target)
+        except LLMError:
+            raise
+        except Exception as exc:
+            raise translate_http_error(exc, provider=provider, phase="request") from exc
+        admission = self._admission
+        try:
+            admission.acquire_nowait()  # a free place: no trip through the scheduler
+        except trio.WouldBlock:
+            await admission.acquire()
+        try:
+            if self._closed:
+                raise ProviderError("the session's connection pool is closed", provider=provider)
+            self._requests += 1
+            self._active += 1
             try:
-                message = self._message(request, target)
-            except LLMError:
+                marks: dict[str, Any] = {}
+                try:
+                    head, body = await route.exchange(
+                        target.origin,
+                        message,
+                        method=request.method,
+                        timeouts=self._timeouts,
+                        marks=marks,
+                    )
+                except LLMError:
+                    raise
+                except Exception as exc:
+                    raise translate_http_error(
+                        exc, provider=provider, phase="request", marks=marks
+                    ) from exc
+                try:
+                    headers = _joined(head.headers)
+                    pieces: AsyncIterator[bytes] = body
+                    coding = headers.get("content-encoding")
+                    if coding is not None:
+                        pieces = decode_body(pieces, coding, provider=provider, status=head.status)
+                    raw = body if pieces is body else None  # no content coding in between
+                    return HttpResponse(head.status, headers, pieces, self._translate, raw), body
+                except BaseException:
+                    await body.aclose()  # closes at once, never checkpoints
+                    raise
+            except BaseException:
+                self._active -= 1
                 raise
-            except Exception as exc:
-                raise translate_http_error(exc, provider=provider, phase="request") from exc
-            async with self._direct(route, request, target, message) as response:
-                yield response
-            return
+        except BaseException:
+            admission.release()
+            raise
+
+    async def _leave(self, body: ResponseBody) -> None:
+        """Close a response of our transport opened by `_enter`."""
+        try:
+            await body.aclose()  # closes at once, never checkpoints
+        finally:
+            self._active -= 1
+            self._admission.release()
+
+    @asynccontextmanager
+    async def _foreign(self, request: HttpRequest, target: _Target) -> AsyncGenerator[HttpResponse]:
+        """`stream` through another transport (an injected one, or a proxy's), via httpx."""
+        provider = self.provider
+        route = target.route
+        assert not isinstance(route, FastHTTPTransport)
         built = self._build(request, target.url)
         async with self._admission:
             if self._closed:
@@ -645,57 +711,6 @@ class HttpPool:
                 self._active -= 1
                 if shard is not None:
                     shard.active -= 1
-
-    @asynccontextmanager
-    async def _direct(
-        self,
-        route: FastHTTPTransport,
-        request: HttpRequest,
-        target: _Target,
-        message: Message,
-    ) -> AsyncGenerator[HttpResponse]:
-        """`stream` through our transport, from the request's bytes."""
-        provider = self.provider
-        admission = self._admission
-        try:
-            admission.acquire_nowait()  # a free place: no trip through the scheduler
-        except trio.WouldBlock:
-            await admission.acquire()
-        try:
-            if self._closed:
-                raise ProviderError("the session's connection pool is closed", provider=provider)
-            self._requests += 1
-            self._active += 1
-            try:
-                marks: dict[str, Any] = {}
-                try:
-                    head, body = await route.exchange(
-                        target.origin,
-                        message,
-                        method=request.method,
-                        timeouts=self._timeouts,
-                        marks=marks,
-                    )
-                except LLMError:
-                    raise
-                except Exception as exc:
-                    raise translate_http_error(
-                        exc, provider=provider, phase="request", marks=marks
-                    ) from exc
-                headers = _joined(head.headers)
-                try:
-                    pieces: AsyncIterator[bytes] = body
-                    coding = headers.get("content-encoding")
-                    if coding is not None:
-                        pieces = decode_body(pieces, coding, provider=provider, status=head.status)
-                    raw = body if pieces is body else None  # no content coding in between
-                    yield HttpResponse(head.status, headers, pieces, self._translate, raw)
-                finally:
-                    await body.aclose()  # closes at once, never checkpoints
-            finally:
-                self._active -= 1
-        finally:
-            admission.release()
 
     async def _close_foreign(
         self, stream: httpx.AsyncByteStream | httpx.SyncByteStream, pieces: AsyncIterator[bytes]
@@ -778,6 +793,42 @@ def _joined(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
         value = raw_value.decode("latin-1")
         out[name] = f"{out[name]}, {value}" if name in out else value
     return out
+
+
+@final
+class _Exchange:
+    """What `HttpPool.stream` returns: the response while the block runs, closed on leaving.
+
+    Through our transport it holds the response's body alone, not a suspended generator
+    with the request in it."""
+
+    __slots__ = ("_closer", "_pool", "_request")
+
+    def __init__(self, pool: HttpPool, request: HttpRequest) -> None:
+        self._pool = pool
+        self._request: HttpRequest | None = request
+        self._closer: ResponseBody | AbstractAsyncContextManager[HttpResponse] | None = None
+
+    async def __aenter__(self) -> HttpResponse:
+        request, self._request = self._request, None
+        if request is None:
+            raise RuntimeError("a response can be opened only once")
+        response, self._closer = await self._pool._enter(request)  # pyright: ignore[reportPrivateUsage]
+        return response
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        closer, self._closer = self._closer, None
+        if closer is None:
+            return None
+        if isinstance(closer, ResponseBody):
+            await self._pool._leave(closer)  # pyright: ignore[reportPrivateUsage]
+            return None
+        return await closer.__aexit__(exc_type, exc, tb)
 
 
 @final

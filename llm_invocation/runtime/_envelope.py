@@ -10,6 +10,7 @@ slot is answered at most once: the first answer wins, later ones are ignored and
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Generic, Literal, TypeVar, final
 
@@ -117,9 +118,28 @@ class ReplySlot:
 
 
 class StreamState:
-    """Shared state of one stream between its producer (handler) and consumer (caller)."""
+    """Shared state of one stream between its producer (handler) and consumer (caller).
 
-    __slots__ = ("abandoned", "actor", "buffer", "error", "overrun", "receive", "scope", "send")
+    It is the stream's bounded channel too, with the semantics of a trio memory channel
+    (one send end, one receive end): items wait in ``items`` (made when the first one has to
+    wait, dropped when it empties), a sender parks when ``buffer`` items wait, a receiver
+    parks when none does. Parked tasks are kept in order of arrival.
+    """
+
+    __slots__ = (
+        "abandoned",
+        "actor",
+        "buffer",
+        "error",
+        "items",
+        "overrun",
+        "peak",
+        "receive_closed",
+        "receivers",
+        "scope",
+        "send_closed",
+        "senders",
+    )
 
     def __init__(self, actor: str, buffer: int, overrun: Overrun) -> None:
         if buffer < 0:
@@ -129,21 +149,26 @@ class StreamState:
         self.actor = actor
         self.buffer = buffer
         self.overrun: Overrun = overrun
-        self.send, self.receive = trio.open_memory_channel[Any](buffer)
+        self.items: deque[Any] | None = None
+        self.peak = 0  # the most items that waited at once
+        self.senders: dict[trio.lowlevel.Task, Any] | None = None  # parked, with their item
+        self.receivers: dict[trio.lowlevel.Task, None] | None = None  # parked
+        self.send_closed = False
+        self.receive_closed = False
         self.error: BaseException | None = None
         self.abandoned = False
         self.scope: trio.CancelScope | None = None
 
     @property
     def pending(self) -> bool:
-        return not self.abandoned and self.error is None and not self.send._closed  # pyright: ignore[reportPrivateUsage]
+        return not self.abandoned and self.error is None and not self.send_closed
 
     def finish(self, error: BaseException | None = None) -> bool:
         """End the stream, with ``error`` raised to the consumer after the buffered items."""
         if not self.pending:
             return False
         self.error = error
-        self.send.close()
+        self.close_send()
         return True
 
     def abandon(self) -> None:
@@ -151,10 +176,155 @@ class StreamState:
         if self.abandoned:
             return
         self.abandoned = True
-        self.send.close()
-        self.receive.close()
+        self.close_send()
+        self.close_receive()
         if self.scope is not None:
             self.scope.cancel()
+
+    # -- the channel ---------------------------------------------------------------------------
+
+    def send_nowait(self, item: Any) -> None:
+        """Hand ``item`` to a parked receiver, or buffer it.
+
+        Raises:
+            trio.ClosedResourceError: the send end is closed.
+            trio.BrokenResourceError: the receive end is closed.
+            trio.WouldBlock: the buffer is full.
+        """
+        if self.send_closed:
+            raise trio.ClosedResourceError
+        if self.receive_closed:
+            raise trio.BrokenResourceError
+        receivers = self.receivers
+        if receivers:
+            task = next(iter(receivers))
+            del receivers[task]
+            trio.lowlevel.reschedule(task, outcome.Value(item))
+            return
+        items = self.items
+        if items is None:
+            if self.buffer == 0:
+                raise trio.WouldBlock
+            self.items = deque((item,))
+            self.peak = self.peak or 1
+        elif len(items) < self.buffer:
+            items.append(item)
+            self.peak = max(self.peak, len(items))
+        else:
+            raise trio.WouldBlock
+
+    async def send(self, item: Any) -> None:
+        """`send_nowait`, parking while the buffer is full (a checkpoint)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self.send_nowait(item)
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        task = trio.lowlevel.current_task()
+        if self.senders is None:
+            self.senders = {}
+        senders = self.senders
+        senders[task] = item
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            del senders[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def receive_nowait(self) -> Any:
+        """The next item.
+
+        Raises:
+            trio.ClosedResourceError: the receive end is closed.
+            trio.EndOfChannel: nothing is left and the send end is closed.
+            trio.WouldBlock: nothing is there yet.
+        """
+        if self.receive_closed:
+            raise trio.ClosedResourceError
+        items = self.items
+        senders = self.senders
+        if senders:
+            task = next(iter(senders))
+            item = senders.pop(task)
+            trio.lowlevel.reschedule(task)
+            if not items:
+                return item
+            items.append(item)
+        if items:
+            item = items.popleft()
+            if not items:
+                self.items = None
+            return item
+        if self.send_closed:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def receive(self) -> Any:
+        """`receive_nowait`, parking until an item comes (a checkpoint)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            item = self.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return item
+        task = trio.lowlevel.current_task()
+        if self.receivers is None:
+            self.receivers = {}
+        receivers = self.receivers
+        receivers[task] = None
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            del receivers[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def close_send(self) -> None:
+        """Close the send end: parked senders fail, parked receivers get `EndOfChannel`."""
+        if self.send_closed:
+            return
+        self.send_closed = True
+        senders, self.senders = self.senders, None
+        if senders:
+            for task in senders:
+                trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError()))
+        receivers, self.receivers = self.receivers, None
+        if receivers:
+            for task in receivers:
+                trio.lowlevel.reschedule(task, outcome.Error(trio.EndOfChannel()))
+
+    def close_receive(self) -> None:
+        """Close the receive end: buffered items are dropped, parked receivers fail and
+        parked senders get `trio.BrokenResourceError`."""
+        if self.receive_closed:
+            return
+        self.receive_closed = True
+        receivers, self.receivers = self.receivers, None
+        if receivers:
+            for task in receivers:
+                trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError()))
+        senders, self.senders = self.senders, None
+        if senders:
+            for task in senders:
+                trio.lowlevel.reschedule(task, outcome.Error(trio.BrokenResourceError()))
+        self.items = None
+
+    def statistics(self) -> trio.MemoryChannelStatistics:
+        return trio.MemoryChannelStatistics(
+            current_buffer_used=len(self.items or ()),
+            max_buffer_size=self.buffer,
+            peak_buffer_used=self.peak,
+            open_send_channels=0 if self.send_closed else 1,
+            open_receive_channels=0 if self.receive_closed else 1,
+            tasks_waiting_send=len(self.senders or ()),
+            tasks_waiting_receive=len(self.receivers or ()),
+        )
 
 
 class Envelope:
@@ -281,7 +451,7 @@ class StreamSink(Generic[T]):
         state = self._state
         if state.overrun == "block":
             try:
-                await state.send.send(item)
+                await state.send(item)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._cancel_producer()
             return
@@ -296,7 +466,7 @@ class StreamSink(Generic[T]):
         """
         state = self._state
         try:
-            state.send.send_nowait(item)
+            state.send_nowait(item)
         except trio.WouldBlock:
             if state.overrun == "block":
                 raise
@@ -332,13 +502,13 @@ class StreamReceiver(trio.abc.ReceiveChannel[T]):
 
     async def receive(self) -> T:
         try:
-            return await self._state.receive.receive()
+            return await self._state.receive()
         except trio.EndOfChannel:
             return self._end()
 
     def receive_nowait(self) -> T:
         try:
-            return self._state.receive.receive_nowait()
+            return self._state.receive_nowait()
         except trio.EndOfChannel:
             return self._end()
 
@@ -351,4 +521,4 @@ class StreamReceiver(trio.abc.ReceiveChannel[T]):
 
     def statistics(self) -> trio.MemoryChannelStatistics:
         """The underlying channel's statistics (``current_buffer_used`` is the backlog)."""
-        return self._state.receive.statistics()
+        return self._state.statistics()
