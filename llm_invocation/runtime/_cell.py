@@ -287,13 +287,7 @@ class Cell:
             )
             return None
         except Exception as exc:
-            # As if the handler had crashed the incarnation: it ends, and is restarted.
-            inc.crash = exc
-            if inc.serving is not None:
-                inc.serving.cancel()
-            crashed = ActorCrashed(self.name)
-            crashed.__cause__ = exc
-            raise crashed from exc
+            raise self._crashed_on_caller(inc, exc) from exc
         self.handled += 1
         return result
 
@@ -416,14 +410,7 @@ class Cell:
                 except (ReplyError, *actor.reply_errors):
                     raise
                 except Exception as exc:
-                    # As if its task had crashed the incarnation: it ends, and is restarted.
-                    if inc.crash is None and inc.ended is None:
-                        inc.crash = exc
-                        if inc.serving is not None:
-                            inc.serving.cancel()
-                    crashed = ActorCrashed(self.name)
-                    crashed.__cause__ = exc
-                    raise crashed from exc
+                    raise self._crashed_on_caller(inc, exc) from exc
             if scope.cancelled_caught:  # the incarnation ended under it
                 raise self._ended_error(inc)
         finally:
@@ -436,6 +423,17 @@ class Cell:
         if ctx.deferred:  # answered later through its reply handle
             return await envelope.reply.wait()
         return result
+
+    def _crashed_on_caller(self, inc: _Incarnation, exc: Exception) -> ActorCrashed:
+        """A handler failed on its caller's task: as if it had crashed the incarnation in a
+        task of its own, the incarnation ends (and is restarted); the caller's error."""
+        if inc.crash is None and inc.ended is None:
+            inc.crash = exc
+            if inc.serving is not None:
+                inc.serving.cancel()
+        crashed = ActorCrashed(self.name)
+        crashed.__cause__ = exc
+        return crashed
 
     def _ended_error(self, inc: _Incarnation) -> ActorCrashed | ActorDead:
         cause = inc.crash
