@@ -26,7 +26,10 @@ Sections of the report:
   its own: resident memory per stream (the peak while they are open, less the figure before
   they started, over the streams; target 24 KiB) and the event loop's lag (a task that
   sleeps 1 ms in a loop records how late it wakes; target p99 5 ms), for us and for
-  aiohttp.
+  aiohttp, with the time each spent in Python's cyclic garbage collector and its longest
+  pause (``--gc-tuned`` runs both after ``gc.freeze()`` and
+  ``gc.set_threshold(100_000, 50, 1000)``, what an application holding that many streams
+  may choose).
 
 The wall of the largest runs depends on the fake server keeping up (a Python server in one
 process): both clients face the same server, so the ratio still compares the clients.
@@ -38,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import os
 import resource
@@ -263,7 +267,26 @@ def package_env() -> dict[str, str]:
     return env
 
 
-def many_phase(base: str, streams: int, client: str) -> dict[str, float]:
+class GCWatch:
+    """Time spent in the cyclic garbage collector, and its longest pause."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.longest = 0.0
+        self._start = 0.0
+        gc.callbacks.append(self._event)
+
+    def _event(self, phase: str, info: dict[str, int]) -> None:
+        del info
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            pause = time.perf_counter() - self._start
+            self.seconds += pause
+            self.longest = max(self.longest, pause)
+
+
+def many_phase(base: str, streams: int, client: str, *, gc_tuned: bool) -> dict[str, float]:
     """The memory and lag run of ``client`` (``ours`` or ``aiohttp``) in a fresh process of
     its own: memory freed by an earlier run would otherwise be reused and hide the growth."""
     done = subprocess.run(  # noqa: S603 - this interpreter, this script
@@ -276,6 +299,7 @@ def many_phase(base: str, streams: int, client: str) -> dict[str, float]:
             base,
             "--streams",
             str(streams),
+            *(["--gc-tuned"] if gc_tuned else []),
         ],
         capture_output=True,
         text=True,
@@ -286,12 +310,18 @@ def many_phase(base: str, streams: int, client: str) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def many_child(client: str, base: str, streams: int) -> None:
+def many_child(client: str, base: str, streams: int, *, gc_tuned: bool) -> None:
     raise_open_files(streams + 1000)
+    if gc_tuned:
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 1000)
+    watch = GCWatch()
     if client == "ours":
         figures = trio.run(functools.partial(streams_trio, base, streams, probe=True))
     else:
         figures = asyncio.run(streams_asyncio(base, streams, probe=True))
+    figures["gc_s"] = watch.seconds
+    figures["gc_max_ms"] = watch.longest * 1000
     print(json.dumps(figures))
 
 
@@ -349,7 +379,7 @@ def ratio_line(label: str, ours: float, theirs: float | None, target: float) -> 
     return f"  {label + ':':48}{value:6.2f}x {verdict(value, target, 'x')}"
 
 
-def report(results: dict[str, dict[str, float]], size: Size) -> str:
+def report(results: dict[str, dict[str, float]], size: Size, *, tuned: bool = False) -> str:
     ours, theirs = results["streams/ours"], results.get("streams/aiohttp")
     out = [
         (
@@ -435,7 +465,10 @@ def report(results: dict[str, dict[str, float]], size: Size) -> str:
     ]
     many, many_theirs = results["many/ours"], results.get("many/aiohttp")
     out += [
-        f"{size.many:,} concurrent streams (memory at the peak, 1 ms sleeper's lag)",
+        (
+            f"{size.many:,} concurrent streams (memory at the peak, 1 ms sleeper's lag)"
+            + (", garbage collector tuned" if tuned else "")
+        ),
         (
             f"  {'ours, memory per stream:':48}{many['kib']:6.1f} KiB "
             f"{verdict(many['kib'], TARGETS['many/kib'], ' KiB')}"
@@ -445,14 +478,25 @@ def report(results: dict[str, dict[str, float]], size: Size) -> str:
             f"{verdict(many['lag_ms'], TARGETS['many/lag_ms'], ' ms')}"
         ),
         f"  {'ours, wall:':48}{many['wall']:6.2f} s",
+        _gc_line("ours", many),
     ]
     if many_theirs is not None:
         out += [
             f"  {'aiohttp, memory per stream:':48}{many_theirs['kib']:6.1f} KiB",
             f"  {'aiohttp, event-loop lag p99:':48}{many_theirs['lag_ms']:6.1f} ms",
             f"  {'aiohttp, wall:':48}{many_theirs['wall']:6.2f} s",
+            _gc_line("aiohttp", many_theirs),
         ]
     return "\n".join(out)
+
+
+def _gc_line(who: str, figures: dict[str, float]) -> str:
+    cpu = figures["cpu"] * figures["chunks"]
+    share = figures["gc_s"] / cpu if cpu > 0 else 0.0
+    return (
+        f"  {who + ', garbage collector:':48}{figures['gc_s']:6.2f} s ({share:.0%} of CPU), "
+        f"longest pause {figures['gc_max_ms']:.0f} ms"
+    )
 
 
 def raise_open_files(needed: int) -> None:
@@ -469,9 +513,15 @@ def main() -> None:
     parser.add_argument("--many-child", choices=["ours", "aiohttp"], help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
     parser.add_argument("--streams", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--gc-tuned",
+        action="store_true",
+        help="run the many-streams clients after gc.freeze() and a higher gc threshold",
+    )
     args = parser.parse_args()
+    gc_tuned: bool = args.gc_tuned
     if args.many_child:
-        many_child(args.many_child, args.base, args.streams)
+        many_child(args.many_child, args.base, args.streams, gc_tuned=gc_tuned)
         return
     quick: bool = args.quick
     size = size_for(quick)
@@ -491,9 +541,9 @@ def main() -> None:
             results["streams/aiohttp"] = asyncio.run(
                 streams_asyncio(base, size.streams, probe=False)
             )
-        results["many/ours"] = many_phase(base, size.many, "ours")
+        results["many/ours"] = many_phase(base, size.many, "ours", gc_tuned=gc_tuned)
         if HAVE_AIOHTTP:
-            results["many/aiohttp"] = many_phase(base, size.many, "aiohttp")
+            results["many/aiohttp"] = many_phase(base, size.many, "aiohttp", gc_tuned=gc_tuned)
         rounds: dict[str, float] = {}
         for _ in range(plain_sizes(quick).rounds):
             keep_best(rounds, trio.run(request_round, plain, quick))
@@ -508,7 +558,7 @@ def main() -> None:
         results["tls"] = rounds
     if not HAVE_AIOHTTP:
         print("aiohttp is not installed: the comparisons with it are skipped", file=sys.stderr)
-    print(report(results, size))
+    print(report(results, size, tuned=gc_tuned))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
             "open_client RSS:",
             "ours, memory per stream:",
             "ours, event-loop lag p99:",
+            "ours, garbage collector:",
         ],
     ),
     "request_bench": (
