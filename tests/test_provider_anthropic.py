@@ -815,7 +815,40 @@ def test_a_redacted_thinking_block_travels_as_a_signature() -> None:
     )
     chunks = decode(stream)
     assert chunks[1].reasoning_signature == "opaque=="
+    assert chunks[1].reasoning_redacted
     assert chunks[1].metadata == {"redacted_thinking": True}
+
+
+def test_streamed_redacted_thinking_aggregates_to_a_redacted_part_and_is_echoed_as_one(
+    codec: AnthropicCodec,
+) -> None:
+    stream = (
+        message_start()
+        + block_start(0, {"type": "thinking", "thinking": "", "signature": ""})
+        + delta(0, {"type": "thinking_delta", "thinking": "Plan."})
+        + delta(0, {"type": "signature_delta", "signature": "sig=="})
+        + block_stop(0)
+        + block_start(1, {"type": "redacted_thinking", "data": "opaque=="})
+        + block_stop(1)
+        + block_start(2, {"type": "text", "text": ""})
+        + text_delta(2, "Answer")
+        + block_stop(2)
+        + message_delta("end_turn")
+        + STOP
+    )
+    message = aggregate(decode(stream)).message
+    assert message.content == [
+        ReasoningPart(text="Plan.", signature="sig==", provider="anthropic"),
+        ReasoningPart(signature="opaque==", redacted=True, provider="anthropic"),
+        TextPart(text="Answer"),
+    ]
+    # the next turn of a tool loop sends both blocks back as Anthropic gave them
+    content = body_of(codec, make_request(user("Q"), message, user("ok")))["messages"][1]["content"]
+    assert content == [
+        {"type": "thinking", "thinking": "Plan.", "signature": "sig=="},
+        {"type": "redacted_thinking", "data": "opaque=="},
+        {"type": "text", "text": "Answer"},
+    ]
 
 
 def parallel_tools_stream() -> bytes:

@@ -220,10 +220,14 @@ class AnthropicStreamDecoder(StreamDecoder):
                     )
                 )
         elif kind == "redacted_thinking":
-            # StreamChunk has no "redacted" flag: the opaque data travels as the signature
-            # and the response metadata says a redacted block was seen.
+            # The opaque data travels as the signature of a redacted block of its own, and
+            # the response metadata says a redacted block was seen.
             out.append(
-                StreamChunk(reasoning_signature=block.data, metadata={"redacted_thinking": True})
+                StreamChunk(
+                    reasoning_signature=block.data,
+                    reasoning_redacted=True,
+                    metadata={"redacted_thinking": True},
+                )
             )
         # server_tool_use, web_search_tool_result and later kinds are skipped (their
         # input_json_delta too: only tool_use indexes are in self._tools)

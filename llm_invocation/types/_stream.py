@@ -53,6 +53,9 @@ class StreamChunk(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
         text: a piece of answer text.
         reasoning: a piece of thinking text.
         reasoning_signature: the signature that closes the current thinking block.
+        reasoning_redacted: ``reasoning_signature`` is a redacted thinking block's opaque
+            data (Anthropic's ``redacted_thinking``), a block of its own: it becomes a
+            `ReasoningPart` with ``redacted=True``.
         tool_calls: tool-call fragments.
         finish_reason: set on the chunk that ends the choice.
         usage: usage as the provider reports it mid-stream: cumulative or final, so the last
@@ -73,6 +76,7 @@ class StreamChunk(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     text: str = ""
     reasoning: str = ""
     reasoning_signature: str | None = None
+    reasoning_redacted: bool = False
     tool_calls: list[ToolCallDelta] | None = None
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
@@ -125,6 +129,7 @@ def _aware(value: datetime | None) -> datetime | None:
 
 _TEXT: Final = 1
 _REASONING: Final = 2
+_REDACTED: Final = 3  # a redacted thinking block: no text, its opaque data as the signature
 
 
 class _CallState:
@@ -199,7 +204,9 @@ class _ChoiceState:
             content = [
                 TextPart(text=text)
                 if kind == _TEXT
-                else ReasoningPart(text=text, signature=signature, provider=provider)
+                else ReasoningPart(
+                    text=text, signature=signature, redacted=kind == _REDACTED, provider=provider
+                )
                 for kind, text, signature in self.segments
             ]
         tool_calls: list[ToolCall] = []
@@ -287,10 +294,14 @@ class StreamAggregator:
                 state.kind = _REASONING
             state.buf.append(chunk.reasoning)
         if chunk.reasoning_signature is not None:
-            if state.kind != _REASONING:
+            if chunk.reasoning_redacted:
                 state.close_run()
-                state.kind = _REASONING
-            state.close_run(chunk.reasoning_signature)
+                state.segments.append((_REDACTED, "", chunk.reasoning_signature))
+            else:
+                if state.kind != _REASONING:
+                    state.close_run()
+                    state.kind = _REASONING
+                state.close_run(chunk.reasoning_signature)
         if chunk.text:
             if state.kind != _TEXT:
                 state.close_run()
