@@ -29,7 +29,7 @@ from llm_invocation.actors.provider_session import (
 from llm_invocation.http import HttpPool, HttpSettings
 from llm_invocation.providers.openai import OpenAICodec
 from llm_invocation.runtime import ActorCrashed, ChildSpec, Context, SupervisorSpec, open_runtime
-from llm_invocation.testing import Scenario, Scenarios, Stall, open_fake_server
+from llm_invocation.testing import MockTransport, Scenario, Scenarios, Stall, open_fake_server
 
 from .mock_clients import client_for
 
@@ -164,15 +164,14 @@ async def test_a_body_whose_session_restarts_stops_cleanly_and_its_connection_is
         async with open_runtime(spec) as runtime:
             ref = runtime.ref("session", CrashOnStats)
             attempt = Attempt(request=resolved("m"))
-            async with ref.stream(attempt, buffer=1) as items:
-                body = await items.receive()
-                batch = await body.next_batch()
-                assert batch is not None  # the caller's task reads the body
-                with pytest.raises(ActorCrashed):
-                    await ref.call(SessionStats())
-                assert await body.next_batch() is None  # taken back: no more reads
-                with pytest.raises(ActorCrashed):
-                    await items.receive()
+            body = await ref.call(attempt)
+            batch = await body.next_batch()
+            assert batch is not None  # the caller's task reads the body
+            with pytest.raises(ActorCrashed):
+                await ref.call(SessionStats())
+            assert await body.next_batch() is None  # taken back: no more reads
+            with pytest.raises(ActorCrashed):
+                await body.verdict()
             first = CrashOnStats.pools[0]._fast  # pyright: ignore[reportPrivateUsage]
             assert first is not None
             stats = first.statistics()
@@ -255,3 +254,48 @@ async def test_reads_through_our_transport_open_no_cancel_scope(
             assert scopes == []
         finally:
             await pool.aclose()
+
+
+class ThroughTheMailbox(ProviderSession):
+    """A session whose calls all go through its mailbox (handled in tasks of its own)."""
+
+    inline_calls = False
+
+
+@pytest.mark.parametrize("mock", [False, True])
+async def test_a_body_opened_in_the_sessions_task_is_read_and_judged_in_the_callers(
+    mock: bool,
+) -> None:
+    scenarios = Scenarios(Scenario(text="whole", chunk_chars=2))
+    async with open_fake_server(scenarios) as server:
+        codec = OpenAICodec(base_url=server.base_url("openai"))
+        settings = SessionSettings(http=HttpSettings(trust_env=False))
+        transport = None
+        if mock:  # a transport of httpx's, not ours
+            mocked = MockTransport(scenarios, format="openai")
+
+            def transport() -> MockTransport:
+                return mocked
+
+        def session() -> ThroughTheMailbox:
+            return ThroughTheMailbox(
+                codec, keys=[Secret(KEY)], settings=settings, transport=transport
+            )
+
+        spec = SupervisorSpec(children=[ChildSpec.actor("session", session)])
+        async with open_runtime(spec) as runtime:
+            ref = runtime.ref("session", ThroughTheMailbox)
+            here = trio.lowlevel.current_task()
+            for _ in range(2):
+                body = await ref.call(Attempt(request=resolved("m")))
+                text = ""
+                while (batch := await body.next_batch()) is not None:
+                    assert trio.lowlevel.current_task() is here
+                    text += "".join(chunk.text or "" for chunk in batch)
+                await body.verdict()
+                assert text == "whole"
+            statistics = await ref.call(SessionStats())
+            assert (statistics.attempts, statistics.failures, statistics.pool.active) == (2, {}, 0)
+            assert statistics.breakers == {"m": "closed"}
+        if not mock:
+            assert server.statistics().connections_total == 1  # given back, then reused

@@ -1,11 +1,11 @@
 """`StreamBody`: the body of one streamed attempt, read by the caller's own task.
 
-A provider session does the admission side of a streamed attempt in its own task: circuit
-breaker, key, encoding, sending the request, the response's status and headers (rate-limit
-headers, the error of a non-2xx answer). Then it lends the body to the caller, whose task
-reads it, decodes the events with the codec's stream decoder and gets the chunks of each
-network read at once: one task woken per network read, where a hop through the session's
-task would wake two.
+A provider session opens a streamed attempt on the call that asks for it (on the caller's
+task when the runtime can, `Actor.inline_calls`): circuit breaker, key, encoding, sending
+the request, the response's status and headers (rate-limit headers, the error of a non-2xx
+answer). Then it lends the body to the caller, whose task reads it, decodes the events with
+the codec's stream decoder and gets the chunks of each network read at once: one task woken
+per network read, and no task of the session's waiting for the caller.
 
 What stays the session's:
 
@@ -16,19 +16,25 @@ What stays the session's:
   `InvocationTimeout` names the limit that fired;
 * containment: whatever decoding raises becomes a `ProviderError` (``details["reason"] ==
   "malformed response"``), an error event ends the attempt after the chunks before it;
-* the verdict: the body hands its end (or its failure, and whether content was delivered)
-  back to the session, which keeps its statistics, breakers and keys and answers the
-  attempt's stream with its retry advice (`AttemptFailed`) or its end, as for any attempt;
-* lifetime: the session holds the response open while the caller reads. If the session's
-  handler ends first (the session restarts or stops, our deadline passes, the caller left),
-  it revokes the body: a read in progress stops at once, later reads return ``None``, and
-  the connection is closed. The attempt's stream then says what happened.
+* the verdict: once the caller has read the body to its end it calls `verdict`, which
+  closes the HTTP exchange and applies the session's verdict on the caller's task, as for
+  any attempt: statistics, breaker and key, then the end, or `AttemptFailed` with the
+  session's retry advice;
+* lifetime: the body is a loan of the session's incarnation (`Context.lend`). A graceful
+  stop of the session waits for it; any other end of the incarnation (a crash, a restart,
+  a stop past its grace) revokes it: a read in progress stops at once, later reads return
+  ``None``, the connection is closed, and `verdict` raises the runtime's error
+  (`ActorCrashed`, or `ActorDead` for a stop for good). A caller that leaves before the end
+  calls `abandon`: the connection is closed, not reused, and no verdict is given.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping
-from typing import Final, final
+from contextlib import AbstractAsyncContextManager
+from typing import Final, Protocol, final
 
 import trio
 
@@ -36,20 +42,40 @@ from .._secrets import redact
 from ..errors import InvocationTimeout, LLMError, ProviderError, error_from_info
 from ..http import HttpResponse
 from ..providers._base import StreamDecoder
+from ..runtime import Loan
 from ..types import StreamChunk
 
 __all__ = [
     "MALFORMED",
     "Failed",
+    "Judge",
     "StreamBody",
     "chunk_timeout",
     "has_content",
     "malformed_response",
 ]
 
+log = logging.getLogger("llm_invocation.providers")
+
 MALFORMED: Final = "malformed response"
-# How long the handler waits, once it revoked a body, for the caller's read to stop.
-_REVOKE_LIMIT: Final = 5.0
+# How long closing an exchange may take once the body is done with, even when cancelled.
+_CLOSE_LIMIT: Final = 5.0
+
+
+class Judge(Protocol):
+    """The session's side of a lent body: its verdict, given once, on the caller's task."""
+
+    async def judge(self, outcome: Failed | None) -> None:
+        """Apply the verdict of an attempt read to its end (``outcome``: its failure).
+
+        Raises:
+            Exception: the session's answer to a failure (its `AttemptFailed`).
+        """
+        ...
+
+    def release(self) -> None:
+        """No verdict: the attempt ended without one (left early, revoked, timed out)."""
+        ...
 
 
 class Failed(Exception):
@@ -112,25 +138,28 @@ def has_content(batch: list[StreamChunk]) -> bool:
 class StreamBody:
     """The body of one streamed attempt, lent by its session: see the module documentation.
 
-    The caller calls `next_batch` until it returns None; the session waits for that with
-    `wait` and ends with `revoke`.
+    The caller calls `next_batch` until it returns None, then `verdict`; or `abandon` when
+    it leaves before that. The session's incarnation takes it back with `revoke`.
     """
 
     __slots__ = (
+        "_closed",
         "_deadline",
         "_decoder",
         "_delivered",
         "_ended",
-        "_finished",
+        "_exchange",
+        "_expired",
         "_first",
         "_headers",
         "_idle",
+        "_judge",
+        "_limit",
+        "_loan",
         "_outcome",
         "_provider",
-        "_reading",
         "_response",
         "_revoked",
-        "_unwound",
     )
 
     def __init__(
@@ -138,25 +167,30 @@ class StreamBody:
         response: HttpResponse,
         decoder: StreamDecoder,
         *,
+        exchange: AbstractAsyncContextManager[HttpResponse],
+        judge: Judge,
         provider: str,
         deadline: float,
         first: float,
         idle: float,
     ) -> None:
         self._response = response
+        self._exchange = exchange
         self._decoder = decoder
+        self._judge = judge
         self._provider = provider
         self._headers: Mapping[str, str] = response.headers
         self._deadline = deadline  # of the first content
         self._first = first
         self._idle = idle
+        self._limit = math.inf  # the caller's own deadline for the whole attempt
         self._delivered = False
         self._ended = False  # no more reads: the outcome is known
+        self._expired = False  # the caller's deadline passed during a read
         self._outcome: Failed | None = None
-        self._finished = trio.Event()  # the outcome is handed to the session
         self._revoked = False
-        self._reading = False
-        self._unwound: trio.Event | None = None
+        self._closed = False  # the verdict was asked for, or the body abandoned
+        self._loan: Loan | None = None
 
     def __repr__(self) -> str:
         return f"<StreamBody {self._provider!r} delivered={self._delivered}>"
@@ -166,36 +200,51 @@ class StreamBody:
         """Whether content reached the caller (no retry after that)."""
         return self._delivered
 
+    def lent(self, loan: Loan) -> None:
+        """The session's side: the loan that holds the body (ended by `verdict`/`abandon`)."""
+        self._loan = loan
+
     # -- the caller's side ---------------------------------------------------------------------
+
+    def limit(self, deadline: float) -> None:
+        """Stop reading at ``deadline`` (the caller's, for the whole attempt): a read still
+        waiting then makes `next_batch` return None, and `verdict` raises
+        `trio.TooSlowError`."""
+        self._limit = deadline
 
     async def next_batch(self) -> list[StreamChunk] | None:
         """The chunks of the next network read (``[]`` when it completed no event), or None
-        when the body is done with: then the attempt's stream tells how it ended (its end,
-        `AttemptFailed`, or the runtime's error when the session went away).
+        when the body is done with: then `verdict` tells how the attempt ended.
 
         A failed read, a malformed answer, an error event or a chunk limit is not raised
-        here: it is handed to the session, which answers with its advice.
+        here: it is kept for the session's verdict, which answers with its advice.
 
         Raises:
-            trio.Cancelled: the caller's own cancellation (the connection is then closed).
+            trio.Cancelled: the caller's own cancellation (`abandon` then closes the
+                connection).
         """
         if self._ended or self._revoked:
-            self._finish()
             await trio.lowlevel.checkpoint()
             return None
-        self._reading = True
         try:
+            now = trio.current_time()
             if self._delivered:
                 timeout = self._idle
             else:
-                timeout = self._deadline - trio.current_time()
+                timeout = self._deadline - now
                 if timeout <= 0:  # passed while the caller was away, not waiting on a read
                     timeout = self._first
-                    self._deadline = trio.current_time() + timeout
+                    self._deadline = now + timeout
+            left = self._limit - now
+            if left < timeout:
+                timeout = max(left, 0.0)
             data = await self._response.receive(timeout)
         except StopAsyncIteration:
             data = None
         except trio.TooSlowError:
+            if trio.current_time() >= self._limit and not self._revoked:
+                self._ended = self._expired = True
+                return None
             return self._fail(
                 chunk_timeout(
                     self._provider, delivered=self._delivered, first=self._first, idle=self._idle
@@ -207,10 +256,6 @@ class StreamBody:
             return self._fail(
                 malformed_response(exc, provider=self._provider, delivered=self._delivered)
             )
-        finally:
-            self._reading = False
-            if self._unwound is not None:
-                self._unwound.set()
         if self._revoked:
             return None
         try:
@@ -231,7 +276,6 @@ class StreamBody:
                 malformed_response(exc, provider=self._provider, delivered=self._delivered)
             )
         if self._ended and not batch:
-            self._finish()
             return None
         return batch
 
@@ -250,26 +294,61 @@ class StreamBody:
         if not self._revoked:
             self._ended = True
             self._outcome = Failed(error, self._headers, self._delivered)
-            self._finish()
 
-    def _finish(self) -> None:
-        if not self._finished.is_set():
-            self._finished.set()
+    async def verdict(self) -> None:
+        """Once `next_batch` returned None: close the exchange (its connection goes back to
+        the pool only when the body was read to its end) and apply the session's verdict.
+
+        Raises:
+            AttemptFailed: the attempt failed (the session's advice).
+            ActorCrashed: the session crashed or restarted while the body was lent.
+            ActorDead: the session stopped for good while the body was lent.
+            trio.TooSlowError: the caller's deadline (`limit`) passed during a read.
+        """
+        if self._closed:
+            raise RuntimeError("the body's verdict was asked for already")
+        self._closed = True
+        judge = self._judge
+        loan = self._loan
+        try:
+            await self._close()
+            if loan is not None and loan.error is not None:
+                raise loan.error
+            if self._expired:
+                raise trio.TooSlowError("the caller's deadline passed during a read")
+            if not self._ended:
+                raise RuntimeError("verdict() before the body was read to its end")
+            await judge.judge(self._outcome)
+        finally:
+            judge.release()
+            if loan is not None:
+                loan.end()
+
+    async def abandon(self) -> None:
+        """The caller leaves before the verdict: the response is aborted and its connection
+        closed (within a bound, even when cancelled), and no verdict is given."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._close()
+        finally:
+            self._judge.release()
+            if self._loan is not None:
+                self._loan.end()
+
+    async def _close(self) -> None:
+        self._response.abort()
+        with trio.move_on_after(_CLOSE_LIMIT, shield=True):
+            try:
+                await self._exchange.__aexit__(None, None, None)
+            except Exception:  # the body is done with: its closing tells nothing
+                log.debug("%s: closing a streamed response failed", self._provider, exc_info=True)
 
     # -- the session's side --------------------------------------------------------------------
 
-    async def wait(self) -> Failed | None:
-        """Wait until the caller is done with the body; its failure, or None at its end."""
-        await self._finished.wait()
-        return self._outcome
-
-    async def revoke(self) -> None:
-        """Take the body back: a read in progress stops (waited for, within a bound), later
-        reads return None, and the connection is closed unless the body was read to its end.
-        """
+    def revoke(self) -> None:
+        """Take the body back (its incarnation ended): a read in progress stops, later reads
+        return None; the caller's `verdict` or `abandon` closes the exchange."""
         self._revoked = True
         self._response.abort()
-        if self._reading:
-            unwound = self._unwound = trio.Event()
-            with trio.move_on_after(_REVOKE_LIMIT, shield=True):
-                await unwound.wait()

@@ -7,9 +7,10 @@ another one makes sense:
 
 * `Attempt` sends one streamed HTTP request and, once its answer's head is in, lends the
   caller the body (`StreamBody`): the caller's task reads and decodes it, one wake-up per
-  network read, while the session keeps the attempt's lifetime and verdict (see
-  ``_stream_body``); `AttemptOnce` sends one non-streamed request and returns the whole
-  response;
+  network read, and then applies the session's verdict itself; the body stays a loan of
+  the session's incarnation (see ``_stream_body``). `AttemptOnce` sends one non-streamed
+  request and returns the whole response. Both run on the caller's task when the runtime
+  can (`Actor.inline_calls`), through the mailbox otherwise;
 * watchdogs: ``first_chunk`` runs until the first event that carries content (text,
   reasoning, a tool-call delta, a finish), ``idle_chunk`` between events after that; the
   `InvocationTimeout` names the limit that fired;
@@ -25,10 +26,11 @@ another one makes sense:
   ``details["reason"] == "malformed response"``, retryable only before content, logged once.
   The same holds for a codec that raises (a custom one, say): encoding fails that call with
   a `ProviderError` (``details["reason"] == "encode failed"``), nothing sent;
-* cancellation: a caller that goes away cancels the handler, which closes the HTTP response
-  at once (its connection is dropped, not reused); so does a session that restarts or stops
-  while a caller reads a body it lent (the caller's next read returns, and the attempt's
-  stream raises the runtime's error).
+* cancellation: a caller that goes away (or is cancelled) closes the HTTP response at
+  once (its connection is dropped, not reused); so does a session that crashes, restarts
+  or stops past its grace while a caller reads a body it lent (the caller's next read
+  returns None, and the body's verdict raises the runtime's error). A graceful stop lets
+  the bodies in the callers' hands be read to their end.
 
 Models and token counts (`ListModels`, `CountTokens`) are free endpoints outside any budget;
 the session retries them itself, counted in its statistics.
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, final
 
 import msgspec
 import trio
@@ -58,7 +60,7 @@ from ..providers._base import (
     RetryAdvice,
     checked_rate_limits,
 )
-from ..runtime import Actor, Call, Context, ReplyError, Stream, StreamSink
+from ..runtime import Actor, Call, Context, ReplyError
 from ..types import ModelInfo, Request, Response
 from ._keys import KeyRing, model_family
 from ._resilience import CircuitBreaker, backoff_delay, counts_against_breaker
@@ -115,13 +117,14 @@ class ResponseInfo(msgspec.Struct, frozen=True, kw_only=True):
 # -- protocol --------------------------------------------------------------------------------
 
 
-class Attempt(Stream[StreamBody], frozen=True, kw_only=True):
-    """Stream one HTTP attempt of ``request`` (model already resolved for this provider).
+class Attempt(Call[StreamBody], frozen=True, kw_only=True):
+    """Open one streamed HTTP attempt of ``request`` (model already resolved for this
+    provider) and return its body (`StreamBody`) once the answer's head is in and says 2xx.
 
-    The stream yields one item, the answer's body (`StreamBody`), once its head is in and
-    says 2xx; the caller reads it to its end (until `StreamBody.next_batch` returns None),
-    then the stream ends, or raises `AttemptFailed` with the session's advice. A failure
-    before the body raises at once.
+    The caller reads the body to its end (until `StreamBody.next_batch` returns None), then
+    asks for `StreamBody.verdict`: it returns at the attempt's end, or raises `AttemptFailed`
+    with the session's advice; a caller that leaves before calls `StreamBody.abandon`. A
+    failure before the body raises `AttemptFailed` at once.
 
     ``number`` counts the invocation's attempts on this provider from 1 (later ones are
     retries, counted in the session's statistics). ``trace``, when set, is the attempt
@@ -251,8 +254,10 @@ class ProviderSession(Actor[SessionMsg]):
     async def handle(self, msg: SessionMsg, ctx: Context) -> Any:
         match msg:
             case Attempt(request=request, number=number, trace=trace):
-                await self._attempt(request, number, self._stream_once, ctx.sink(msg), trace)
-                return None
+                body = await self._attempt(request, number, self._stream_once, ctx, trace)
+                if ctx.abandoned:  # its caller gave up as it came (a call through the mailbox)
+                    await body.abandon()
+                return body
             case AttemptOnce(request=request, number=number, trace=trace):
                 return await self._attempt(request, number, self._fetch_once, None, trace)
             case ListModels():
@@ -297,11 +302,14 @@ class ProviderSession(Actor[SessionMsg]):
         self,
         request: Request,
         number: int,
-        once: Callable[[Request, HttpRequest, Any], Any],
+        once: Callable[[Request, HttpRequest, _Verdict, Any], Any],
         forward: Any,
         trace: str | None = None,
     ) -> Any:
         """Run one attempt; on failure raise `AttemptFailed` with the session's advice.
+
+        A streamed attempt returns its body with the verdict still to come: the body gives
+        it (`_Verdict`) once the caller has read it.
 
         Raises:
             AttemptFailed: the attempt failed (the typed error and whether to try again).
@@ -311,19 +319,16 @@ class ProviderSession(Actor[SessionMsg]):
         else:
             self.retries += 1
         self.attempts += 1
-        breaker = self._breaker(request.model)
-        family = model_family(request.model)
-        verdict = False
-        key: Secret | None = None
+        verdict = _Verdict(self, request.model)
         try:
             try:
                 self.codec.validate(request)
                 try:
-                    breaker.before_call(self.provider)
+                    verdict.breaker.before_call(self.provider)
                 except LLMError as refused:
                     refused.__cause__ = self._tripped.get(request.model)
                     raise
-                key = await self.keys.pick(family)
+                key = verdict.key = await self.keys.pick(verdict.family)
                 http_request = self.codec.encode(request, key.reveal() if key else None)
                 if not isinstance(http_request, HttpRequest):  # pyright: ignore[reportUnnecessaryIsInstance]
                     raise TypeError(f"encode() returned a {type(http_request).__name__}")
@@ -344,33 +349,19 @@ class ProviderSession(Actor[SessionMsg]):
                 log.exception("%s: encoding a request failed", self.provider)
                 raise _Failed(error, {}, delivered=False) from None
             # The encoded request is the callee's alone: it may drop it once it is sent.
-            pending = once(request, http_request, forward)
+            pending = once(request, http_request, verdict, forward)
             del http_request
             result = await pending
         except _Failed as failed:
-            error = failed.error
-            code = error.code.value
-            self.failures[code] = self.failures.get(code, 0) + 1
-            if error.details.get("reason") == MALFORMED:  # ours or the codec's own
-                self.malformed += 1
-                log.warning("%s: malformed response: %s", self.provider, error.message)
-            if counts_against_breaker(error):
-                breaker.failure()
-                self._tripped[request.model] = error
-                verdict = True
-            error, retry, delay = await self._advice(
-                error, failed.headers, key, family, delivered=failed.delivered
-            )
-            raise AttemptFailed(error, retry=retry, delay=delay) from None
-        else:
-            breaker.success()
-            self._tripped.pop(request.model, None)
-            self.keys.accept(key, family)
-            verdict = True
-            return result
-        finally:
-            if not verdict:
-                breaker.release_probe()
+            await verdict.judge(failed)
+            raise AssertionError("unreachable: a failure's verdict raises") from None
+        except BaseException:
+            verdict.release()
+            raise
+        if isinstance(result, StreamBody):
+            return result  # the verdict comes from the body, once read
+        verdict.succeed()
+        return result
 
     async def _advice(
         self,
@@ -458,13 +449,13 @@ class ProviderSession(Actor[SessionMsg]):
     # -- streaming -----------------------------------------------------------------------------
 
     async def _stream_once(
-        self, request: Request, http_request: HttpRequest, sink: StreamSink[StreamBody]
-    ) -> None:
-        """Send ``http_request``, then lend its body to the caller and wait until the caller
-        is done with it (or this handler is cancelled: the body is revoked).
+        self, request: Request, http_request: HttpRequest, verdict: _Verdict, ctx: Context
+    ) -> StreamBody:
+        """Send ``http_request`` and, once its head is in, lend its body to the caller (a
+        loan of this incarnation, see ``_stream_body``).
 
         Raises:
-            _Failed: the attempt failed (before the body, or while the caller read it).
+            _Failed: the attempt failed before the body.
         """
         assert self._pool is not None
         settings = self.settings
@@ -472,18 +463,18 @@ class ProviderSession(Actor[SessionMsg]):
         idle = settings.idle_chunk_timeout
         headers: Mapping[str, str] = {}
         body: StreamBody | None = None
-        outcome: _Failed | None = None
         watchdog = self._watchdog
         deadline = trio.current_time() + first
         scope = trio.CancelScope()
-        # Until the body is lent, the watchdog keeps the first_chunk limit by cancelling this
-        # handler; after that the caller's reads keep it (and the idle_chunk limit).
+        # Until the body is lent, the watchdog keeps the first_chunk limit by cancelling
+        # this scope; after that the caller's reads keep it (and the idle_chunk limit).
         watch = watchdog.watch(scope, deadline)
         exchange = self._pool.stream(http_request)
         del http_request  # the exchange drops it once it is encoded
         with scope:
             try:
-                async with exchange as response:
+                response = await exchange.__aenter__()
+                try:
                     headers = response.headers
                     self._report(request, response.status, headers)
                     if response.status >= 300:
@@ -493,20 +484,17 @@ class ProviderSession(Actor[SessionMsg]):
                     body = StreamBody(
                         response,
                         decoder,
+                        exchange=exchange,
+                        judge=verdict,
                         provider=self.provider,
                         deadline=deadline,
                         first=first,
                         idle=idle,
                     )
-                    watchdog.unwatch(watch)
-                    try:
-                        try:
-                            sink.send_nowait(body)
-                        except trio.WouldBlock:
-                            await sink.send(body)
-                        outcome = await body.wait()
-                    finally:
-                        await body.revoke()
+                except BaseException as exc:
+                    with trio.move_on_after(5, shield=True):
+                        await exchange.__aexit__(type(exc), exc, exc.__traceback__)
+                    raise
             except _Failed:
                 raise
             except LLMError as error:
@@ -517,16 +505,17 @@ class ProviderSession(Actor[SessionMsg]):
                 ) from exc
             finally:
                 watchdog.unwatch(watch)
-        delivered = body is not None and body.delivered
-        if scope.cancelled_caught:  # the first_chunk limit, before the body was lent
-            timeout = chunk_timeout(self.provider, delivered=delivered, first=first, idle=idle)
-            raise _Failed(timeout, headers, delivered)
-        if outcome is not None:
-            raise outcome
+        if body is None:  # the first_chunk limit, before the body was lent
+            timeout = chunk_timeout(self.provider, delivered=False, first=first, idle=idle)
+            raise _Failed(timeout, headers, delivered=False)
+        body.lent(ctx.lend(body.revoke))
+        return body
 
     # -- whole responses, models and tokens ----------------------------------------------------
 
-    async def _fetch_once(self, request: Request, http_request: HttpRequest, _: Any) -> Response:
+    async def _fetch_once(
+        self, request: Request, http_request: HttpRequest, _: _Verdict, __: Any
+    ) -> Response:
         body = await self._fetch(request, http_request)
         try:
             response = self.codec.decode_response(request, body)
@@ -627,6 +616,61 @@ class ProviderSession(Actor[SessionMsg]):
             self.codec.decode_count_tokens,
         )
         return result
+
+
+@final
+class _Verdict:
+    """One attempt's verdict for its session: breaker, key, statistics, retry advice (the
+    `Judge` of a streamed attempt's body, applied on the caller's task)."""
+
+    __slots__ = ("breaker", "family", "key", "model", "session", "settled")
+
+    def __init__(self, session: ProviderSession, model: str) -> None:
+        self.session = session
+        self.model = model
+        self.breaker = session._breaker(model)  # pyright: ignore[reportPrivateUsage]
+        self.family = model_family(model)
+        self.key: Secret | None = None
+        self.settled = False
+
+    def succeed(self) -> None:
+        session = self.session
+        self.settled = True
+        self.breaker.success()
+        session._tripped.pop(self.model, None)  # pyright: ignore[reportPrivateUsage]
+        session.keys.accept(self.key, self.family)
+
+    async def judge(self, outcome: _Failed | None) -> None:
+        """The verdict of an attempt: its success, or its failure counted and advised.
+
+        Raises:
+            AttemptFailed: the attempt failed (the typed error and whether to try again).
+        """
+        if outcome is None:
+            self.succeed()
+            return
+        session = self.session
+        error = outcome.error
+        code = error.code.value
+        session.failures[code] = session.failures.get(code, 0) + 1
+        if error.details.get("reason") == MALFORMED:  # ours or the codec's own
+            session.malformed += 1
+            log.warning("%s: malformed response: %s", session.provider, error.message)
+        if counts_against_breaker(error):
+            self.breaker.failure()
+            session._tripped[self.model] = error  # pyright: ignore[reportPrivateUsage]
+            self.settled = True
+        else:
+            self.release()
+        error, retry, delay = await session._advice(  # pyright: ignore[reportPrivateUsage]
+            error, outcome.headers, self.key, self.family, delivered=outcome.delivered
+        )
+        raise AttemptFailed(error, retry=retry, delay=delay) from None
+
+    def release(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self.breaker.release_probe()
 
 
 class _SessionLifespan:

@@ -12,7 +12,7 @@ import trio
 
 from ..actors.provider_session import Attempt, AttemptOnce, StreamBody
 from ..errors import LLMError
-from ..runtime import ActorError, StreamContext, StreamReceiver
+from ..runtime import ActorError
 from ..types import (
     ChatResponse,
     Choice,
@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["DeltaStream", "InvocationStream", "whole_chunks"]
 
 T = TypeVar("T")
-
-# An attempt's stream carries one item: the body its session lends the caller.
-_ATTEMPT_BUFFER = 1
 
 
 def _as_chunk(response: Response, choice: Choice) -> StreamChunk:
@@ -118,9 +115,7 @@ class InvocationStream:
         self._cache_key = cache_key
         self._chain = chain
         self._chunk_hooks = bool(chain.on_chunk_hooks)
-        self._context: StreamContext[StreamBody] | None = None
-        self._receiver: StreamReceiver[StreamBody] | None = None
-        self._body: StreamBody | None = None  # the current attempt's, while it is read
+        self._body: StreamBody | None = None  # the current attempt's, until its verdict
         self._aggregator = StreamAggregator()
         self._batch: list[StreamChunk] = []
         self._position = 0
@@ -229,16 +224,16 @@ class InvocationStream:
             self._body = None
             streamed = run.request.stream
             try:
-                # The session's handler runs under the invocation's deadline (ours) as well
-                # as under the caller's own.
+                # The attempt runs under the invocation's deadline (ours) as well as under
+                # the caller's own; a streamed body's reads stop at ours too.
                 with trio.CancelScope(deadline=run.deadline) as scope:
                     if streamed:
                         message = Attempt(
                             request=run.attempt_request(), number=run.attempt, trace=parent
                         )
-                        context = run.session().stream(message, buffer=_ATTEMPT_BUFFER)
-                        self._receiver = await context.__aenter__()
-                        self._context = context
+                        body = await run.session().call(message)
+                        body.limit(run.deadline)
+                        self._body = body
                     else:
                         once = AttemptOnce(
                             request=run.attempt_request(), number=run.attempt, trace=parent
@@ -269,10 +264,9 @@ class InvocationStream:
             run.finish("ok", response=whole)
 
     async def _close_attempt(self) -> None:
-        context, self._context, self._receiver = self._context, None, None
-        self._body = None  # its session takes it back (and closes its connection)
-        if context is not None:
-            await context.__aexit__(None, None, None)
+        body, self._body = self._body, None
+        if body is not None:  # left before its verdict: its connection is closed
+            await body.abandon()
 
     async def _fail_attempt(self, exc: Exception) -> None:
         """The current attempt failed: returns when another one may start, else raises."""
@@ -352,7 +346,7 @@ class InvocationStream:
         """The first chunk of the next batch (the rest wait in ``_batch``).
 
         This task reads the body the session lent it: the chunks of one network read at a
-        time. Once the body is done with, the attempt's stream tells how it ended.
+        time. Once the body is done with, its verdict tells how the attempt ended.
 
         Raises:
             StopAsyncIteration: the stream ended (it is settled).
@@ -360,36 +354,25 @@ class InvocationStream:
         """
         while True:
             body = self._body
-            if body is not None:
-                batch = await body.next_batch()
-                if batch is None:  # the body is done with: its session's verdict follows
-                    self._body = None
-                elif batch:
-                    return self._take(batch)
-                continue
-            receiver = self._receiver
-            if receiver is None:
+            if body is None:
                 if not self._entered:
                     raise RuntimeError("use `async with client.invoke(...) as stream:` first")
                 if self._whole is not None:  # a whole answer, delivered: the end
                     await self._end()
                 raise StopAsyncIteration
-            try:
-                # Waited for outside the handler of WouldBlock, which would otherwise stay
-                # alive (with its traceback) as long as the wait.
+            batch = await body.next_batch()
+            if batch:
+                return self._take(batch)
+            if batch is None:  # the body is done with: its session's verdict follows
+                self._body = None
                 try:
-                    self._body = receiver.receive_nowait()
-                except trio.WouldBlock:
-                    pass
-                if self._body is None:
-                    self._body = await receiver.receive()
-            except trio.EndOfChannel:
+                    await body.verdict()
+                except (LLMError, ActorError, trio.TooSlowError) as exc:
+                    await self._fail_attempt(exc)
+                    await self._open()
+                    continue
                 await self._end()
-                raise StopAsyncIteration from None
-            except (LLMError, ActorError, trio.TooSlowError) as exc:
-                await self._fail_attempt(exc)
-                await self._open()
-                continue
+                raise StopAsyncIteration
 
     def _take(self, batch: list[StreamChunk]) -> StreamChunk:
         """Aggregate ``batch``, keep it for the next chunks and return its first."""
@@ -442,7 +425,7 @@ class InvocationStream:
         Raises:
             LLMError: the invocation failed.
         """
-        if self._whole is not None and self._receiver is None and not self._chunk_hooks:
+        if self._whole is not None and self._body is None and not self._chunk_hooks:
             # A whole answer, aggregated already: its chunks need no walk (nobody sees them).
             self._position = len(self._batch)
             try:

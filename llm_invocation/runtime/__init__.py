@@ -25,6 +25,7 @@ from ._actor import Actor as Actor
 from ._actor import Context as Context
 from ._cell import ActorState as ActorState
 from ._cell import ActorStatistics as ActorStatistics
+from ._cell import Loan as Loan
 from ._envelope import ReplyHandle as ReplyHandle
 from ._envelope import StreamReceiver as StreamReceiver
 from ._envelope import StreamSink as StreamSink
@@ -68,6 +69,7 @@ __all__ = [
     "ChildKind",
     "ChildSpec",
     "Context",
+    "Loan",
     "MailboxFull",
     "MaxRestartsExceeded",
     "Msg",

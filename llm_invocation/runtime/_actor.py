@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, final, overload
 
@@ -14,7 +14,7 @@ from ._errors import UsageError
 from ._messages import Call, Msg, Stream
 
 if TYPE_CHECKING:
-    from ._cell import Cell
+    from ._cell import Cell, Loan
     from ._ref import ActorRef
     from ._runtime import Runtime
 
@@ -136,6 +136,13 @@ class Context:
         return self._envelope.deadline if self._envelope is not None else math.inf
 
     @property
+    def abandoned(self) -> bool:
+        """Whether the caller of the current call or stream gave up waiting: an answer
+        returned now reaches nobody (a handler that lent something for it takes it back)."""
+        envelope = self._envelope
+        return envelope is not None and envelope.abandoned
+
+    @property
     def deferred(self) -> bool:
         return self._deferred
 
@@ -174,6 +181,20 @@ class Context:
         if envelope is None or envelope.stream is None or msg is not envelope.msg:
             raise UsageError("sink(msg) needs the Stream message being handled")
         return StreamSink(envelope.stream)
+
+    def lend(self, revoke: Callable[[], None]) -> Loan:
+        """Lend something of this incarnation to the caller beyond the current message (an
+        open response, say), until the caller calls `Loan.end`.
+
+        A graceful stop waits for the incarnation's loans to end (within the child's
+        ``shutdown`` grace) before its lifespan closes. Any other end (a crash, a restart
+        after a crash, a stop past its grace) revokes them first: ``revoke`` is called (it
+        must not block; an exception it raises is logged) and `Loan.error` is set to what
+        the caller then raises (`ActorCrashed`, or `ActorDead` for a stop for good). A loan
+        made while the incarnation does not serve messages (its lifespan opening, or the
+        incarnation ending) is revoked at once.
+        """
+        return self._cell.lend(revoke)
 
     def stop(self) -> None:
         """Ask this actor to stop normally once the current messages are handled.

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ._ref import ActorRef
     from ._runtime import Runtime
 
-__all__ = ["ActorState", "ActorStatistics", "Cell"]
+__all__ = ["ActorState", "ActorStatistics", "Cell", "Loan"]
 
 log = logging.getLogger("llm_invocation.runtime")
 
@@ -57,6 +57,8 @@ class _Incarnation:
         "in_flight",
         "inline",
         "inline_done",
+        "loans",
+        "loans_done",
         "nursery",
         "rx",
         "serving",
@@ -81,6 +83,38 @@ class _Incarnation:
         self.inline: set[trio.CancelScope] = set()
         self.inline_done: trio.Event | None = None
         self.ended: BaseException | None = None  # why the serving ended early, if it did
+        # Work lent out by handlers (`Context.lend`): a graceful stop waits for it to come
+        # back, any other end revokes it.
+        self.loans: set[Loan] = set()
+        self.loans_done: trio.Event | None = None
+
+
+class Loan:
+    """Work an incarnation lent out (`Context.lend`), alive until `end` or until revoked."""
+
+    __slots__ = ("_inc", "_revoke", "error")
+
+    def __init__(self, inc: _Incarnation, revoke: Callable[[], None]) -> None:
+        self._inc = inc
+        self._revoke = revoke
+        self.error: ActorCrashed | ActorDead | None = None
+        """Set when the incarnation ended before the loan came back: the lender's error."""
+
+    def end(self) -> None:
+        """The loan came back (at most once; nothing after it was revoked)."""
+        inc = self._inc
+        inc.loans.discard(self)
+        if not inc.loans and inc.loans_done is not None:
+            inc.loans_done.set()
+
+    def revoke(self, error: ActorCrashed | ActorDead) -> None:
+        if self.error is None:
+            self.error = error
+            self._inc.loans.discard(self)
+            try:
+                self._revoke()
+            except Exception:
+                log.exception("revoking a loan failed")
 
 
 class Cell:
@@ -194,12 +228,16 @@ class Cell:
                                 await self._serve_one(actor, background, inc)
                             else:
                                 await self._serve_many(actor, background, inc, concurrency)
+                            if inc.crash is None and inc.loans:  # a graceful stop
+                                inc.loans_done = trio.Event()
+                                await inc.loans_done.wait()
                         inc.actor = None
                         if inc.crash is not None:
                             raise inc.crash
                     except BaseException as exc:  # noqa: BLE001 - closed, then re-raised below
                         inc.actor = None
                         ended = exc
+                        self._revoke_loans(inc, exc)
                     background.cancel_scope.cancel()
                     closing.shield = True
                     closing.deadline = trio.current_time() + min(grace, LIFESPAN_CLOSE_LIMIT)
@@ -237,6 +275,29 @@ class Cell:
         for handle in list(inc.deferred):
             handle.fail(error)
         inc.deferred.clear()
+
+    def _revoke_loans(self, inc: _Incarnation, ended: BaseException) -> None:
+        """The incarnation ended otherwise than by a graceful stop: take back what it lent."""
+        if not inc.loans:
+            return
+        if inc.ended is None:
+            inc.ended = ended
+        error = self._ended_error(inc)
+        for loan in list(inc.loans):
+            loan.revoke(error)
+        inc.loans.clear()
+
+    def lend(self, revoke: Callable[[], None]) -> Loan:
+        """A loan of the incarnation serving messages (`Context.lend`); revoked at once
+        (``revoke`` called, `Loan.error` set) when it does not serve them (any more)."""
+        inc = self._inc
+        assert inc is not None
+        loan = Loan(inc, revoke)
+        if inc.actor is None or inc.crash is not None or inc.ended is not None:
+            loan.revoke(self._ended_error(inc))
+        else:
+            inc.loans.add(loan)
+        return loan
 
     def track_deferred(self, envelope: Envelope) -> ReplyHandle[Any]:
         inc = self._inc
