@@ -60,6 +60,16 @@ class Journal:
         self.events.append(event)
 
 
+@asynccontextmanager
+async def journaled(journal: Journal, name: str) -> AsyncGenerator[None]:
+    """A lifespan that notes its start and its stop in ``journal``."""
+    journal.add(f"start {name}")
+    try:
+        yield
+    finally:
+        journal.add(f"stop {name}")
+
+
 class Counter(Actor[CounterMsg]):
     """A counter that can sleep, fail, refuse and stream; it logs to a journal."""
 
@@ -69,15 +79,7 @@ class Counter(Actor[CounterMsg]):
         self.n = 0
 
     def lifespan(self, ctx: Context) -> Any:
-        return self._lifespan()
-
-    @asynccontextmanager
-    async def _lifespan(self) -> AsyncGenerator[None]:
-        self.journal.add(f"start {self.name}")
-        try:
-            yield
-        finally:
-            self.journal.add(f"stop {self.name}")
+        return journaled(self.journal, self.name)
 
     async def handle(self, msg: CounterMsg, ctx: Context) -> Any:
         match msg:

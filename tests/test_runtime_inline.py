@@ -4,8 +4,6 @@ the mailbox when nothing waits there and a place is free."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -26,7 +24,7 @@ from llm_invocation.runtime import (
     open_runtime,
 )
 
-from .runtime_actors import Counter, Journal
+from .runtime_actors import Counter, Journal, journaled
 from .runtime_actors import Fail as CounterFail
 
 
@@ -68,15 +66,7 @@ class Wide(Actor[WideMsg]):
         self.name = name
 
     def lifespan(self, ctx: Context) -> Any:
-        return self._lifespan()
-
-    @asynccontextmanager
-    async def _lifespan(self) -> AsyncGenerator[None]:
-        self.journal.add(f"start {self.name}")
-        try:
-            yield
-        finally:
-            self.journal.add(f"stop {self.name}")
+        return journaled(self.journal, self.name)
 
     async def handle(self, msg: WideMsg, ctx: Context) -> Any:
         match msg:
