@@ -59,6 +59,7 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
             "ours, memory per stream:",
             "ours, event-loop lag p99:",
             "ours, garbage collector:",
+            "at 1 chunk a second",
         ],
     ),
     "request_bench": (
