@@ -11,7 +11,10 @@ import pytest
 import trio
 import trio.testing
 
+import llm_invocation as llm
+from llm_invocation.http import HttpPool, HttpSettings
 from llm_invocation.http._resolve import Resolver
+from llm_invocation.providers._base import HttpRequest
 
 _ADDRESS = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.7", 443))]
 
@@ -122,3 +125,18 @@ async def test_without_a_ttl_every_connection_looks_up(dns: FakeDNS) -> None:
 def test_a_ttl_that_is_not_a_number_of_seconds_is_refused(ttl: float) -> None:
     with pytest.raises(ValueError, match="DNS cache"):
         Resolver(ttl)
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 70 + ".example.test"])
+async def test_a_host_name_that_cannot_be_looked_up_is_a_typed_error_of_that_call(
+    host: str,
+) -> None:
+    pool = HttpPool(HttpSettings(trust_env=False), provider="openai")
+    request = HttpRequest(method="POST", url=f"http://{host}:9/v1", headers={}, body=b"{}")
+    try:
+        with pytest.raises(llm.LLMError):
+            async with pool.stream(request):
+                pass
+        assert pool.statistics().active == 0
+    finally:
+        await pool.aclose()

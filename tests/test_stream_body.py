@@ -27,6 +27,7 @@ from llm_invocation.actors.provider_session import (
     SessionStats,
 )
 from llm_invocation.http import HttpPool, HttpSettings
+from llm_invocation.providers._base import HttpRequest
 from llm_invocation.providers.openai import OpenAICodec
 from llm_invocation.runtime import ActorCrashed, ChildSpec, Context, SupervisorSpec, open_runtime
 from llm_invocation.testing import MockTransport, Scenario, Scenarios, Stall, open_fake_server
@@ -48,6 +49,24 @@ async def serve(scenarios: Scenarios, **timeouts: float) -> AsyncGenerator[tuple
         )
         async with llm.open_client(config) as client:
             yield client, server
+
+
+@asynccontextmanager
+async def open_pool(scenarios: Scenarios) -> AsyncGenerator[tuple[HttpPool, HttpRequest]]:
+    """A pool and a request for the fake server; the pool is closed after the block."""
+    async with open_fake_server(scenarios) as server:
+        pool = HttpPool(HttpSettings(trust_env=False), provider="openai")
+        codec = OpenAICodec(base_url=server.base_url("openai"))
+        try:
+            yield pool, codec.encode(resolved("m"), KEY)
+        finally:
+            await pool.aclose()
+
+
+def connections_open(pool: HttpPool) -> int:
+    transport = pool._fast  # pyright: ignore[reportPrivateUsage]
+    assert transport is not None
+    return transport.statistics().connections_open
 
 
 def request(model: str) -> llm.Request:
@@ -179,48 +198,32 @@ async def test_a_body_whose_session_restarts_stops_cleanly_and_its_connection_is
 
 
 async def test_a_read_in_progress_stops_when_another_task_aborts_the_response() -> None:
-    scenarios = Scenarios(Scenario(text="late", ttft=30))
-    async with open_fake_server(scenarios) as server:
-        pool = HttpPool(HttpSettings(trust_env=False), provider="openai")
-        codec = OpenAICodec(base_url=server.base_url("openai"))
-        try:
-            async with pool.stream(codec.encode(resolved("m"), KEY)) as response:
-                failures: list[BaseException] = []
+    async with open_pool(Scenarios(Scenario(text="late", ttft=30))) as (pool, http_request):
+        async with pool.stream(http_request) as response:
+            failures: list[BaseException] = []
 
-                async def read() -> None:
-                    try:
-                        await response.receive(60)
-                    except llm.StreamingFailed as exc:
-                        failures.append(exc)
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(read)
-                    await trio.testing.wait_all_tasks_blocked()
-                    response.abort()
-                assert len(failures) == 1
-                with pytest.raises(llm.StreamingFailed):
+            async def read() -> None:
+                try:
                     await response.receive(60)
-            transport = pool._fast  # pyright: ignore[reportPrivateUsage]
-            assert transport is not None
-            assert transport.statistics().connections_open == 0
-        finally:
-            await pool.aclose()
+                except llm.StreamingFailed as exc:
+                    failures.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await trio.testing.wait_all_tasks_blocked()
+                response.abort()
+            assert len(failures) == 1
+            with pytest.raises(llm.StreamingFailed):
+                await response.receive(60)
+        assert connections_open(pool) == 0
 
 
 async def test_a_read_past_its_time_limit_raises_too_slow_and_closes_the_connection() -> None:
-    scenarios = Scenarios(Scenario(text="late", ttft=30))
-    async with open_fake_server(scenarios) as server:
-        pool = HttpPool(HttpSettings(trust_env=False), provider="openai")
-        codec = OpenAICodec(base_url=server.base_url("openai"))
-        try:
-            async with pool.stream(codec.encode(resolved("m"), KEY)) as response:
-                with pytest.raises(trio.TooSlowError):
-                    await response.receive(0.2)
-            transport = pool._fast  # pyright: ignore[reportPrivateUsage]
-            assert transport is not None
-            assert transport.statistics().connections_open == 0
-        finally:
-            await pool.aclose()
+    async with open_pool(Scenarios(Scenario(text="late", ttft=30))) as (pool, http_request):
+        async with pool.stream(http_request) as response:
+            with pytest.raises(trio.TooSlowError):
+                await response.receive(0.2)
+        assert connections_open(pool) == 0
 
 
 async def test_reads_through_our_transport_open_no_cancel_scope(
@@ -235,25 +238,19 @@ async def test_reads_through_our_transport_open_no_cancel_scope(
         scopes.append(seconds)
         return original(seconds, **kwargs)
 
-    scenarios = Scenarios(SLOW)
-    async with open_fake_server(scenarios) as server:
-        pool = HttpPool(HttpSettings(trust_env=False), provider="openai")
-        codec = OpenAICodec(base_url=server.base_url("openai"))
-        try:
-            async with pool.stream(codec.encode(resolved("m"), KEY)) as response:
-                monkeypatch.setattr(trio, "move_on_after", counting)
-                pieces = 0
-                while True:
-                    try:
-                        await response.receive(60)
-                    except StopAsyncIteration:
-                        break
-                    pieces += 1
-                monkeypatch.undo()
-            assert pieces >= 8  # one read per chunk sent 50 ms apart
-            assert scopes == []
-        finally:
-            await pool.aclose()
+    async with open_pool(Scenarios(SLOW)) as (pool, http_request):
+        async with pool.stream(http_request) as response:
+            monkeypatch.setattr(trio, "move_on_after", counting)
+            pieces = 0
+            while True:
+                try:
+                    await response.receive(60)
+                except StopAsyncIteration:
+                    break
+                pieces += 1
+            monkeypatch.undo()
+        assert pieces >= 8  # one read per chunk sent 50 ms apart
+        assert scopes == []
 
 
 class ThroughTheMailbox(ProviderSession):

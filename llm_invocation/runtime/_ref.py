@@ -154,20 +154,8 @@ class ActorRef(Generic[M]):
         previous = waiting_on.get(task)
         waiting_on[task] = cell
         try:
-            cell.sent += 1
-            try:
-                # Into the mailbox without a trip through the scheduler when there is room:
-                # the wait for the reply below is this call's schedule point.
-                await trio.lowlevel.checkpoint_if_cancelled()
-                try:
-                    cell.send_ch.send_nowait(envelope)
-                except trio.WouldBlock:
-                    await cell.send_ch.send(envelope)
-            except BaseException as exc:
-                cell.sent -= 1
-                if isinstance(exc, trio.ClosedResourceError | trio.BrokenResourceError):
-                    raise ActorDead(cell.name) from None
-                raise
+            # The wait for the reply is this call's schedule point, not the mailbox.
+            await _post(cell, envelope)
             return await slot.wait()
         finally:
             if previous is None:
@@ -198,6 +186,27 @@ class ActorRef(Generic[M]):
         return self._cell.statistics()
 
 
+async def _post(cell: Cell, envelope: Envelope) -> None:
+    """Put ``envelope`` in ``cell``'s mailbox: at once when there is room (no trip through
+    the scheduler), else waiting for room. A cancellation before it is posted lands here.
+
+    Raises:
+        ActorDead: the actor is stopped for good.
+    """
+    cell.sent += 1
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            cell.send_ch.send_nowait(envelope)
+        except trio.WouldBlock:
+            await cell.send_ch.send(envelope)
+    except BaseException as exc:
+        cell.sent -= 1
+        if isinstance(exc, trio.ClosedResourceError | trio.BrokenResourceError):
+            raise ActorDead(cell.name) from None
+        raise
+
+
 @final
 class StreamContext(Generic[Y]):
     """The async context manager `ActorRef.stream` returns."""
@@ -223,14 +232,8 @@ class StreamContext(Generic[Y]):
         state = StreamState(cell.name, self._buffer, self._overrun)
         deadline = trio.current_effective_deadline()
         envelope = Envelope(self._msg, stream=state, deadline=deadline)
-        cell.sent += 1
-        try:
-            await cell.send_ch.send(envelope)
-        except BaseException as exc:
-            cell.sent -= 1
-            if isinstance(exc, trio.ClosedResourceError | trio.BrokenResourceError):
-                raise ActorDead(cell.name) from None
-            raise
+        await _post(cell, envelope)
+        await trio.lowlevel.cancel_shielded_checkpoint()  # posted: a schedule point, no cancel
         self._state = state
         self._task = task
         self._previous = waiting_on.get(task)
