@@ -251,6 +251,54 @@ async def test_a_callers_cancellation_is_its_own_and_frees_the_place(
 
 
 @pytest.mark.parametrize("inline", [True, False])
+async def test_a_calls_own_deadline_ends_it_with_too_slow_and_frees_the_place(
+    inline: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    journal = Journal()
+    async with open_runtime(spec(journal, inline=inline, places=2)) as runtime:
+        ref = runtime.ref("wide", Wide)
+        started = trio.current_time()
+        with pytest.raises(trio.TooSlowError):
+            await ref.call(Nap(seconds=10), deadline=started + 1)
+        assert trio.current_time() == pytest.approx(started + 1)
+        await trio.testing.wait_all_tasks_blocked()  # a handler in the actor's task unwinds
+        assert journal.cancelled == ["nap 10"]
+        # A deadline that does not pass changes nothing, and the caller's own scope is
+        # the caller's: it is not told apart as the call's deadline.
+        assert await ref.call(Nap(seconds=1), deadline=trio.current_time() + 5) == "napped 1"
+        with trio.move_on_after(1) as scope:
+            await ref.call(Nap(seconds=10), deadline=trio.current_time() + 5)
+        assert scope.cancelled_caught
+        await trio.testing.wait_all_tasks_blocked()
+        stats = ref.statistics()
+        assert (stats.in_flight, stats.restarts) == (0, 0)
+        if inline:  # the place is free again: the next call runs here
+            assert await ref.call(Where()) is trio.lowlevel.current_task()
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_a_crash_under_a_calls_deadline_is_still_a_crash(inline: bool) -> None:
+    journal = Journal()
+    async with open_runtime(spec(journal, inline=inline)) as runtime:
+        ref = runtime.ref("wide", Wide)
+        errors: list[BaseException] = []
+
+        async def nap() -> None:
+            try:
+                await ref.call(Nap(seconds=100), deadline=trio.current_time() + 50)
+            except ActorCrashed as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(nap)
+            await journal.handling.wait()
+            with pytest.raises(ActorCrashed):
+                await ref.call(Fail())
+        assert len(errors) == 1
+        assert isinstance(errors[0].__cause__, RuntimeError)
+
+
+@pytest.mark.parametrize("inline", [True, False])
 async def test_a_restart_of_the_actor_cancels_a_call_in_hand_with_actor_crashed(
     inline: bool, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -224,23 +224,21 @@ class InvocationStream:
             self._body = None
             streamed = run.request.stream
             try:
-                # The attempt runs under the invocation's deadline (ours) as well as under
-                # the caller's own; a streamed body's reads stop at ours too.
-                with trio.CancelScope(deadline=run.deadline) as scope:
-                    if streamed:
-                        message = Attempt(
-                            request=run.attempt_request(), number=run.attempt, trace=parent
-                        )
-                        body = await run.session().call(message)
-                        body.limit(run.deadline)
-                        self._body = body
-                    else:
-                        once = AttemptOnce(
-                            request=run.attempt_request(), number=run.attempt, trace=parent
-                        )
-                        self._whole = await run.session().call(once)
-                if scope.cancelled_caught:
-                    raise trio.TooSlowError
+                # The attempt runs under the invocation's deadline (ours: `trio.TooSlowError`)
+                # as well as under the caller's own; a streamed body's reads stop at ours too.
+                deadline = run.deadline
+                if streamed:
+                    message = Attempt(
+                        request=run.attempt_request(), number=run.attempt, trace=parent
+                    )
+                    body = await run.session().call(message, deadline=deadline)
+                    body.limit(deadline)
+                    self._body = body
+                else:
+                    once = AttemptOnce(
+                        request=run.attempt_request(), number=run.attempt, trace=parent
+                    )
+                    self._whole = await run.session().call(once, deadline=deadline)
             except Exception as exc:  # noqa: BLE001 - re-raised typed unless another attempt follows
                 await self._fail_attempt(exc)
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -443,8 +444,11 @@ class Cell:
             return None
         return inc
 
-    async def call_inline(self, inc: _Incarnation, envelope: Envelope) -> Any:
-        """Handle the call ``envelope`` on this task, in the place `inline_slot` took.
+    async def call_inline(
+        self, inc: _Incarnation, envelope: Envelope, deadline: float = math.inf
+    ) -> Any:
+        """Handle the call ``envelope`` on this task, in the place `inline_slot` took, until
+        ``deadline`` at the latest (then `trio.TooSlowError`).
 
         Raises:
             ReplyError: (or the actor's ``reply_errors``) from the handler.
@@ -461,7 +465,7 @@ class Cell:
         self.taken += 1
         inc.in_flight.add(envelope)
         ctx = Context(self, nursery, envelope)
-        scope = trio.CancelScope()
+        scope = trio.CancelScope(deadline=deadline)
         inc.inline.add(scope)
         result: Any = None
         try:
@@ -472,8 +476,10 @@ class Cell:
                     raise
                 except Exception as exc:
                     raise self._crashed_on_caller(inc, exc) from exc
-            if scope.cancelled_caught:  # the incarnation ended under it
-                raise self._ended_error(inc)
+            if scope.cancelled_caught:
+                if inc.ended is not None:  # the incarnation ended under it
+                    raise self._ended_error(inc)
+                raise trio.TooSlowError
         finally:
             inc.in_flight.discard(envelope)
             inc.inline.discard(scope)

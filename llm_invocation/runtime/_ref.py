@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar, final
 
@@ -124,28 +125,37 @@ class ActorRef(Generic[M]):
         """
         self._cell.handle_nowait(msg, call=False)
 
-    async def call(self, msg: Call[R]) -> R:
+    async def call(self, msg: Call[R], *, deadline: float = math.inf) -> R:
         """Send ``msg`` and wait for its reply, typed by the message.
 
-        There is no timeout parameter: wrap the call in `trio.fail_after` or
-        `trio.move_on_after`. The caller's deadline travels with the message and applies to
-        the handler too; a caller that is cancelled or times out cancels the handler.
+        The caller's deadline travels with the message and applies to the handler too; a
+        caller that is cancelled or times out cancels the handler. ``deadline`` (a
+        `trio.current_time` value) is a limit of the call's own, as if it ran in
+        ``trio.fail_at(deadline)``, without a cancel scope of its own when the actor handles
+        the call on the caller's task (`Actor.inline_calls`).
 
         Raises:
             ReplyError: (or the actor's ``reply_errors``) as raised by the handler.
             ActorCrashed: the actor crashed or restarted while handling the message.
             ActorDead: the actor is stopped for good.
             CallCycle: the call would deadlock; raised at once, nothing is sent.
+            trio.TooSlowError: ``deadline`` passed before the reply came.
         """
         cell = self._cell
         if cell.inline_calls:
             await trio.lowlevel.checkpoint_if_cancelled()
             inc = cell.inline_slot()
             if inc is not None:  # handled on this task (`Actor.inline_calls`)
-                deadline = trio.current_effective_deadline()
-                return await cell.call_inline(
-                    inc, Envelope(msg, reply=ReplySlot(), deadline=deadline)
-                )
+                limit = trio.current_effective_deadline()
+                envelope = Envelope(msg, reply=ReplySlot(), deadline=min(limit, deadline))
+                return await cell.call_inline(inc, envelope, deadline)
+        if deadline != math.inf:
+            with trio.fail_at(deadline):
+                return await self._call(cell, msg)
+        return await self._call(cell, msg)
+
+    @staticmethod
+    async def _call(cell: Cell, msg: Call[R]) -> R:
         task = trio.lowlevel.current_task()
         if cell.busy_task is not None:
             _check_cycle(cell, task)
