@@ -49,23 +49,42 @@ _URL = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    method=st.sampled_from(["GET", "POST"]),
-    url=_URL,
-    headers=st.dictionaries(st.one_of(_SPECIAL, _TOKEN), _VALUE, max_size=6),
-    body=_BODY,
-    stream=st.booleans(),
+_REQUEST = st.fixed_dictionaries(
+    {
+        "method": st.sampled_from(["GET", "POST"]),
+        "url": _URL,
+        "headers": st.dictionaries(st.one_of(_SPECIAL, _TOKEN), _VALUE, max_size=6),
+        "body": _BODY,
+        "stream": st.booleans(),
+    }
 )
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests=st.lists(_REQUEST, min_size=1, max_size=4), repeat=st.booleans())
 def test_the_bytes_sent_without_httpx_are_those_of_the_httpx_request(
-    method: Any, url: str, headers: dict[str, str], body: bytes | None, stream: bool
+    requests: list[dict[str, Any]], repeat: bool
 ) -> None:
+    # One pool for them all: what it remembers of one request's headers (and of its
+    # target's request line) never changes another's bytes.
     pool = HttpPool(provider="p")
-    request = HttpRequest(method=method, url=url, headers=headers, body=body, stream=stream)
+    for fields in requests * (2 if repeat else 1):
+        request = HttpRequest(**fields)
+        target = pool._resolve(request.url)  # pyright: ignore[reportPrivateUsage]
+        direct = pool._message(request, target)  # pyright: ignore[reportPrivateUsage]
+        through_httpx = encode_request(pool._build(request, target.url))  # pyright: ignore[reportPrivateUsage]
+        assert direct == through_httpx
+
+
+def test_a_pool_that_saw_many_header_values_still_sends_each_request_its_own() -> None:
+    pool = HttpPool(provider="p")
+    url = "http://127.0.0.1:8080/v1/chat/completions"
     target = pool._resolve(url)  # pyright: ignore[reportPrivateUsage]
-    direct = pool._message(request, target)  # pyright: ignore[reportPrivateUsage]
-    through_httpx = encode_request(pool._build(request, target.url))  # pyright: ignore[reportPrivateUsage]
-    assert direct == through_httpx
+    for number in range(1500):  # more distinct fields than a pool keeps
+        headers = {"traceparent": f"00-{number:032x}-{number:016x}-01", "a": "b"}
+        request = HttpRequest(method="POST", url=url, headers=headers, body=b"{}")
+        direct = pool._message(request, target)  # pyright: ignore[reportPrivateUsage]
+        assert direct == encode_request(pool._build(request, target.url))  # pyright: ignore[reportPrivateUsage]
 
 
 def test_a_large_body_is_sent_after_the_head_as_through_httpx() -> None:

@@ -71,7 +71,7 @@ from ._proxy import ProxyRules, describe_proxy, proxy_rules
 from ._response import HttpResponse
 from ._tls import build_ssl_context
 from ._transport import REUSED, SENT, FastHTTPTransport, ResponseBody, origin_of
-from ._wire import Message, encode_message
+from ._wire import Message, message_of, request_line
 
 __all__ = [
     "USER_AGENT",
@@ -92,6 +92,28 @@ _NAME: Final = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+", re.ASCII)
 _BAD_VALUE: Final = re.compile(r"[\x00\n\r\x0b\x0c]")
 _CLOSE_GRACE: Final = 5.0
 _URL_CACHE: Final = 256
+_FIELDS_KEPT: Final = 512
+"""Header fields a pool keeps checked and encoded (`HttpPool._field`); then it starts over."""
+
+# What a request header is to the pool (`HttpPool._field`), as bits.
+_HOST: Final = 1
+_LENGTH: Final = 2
+_CODING: Final = 4
+_CONNECTION: Final = 8
+_CLOSE: Final = 16  # a Connection header that says close
+_AGENT: Final = 32
+_SKIPPED: Final = 64  # Accept-Encoding: the pool decides, as it decodes what it asked for
+_FIELD_KINDS: Final = {
+    "host": _HOST,
+    "content-length": _LENGTH,
+    "transfer-encoding": _CODING,
+    "connection": _CONNECTION,
+    "user-agent": _AGENT,
+    "accept-encoding": _SKIPPED,
+}
+_AGENT_LINE: Final = f"User-Agent: {USER_AGENT}\r\n".encode("ascii")
+_IDENTITY_LINE: Final = b"Accept-Encoding: identity\r\n"
+_GZIP_LINE: Final = b"Accept-Encoding: gzip\r\n"
 
 
 class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -314,7 +336,7 @@ _Route = FastHTTPTransport | _Sharded
 class _Target:
     """A request URL, parsed once: its route, and what our transport sends it with."""
 
-    __slots__ = ("netloc", "origin", "path", "route", "url")
+    __slots__ = ("host_line", "netloc", "origin", "path", "route", "starts", "url")
 
     def __init__(self, url: httpx.URL, route: _Route) -> None:
         self.url = url
@@ -322,6 +344,9 @@ class _Target:
         self.origin: Origin = origin_of(url)
         self.path: bytes = url.raw_path
         self.netloc: bytes = url.netloc
+        self.host_line = b"Host: %s\r\n" % self.netloc
+        self.starts: dict[str, bytes] = {}
+        """The request line, by method."""
 
 
 @final
@@ -378,6 +403,7 @@ class HttpPool:
         self._rule_problems: list[tuple[str, str]] = []
         self._routes: dict[tuple[str, str, int | None], _Route] = {}
         self._urls: dict[str, _Target] = {}
+        self._fields: dict[tuple[str, str], tuple[bytes, bytes, bytes, int]] = {}
         self._ssl: ssl.SSLContext | None = settings.ssl_context
 
     def __repr__(self) -> str:
@@ -518,58 +544,92 @@ class HttpPool:
         """The bytes `_build`'s httpx request would be sent as by our transport, made
         without it: the same headers in the same order (httpx puts ``Host`` first, then a
         ``Content-Length: 0`` for a POST without a body, and appends the body's
-        ``Content-Length`` unless one is given).
+        ``Content-Length`` unless one is given). Each header is checked and encoded once
+        per pool (`_field`), the request line once per target and method.
 
         Raises:
             InvalidRequest: as `_build`.
-            httpx.LocalProtocolError: (from the encoding) as `encode_request`.
+            httpx.LocalProtocolError: the method is not a token.
         """
-        given = self._headers(request)
-        names = {name.lower() for name, _ in given}
+        method = request.method
+        start = target.starts.get(method)
+        if start is None:
+            start = request_line(method.encode("ascii"), target.path)
+            target.starts[method] = start
+        kinds = 0
+        lines: list[bytes] = []
+        for name, value in request.headers.items():
+            _, _, line, kind = self._field(name, value)
+            kinds |= kind
+            if not kind & _SKIPPED:
+                lines.append(line)
         body = request.body or b""
-        headers: list[tuple[bytes, bytes]] = []
-        if b"host" not in names:
-            headers.append((b"Host", target.netloc))
-        if (
-            not body
-            and request.method == "POST"
-            and b"content-length" not in names
-            and b"transfer-encoding" not in names
-        ):
-            headers.append((b"Content-Length", b"0"))
-        headers += given
-        if body and b"content-length" not in names:
-            headers.append((b"Content-Length", str(len(body)).encode("ascii")))
-        method = request.method.encode("ascii")
-        return encode_message(method, target.path, target.netloc, headers, body)
+        parts = [start]
+        if not kinds & _HOST:
+            parts.append(target.host_line)
+        if not body and method == "POST" and not kinds & (_LENGTH | _CODING):
+            parts.append(b"Content-Length: 0\r\n")
+        parts += lines
+        if not kinds & _AGENT:
+            parts.append(_AGENT_LINE)
+        parts.append(_IDENTITY_LINE if request.stream else _GZIP_LINE)
+        if body and not kinds & _LENGTH:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        if not kinds & _CONNECTION:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        return message_of(parts, body, close=bool(kinds & _CLOSE))
 
     def _headers(self, request: HttpRequest) -> list[tuple[bytes, bytes]]:
         """``request``'s headers with the header policy applied (see `_build`)."""
         headers: list[tuple[bytes, bytes]] = []
-        agent = False
+        kinds = 0
         for name, value in request.headers.items():
-            if not _NAME.fullmatch(name):
-                raise InvalidRequest(
-                    f"header name {name[:40]!r} is not a valid HTTP token",
-                    provider=self.provider,
-                    retryable=False,
-                )
-            value = value.strip(" \t")
-            if _BAD_VALUE.search(value):
-                raise InvalidRequest(
-                    f"the value of header {name!r} contains CR, LF, NUL or another line break",
-                    provider=self.provider,
-                    retryable=False,
-                )
-            lower = name.lower()
-            if lower == "accept-encoding":
-                continue  # the pool decides: it decodes what it asked for
-            agent = agent or lower == "user-agent"
-            headers.append((name.encode("ascii"), value.encode("utf-8")))
-        if not agent:
+            raw_name, raw_value, _, kind = self._field(name, value)
+            kinds |= kind
+            if not kind & _SKIPPED:
+                headers.append((raw_name, raw_value))
+        if not kinds & _AGENT:
             headers.append((b"User-Agent", USER_AGENT.encode("ascii")))
         headers.append((b"Accept-Encoding", b"identity" if request.stream else b"gzip"))
         return headers
+
+    def _field(self, name: str, value: str) -> tuple[bytes, bytes, bytes, int]:
+        """The header ``name: value`` checked and encoded: its name, value and line, and
+        what it is to the pool (the `_HOST`... bits). Remembered: a session sends the same
+        few headers again and again.
+
+        Raises:
+            InvalidRequest: the name is not a token, or the value holds a line break or NUL.
+        """
+        key = (name, value)
+        field = self._fields.get(key)
+        if field is not None:
+            return field
+        if not _NAME.fullmatch(name):
+            raise InvalidRequest(
+                f"header name {name[:40]!r} is not a valid HTTP token",
+                provider=self.provider,
+                retryable=False,
+            )
+        stripped = value.strip(" \t")
+        if _BAD_VALUE.search(stripped):
+            raise InvalidRequest(
+                f"the value of header {name!r} contains CR, LF, NUL or another line break",
+                provider=self.provider,
+                retryable=False,
+            )
+        raw_name = name.encode("ascii")
+        raw_value = stripped.encode("utf-8")
+        lower = name.lower()
+        kind = _FIELD_KINDS.get(lower, 0)
+        if kind & _CONNECTION and b"close" in raw_value.lower():
+            kind |= _CLOSE
+        field = (raw_name, raw_value, b"%s: %s\r\n" % (raw_name, raw_value), kind)
+        if len(self._fields) >= _FIELDS_KEPT:
+            self._fields.clear()
+        self._fields[key] = field
+        return field
 
     def stream(self, request: HttpRequest) -> AbstractAsyncContextManager[HttpResponse]:
         """Send ``request`` on entering the block, which gets the response with its body

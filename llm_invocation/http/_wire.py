@@ -41,8 +41,10 @@ __all__ = [
     "chunk_size",
     "encode_message",
     "encode_request",
+    "message_of",
     "parse_head",
     "parse_trailers",
+    "request_line",
 ]
 
 MAX_HEAD: Final = 64 * 1024
@@ -60,6 +62,15 @@ HEAD_END: Final = re.compile(rb"\n\r?\n")
 _STATUS_LINE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([^\x00\n\r\x0b\x0c]*))?")
 _CHUNK_LINE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\n]*)?[ \t]*")
 _LENGTH: Final = re.compile(rb"[0-9]{1,20}")
+_PLAIN_FIELDS: Final = re.compile(
+    rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[ \t]*"
+    rb"(?:[^\x00\n\r\x0b\x0c]*[^\x00\n\r\x0b\x0c \t])?\r\n)*"
+)
+"""Header lines that each end in CRLF, none folded, each a token, a colon and a value that
+does not end in a space or a tab."""
+_PLAIN_FIELD: Final = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*([^\x00\n\r\x0b\x0c]*)\r\n")
+"""One of `_PLAIN_FIELDS`' lines: its name and its value without the spaces before it."""
+_FRAMING: Final = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
 
 class Head(msgspec.Struct):
@@ -85,8 +96,12 @@ def _lines(block: bytes) -> list[bytes]:
     return lines
 
 
-def _fields(lines: list[bytes]) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:
-    """Header fields from their lines: (fields, Content-Length text, chunked).
+_Fields = tuple[list[tuple[bytes, bytes]], bytes | None, bool, list[bytes]]
+"""Header fields, their Content-Length text, whether chunked, their Connection values."""
+
+
+def _fields(lines: list[bytes]) -> _Fields:
+    """Header fields from their lines (see `_Fields`).
 
     Raises:
         httpx.RemoteProtocolError: a line, a Content-Length or a Transfer-Encoding is invalid.
@@ -99,16 +114,35 @@ def _fields(lines: list[bytes]) -> tuple[list[tuple[bytes, bytes]], bytes | None
             unfolded[-1] += b" " + line.lstrip(b" \t")
         else:
             unfolded.append(line)
-    fields: list[tuple[bytes, bytes]] = []
-    length: bytes | None = None
-    chunked = False
+    pairs: list[tuple[bytes, bytes]] = []
     for line in unfolded:
         name, colon, rest = line.partition(b":")
         value = rest.strip(b" \t")
         if not colon or not TOKEN.fullmatch(name) or BAD_VALUE.search(value):
             raise httpx.RemoteProtocolError(f"malformed header line: {line[:100]!r}")
+        pairs.append((name, value))
+    return _framing(pairs)
+
+
+def _framing(pairs: list[tuple[bytes, bytes]]) -> _Fields:
+    """`_fields` from well-formed (name, value) pairs: what their ``Content-Length``,
+    ``Transfer-Encoding`` and ``Connection`` say, checked.
+
+    Raises:
+        httpx.RemoteProtocolError: a Content-Length or a Transfer-Encoding is invalid.
+    """
+    fields: list[tuple[bytes, bytes]] = []
+    length: bytes | None = None
+    chunked = False
+    connection: list[bytes] = []
+    for name, value in pairs:
         lower = name.lower()
-        if lower == b"content-length":
+        if lower not in _FRAMING:
+            fields.append((name, value))
+            continue
+        if lower == b"connection":
+            connection.append(value)
+        elif lower == b"content-length":
             items = {item.strip(b" \t") for item in value.split(b",")}
             if len(items) != 1:
                 raise httpx.RemoteProtocolError("conflicting Content-Length headers")
@@ -131,7 +165,7 @@ def _fields(lines: list[bytes]) -> tuple[list[tuple[bytes, bytes]], bytes | None
                 )
             chunked = True
         fields.append((name, value))
-    return fields, length, chunked
+    return fields, length, chunked, connection
 
 
 def parse_head(block: bytes) -> Head:
@@ -140,21 +174,34 @@ def parse_head(block: bytes) -> Head:
     Raises:
         httpx.RemoteProtocolError: the status line or a header line is malformed.
     """
-    lines = _lines(block)
-    match = _STATUS_LINE.fullmatch(lines[0])
+    if block[-1:] == b"\r":  # the CR of the last line's CRLF (the match takes the LF)
+        block = block[:-1]
+    end = block.find(b"\r\n")
+    if end < 0:
+        status, rest = block, b""
+    else:
+        status, rest = block[:end], block[end + 2 :] + b"\r\n"
+    # Every line ends in CRLF, nothing is folded, every field is well formed: one pass.
+    lines = None
+    if b"\n" in status or _PLAIN_FIELDS.fullmatch(rest) is None:
+        lines = _lines(block)
+        status = lines[0]
+    match = _STATUS_LINE.fullmatch(status)
     if match is None or match[2] < b"100":
-        raise httpx.RemoteProtocolError(f"malformed status line: {lines[0][:100]!r}")
+        raise httpx.RemoteProtocolError(f"malformed status line: {status[:100]!r}")
     number, code, reason = match.groups()
-    headers, length, chunked = _fields(lines[1:])
+    if lines is None:
+        headers, length, chunked, connection = _framing(_PLAIN_FIELD.findall(rest))
+    else:
+        headers, length, chunked, connection = _fields(lines[1:])
     keep_alive = number >= b"1.1"
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens = {token.strip(b" \t").lower() for token in value.split(b",")}
-            if b"close" in tokens:
-                keep_alive = False
-                break
-            if b"keep-alive" in tokens:
-                keep_alive = True
+    for value in connection:
+        tokens = {token.strip(b" \t").lower() for token in value.split(b",")}
+        if b"close" in tokens:
+            keep_alive = False
+            break
+        if b"keep-alive" in tokens:
+            keep_alive = True
     if chunked and length is not None:
         # RFC 9112 6.1: chunked framing wins, and such a connection is not reused.
         keep_alive = False
@@ -246,10 +293,27 @@ def encode_message(
     """
     parts, _, _, close = _head(method, target, netloc, headers)
     parts.append(b"\r\n")
+    return message_of(parts, body, close=close)
+
+
+def message_of(head: list[bytes], body: bytes, *, close: bool) -> Message:
+    """The `Message` of a request whose head is the bytes ``head`` (its empty line
+    included) and whose body is ``body``, in memory. ``head`` is extended."""
     if len(body) <= _JOIN_BODY_LIMIT:
-        parts.append(body)
-        return Message(first=b"".join(parts), rest=b"", stream=None, chunked=False, close=close)
-    return Message(first=b"".join(parts), rest=body, stream=None, chunked=False, close=close)
+        head.append(body)
+        return Message(first=b"".join(head), rest=b"", stream=None, chunked=False, close=close)
+    return Message(first=b"".join(head), rest=body, stream=None, chunked=False, close=close)
+
+
+def request_line(method: bytes, target: bytes) -> bytes:
+    """``method target HTTP/1.1`` and its line end.
+
+    Raises:
+        httpx.LocalProtocolError: the method is not a token.
+    """
+    if not TOKEN.fullmatch(method):
+        raise httpx.LocalProtocolError("illegal request method: not a token")
+    return b"%s %s HTTP/1.1\r\n" % (method, target)
 
 
 def _head(
@@ -261,9 +325,7 @@ def _head(
     Raises:
         httpx.LocalProtocolError: as `encode_message`.
     """
-    if not TOKEN.fullmatch(method):
-        raise httpx.LocalProtocolError("illegal request method: not a token")
-    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    parts = [request_line(method, target)]
     has_host = has_connection = has_length = has_coding = close = False
     for name, value in headers:
         if not TOKEN.fullmatch(name):
