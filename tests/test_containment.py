@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
@@ -49,6 +50,7 @@ from llm_invocation.providers._base import (
     ProviderCodec,
     RateLimitInfo,
     StreamDecoder,
+    checked_usage,
 )
 from llm_invocation.providers._registry import make_codec
 from llm_invocation.runtime import ActorStatistics, RuntimeStatistics
@@ -1024,3 +1026,42 @@ async def test_impossible_values_from_any_codec_never_reach_the_governor_or_the_
     assert report.total.ok == 3
     assert runtime.restarts == 0
     assert not [a.name for a in runtime.actors if a.crashes or a.restarts]
+
+
+_COUNTS = st.one_of(st.integers(0, 10**6), st.integers(-(2**70), 2**70))
+_COSTS = st.one_of(
+    st.none(),
+    st.decimals(allow_nan=True, allow_infinity=True),
+    st.decimals(min_value=0, max_value=10, places=6),
+)
+
+
+@given(counts=st.lists(_COUNTS, min_size=6, max_size=6), cost=_COSTS, reported=_COSTS)
+def test_a_usage_that_cannot_be_true_is_none_and_an_impossible_cost_is_unknown(
+    counts: list[int], cost: Decimal | None, reported: Decimal | None
+) -> None:
+    names = (
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+    )
+    usage = msgspec.structs.replace(llm.Usage(), **dict(zip(names, counts, strict=True)))
+    usage = msgspec.structs.replace(usage, cost=cost, reported_cost=reported)
+    counts = [getattr(usage, name) for name in names]  # the total may be derived
+    checked = checked_usage(usage)
+    if not all(0 <= count <= MAX_COUNT for count in counts):
+        assert checked is None
+        return
+    assert checked is not None
+    assert [getattr(checked, name) for name in names] == counts
+
+    def kept(value: Decimal | None) -> Decimal | None:
+        possible = value is not None and value.is_finite() and 0 <= value <= MAX_COUNT
+        return value if possible else None
+
+    assert (checked.cost, checked.reported_cost) == (kept(cost), kept(reported))
+    if checked == usage:
+        assert checked is usage  # nothing to change: the same object

@@ -299,6 +299,33 @@ async def test_a_whole_call_retries_then_falls_back_and_settles_each_candidate(
     assert rows == {"anthropic": (0, 1), "openai": (1, 0)}
 
 
+async def test_a_whole_answer_is_delivered_as_chunks_or_aggregated_alike() -> None:
+    scenarios = Scenarios()
+    scenarios.add("primary", *[Scenario(text="the whole answer") for _ in range(3)])
+    async with client_for(scenarios, with_fallback()) as (client, _):
+        whole = request("anthropic", "primary", stream=False)
+        # Iterated: its chunks come, and the text and usage are known before and after.
+        async with client.invoke(whole) as stream:
+            assert stream.text == "the whole answer"
+            settled = stream.usage
+            chunks = [chunk async for chunk in stream]
+        assert "".join(chunk.text for chunk in chunks) == "the whole answer"
+        assert settled is not None
+        assert stream.usage == settled == stream.response.usage
+        # Aggregated: the same response, and the text is still there after.
+        async with client.invoke(whole) as stream:
+            response = await stream.aggregate()
+            assert [chunk async for chunk in stream] == []
+        assert stream.text == response.text == "the whole answer"
+        assert response.usage == settled
+        # Read halfway, then aggregated: nothing is counted twice.
+        async with client.invoke(whole) as stream:
+            first = await stream.__anext__()
+            response = await stream.aggregate()
+        assert first.text == "the whole answer"
+        assert stream.text == response.text == "the whole answer"
+
+
 async def test_a_fallback_attempt_takes_a_lease_from_the_fallback_providers_limits(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -122,6 +122,10 @@ class InvocationStream:
         self._content_seen = False
         self._finished = False
         self._whole: Response | None = None  # a whole answer, until the stream ends
+        # A whole answer whose chunks are not made yet (`_expand`), and whether they are
+        # to be delivered (`aggregate` needs none of them).
+        self._unexpanded: Response | None = None
+        self._chunks_wanted = True
         self._cached = False
         self._response: Response | None = None
         self._error: LLMError | None = None
@@ -203,10 +207,7 @@ class InvocationStream:
         self._cached = True
         self._run.usage = response.usage
         self._run.call.cached = True
-        self._whole = self._response = response
-        self._batch = whole_chunks(response)
-        for chunk in self._batch:
-            self._aggregator.add(chunk)
+        self._whole = self._response = self._unexpanded = response
         self._run.finish("ok", response=response)
 
     async def _open(self) -> None:
@@ -251,12 +252,8 @@ class InvocationStream:
             usage = await run.settle("ok", whole.usage, response=whole)
             if usage is not None and usage is not whole.usage:
                 whole = msgspec.structs.replace(whole, usage=usage)
-            self._whole = self._response = whole
-            batch = whole_chunks(whole)
-            for chunk in batch:
-                self._aggregator.add(chunk)
+            self._whole = self._response = self._unexpanded = whole
             self._content_seen = True
-            self._batch = batch
             if run.trace is not None:
                 run.trace.first_chunk()
             run.finish("ok", response=whole)
@@ -322,7 +319,23 @@ class InvocationStream:
     def __aiter__(self) -> Self:
         return self
 
+    def _expand(self) -> None:
+        """Make the chunks of a whole answer: aggregated, and delivered next unless
+        `aggregate` took the answer without them."""
+        whole, self._unexpanded = self._unexpanded, None
+        if whole is None:
+            return
+        batch = whole_chunks(whole)
+        add = self._aggregator.add
+        for chunk in batch:
+            add(chunk)
+        if self._chunks_wanted:
+            self._batch = batch
+            self._position = 0
+
     async def __anext__(self) -> StreamChunk:
+        if self._unexpanded is not None:
+            self._expand()
         if self._position < len(self._batch):
             chunk = self._batch[self._position]
             self._position += 1
@@ -424,7 +437,8 @@ class InvocationStream:
             LLMError: the invocation failed.
         """
         if self._whole is not None and self._body is None and not self._chunk_hooks:
-            # A whole answer, aggregated already: its chunks need no walk (nobody sees them).
+            # A whole answer: its chunks need no walk (nobody sees them).
+            self._chunks_wanted = False
             self._position = len(self._batch)
             try:
                 await self._end()
@@ -453,11 +467,15 @@ class InvocationStream:
     @property
     def usage(self) -> Usage | None:
         """Usage with its cost once settled; before that the provider's last report."""
+        if self._unexpanded is not None:
+            self._expand()
         return self._run.usage or self._aggregator.usage
 
     @property
     def text(self) -> str:
         """The text streamed so far."""
+        if self._unexpanded is not None:
+            self._expand()
         return self._aggregator.text
 
 

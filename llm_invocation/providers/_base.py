@@ -280,8 +280,10 @@ def checked_usage(usage: Usage) -> Usage | None:
         usage.cache_write_tokens,
         usage.reasoning_tokens,
     )
-    if any(count_in_range(count) is None for count in counts):
+    if min(counts) < 0 or max(counts) > MAX_COUNT:
         return None
+    if usage.cost is None and usage.reported_cost is None:
+        return usage
     changes: dict[str, None] = {}
     for name in ("cost", "reported_cost"):
         cost: Decimal | None = getattr(usage, name)
