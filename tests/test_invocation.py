@@ -326,6 +326,26 @@ async def test_a_whole_answer_is_delivered_as_chunks_or_aggregated_alike() -> No
         assert stream.text == response.text == "the whole answer"
 
 
+async def test_what_hooks_were_told_stays_true_once_the_invocation_ended(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    scenarios = Scenarios()
+    scenarios.add("primary", *[Scenario(failure=HttpError(status=529)) for _ in range(3)])
+    scenarios.add("backup", Scenario(text="from the backup"))
+    async with (
+        client_for(scenarios, with_fallback()) as (client, _),
+        client.invoke(request("anthropic", "primary", stream=False)) as stream,
+    ):
+        during = stream.call
+        assert (during.provider, during.model, during.attempt) == ("openai", "backup", 1)
+        response = await stream.aggregate()
+    # The invocation let go of its run: what it ended with is kept.
+    call = stream.call
+    assert response.text == "from the backup"
+    assert (call.provider, call.model, call.attempt) == ("openai", "backup", 1)
+    assert call.attempted == ["anthropic:primary", "openai:backup"]
+
+
 async def test_a_fallback_attempt_takes_a_lease_from_the_fallback_providers_limits(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -83,7 +83,7 @@ class CallInfo:
         cached: the answer came from the response cache (nothing was sent).
     """
 
-    __slots__ = ("_run", "cached", "id", "request", "state", "step")
+    __slots__ = ("_final", "_run", "cached", "id", "request", "state", "step")
 
     def __init__(
         self, request: Request, *, step: int | None = None, run: Run | None = None
@@ -94,26 +94,41 @@ class CallInfo:
         self.state: dict[str, Any] = {}
         self.cached = False
         self._run = run  # the invocation layer's: provider, model and attempts come from it
+        self._final: tuple[str, str, int, list[str]] | None = None  # once it ended
+
+    def ended(self, provider: str, model: str, attempt: int, attempted: list[str]) -> None:
+        """The invocation ended: keep what it ended with, and let go of its run (which
+        refers to this object: no cycle is left for the garbage collector)."""
+        self._final = (provider, model, attempt, list(attempted))
+        self._run = None
 
     @property
     def provider(self) -> str:
         """The provider serving the invocation now (a fallback once one took over)."""
-        return self._run.provider if self._run is not None else (self.request.provider or "")
+        if self._run is not None:
+            return self._run.provider
+        return self._final[0] if self._final is not None else (self.request.provider or "")
 
     @property
     def model(self) -> str:
         """The model serving the invocation now."""
-        return self._run.model if self._run is not None else self.request.model
+        if self._run is not None:
+            return self._run.model
+        return self._final[1] if self._final is not None else self.request.model
 
     @property
     def attempt(self) -> int:
         """The number of the current attempt on the current provider (from 1; 0 before)."""
-        return self._run.attempt if self._run is not None else 0
+        if self._run is not None:
+            return self._run.attempt
+        return self._final[2] if self._final is not None else 0
 
     @property
     def attempted(self) -> list[str]:
         """The ``provider:model`` candidates tried so far, in order."""
-        return list(self._run.attempted) if self._run is not None else []
+        if self._run is not None:
+            return list(self._run.attempted)
+        return list(self._final[3]) if self._final is not None else []
 
     @property
     def streamed(self) -> bool:

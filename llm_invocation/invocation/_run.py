@@ -246,6 +246,7 @@ class Run:
             cached=self.call.cached,
             step=self.call.step,
         )
+        self.call.ended(self.provider, self.model, self._attempt, self.attempted)
 
     # -- attempts ------------------------------------------------------------------------------
 

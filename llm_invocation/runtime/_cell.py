@@ -90,6 +90,10 @@ class _Incarnation:
         self.loans_done: trio.Event | None = None
 
 
+def _kept() -> None:
+    """What revoking a loan that came back does: nothing."""
+
+
 class Loan:
     """Work an incarnation lent out (`Context.lend`), alive until `end` or until revoked."""
 
@@ -104,6 +108,7 @@ class Loan:
     def end(self) -> None:
         """The loan came back (at most once; nothing after it was revoked)."""
         inc = self._inc
+        self._revoke = _kept  # the borrower often refers to this loan: no cycle is left
         inc.loans.discard(self)
         if not inc.loans and inc.loans_done is not None:
             inc.loans_done.set()
