@@ -288,10 +288,15 @@ async def test_a_whole_call_retries_then_falls_back_and_settles_each_candidate(
     scenarios.add("primary", *[Scenario(failure=HttpError(status=529)) for _ in range(3)])
     scenarios.add("backup", Scenario(text="from the backup"))
     async with client_for(scenarios, with_fallback()) as (client, transports):
-        response = await client.invoke_sync(request("anthropic", "primary", stream=False))
+        async with client.invoke(request("anthropic", "primary", stream=False)) as stream:
+            response = await stream.aggregate()
         report = await client.usage(group_by=["provider"])
     assert response.text == "from the backup"
     assert response.provider == "openai"
+    # What the hooks are told stays true once the invocation ended and let go of its run.
+    call = stream.call
+    assert (call.provider, call.model, call.attempt) == ("openai", "backup", 1)
+    assert call.attempted == ["anthropic:primary", "openai:backup"]
     assert len(transports["anthropic"].requests) == 3
     assert client.statistics().retries == 2
     assert client.statistics().fallbacks == 1
@@ -324,26 +329,6 @@ async def test_a_whole_answer_is_delivered_as_chunks_or_aggregated_alike() -> No
             response = await stream.aggregate()
         assert first.text == "the whole answer"
         assert stream.text == response.text == "the whole answer"
-
-
-async def test_what_hooks_were_told_stays_true_once_the_invocation_ended(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    scenarios = Scenarios()
-    scenarios.add("primary", *[Scenario(failure=HttpError(status=529)) for _ in range(3)])
-    scenarios.add("backup", Scenario(text="from the backup"))
-    async with (
-        client_for(scenarios, with_fallback()) as (client, _),
-        client.invoke(request("anthropic", "primary", stream=False)) as stream,
-    ):
-        during = stream.call
-        assert (during.provider, during.model, during.attempt) == ("openai", "backup", 1)
-        response = await stream.aggregate()
-    # The invocation let go of its run: what it ended with is kept.
-    call = stream.call
-    assert response.text == "from the backup"
-    assert (call.provider, call.model, call.attempt) == ("openai", "backup", 1)
-    assert call.attempted == ["anthropic:primary", "openai:backup"]
 
 
 async def test_a_fallback_attempt_takes_a_lease_from_the_fallback_providers_limits(
