@@ -295,6 +295,7 @@ class Accountant(Actor[AccountantMsg]):
         self.prices = prices
         self.ledger = ledger
         self.writer = writer
+        self._entry_type: type[LedgerEntry] | None = None  # imported with the first entry
         self.budgets = list(budgets)
         self.max_cost_per_request = max_cost_per_request
         self.thresholds = sorted(thresholds)
@@ -681,10 +682,13 @@ class Accountant(Actor[AccountantMsg]):
             self.book.settle_nowait(budgets, msg.reservation.id, actual, alerts=True)
 
     def _entry(self, msg: Settle, usage: Usage) -> LedgerEntry:
-        from ..store.ledger import LedgerEntry
+        entry_type = self._entry_type
+        if entry_type is None:
+            from ..store.ledger import LedgerEntry
 
+            entry_type = self._entry_type = LedgerEntry
         reservation = msg.reservation
-        return LedgerEntry(
+        return entry_type(
             id=reservation.id,
             at=time.time() if msg.at is None else msg.at,
             provider=reservation.provider,
