@@ -171,7 +171,10 @@ header_values = mostly(
         ),
         st.text(alphabet=string.printable[:95], max_size=10).map(str.encode),
     ),
-    st.binary(max_size=10).filter(lambda b: b"\n" not in b),
+    st.one_of(
+        st.binary(max_size=10).filter(lambda b: b"\n" not in b),
+        st.sampled_from([b"a\r", b"\r", b"a\rb", b"a\x00"]),  # a CR or NUL where it ends a line
+    ),
 )
 separators = mostly(st.sampled_from([b":", b": ", b":\t", b":  "]), st.sampled_from([b" :", b""]))
 
@@ -369,6 +372,9 @@ async def test_responses_h11_reads_are_read_the_same(response: bytes) -> None:
         b"HTTP/1.1 099 Low\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nBad Trailer: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\r\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",
     ],
     ids=[
         "length-spelled-twice",
@@ -379,6 +385,9 @@ async def test_responses_h11_reads_are_read_the_same(response: bytes) -> None:
         "status-below-100",
         "unasked-upgrade",
         "bad-trailer",
+        "cr-ending-the-last-value",
+        "cr-ending-the-status-line",
+        "cr-inside-a-value",
     ],
 )
 async def test_responses_h11_refuses_are_refused(response: bytes) -> None:

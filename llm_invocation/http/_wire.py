@@ -174,13 +174,13 @@ def parse_head(block: bytes) -> Head:
     Raises:
         httpx.RemoteProtocolError: the status line or a header line is malformed.
     """
-    if block[-1:] == b"\r":  # the CR of the last line's CRLF (the match takes the LF)
-        block = block[:-1]
-    end = block.find(b"\r\n")
+    # Without the CR of the last line's CRLF (the `HEAD_END` match takes the LF).
+    plain = block[:-1] if block[-1:] == b"\r" else block
+    end = plain.find(b"\r\n")
     if end < 0:
-        status, rest = block, b""
+        status, rest = plain, b""
     else:
-        status, rest = block[:end], block[end + 2 :] + b"\r\n"
+        status, rest = plain[:end], plain[end + 2 :] + b"\r\n"
     # Every line ends in CRLF, nothing is folded, every field is well formed: one pass.
     lines = None
     if b"\n" in status or _PLAIN_FIELDS.fullmatch(rest) is None:
