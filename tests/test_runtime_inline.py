@@ -275,6 +275,9 @@ async def test_a_calls_own_deadline_ends_it_with_too_slow_and_frees_the_place(
         with trio.move_on_after(1) as scope:
             await ref.call(Nap(seconds=10), deadline=trio.current_time() + 5)
         assert scope.cancelled_caught
+        # An answer deferred past the deadline is waited for no longer than it.
+        with pytest.raises(trio.TooSlowError):
+            await ref.call(Later(), deadline=trio.current_time() + 0.1)
         await trio.testing.wait_all_tasks_blocked()
         stats = ref.statistics()
         assert (stats.in_flight, stats.restarts) == (0, 0)

@@ -493,6 +493,9 @@ class Cell:
             if not inc.inline and inc.inline_done is not None:
                 inc.inline_done.set()
         if ctx.deferred:  # answered later through its reply handle
+            if deadline != math.inf:
+                with trio.fail_at(deadline):
+                    return await envelope.reply.wait()
             return await envelope.reply.wait()
         return result
 
