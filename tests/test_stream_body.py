@@ -9,7 +9,7 @@ mock transport where time is what is tested.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -272,12 +272,14 @@ async def test_a_body_opened_in_the_sessions_task_is_read_and_judged_in_the_call
     async with open_fake_server(scenarios) as server:
         codec = OpenAICodec(base_url=server.base_url("openai"))
         settings = SessionSettings(http=HttpSettings(trust_env=False))
-        transport = None
+        transport: Callable[[], MockTransport] | None = None
         if mock:  # a transport of httpx's, not ours
             mocked = MockTransport(scenarios, format="openai")
 
-            def transport() -> MockTransport:
+            def mocked_transport() -> MockTransport:
                 return mocked
+
+            transport = mocked_transport
 
         def session() -> ThroughTheMailbox:
             return ThroughTheMailbox(
