@@ -8,10 +8,11 @@ are days, weeks and months of UTC. Both take a ``clock`` argument for tests.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import final
 
@@ -74,6 +75,40 @@ class _Bucket:
         return 0.0 if missing <= 0 else missing * 60.0 / self.capacity
 
 
+class _Expiries:
+    """When each live id expires, in a heap: finding the expired ones costs O(log n) each,
+    not a scan of every live id on every call (thousands are held at once in a fan-out).
+
+    Entries go lazily: an id given back or renewed leaves its old entry, skipped when it
+    comes up; once such entries outnumber the live ids the heap is rebuilt from them.
+    """
+
+    __slots__ = ("_heap",)
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str]] = []
+
+    def add(self, key: str, until: float) -> None:
+        heapq.heappush(self._heap, (until, key))
+
+    def due(self, now: float, until_of: Callable[[str], float | None]) -> list[str]:
+        """The live ids whose time is up: those whose current expiry (``until_of``, None
+        for an id no longer held) is an entry at or before ``now``."""
+        heap = self._heap
+        found: dict[str, None] = {}  # an id held twice until the same time is found once
+        while heap and heap[0][0] <= now:
+            until, key = heapq.heappop(heap)
+            if until_of(key) == until:
+                found[key] = None
+        return list(found)
+
+    def compact(self, live: Iterable[tuple[str, float]], count: int) -> None:
+        """Rebuild from the ``count`` live (id, expiry) pairs when stale entries abound."""
+        if len(self._heap) > 2 * count + 64:
+            self._heap = [(until, key) for key, until in live]
+            heapq.heapify(self._heap)
+
+
 class _Ticket:
     __slots__ = ("expires", "serial", "since", "tokens")
 
@@ -89,6 +124,7 @@ class _Key:
         "blocked_until",
         "learned_rpm",
         "learned_tpm",
+        "lease_expiries",
         "leases",
         "requests",
         "tickets",
@@ -98,7 +134,8 @@ class _Key:
     def __init__(self) -> None:
         self.requests: _Bucket | None = None
         self.tokens: _Bucket | None = None
-        self.leases: dict[str, float] = {}
+        self.leases: dict[str, float] = {}  # written through `hold`
+        self.lease_expiries = _Expiries()
         self.tickets: dict[str, _Ticket] = {}
         self.blocked_until = -math.inf
         self.learned_rpm: float | None = None
@@ -120,13 +157,20 @@ class _Key:
         else:
             self.tokens.refill(tpm, now)
         if self.leases:
-            expired = [lease for lease, until in self.leases.items() if until <= now]
-            for lease in expired:
+            for lease in self.lease_expiries.due(now, self.leases.get):
                 del self.leases[lease]
         if self.tickets:
             gone = [lease for lease, ticket in self.tickets.items() if ticket.expires <= now]
             for lease in gone:
                 del self.tickets[lease]
+
+    def hold(self, lease: str, until: float) -> None:
+        """Hold a concurrency slot for ``lease`` until ``until`` (or renew it)."""
+        leases = self.leases
+        leases[lease] = until
+        expiries = self.lease_expiries
+        expiries.add(lease, until)
+        expiries.compact(leases.items(), len(leases))
 
     def claims(self, lease: str, since: float) -> tuple[int, int]:
         """How many live tickets are older than ``lease`` waiting since ``since``, and their
@@ -236,7 +280,7 @@ class MemoryRateStore(RateStore):
             if state.tokens is not None:
                 state.tokens.level -= tokens
             if limit.concurrency is not None:
-                state.leases[lease] = now + ttl
+                state.hold(lease, now + ttl)
             if state.tickets:
                 state.tickets.pop(lease, None)
         return worst
@@ -301,7 +345,7 @@ class MemoryRateStore(RateStore):
         for limit in limits:
             state = self._keys.get(limit.key)
             if state is not None and lease in state.leases:
-                state.leases[lease] = now + ttl
+                state.hold(lease, now + ttl)
 
     async def observe(self, limit: RateLimit, observation: RateObservation) -> None:
         await trio.lowlevel.checkpoint()
@@ -389,6 +433,7 @@ class MemoryBudgetStore(BudgetStore):
         self._windows: dict[tuple[str, str, float], _Window] = {}
         self._reserved: dict[tuple[str, str, float], int] = {}
         self._reservations: dict[str, tuple[list[tuple[str, str, float]], int, float]] = {}
+        self._expiries = _Expiries()
         self._alerts: dict[tuple[str, float, str], float] = {}
 
     def _window(self, budget: Budget) -> _Window:
@@ -399,9 +444,12 @@ class MemoryBudgetStore(BudgetStore):
         return window
 
     def _expire(self, now: float) -> None:
-        expired = [rid for rid, (_, _, until) in self._reservations.items() if until <= now]
-        for rid in expired:
+        for rid in self._expiries.due(now, self._until):
             self._drop(rid)
+
+    def _until(self, reservation: str) -> float | None:
+        entry = self._reservations.get(reservation)
+        return entry[2] if entry is not None else None
 
     def _drop(self, reservation: str) -> None:
         entry = self._reservations.pop(reservation, None)
@@ -443,6 +491,9 @@ class MemoryBudgetStore(BudgetStore):
         keys = [_state_key(b) for b in budgets]
         self._drop(reservation)
         self._reservations[reservation] = (keys, nanos, now + ttl)
+        self._expiries.add(reservation, now + ttl)
+        held = self._reservations
+        self._expiries.compact(((rid, entry[2]) for rid, entry in held.items()), len(held))
         for key in keys:
             self._reserved[key] = self._reserved.get(key, 0) + nanos
         return BudgetCheck(ok=True)
