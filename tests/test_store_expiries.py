@@ -26,8 +26,8 @@ def test_the_expired_are_those_a_scan_of_every_id_finds(steps: list[tuple[str, s
     for action, key, amount in steps:
         if action == "hold":
             held[key] = now + amount
-            expiries.add(key, now + amount)
-            expiries.compact(held.items(), len(held))
+            if expiries.add(key, now + amount, len(held)):
+                expiries.rebuild(held.items())
         elif action == "give back":
             held.pop(key, None)
         else:
@@ -45,7 +45,7 @@ def test_ids_given_back_do_not_pile_up() -> None:
     for number in range(10_000):  # held for long, given back at once: a busy fan-out
         key = f"r{number}"
         held[key] = 600.0
-        expiries.add(key, 600.0)
-        expiries.compact(held.items(), len(held))
+        if expiries.add(key, 600.0, len(held)):
+            expiries.rebuild(held.items())
         del held[key]
     assert len(expiries._heap) <= 2 * len(held) + 65  # pyright: ignore[reportPrivateUsage]

@@ -92,6 +92,8 @@ _NAME: Final = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+", re.ASCII)
 _BAD_VALUE: Final = re.compile(r"[\x00\n\r\x0b\x0c]")
 _CLOSE_GRACE: Final = 5.0
 _URL_CACHE: Final = 256
+_Field = tuple[bytes, bytes, bytes, int]
+"""A request header checked and encoded: its name, value and line, and its kind bits."""
 _FIELDS_KEPT: Final = 512
 """Header fields a pool keeps checked and encoded (`HttpPool._field`); then it starts over."""
 
@@ -403,7 +405,7 @@ class HttpPool:
         self._rule_problems: list[tuple[str, str]] = []
         self._routes: dict[tuple[str, str, int | None], _Route] = {}
         self._urls: dict[str, _Target] = {}
-        self._fields: dict[tuple[str, str], tuple[bytes, bytes, bytes, int]] = {}
+        self._fields: dict[tuple[str, str], _Field] = {}
         self._ssl: ssl.SSLContext | None = settings.ssl_context
 
     def __repr__(self) -> str:
@@ -556,20 +558,14 @@ class HttpPool:
         if start is None:
             start = request_line(method.encode("ascii"), target.path)
             target.starts[method] = start
-        kinds = 0
-        lines: list[bytes] = []
-        for name, value in request.headers.items():
-            _, _, line, kind = self._field(name, value)
-            kinds |= kind
-            if not kind & _SKIPPED:
-                lines.append(line)
+        fields, kinds = self._given(request)
         body = request.body or b""
         parts = [start]
         if not kinds & _HOST:
             parts.append(target.host_line)
         if not body and method == "POST" and not kinds & (_LENGTH | _CODING):
             parts.append(b"Content-Length: 0\r\n")
-        parts += lines
+        parts += [line for _, _, line, _ in fields]
         if not kinds & _AGENT:
             parts.append(_AGENT_LINE)
         parts.append(_IDENTITY_LINE if request.stream else _GZIP_LINE)
@@ -582,19 +578,30 @@ class HttpPool:
 
     def _headers(self, request: HttpRequest) -> list[tuple[bytes, bytes]]:
         """``request``'s headers with the header policy applied (see `_build`)."""
-        headers: list[tuple[bytes, bytes]] = []
-        kinds = 0
-        for name, value in request.headers.items():
-            raw_name, raw_value, _, kind = self._field(name, value)
-            kinds |= kind
-            if not kind & _SKIPPED:
-                headers.append((raw_name, raw_value))
+        fields, kinds = self._given(request)
+        headers = [(name, value) for name, value, _, _ in fields]
         if not kinds & _AGENT:
             headers.append((b"User-Agent", USER_AGENT.encode("ascii")))
         headers.append((b"Accept-Encoding", b"identity" if request.stream else b"gzip"))
         return headers
 
-    def _field(self, name: str, value: str) -> tuple[bytes, bytes, bytes, int]:
+    def _given(self, request: HttpRequest) -> tuple[list[_Field], int]:
+        """``request``'s own headers that are sent (`_field`), and their kinds together.
+
+        Raises:
+            InvalidRequest: as `_field`.
+        """
+        fields: list[_Field] = []
+        kinds = 0
+        for name, value in request.headers.items():
+            field = self._field(name, value)
+            kind = field[3]
+            kinds |= kind
+            if not kind & _SKIPPED:
+                fields.append(field)
+        return fields, kinds
+
+    def _field(self, name: str, value: str) -> _Field:
         """The header ``name: value`` checked and encoded: its name, value and line, and
         what it is to the pool (the `_HOST`... bits). Remembered: a session sends the same
         few headers again and again.

@@ -53,22 +53,23 @@ MAX_TRAILERS: Final = 64 * 1024
 _JOIN_BODY_LIMIT: Final = 256 * 1024
 
 HEX_DIGITS: Final = b"0123456789abcdefABCDEF"
-TOKEN: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_TCHARS: Final = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"
+_VALUE_BYTE: Final = rb"[^\x00\n\r\x0b\x0c]"
+TOKEN: Final = re.compile(_TCHARS + rb"+")
 """RFC 9110 ``token``: a method or a field name."""
 BAD_VALUE: Final = re.compile(rb"[\x00\n\r\x0b\x0c]")
 """Bytes no field value may hold (h11 allows every other byte but leading/trailing OWS)."""
 HEAD_END: Final = re.compile(rb"\n\r?\n")
 """The empty line that ends a head (or a trailer section)."""
-_STATUS_LINE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([^\x00\n\r\x0b\x0c]*))?")
+_STATUS_LINE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: (" + _VALUE_BYTE + rb"*))?")
 _CHUNK_LINE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\n]*)?[ \t]*")
 _LENGTH: Final = re.compile(rb"[0-9]{1,20}")
 _PLAIN_FIELDS: Final = re.compile(
-    rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[ \t]*"
-    rb"(?:[^\x00\n\r\x0b\x0c]*[^\x00\n\r\x0b\x0c \t])?\r\n)*"
+    rb"(?:" + _TCHARS + rb"+:[ \t]*(?:" + _VALUE_BYTE + rb"*[^\x00\n\r\x0b\x0c \t])?\r\n)*"
 )
 """Header lines that each end in CRLF, none folded, each a token, a colon and a value that
 does not end in a space or a tab."""
-_PLAIN_FIELD: Final = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*([^\x00\n\r\x0b\x0c]*)\r\n")
+_PLAIN_FIELD: Final = re.compile(rb"(" + _TCHARS + rb"+):[ \t]*(" + _VALUE_BYTE + rb"*)\r\n")
 """One of `_PLAIN_FIELDS`' lines: its name and its value without the spaces before it."""
 _FRAMING: Final = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 

@@ -467,15 +467,13 @@ class InvocationStream:
     @property
     def usage(self) -> Usage | None:
         """Usage with its cost once settled; before that the provider's last report."""
-        if self._unexpanded is not None:
-            self._expand()
+        self._expand()
         return self._run.usage or self._aggregator.usage
 
     @property
     def text(self) -> str:
         """The text streamed so far."""
-        if self._unexpanded is not None:
-            self._expand()
+        self._expand()
         return self._aggregator.text
 
 

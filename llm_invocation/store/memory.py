@@ -88,8 +88,12 @@ class _Expiries:
     def __init__(self) -> None:
         self._heap: list[tuple[float, str]] = []
 
-    def add(self, key: str, until: float) -> None:
-        heapq.heappush(self._heap, (until, key))
+    def add(self, key: str, until: float, live: int) -> bool:
+        """Remember that ``key`` expires at ``until``. True when stale entries outnumber
+        the ``live`` ids held now: `rebuild` then."""
+        heap = self._heap
+        heapq.heappush(heap, (until, key))
+        return len(heap) > 2 * live + 64
 
     def due(self, now: float, until_of: Callable[[str], float | None]) -> list[str]:
         """The live ids whose time is up: those whose current expiry (``until_of``, None
@@ -102,11 +106,10 @@ class _Expiries:
                 found[key] = None
         return list(found)
 
-    def compact(self, live: Iterable[tuple[str, float]], count: int) -> None:
-        """Rebuild from the ``count`` live (id, expiry) pairs when stale entries abound."""
-        if len(self._heap) > 2 * count + 64:
-            self._heap = [(until, key) for key, until in live]
-            heapq.heapify(self._heap)
+    def rebuild(self, live: Iterable[tuple[str, float]]) -> None:
+        """Keep only the live (id, expiry) pairs."""
+        self._heap = [(until, key) for key, until in live]
+        heapq.heapify(self._heap)
 
 
 class _Ticket:
@@ -168,9 +171,8 @@ class _Key:
         """Hold a concurrency slot for ``lease`` until ``until`` (or renew it)."""
         leases = self.leases
         leases[lease] = until
-        expiries = self.lease_expiries
-        expiries.add(lease, until)
-        expiries.compact(leases.items(), len(leases))
+        if self.lease_expiries.add(lease, until, len(leases)):
+            self.lease_expiries.rebuild(leases.items())
 
     def claims(self, lease: str, since: float) -> tuple[int, int]:
         """How many live tickets are older than ``lease`` waiting since ``since``, and their
@@ -491,9 +493,9 @@ class MemoryBudgetStore(BudgetStore):
         keys = [_state_key(b) for b in budgets]
         self._drop(reservation)
         self._reservations[reservation] = (keys, nanos, now + ttl)
-        self._expiries.add(reservation, now + ttl)
         held = self._reservations
-        self._expiries.compact(((rid, entry[2]) for rid, entry in held.items()), len(held))
+        if self._expiries.add(reservation, now + ttl, len(held)):
+            self._expiries.rebuild((rid, entry[2]) for rid, entry in held.items())
         for key in keys:
             self._reserved[key] = self._reserved.get(key, 0) + nanos
         return BudgetCheck(ok=True)
