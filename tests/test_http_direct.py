@@ -7,10 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import hypothesis.strategies as st
-import pytest
 from hypothesis import given, settings
 
-from llm_invocation.errors import LLMError
 from llm_invocation.http._pool import HttpPool
 from llm_invocation.http._wire import encode_request
 from llm_invocation.providers._base import HttpRequest
@@ -97,19 +95,3 @@ def test_a_large_body_is_sent_after_the_head_as_through_httpx() -> None:
     direct = pool._message(request, target)  # pyright: ignore[reportPrivateUsage]
     assert direct.rest == request.body
     assert direct == encode_request(pool._build(request, target.url))  # pyright: ignore[reportPrivateUsage]
-
-
-@pytest.mark.parametrize("headers", [{"x": 5}, {5: "x"}, {"x": None}], ids=["int", "name", "none"])
-async def test_a_header_that_is_not_text_is_a_typed_error_of_that_request(
-    headers: dict[Any, Any],
-) -> None:
-    # A custom codec's mistake: the request fails with one of our errors, nothing escapes.
-    pool = HttpPool(provider="p")
-    request = HttpRequest(method="POST", url="http://127.0.0.1:9/v1", headers=headers, body=b"")
-    try:
-        with pytest.raises(LLMError) as caught:
-            async with pool.stream(request):
-                pass
-    finally:
-        await pool.aclose()
-    assert caught.value.provider == "p"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import socket
 import string
+from typing import Any
 
 import h11
 import httpx
@@ -412,6 +413,9 @@ SECRET = "sk-live-0123456789abcdefSECRET"
         {"X-Kéy": SECRET},
         {"": SECRET},
         {"X-Key": f"{SECRET}\x0b"},
+        {"X-Key": 5},
+        {5: SECRET},
+        {"X-Key": [SECRET]},
     ],
     ids=[
         "crlf-value",
@@ -423,10 +427,13 @@ SECRET = "sk-live-0123456789abcdefSECRET"
         "non-ascii-name",
         "empty-name",
         "vt-value",
+        "value-not-text",
+        "name-not-text",
+        "value-unhashable",
     ],
 )
 async def test_illegal_request_headers_are_refused_before_anything_is_sent(
-    headers: dict[str, str],
+    headers: dict[Any, Any],
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()

@@ -610,9 +610,19 @@ class HttpPool:
             InvalidRequest: the name is not a token, or the value holds a line break or NUL.
         """
         key = (name, value)
-        field = self._fields.get(key)
+        try:
+            field = self._fields.get(key)
+        except TypeError:  # unhashable: not text, refused below
+            field = None
         if field is not None:
             return field
+        if not isinstance(name, str) or not isinstance(value, str):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise InvalidRequest(
+                f"a header's name and value must be text, not {type(name).__name__} and "
+                f"{type(value).__name__}",
+                provider=self.provider,
+                retryable=False,
+            )
         if not _NAME.fullmatch(name):
             raise InvalidRequest(
                 f"header name {name[:40]!r} is not a valid HTTP token",
