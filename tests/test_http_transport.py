@@ -194,6 +194,33 @@ async def test_connection_reuse_follows_the_response(response: bytes, created: i
     assert transport.statistics().created == created
 
 
+@pytest.mark.parametrize("peer", ["idle", "sent", "closed", "reset", "ours-closed"])
+async def test_an_idle_connection_is_stale_once_its_socket_has_anything_to_say(peer: str) -> None:
+    """The checkout check: an idle connection is reused only while its socket is silent."""
+    pool = ConnectionPool(max_connections=1, max_idle=1, keepalive_expiry=30.0)
+    ours, theirs = socket.socketpair()
+    ours.settimeout(0.0)  # non-blocking
+    conn = Connection(("http", "test", 80), ours, None, pool.watchdog)
+    try:
+        assert not conn.is_stale()
+        if peer == "sent":
+            theirs.send(b"x")
+        elif peer == "closed":
+            theirs.close()
+        elif peer == "reset":
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+            theirs.close()
+        elif peer == "ours-closed":
+            conn.close()
+        assert conn.is_stale() is (peer != "idle")
+        assert conn.is_stale() is (peer != "idle")  # asking again changes nothing
+        if peer == "sent":
+            assert ours.recv(10) == b"x"  # the check only looked
+    finally:
+        conn.close()
+        theirs.close()
+
+
 @asynccontextmanager
 async def chunked_decoder() -> AsyncGenerator[ResponseBody]:
     """A chunked body on a connection nobody writes to: fed through ``_decode`` directly."""

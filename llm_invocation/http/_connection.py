@@ -33,6 +33,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import select
 import socket
 import ssl
 from collections import deque
@@ -236,6 +237,7 @@ class Connection:
         "eager",
         "idle_since",
         "origin",
+        "probe",
         "responded",
         "reused",
         "sock",
@@ -260,6 +262,7 @@ class Connection:
         self.reused = False
         self.responded = False  # a byte of the current response arrived
         self.idle_since = 0.0
+        self.probe: select.poll | None = None  # see `is_stale`
 
     def close(self) -> None:
         """Close the socket at once (idempotent); a task waiting on it gets a ReadError.
@@ -277,15 +280,21 @@ class Connection:
 
     def is_stale(self) -> bool:
         """Whether the idle socket is readable: the peer closed it, reset it or sent bytes."""
+        if self.closed:
+            return True  # (its descriptor's number may be another socket's by now)
         if self.tls is not None and self.tls.pending():
             return True  # the session ended, or bytes came after the response (an alert...)
+        # A poll of the socket alone, made once per connection: a reused connection is asked
+        # at every checkout, and a peeking ``recv`` raised (and built) an exception each time.
+        # Any event (bytes, the peer's end, an error or a closed descriptor) makes it stale.
+        probe = self.probe
         try:
-            self.sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return False
-        except OSError:
+            if probe is None:
+                probe = self.probe = select.poll()
+                probe.register(self.sock, select.POLLIN)
+            return bool(probe.poll(0))
+        except (OSError, ValueError):  # ValueError: the socket is closed (fd -1)
             return True
-        return True
 
     async def recv(self, size: int, timeout: float | None) -> bytes:
         """Up to ``size`` bytes; ``b""`` at the end of the stream.
