@@ -193,7 +193,7 @@ class Governance:
         Raises:
             CostExceeded: a cap or a budget refuses it, or its price is unknown.
         """
-        probe = msgspec.structs.replace(request, model=model)
+        probe = request if request.model == model else msgspec.structs.replace(request, model=model)
         price_provider = self.price_provider(provider, model)
         prices = self.prices
         if prices is not None and not prices.ready(price_provider, model):

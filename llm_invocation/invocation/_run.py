@@ -127,6 +127,7 @@ class Run:
         "_index",
         "_invoker",
         "_lease",
+        "_made",
         "_pending_usage",
         "_since",
         "_started",
@@ -182,6 +183,7 @@ class Run:
         """The invocation's spans and metrics (None: telemetry is off)."""
         self._since = 0.0
         self._ended = False
+        self._made: tuple[Request, str, str, Request] | None = None  # see `attempt_request`
 
     @property
     def provider(self) -> str:
@@ -205,8 +207,15 @@ class Run:
         return self._invoker.session_ref(self.provider)
 
     def attempt_request(self) -> Request:
-        """The request as the current candidate's session receives it."""
-        return msgspec.structs.replace(self.request, provider=self.provider, model=self.model)
+        """The request as the current candidate's session receives it (made once per request
+        and candidate: a `Request` is frozen)."""
+        provider, model = self.candidates[self._index]
+        made = self._made
+        if made is not None and made[0] is self.request and made[1:3] == (provider, model):
+            return made[3]
+        request = msgspec.structs.replace(self.request, provider=provider, model=model)
+        self._made = (self.request, provider, model, request)
+        return request
 
     def reset(self, request: Request, candidates: list[tuple[str, str]]) -> None:
         """Run ``request`` on ``candidates`` instead (the middleware changed the request);
@@ -272,7 +281,9 @@ class Run:
                 self.attempts += 1
                 return
             if self._admission is None:
-                self._admission = await governance.reserve(self.request, self.provider, self.model)
+                self._admission = await governance.reserve(
+                    self.attempt_request(), self.provider, self.model
+                )
             admission = self._admission
             if self._deadline == math.inf:
                 self._lease = await governance.acquire(admission)
@@ -303,13 +314,14 @@ class Run:
         if self._chain.before_attempt_hooks:
             await self._chain.before_attempt(self.call)
 
-    def end_attempt(self, usage: Usage | None, *, failed: bool) -> None:
+    def end_attempt(self, usage: Usage | None, *, failed: bool, checked: bool = False) -> None:
         """The current attempt is over: give its lease back with the tokens it used.
 
         A failed attempt's reported usage is kept and settled with its candidate. A usage
-        whose counts cannot be true (whatever codec decoded it) counts as none reported.
+        whose counts cannot be true (whatever codec decoded it) counts as none reported
+        (``checked``: ``usage`` was checked so already).
         """
-        if usage is not None:
+        if usage is not None and not checked:
             usage = checked_usage(usage)
         if failed and usage is not None:
             self._pending_usage = (
@@ -454,9 +466,9 @@ class Run:
         if not self._active:
             return None
         self._active = False
-        self.end_attempt(usage, failed=False)
         if usage is not None:
             usage = checked_usage(usage)
+        self.end_attempt(usage, failed=False, checked=True)
         reported = usage
         if self._pending_usage is not None:
             reported = self._pending_usage if usage is None else self._pending_usage + usage
