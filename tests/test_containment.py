@@ -25,10 +25,12 @@ import functools
 import itertools
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
@@ -51,6 +53,7 @@ from llm_invocation.providers._base import (
     RateLimitInfo,
     StreamDecoder,
     checked_usage,
+    datetime_from_unix,
 )
 from llm_invocation.providers._registry import make_codec
 from llm_invocation.runtime import ActorStatistics, RuntimeStatistics
@@ -1065,3 +1068,21 @@ def test_a_usage_that_cannot_be_true_is_none_and_an_impossible_cost_is_unknown(
     assert (checked.cost, checked.reported_cost) == (kept(cost), kept(reported))
     if checked == usage:
         assert checked is usage  # nothing to change: the same object
+
+
+@given(st.lists(st.one_of(st.none(), st.floats(), st.integers(-(2**70), 2**70)), max_size=8))
+def test_a_providers_timestamp_is_a_utc_datetime_or_none_whatever_came_before(
+    values: list[float | None],
+) -> None:
+    """Conversions follow each other (the last one is reused): each is what it would be
+    alone."""
+    for value in values:
+        when = datetime_from_unix(value)
+        if value is None or not math.isfinite(value) or value <= 0:
+            assert when is None
+            continue
+        try:
+            expected: datetime | None = datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            expected = None
+        assert when == expected

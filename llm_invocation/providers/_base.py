@@ -236,12 +236,23 @@ def _duration(text: str) -> float | None:
 def datetime_from_unix(value: float | None) -> datetime | None:
     """A provider's unix timestamp as an aware UTC datetime; None when it is missing, zero,
     negative, not finite or beyond what a datetime holds."""
+    global _last_datetime  # a one-entry cache
     if value is None or not math.isfinite(value) or value <= 0:
         return None
+    last = _last_datetime  # answers of one second share their time: made once
+    if last[0] == value:
+        return last[1]
     try:
-        return datetime.fromtimestamp(value, UTC)
+        when = datetime.fromtimestamp(value, UTC)
     except (OverflowError, OSError, ValueError):
         return None
+    _last_datetime = (value, when)
+    return when
+
+
+_last_datetime: tuple[float, datetime | None] = (math.nan, None)
+"""The last timestamp `datetime_from_unix` converted, and its datetime (a datetime is
+immutable: sharing it is safe)."""
 
 
 def unix_to_datetime(value: float | None) -> datetime:
