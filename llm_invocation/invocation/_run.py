@@ -314,15 +314,13 @@ class Run:
         if self._chain.before_attempt_hooks:
             await self._chain.before_attempt(self.call)
 
-    def end_attempt(self, usage: Usage | None, *, failed: bool, checked: bool = False) -> None:
+    def end_attempt(self, usage: Usage | None, *, failed: bool) -> None:
         """The current attempt is over: give its lease back with the tokens it used.
 
-        A failed attempt's reported usage is kept and settled with its candidate. A usage
-        whose counts cannot be true (whatever codec decoded it) counts as none reported
-        (``checked``: ``usage`` was checked so already).
+        ``usage`` is what the attempt reported, checked (`checked_usage`: counts that
+        cannot be true are none reported). A failed attempt's is kept and settled with its
+        candidate.
         """
-        if usage is not None and not checked:
-            usage = checked_usage(usage)
         if failed and usage is not None:
             self._pending_usage = (
                 usage if self._pending_usage is None else self._pending_usage + usage
@@ -353,7 +351,7 @@ class Run:
             LLMError: the invocation failed.
         """
         error, retry, delay = failure_of(exc, self.provider)
-        self.end_attempt(usage, failed=True)
+        self.end_attempt(checked_usage(usage) if usage is not None else None, failed=True)
         # The caller's own cancellation wins over whatever the attempt ran into.
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._chain.after_attempt_hooks:
@@ -468,7 +466,7 @@ class Run:
         self._active = False
         if usage is not None:
             usage = checked_usage(usage)
-        self.end_attempt(usage, failed=False, checked=True)
+        self.end_attempt(usage, failed=False)
         reported = usage
         if self._pending_usage is not None:
             reported = self._pending_usage if usage is None else self._pending_usage + usage
