@@ -148,6 +148,94 @@ async def test_a_restarted_server_is_noticed_and_the_next_call_succeeds(
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
+async def forgetful_server(port: int, *, task_status: trio.TaskStatus[None]) -> None:
+    """A server on ``port`` that knows no session: it answers every request with 404."""
+
+    async def answer(stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                await stream.receive_some()
+                await stream.send_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                )
+            except trio.BrokenResourceError:
+                pass
+
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, answer, listeners)
+        task_status.started()
+
+
+@pytest.mark.parametrize("call_while_closing", [True, False])
+async def test_a_lost_connection_keeps_the_reason_it_was_lost_while_it_closes(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, call_while_closing: bool
+) -> None:
+    # The server forgets our session (the standalone stream, opened again, is answered 404),
+    # and the connection's task is held between its end and the incarnation's. Closing ends
+    # the SDK's read stream too, and a call may arrive meanwhile (it is not sent: the session
+    # is gone); the reason recorded is still the one the connection was lost for.
+    from llm_invocation.actors.mcp import _session
+
+    serve = _session.serve_connection
+    closing, called, resume = trio.Event(), trio.Event(), trio.Event()
+
+    async def held_open(*args: Any, **kwargs: Any) -> None:
+        try:
+            await serve(*args, **kwargs)
+        except ToolExecutionFailed:
+            closing.set()
+            await resume.wait()
+            raise
+
+    original_call = MCPConnection._call  # pyright: ignore[reportPrivateUsage]
+
+    async def noted_call(self: MCPConnection, *args: Any) -> ToolResult:
+        try:
+            return await original_call(self, *args)
+        finally:
+            if closing.is_set():
+                called.set()
+
+    monkeypatch.setattr(_session, "serve_connection", held_open)
+    monkeypatch.setattr(MCPConnection, "_call", noted_call)
+    port = free_port()
+    registry = ToolRegistry()
+    server = await start_server(port)
+    try:
+        async with connected(port, registry) as runtime:
+            pid = tool(registry, "web__pid")
+            old_pid = int((await pid.execute({})).content)
+            new_pid: list[int] = []
+
+            async def call_pid() -> None:
+                new_pid.append(int((await pid.execute({})).content))
+
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    async with trio.open_nursery() as forgetting:
+                        await stop_server(server)
+                        await forgetting.start(forgetful_server, port)
+                        await closing.wait()
+                        if call_while_closing:
+                            nursery.start_soon(call_pid)
+                            await called.wait()  # refused, not sent: the session is gone
+                        forgetting.cancel_scope.cancel()
+                    server = await start_server(port)
+                    resume.set()
+                if not call_while_closing:
+                    await until(registry, lambda: "web__pid" in registry)
+                    await call_pid()
+            info = await runtime.ref("mcp.web", MCPConnection).call(ServerInfo())
+    finally:
+        await stop_server(server)
+    assert new_pid and new_pid[0] != old_pid
+    assert (info.retries, info.reconnects) == (int(call_while_closing), 1)
+    warnings = lost_warnings(caplog)
+    assert len(warnings) == 1
+    assert "the server no longer knows the session (HTTP 404)" in warnings[0].getMessage()
+
+
 async def test_a_call_the_restarted_server_refused_is_sent_again_once() -> None:
     port = free_port()
     registry = ToolRegistry()

@@ -346,6 +346,7 @@ class MCPConnection(Actor[MCPMsg]):
         self._end: Ending | None = None
         self._ref: ActorRef[MCPMsg] | None = None
         self._session: Session | None = None
+        self._lost: str | None = None  # why the session, now gone, was lost (if known)
         self._tools: dict[str, MCPTool] = {}  # local name -> tool
         self._local: dict[str, str] = {}  # remote name -> local name
         self._connected_since = 0.0
@@ -402,10 +403,12 @@ class MCPConnection(Actor[MCPMsg]):
 
     async def _call(self, msg: CallTool, ctx: Context) -> ToolResult:
         session = self._session
-        if session is None or session.lost is not None:
-            # Not sent: the connection is gone, and the next incarnation takes the calls.
+        lost = session.lost if session is not None else self._lost
+        if session is None or lost is not None:
+            # Not sent: the connection is gone, and the next incarnation takes the calls
+            # (this one stops taking them now, with the reason the connection was lost for).
             if self._end is not None:
-                self._end((session and session.lost) or "disconnected", connected=True)
+                self._end(lost or "the connection ended", connected=True)
             raise ToolExecutionFailed(
                 f"MCP server {self.server!r} is not connected",
                 details={
@@ -514,6 +517,7 @@ class MCPConnection(Actor[MCPMsg]):
     def disconnected(self) -> None:
         if self._session is not None:
             host_for(self.registry).detach(self._session)
+            self._lost = self._session.lost
         self._session = None
         self.status.disconnected()
         for local in list(self._tools):

@@ -141,6 +141,11 @@ class _Signals:
             self.lost = reason
         self.wake.set()
 
+    def failure(self, reason: str) -> _ConnectionFailed:
+        """The error that ends the connection for ``reason``, or for one known first."""
+        self.notify_lost(reason)
+        return _ConnectionFailed(self.lost or reason)
+
 
 @final
 class Session:
@@ -368,28 +373,33 @@ def _transport(
 async def _relay(
     source: ReadStream[SessionMessage | Exception],
     sink: MemoryObjectSendStream[SessionMessage | Exception],
+    signals: _Signals,
     bridge: HostBridge | None = None,
 ) -> NoReturn:
     """Forward the transport's read stream to the session; its end is a lost connection.
 
-    The bridge sees every message first, in order (progress of our calls).
+    The bridge sees every message first, in order (progress of our calls). When the
+    connection was already known lost (the stream then ends as it is closed), the error
+    carries that first reason.
     """
     async with sink:
         async for item in source:
             if bridge is not None:
                 bridge.observe(item)
             await sink.send(item)
-    raise _ConnectionFailed("the server closed the connection")
+    raise signals.failure("the server closed the connection")
 
 
-async def _keepalive(client: ClientSession, interval: float, timeout: float) -> NoReturn:
+async def _keepalive(
+    client: ClientSession, signals: _Signals, interval: float, timeout: float
+) -> NoReturn:
     """Ping every ``interval`` seconds; a failed or unanswered ping ends the connection."""
     while True:
         await trio.sleep(interval)
         with trio.move_on_after(timeout) as scope:
             await client.send_ping()
         if scope.cancelled_caught:
-            raise _ConnectionFailed(f"no answer to a ping within {timeout:g}s")
+            raise signals.failure(f"no answer to a ping within {timeout:g}s")
 
 
 async def serve_connection(
@@ -434,7 +444,7 @@ async def serve_connection(
 
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_relay, read, relay_send, bridge)
+                    nursery.start_soon(_relay, read, relay_send, signals, bridge)
                     host = bridge.session_options() if bridge is not None else {}
                     async with ClientSession(
                         relay_receive,
@@ -454,7 +464,7 @@ async def serve_connection(
                             task_status.started()
                             if ping_interval is not None:
                                 nursery.start_soon(
-                                    _keepalive, client, ping_interval, config.timeout
+                                    _keepalive, client, signals, ping_interval, config.timeout
                                 )
                             await _follow(client, signals, listener, config.timeout)
                         finally:
