@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import trio
 
 from llm_invocation.actors.mcp import (
     MCPConnection,
+    MCPServerInfo,
     MCPTool,
     ServerInfo,
     mcp_child_spec,
@@ -109,6 +111,11 @@ async def until(registry: ToolRegistry, predicate: Callable[[], bool], timeout: 
                 stop()
 
 
+async def pid_of(tool: MCPTool) -> int:
+    """The process id the server's ``pid`` tool answers."""
+    return int((await tool.execute({})).content)
+
+
 def lost_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
         record
@@ -117,27 +124,60 @@ def lost_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     ]
 
 
+@dataclass
+class Served:
+    """A server on ``port`` (started again with `restart`) and our client connected to it.
+
+    ``pid`` is its ``pid`` tool, held across restarts as a tool loop holds the tools it
+    offered (while the connection is made again the server's tools are out of the
+    registry); ``first_pid`` is its answer before any restart.
+    """
+
+    port: int
+    options: tuple[str, ...]
+    registry: ToolRegistry
+    server: trio.Process
+    runtime: Runtime | None = None
+    pid: MCPTool | None = None
+    first_pid: int = 0
+
+    async def restart(self) -> None:
+        await stop_server(self.server)
+        self.server = await start_server(self.port, *self.options)
+
+    async def info(self) -> MCPServerInfo:
+        assert self.runtime is not None
+        return await self.runtime.ref("mcp.web", MCPConnection).call(ServerInfo())
+
+    async def next_pid(self) -> int:
+        assert self.pid is not None
+        return await pid_of(self.pid)
+
+
+@asynccontextmanager
+async def served(*options: str) -> AsyncGenerator[Served]:
+    port = free_port()
+    web = Served(port, options, ToolRegistry(), await start_server(port, *options))
+    try:
+        async with connected(port, web.registry) as runtime:
+            web.runtime = runtime
+            web.pid = tool(web.registry, "web__pid")
+            web.first_pid = await pid_of(web.pid)
+            yield web
+    finally:
+        await stop_server(web.server)
+
+
 async def test_a_restarted_server_is_noticed_and_the_next_call_succeeds(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    port = free_port()
-    registry = ToolRegistry()
-    server = await start_server(port)
-    try:
-        async with connected(port, registry) as runtime:
-            # Held across the restart, as a tool loop holds the tools it offered (while the
-            # connection is made again the server's tools are out of the registry).
-            pid = tool(registry, "web__pid")
-            old_pid = int((await pid.execute({})).content)
-            await stop_server(server)
-            server = await start_server(port)
-            # Far below the hour between pings: the lost session itself is the signal.
-            with trio.fail_after(15):
-                new_pid = int((await pid.execute({})).content)
-            info = await runtime.ref("mcp.web", MCPConnection).call(ServerInfo())
-    finally:
-        await stop_server(server)
-    assert new_pid != old_pid
+    async with served() as web:
+        await web.restart()
+        # Far below the hour between pings: the lost session itself is the signal.
+        with trio.fail_after(15):
+            new_pid = await web.next_pid()
+        info = await web.info()
+    assert new_pid != web.first_pid
     assert info.reconnects == 1
     assert info.state == "ready"
     assert info.last_error is not None and "session" in info.last_error
@@ -199,37 +239,29 @@ async def test_a_lost_connection_keeps_the_reason_it_was_lost_while_it_closes(
 
     monkeypatch.setattr(_session, "serve_connection", held_open)
     monkeypatch.setattr(MCPConnection, "_call", noted_call)
-    port = free_port()
-    registry = ToolRegistry()
-    server = await start_server(port)
-    try:
-        async with connected(port, registry) as runtime:
-            pid = tool(registry, "web__pid")
-            old_pid = int((await pid.execute({})).content)
-            new_pid: list[int] = []
+    async with served() as web:
+        new_pid: list[int] = []
 
-            async def call_pid() -> None:
-                new_pid.append(int((await pid.execute({})).content))
+        async def call_pid() -> None:
+            new_pid.append(await web.next_pid())
 
-            with trio.fail_after(30):
-                async with trio.open_nursery() as nursery:
-                    async with trio.open_nursery() as forgetting:
-                        await stop_server(server)
-                        await forgetting.start(forgetful_server, port)
-                        await closing.wait()
-                        if call_while_closing:
-                            nursery.start_soon(call_pid)
-                            await called.wait()  # refused, not sent: the session is gone
-                        forgetting.cancel_scope.cancel()
-                    server = await start_server(port)
-                    resume.set()
-                if not call_while_closing:
-                    await until(registry, lambda: "web__pid" in registry)
-                    await call_pid()
-            info = await runtime.ref("mcp.web", MCPConnection).call(ServerInfo())
-    finally:
-        await stop_server(server)
-    assert new_pid and new_pid[0] != old_pid
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                async with trio.open_nursery() as forgetting:
+                    await stop_server(web.server)
+                    await forgetting.start(forgetful_server, web.port)
+                    await closing.wait()
+                    if call_while_closing:
+                        nursery.start_soon(call_pid)
+                        await called.wait()  # refused, not sent: the session is gone
+                    forgetting.cancel_scope.cancel()
+                web.server = await start_server(web.port)
+                resume.set()
+            if not call_while_closing:
+                await until(web.registry, lambda: "web__pid" in web.registry)
+                await call_pid()
+        info = await web.info()
+    assert new_pid and new_pid[0] != web.first_pid
     assert (info.retries, info.reconnects) == (int(call_while_closing), 1)
     warnings = lost_warnings(caplog)
     assert len(warnings) == 1
@@ -237,22 +269,13 @@ async def test_a_lost_connection_keeps_the_reason_it_was_lost_while_it_closes(
 
 
 async def test_a_call_the_restarted_server_refused_is_sent_again_once() -> None:
-    port = free_port()
-    registry = ToolRegistry()
     # Without the GET stream only the call itself can meet the unknown session.
-    server = await start_server(port, "--no-get")
-    try:
-        async with connected(port, registry) as runtime:
-            pid = tool(registry, "web__pid")
-            old_pid = int((await pid.execute({})).content)
-            await stop_server(server)
-            server = await start_server(port, "--no-get")
-            with trio.fail_after(15):
-                new_pid = int((await pid.execute({})).content)
-            info = await runtime.ref("mcp.web", MCPConnection).call(ServerInfo())
-    finally:
-        await stop_server(server)
-    assert new_pid != old_pid
+    async with served("--no-get") as web:
+        await web.restart()
+        with trio.fail_after(15):
+            new_pid = await web.next_pid()
+        info = await web.info()
+    assert new_pid != web.first_pid
     assert (info.retries, info.reconnects, info.calls) == (1, 1, 1)
 
 
