@@ -10,7 +10,9 @@ import math
 import hypothesis.strategies as st
 from hypothesis import given, settings
 
+from llm_invocation.store._base import RateLimit, Ticket
 from llm_invocation.store.memory import (
+    MemoryRateStore,
     _Expiries,  # pyright: ignore[reportPrivateUsage]
     _Line,  # pyright: ignore[reportPrivateUsage]
     _Ticket,  # pyright: ignore[reportPrivateUsage]
@@ -125,3 +127,26 @@ def test_each_place_in_a_long_line_is_counted() -> None:
     for number in range(20_000):
         line.pop(f"w{number}")
     assert not line
+
+
+def test_a_ticket_waiting_since_nan_or_later_waits_since_now() -> None:
+    # Such a since has no place in an ordered line: it is taken as now, never as a value
+    # that compares false with every other (the line's order would break).
+    clock = [100.0]
+    store = MemoryRateStore(clock=lambda: clock[0])
+    limits = [RateLimit(key="k", concurrency=1)]
+    assert store.acquire_nowait(limits, lease="held", tokens=1, ttl=60).granted
+    for number, since in enumerate([50.0, math.nan, math.inf, 500.0, 60.0]):
+        clock[0] += 1
+        ticket = Ticket(since=since)
+        grant = store.acquire_nowait(limits, lease=f"w{number}", tokens=1, ttl=60, ticket=ticket)
+        assert not grant.granted
+    line = store._keys["k"].tickets  # pyright: ignore[reportPrivateUsage]
+    assert [line.by_lease[f"w{n}"].since for n in range(5)] == [50.0, 102.0, 103.0, 104.0, 60.0]
+    assert [line.claims(f"w{n}", line.by_lease[f"w{n}"].since)[0] for n in range(5)] == [
+        0,
+        2,
+        3,
+        4,
+        1,
+    ]

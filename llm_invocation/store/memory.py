@@ -296,7 +296,9 @@ class MemoryRateStore(RateStore):
     ) -> Grant:
         """`acquire` without a checkpoint (the governor's hot path)."""
         now = self._clock()
-        since = now if ticket is None or ticket.since is None else min(ticket.since, now)
+        since = now
+        if ticket is not None and ticket.since is not None and ticket.since <= now:
+            since = ticket.since  # a later or unordered (nan) since is now
         worst = Grant(granted=True, now=now)
         states: list[tuple[RateLimit, _Key, bool]] = []
         for limit in limits:
