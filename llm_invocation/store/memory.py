@@ -177,14 +177,12 @@ class _Line:
 
     def expire(self, now: float) -> None:
         """Drop the tickets whose time is up at ``now``."""
-        by_lease = self.by_lease
-
-        def expires(lease: str) -> float | None:
-            ticket = by_lease.get(lease)
-            return ticket.expires if ticket is not None else None
-
-        for lease in self._expiries.due(now, expires):
+        for lease in self._expiries.due(now, self._expires):
             self.pop(lease)
+
+    def _expires(self, lease: str) -> float | None:
+        ticket = self.by_lease.get(lease)
+        return ticket.expires if ticket is not None else None
 
     def claims(self, lease: str, since: float) -> tuple[int, int]:
         """How many live tickets are older than ``lease`` waiting since ``since``, and their
