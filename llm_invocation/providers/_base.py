@@ -237,7 +237,10 @@ def datetime_from_unix(value: float | None) -> datetime | None:
     """A provider's unix timestamp as an aware UTC datetime; None when it is missing, zero,
     negative, not finite or beyond what a datetime holds."""
     global _last_datetime  # a one-entry cache
-    if value is None or not math.isfinite(value) or value <= 0:
+    try:
+        if value is None or not math.isfinite(value) or value <= 0:
+            return None
+    except OverflowError:  # an integer beyond any float
         return None
     last = _last_datetime  # answers of one second share their time: made once
     if last[0] == value:
