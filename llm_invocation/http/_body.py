@@ -11,7 +11,8 @@ hands its connection back through the trio token (from ``__del__``), without war
 
 from __future__ import annotations
 
-from typing import Final, final
+from collections.abc import Coroutine
+from typing import Any, Final, final
 
 import httpx
 import trio
@@ -125,12 +126,14 @@ class ResponseBody(httpx.AsyncByteStream):
         """
         return await self._read(self._timeout)
 
-    async def receive(self, timeout: float) -> bytes:
+    def receive(self, timeout: float) -> Coroutine[Any, Any, bytes]:
         """The next piece of the body, waiting at most ``timeout`` seconds for it (or the
         request's ``read`` timeout, when that is shorter).
 
         The wait is the transport's own read deadline, not a cancel scope: it costs nothing
-        more than the read.
+        more than the read. This returns the read itself, to be awaited: no coroutine of its
+        own stands between the caller and the socket (a stream's wait builds one less object
+        that lives as long as the wait).
 
         Raises:
             trio.TooSlowError: nothing arrived within ``timeout`` (the connection is closed).
@@ -139,11 +142,8 @@ class ResponseBody(httpx.AsyncByteStream):
         """
         limit = self._timeout
         if limit is not None and limit < timeout:
-            return await self._read(limit)
-        try:
-            return await self._read(timeout)
-        except httpx.ReadTimeout:
-            raise trio.TooSlowError(f"nothing arrived within {timeout:g}s") from None
+            return self._read(limit)
+        return self._read(timeout, slow=True)
 
     def close(self) -> None:
         """Close the body now, from any task: a read waiting on it, and every later one, fails
@@ -154,7 +154,9 @@ class ResponseBody(httpx.AsyncByteStream):
             self._ready = b""
             self._release(reuse=False)
 
-    async def _read(self, timeout: float | None) -> bytes:
+    async def _read(self, timeout: float | None, *, slow: bool = False) -> bytes:
+        # ``slow``: ``timeout`` is the caller's limit (`receive`), not the request's own, so
+        # running out of it is `trio.TooSlowError`, not `httpx.ReadTimeout`.
         # What is already here (bytes that came with the head, the end of the body) is
         # handed over without a trip through the scheduler: a cancellation still lands.
         if self._ready:
@@ -201,6 +203,11 @@ class ResponseBody(httpx.AsyncByteStream):
                 self._release(reuse=False)
                 raise StopAsyncIteration
             return data
+        except httpx.ReadTimeout:
+            self._release(reuse=False)
+            if slow:
+                raise trio.TooSlowError(f"nothing arrived within {timeout:g}s") from None
+            raise
         except BaseException:
             self._release(reuse=False)
             raise

@@ -407,6 +407,9 @@ class HttpPool:
         self._urls: dict[str, _Target] = {}
         self._fields: dict[tuple[str, str], _Field] = {}
         self._ssl: ssl.SSLContext | None = settings.ssl_context
+        # One bound method for every response: made per response, it would be one more
+        # object for the collector to track per open stream.
+        self._translator: Callable[[Exception], LLMError] = self._translate
 
     def __repr__(self) -> str:
         stats = self.statistics()
@@ -718,7 +721,7 @@ class HttpPool:
                     if coding is not None:
                         pieces = decode_body(pieces, coding, provider=provider, status=head.status)
                     raw = body if pieces is body else None  # no content coding in between
-                    return HttpResponse(head.status, headers, pieces, self._translate, raw), body
+                    return HttpResponse(head.status, headers, pieces, self._translator, raw), body
                 except BaseException:
                     await body.aclose()  # closes at once, never checkpoints
                     raise
@@ -778,7 +781,7 @@ class HttpPool:
                             body, coding, provider=provider, status=response.status_code
                         )
                     raw = ours if body is ours else None  # no content coding in between
-                    yield HttpResponse(response.status_code, headers, body, self._translate, raw)
+                    yield HttpResponse(response.status_code, headers, body, self._translator, raw)
                 finally:
                     if ours is not None:
                         await ours.aclose()  # closes at once, never checkpoints

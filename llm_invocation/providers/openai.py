@@ -25,7 +25,7 @@ Encoding rules worth knowing:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final
 
 import msgspec
@@ -158,6 +158,9 @@ class OpenAICodec(ProviderCodec):
         self.provider_options = ProviderOptions.parse(self.options, rules, name=self.name)
         self._api: Api = "chat"
         self.api = api
+        # One bound method for every stream's decoder: made per stream, it would be one
+        # more object for the collector to track per open stream.
+        self._stream_errors: Callable[[Any], LLMError] = self.map_stream_error
 
     @property
     def api(self) -> Api:
@@ -428,9 +431,9 @@ class OpenAICodec(ProviderCodec):
         """A fresh decoder for the streamed body of ``encode(request)``."""
         if not _is_legacy(request) and self.api_of(request) == "responses":
             return ResponsesStreamDecoder(
-                provider=self.name, map_error=self.map_stream_error, model=request.model
+                provider=self.name, map_error=self._stream_errors, model=request.model
             )
-        return OpenAIStreamDecoder(provider=self.name, map_error=self.map_stream_error)
+        return OpenAIStreamDecoder(provider=self.name, map_error=self._stream_errors)
 
     def decode_response(self, request: Request, body: bytes) -> Response:
         """Decode a ``chat.completion`` or ``text_completion`` body.
@@ -447,7 +450,7 @@ class OpenAICodec(ProviderCodec):
         """
         if not _is_legacy(request) and self.api_of(request) == "responses":
             return decode_response_bytes(
-                body, provider=self.name, model=request.model, map_error=self.map_stream_error
+                body, provider=self.name, model=request.model, map_error=self._stream_errors
             )
         try:
             completion = COMPLETION_DECODER.decode(body)
