@@ -132,7 +132,7 @@ class ResponseBody(httpx.AsyncByteStream):
 
         The wait is the transport's own read deadline, not a cancel scope: it costs nothing
         more than the read. This returns the read itself, to be awaited: no coroutine of its
-        own stands between the caller and the socket (a stream's wait builds one less object
+        own stands between the caller and the socket (a stream's wait builds one object fewer
         that lives as long as the wait).
 
         Raises:
