@@ -203,13 +203,10 @@ class ResponseBody(httpx.AsyncByteStream):
                 self._release(reuse=False)
                 raise StopAsyncIteration
             return data
-        except httpx.ReadTimeout:
+        except BaseException as exc:
             self._release(reuse=False)
-            if slow:
+            if slow and isinstance(exc, httpx.ReadTimeout):
                 raise trio.TooSlowError(f"nothing arrived within {timeout:g}s") from None
-            raise
-        except BaseException:
-            self._release(reuse=False)
             raise
 
     def decode(self, data: bytes) -> bytes:
