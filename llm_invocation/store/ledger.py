@@ -57,6 +57,7 @@ runs the missing steps of its migrations in one transaction, and refuses a newer
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -235,15 +236,6 @@ _encode_tags: Final = msgspec.json.Encoder().encode
 _decode_tags: Final = msgspec.json.Decoder(dict[str, str]).decode
 
 
-_COUNT_FIELDS: Final = (
-    "prompt_tokens",
-    "completion_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
-
-
 def _row(entry: LedgerEntry) -> tuple[tuple[Any, ...], bool]:
     """The row of ``entry``, and whether a value had to be brought into range.
 
@@ -253,9 +245,19 @@ def _row(entry: LedgerEntry) -> tuple[tuple[Any, ...], bool]:
     if entry.status not in _STATUSES:
         raise ValueError(f"status must be one of {sorted(_STATUSES)}, not {entry.status!r}")
     pico, text = encode_cost(entry.cost)
-    counts = [int(getattr(entry, name)) for name in _COUNT_FIELDS]
-    stored = [storable_count(count) for count in counts]
-    at = storable_seconds(float(entry.at), time.time())
+    counts = (
+        int(entry.prompt_tokens),
+        int(entry.completion_tokens),
+        int(entry.cache_read_tokens),
+        int(entry.cache_write_tokens),
+        int(entry.reasoning_tokens),
+    )
+    stored = counts
+    if min(counts) < 0 or max(counts) > MAX_STORED_COUNT:
+        stored = tuple(storable_count(count) for count in counts)
+    at = storable_seconds(float(entry.at), math.nan)
+    if math.isnan(at):  # not storable: now (the clock is asked only then)
+        at = time.time()
     duration = storable_seconds(float(entry.duration), 0.0)
     clamped = stored != counts or at != entry.at or duration != entry.duration
     row = (

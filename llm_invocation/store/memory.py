@@ -302,7 +302,7 @@ class MemoryRateStore(RateStore):
         for limit in limits:
             state = self._key(limit.key)
             state.prepare(limit, now)
-            older, older_tokens = state.tickets.claims(lease, since)
+            older, older_tokens = state.tickets.claims(lease, since) if state.tickets else (0, 0)
             wait, reason = 0.0, None
             if state.blocked_until > now:
                 wait, reason = state.blocked_until - now, "blocked"

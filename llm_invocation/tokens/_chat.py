@@ -92,6 +92,7 @@ class ChatRule(msgspec.Struct, frozen=True, kw_only=True):
     tools_with_system: int = 7
 
 
+@functools.lru_cache(maxsize=1024)  # asked on every count: models are few
 def chat_rule(model: str) -> ChatRule:
     """Return the chat-format constants of ``model`` (see the module docstring)."""
     encoding = encoding_name_for_model(model)
@@ -424,7 +425,6 @@ def count_chat(
     """
     rule = chat_rule(model)
     enc = rule.encoding
-    price_image: ImageRule = image_tokens or functools.partial(openai_image_tokens, model=model)
     text = rule.reply_priming
     images = 0
     estimated = False
@@ -473,7 +473,11 @@ def count_chat(
                     text += count_with(enc, part.text)
                 elif isinstance(part, ImagePart):
                     estimated = True
-                    images += price_image(part)
+                    images += (
+                        image_tokens(part)
+                        if image_tokens is not None
+                        else openai_image_tokens(part, model=model)
+                    )
                 else:  # reasoning, counted though OpenAI may drop it: errs high
                     estimated = True
                     text += count_with(enc, part.text)

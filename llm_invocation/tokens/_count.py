@@ -182,6 +182,7 @@ _ANTHROPIC_PROVIDERS: Final = frozenset({"anthropic", "bedrock-anthropic", "clau
 _GEMINI_PROVIDERS: Final = frozenset({"gemini", "google", "vertex", "vertexai", "vertex-ai"})
 
 
+@functools.lru_cache(maxsize=1024)  # asked on every count: models are few
 def family_of(provider: str, model: str) -> Family:
     """Return whose tokenizer counts ``model`` served by ``provider``.
 
