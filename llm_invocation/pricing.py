@@ -485,6 +485,7 @@ class PriceBook:
         free_providers: Iterable[str] = (),
     ) -> None:
         self._overrides = _Overrides(overrides or {})
+        self._overridden: dict[tuple[str, str], bool] = {}  # see `has_override`
         self._free = frozenset(name.lower() for name in free_providers)
         self._cache: dict[tuple[str, str], _Entry] = {}
 
@@ -567,8 +568,13 @@ class PriceBook:
 
     def has_override(self, provider: str, model: str) -> bool:
         """Whether a configured override prices ``model`` under this provider name (keyed
-        ``"provider:model"``, ``"model"`` or a pattern)."""
-        return self._overrides.find(provider, model) is not None
+        ``"provider:model"``, ``"model"`` or a pattern). Decided once per model: the overrides
+        are fixed when the book is made, and admission asks on every call."""
+        key = (provider, model)
+        known = self._overridden.get(key)
+        if known is None:
+            known = self._overridden[key] = self._overrides.find(provider, model) is not None
+        return known
 
     def context_window(self, provider: str, model: str) -> int | None:
         """Return the model's context window in tokens from the price table, or None.

@@ -154,7 +154,6 @@ class Governance:
         self._token_providers = token_providers
         self._codecs = dict(codecs or {})
         self._budgets: dict[tuple[str, str], int] = {}
-        self._priced_as: dict[tuple[str, str], str] = {}  # see `price_provider`
         self._handover_failed = 0
         self._handover_logged = False
         self._count_logged = False
@@ -168,17 +167,10 @@ class Governance:
     def price_provider(self, provider: str, model: str) -> str:
         """The provider name ``model`` of our ``provider`` is priced under: ours when a price
         override is keyed by it (``"local:llama3"``), else the price table's name for it
-        (a compatible preset's, or the codec's kind). Decided once per model: the
-        overrides are fixed when the price book is made."""
-        key = (provider, model)
-        name = self._priced_as.get(key)
-        if name is None:
-            if self.prices is not None and self.prices.has_override(provider, model):
-                name = provider
-            else:
-                name = self._price_providers.get(provider, provider)
-            self._priced_as[key] = name
-        return name
+        (a compatible preset's, or the codec's kind)."""
+        if self.prices is not None and self.prices.has_override(provider, model):
+            return provider
+        return self._price_providers.get(provider, provider)
 
     def completion_budget(self, provider: str, model: str) -> int:
         """The completion tokens reserved for a request to ``model`` that sets no

@@ -471,7 +471,6 @@ _MODEL_PREFIXES: Final[tuple[tuple[str, EncodingName], ...]] = (
 
 
 @functools.lru_cache(maxsize=1024)  # asked several times per call for the same few models
-@functools.lru_cache(maxsize=1024)  # asked on every count: models are few
 def model_name(model: str) -> str | None:
     """Return the OpenAI model id inside ``model``, or None when there is none.
 
