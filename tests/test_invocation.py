@@ -317,6 +317,32 @@ async def test_a_whole_call_retries_then_falls_back_and_settles_each_candidate(
     assert rows == {"anthropic": (0, 1), "openai": (1, 0)}
 
 
+async def test_a_fallback_candidate_sends_the_same_request_under_its_own_model(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    scenarios = Scenarios()
+    scenarios.add("primary", *[Scenario(failure=HttpError(status=529)) for _ in range(3)])
+    scenarios.add("backup", Scenario(text="from the backup"))
+    sent = request(
+        "anthropic",
+        "primary",
+        "the question",
+        stream=False,
+        options=llm.ModelOptions(temperature=0.25, max_tokens=7, stop=["END"]),
+        metadata={"team": "search"},
+    )
+    async with client_for(scenarios, with_fallback()) as (client, transports):
+        response = await client.invoke_sync(sent)
+    assert response.text == "from the backup"
+    [seen] = transports["openai"].requests
+    assert seen.model == "backup"
+    body = seen.json
+    assert isinstance(body, dict)
+    assert body["messages"] == [{"role": "user", "content": "the question"}]
+    assert (body["temperature"], body["max_tokens"], body["stop"]) == (0.25, 7, ["END"])
+    assert sent.model == "anthropic:primary" and sent.provider is None  # the caller's is kept
+
+
 async def test_a_whole_answer_is_delivered_as_chunks_or_aggregated_alike() -> None:
     scenarios = Scenarios()
     scenarios.add("primary", *[Scenario(text="the whole answer") for _ in range(3)])

@@ -291,7 +291,11 @@ class Governance:
                 usage, provider=admission.reservation.provider, model=admission.model
             )
         cost = budget_cost(usage, book_cost)
-        return usage if cost == usage.cost else msgspec.structs.replace(usage, cost=cost)
+        current = usage.cost
+        if cost is current or (cost is not None and current is not None and cost == current):
+            return usage
+        # (A Decimal compared with None asks the numbers ABCs: slow on this hot path.)
+        return msgspec.structs.replace(usage, cost=cost)
 
     async def settle(
         self,

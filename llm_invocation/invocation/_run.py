@@ -16,6 +16,7 @@ is cancelled, and if so the caller sees its own `trio.Cancelled` and the ledger 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from decimal import Decimal
@@ -213,8 +214,18 @@ class Run:
         made = self._made
         if made is not None and made[0] is self.request and made[1:3] == (provider, model):
             return made[3]
-        request = msgspec.structs.replace(self.request, provider=provider, model=model)
-        self._made = (self.request, provider, model, request)
+        original = self.request
+        if original.provider == provider and original.model == model:
+            request = original
+        elif not model:
+            request = msgspec.structs.replace(original, provider=provider, model=model)  # raises
+        else:
+            # Only the provider and the model change, and the rest was checked when the
+            # request was made: a copy, without checking it all again.
+            request = copy.copy(original)
+            msgspec.structs.force_setattr(request, "provider", provider)
+            msgspec.structs.force_setattr(request, "model", model)
+        self._made = (original, provider, model, request)
         return request
 
     def reset(self, request: Request, candidates: list[tuple[str, str]]) -> None:
