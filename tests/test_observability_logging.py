@@ -323,6 +323,26 @@ async def test_a_successful_invocation_has_one_audit_record(audit: Records) -> N
     assert (record["input"], record["output"], record["token"]) == (None, None, None)
 
 
+class _Ids(llm.Middleware):
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    async def before_attempt(self, call: llm.CallInfo) -> None:
+        self.ids.append(call.id)
+
+
+async def test_the_hooks_and_the_audit_record_name_an_invocation_by_one_id(
+    audit: Records,
+) -> None:
+    hooks = _Ids()
+    async with mock_client(scripted(Scenario(text=ANSWER), Scenario(text=ANSWER))) as client:
+        client.add_middleware(hooks)
+        await client.invoke_sync(request())
+        await client.invoke_sync(request(stream=False))
+    assert [record["id"] for record in audited(audit)] == hooks.ids
+    assert len(set(hooks.ids)) == 2
+
+
 async def test_a_failed_invocation_is_audited_with_its_error_code(audit: Records) -> None:
     async with mock_client(scripted(Scenario(failure=HttpError(status=400)))) as client:
         with pytest.raises(llm.InvalidRequest):

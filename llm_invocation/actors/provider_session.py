@@ -104,7 +104,8 @@ class SessionSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ResponseInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """What one attempt's response told: reported to observers (the governor)."""
+    """What one attempt's response told of rate limits: reported to observers (the
+    governor)."""
 
     provider: str
     model: str
@@ -396,7 +397,8 @@ class ProviderSession(Actor[SessionMsg]):
         return error, retryable, delay
 
     def _report(self, request: Request, status: int, headers: Mapping[str, str]) -> None:
-        """Tell the observer (the governor) what the response's headers said.
+        """Tell the observer (the governor) what the response's headers said of rate limits,
+        when they said something.
 
         Rate-limit headers are advisory: one that cannot be read is logged and ignored, it
         never fails the call.
@@ -420,6 +422,8 @@ class ProviderSession(Actor[SessionMsg]):
             # With several keys a 429 holds back the key that got it (the next attempt
             # rotates), not the whole provider.
             retry_after = None
+        if rate_limits is None and retry_after is None:
+            return  # nothing was said of rate limits: nothing to tell
         info = ResponseInfo(
             provider=self.provider,
             model=request.model,

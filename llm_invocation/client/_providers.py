@@ -92,7 +92,7 @@ class ProviderSessions:
         config: the client's configuration.
         registry: the client's provider registry (providers registered here join it).
         transports: per provider name, a factory of httpx transports.
-        observer: told what every response's headers said (the governor's feed).
+        observer: told what a response's headers said of rate limits (the governor's feed).
     """
 
     def __init__(

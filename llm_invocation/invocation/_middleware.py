@@ -75,7 +75,8 @@ class CallInfo:
     invocation).
 
     Attributes:
-        id: a local id of the invocation (the same in every hook it runs).
+        id: a local id of the invocation (the same in every hook it runs, and the ``id``
+            of its audit record).
         request: the request (as the ``before_request`` hooks so far left it).
         step: the step of the tool loop this invocation is (from 0), None outside a loop.
         state: a scratch dict for middleware to keep per-invocation data in (timings, spans);

@@ -238,8 +238,11 @@ class Run:
 
     def start(self) -> None:
         """The invocation begins: tell the client's observer (audit, spans, metrics)."""
-        self.id, self._since, self.trace = self._invoker.observer.start(
-            self.request, self.provider, self.model
+        # One id names the invocation everywhere: its hooks' `CallInfo`, its audit record
+        # and its spans.
+        self.id = self.call.id
+        self._since, self.trace = self._invoker.observer.start(
+            self.request, self.provider, self.model, self.id
         )
 
     def finish(

@@ -12,7 +12,6 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, final
 
-from .._ids import new_id
 from .._secrets import redact
 from ._audit import AuditRecord, emit_audit, tags_of
 from ._logging import apply_config_level
@@ -75,10 +74,10 @@ class Observer:
         self._failure_logged = False
 
     def start(
-        self, request: Request, provider: str, model: str
-    ) -> tuple[str, float, InvocationTrace | None]:
-        """An invocation begins: its id, its start (monotonic) and its trace (None: off)."""
-        invocation_id = new_id()
+        self, request: Request, provider: str, model: str, invocation_id: str
+    ) -> tuple[float, InvocationTrace | None]:
+        """The invocation ``invocation_id`` begins: its start (monotonic) and its trace
+        (None: off)."""
         telemetry = self.telemetry
         trace = None
         if telemetry is not None:
@@ -86,7 +85,7 @@ class Observer:
                 trace = telemetry.invocation(request, provider, model, invocation_id=invocation_id)
             except Exception as exc:  # noqa: BLE001 - telemetry never fails a call
                 self._failed(exc)
-        return invocation_id, time.monotonic(), trace
+        return time.monotonic(), trace
 
     def finished(
         self,
