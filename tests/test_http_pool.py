@@ -18,6 +18,7 @@ import trio.testing
 import llm_invocation as llm
 from llm_invocation._version import __version__
 from llm_invocation.http import HttpPool, HttpResponse, HttpSettings
+from llm_invocation.http import _pool as pool_module
 from llm_invocation.http._transport import ResponseBody
 from llm_invocation.providers._base import HttpRequest
 from llm_invocation.testing import OpenAIRenderer, Scenario
@@ -443,6 +444,21 @@ async def test_repeated_response_headers_are_joined() -> None:
         finally:
             await pool.aclose()
     assert reply.headers["x-multi"] == "a, b"
+
+
+async def test_many_distinct_header_names_are_read_right_and_few_are_remembered() -> None:
+    names = [b"X-Name-%d" % n for n in range(400)]
+    response = ok(b"", *[name + b": v" for name in names], b"x-name-7: again")
+    async with serve(lambda peer: answer(peer, response)) as server:
+        pool = HttpPool()
+        try:
+            for _ in range(2):
+                reply, _ = await read_all(pool, post(server.url))
+                assert all(reply.headers[f"x-name-{n}"] == "v" for n in range(400) if n != 7)
+                assert reply.headers["x-name-7"] == "v, again"
+        finally:
+            await pool.aclose()
+    assert len(pool_module._NAMES) <= pool_module._NAMES_KEPT  # pyright: ignore[reportPrivateUsage]
 
 
 # -- every failure is a typed error ------------------------------------------------------------

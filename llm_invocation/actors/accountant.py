@@ -421,20 +421,18 @@ class Accountant(Actor[AccountantMsg]):
             CostExceeded: the cap or a budget refuses the request, or its price is unknown.
             trio.WouldBlock: the message must go through the mailbox.
         """
-        match msg:
-            case Reserve():
-                if not self.prices.ready(msg.provider, msg.model):
-                    raise trio.WouldBlock  # the handler loads the price table first
-                reservation, budgets = self._priced(msg)
-                if budgets:
-                    return self._reserve_nowait(reservation, budgets)
-                self.reserved += 1
-                return reservation
-            case Settle():
-                self._settle_nowait(msg)
-                return None
-            case _:
-                raise trio.WouldBlock
+        if isinstance(msg, Settle):
+            self._settle_nowait(msg)
+            return None
+        if isinstance(msg, Reserve):
+            if not self.prices.ready(msg.provider, msg.model):
+                raise trio.WouldBlock  # the handler loads the price table first
+            reservation, budgets = self._priced(msg)
+            if budgets:
+                return self._reserve_nowait(reservation, budgets)
+            self.reserved += 1
+            return reservation
+        raise trio.WouldBlock
 
     def _reserve_nowait(self, reservation: Reservation, budgets: list[Budget]) -> Reservation:
         """Reserve in a synchronous budget store at once when every settlement taken is

@@ -865,11 +865,22 @@ def _headers(response: httpx.Response) -> dict[str, str]:
     return _joined(response.headers.raw)
 
 
+_NAMES: dict[bytes, str] = {}
+"""Header names as sent to their lower-case text: a provider sends the same few names on
+every response. At most `_NAMES_KEPT` are kept (names are the server's to choose)."""
+_NAMES_KEPT: Final = 256
+
+
 def _joined(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     """Lower-case names; a repeated header's values joined with ``", "``."""
     out: dict[str, str] = {}
+    names = _NAMES
     for raw_name, raw_value in raw:
-        name = raw_name.decode("latin-1").lower()
+        name = names.get(raw_name)
+        if name is None:
+            name = raw_name.decode("latin-1").lower()
+            if len(names) < _NAMES_KEPT:
+                names[raw_name] = name
         value = raw_value.decode("latin-1")
         out[name] = f"{out[name]}, {value}" if name in out else value
     return out
