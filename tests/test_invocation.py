@@ -300,12 +300,25 @@ async def test_a_whole_call_retries_then_falls_back_and_settles_each_candidate(
     scenarios = Scenarios()
     scenarios.add("primary", *[Scenario(failure=HttpError(status=529)) for _ in range(3)])
     scenarios.add("backup", Scenario(text="from the backup"))
+    options = llm.ModelOptions(temperature=0.25, max_tokens=7, stop=["END"])
+    sent = request("anthropic", "primary", "the question", stream=False, options=options)
     async with client_for(scenarios, with_fallback()) as (client, transports):
-        async with client.invoke(request("anthropic", "primary", stream=False)) as stream:
+        async with client.invoke(sent) as stream:
             response = await stream.aggregate()
         report = await client.usage(group_by=["provider"])
     assert response.text == "from the backup"
     assert response.provider == "openai"
+    # The fallback sends the same request under its own model.
+    [seen] = transports["openai"].requests
+    assert seen.model == "backup"
+    assert isinstance(seen.json, dict)
+    assert seen.json["messages"] == [{"role": "user", "content": "the question"}]
+    assert (seen.json["temperature"], seen.json["max_tokens"], seen.json["stop"]) == (
+        0.25,
+        7,
+        ["END"],
+    )
+    assert sent.model == "anthropic:primary" and sent.provider is None  # the caller's is kept
     # What the hooks are told stays true once the invocation ended and let go of its run.
     call = stream.call
     assert (call.provider, call.model, call.attempt) == ("openai", "backup", 1)
@@ -315,32 +328,6 @@ async def test_a_whole_call_retries_then_falls_back_and_settles_each_candidate(
     assert client.statistics().fallbacks == 1
     rows = {row.group["provider"]: (row.ok, row.error) for row in report.rows}
     assert rows == {"anthropic": (0, 1), "openai": (1, 0)}
-
-
-async def test_a_fallback_candidate_sends_the_same_request_under_its_own_model(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    scenarios = Scenarios()
-    scenarios.add("primary", *[Scenario(failure=HttpError(status=529)) for _ in range(3)])
-    scenarios.add("backup", Scenario(text="from the backup"))
-    sent = request(
-        "anthropic",
-        "primary",
-        "the question",
-        stream=False,
-        options=llm.ModelOptions(temperature=0.25, max_tokens=7, stop=["END"]),
-        metadata={"team": "search"},
-    )
-    async with client_for(scenarios, with_fallback()) as (client, transports):
-        response = await client.invoke_sync(sent)
-    assert response.text == "from the backup"
-    [seen] = transports["openai"].requests
-    assert seen.model == "backup"
-    body = seen.json
-    assert isinstance(body, dict)
-    assert body["messages"] == [{"role": "user", "content": "the question"}]
-    assert (body["temperature"], body["max_tokens"], body["stop"]) == (0.25, 7, ["END"])
-    assert sent.model == "anthropic:primary" and sent.provider is None  # the caller's is kept
 
 
 async def test_a_whole_answer_is_delivered_as_chunks_or_aggregated_alike() -> None:
