@@ -15,15 +15,19 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llm_invocation.store._base import (
     Budget,
     BudgetCheck,
     BudgetStore,
+    Calendar,
     RateLimit,
     RateObservation,
     RateStore,
@@ -421,3 +425,34 @@ async def test_claim_alert_rearms_after_its_ttl(stores: Stores) -> None:
     assert not await stores.budget.claim_alert("global", 0.5, "p", 0.2)
     await stores.advance(0.25)
     assert await stores.budget.claim_alert("global", 0.5, "p", 0.2)
+
+
+def _period_by_date(calendar: str, now: float, period: float) -> str:
+    """What a period is named, worked out from the date every time (the reference)."""
+    when = datetime.fromtimestamp(now, UTC)
+    if calendar == "day":
+        return when.strftime("%Y-%m-%d")
+    if calendar == "week":
+        year, week, _ = when.isocalendar()
+        return f"{year}-W{week:02d}"
+    if calendar == "month":
+        return when.strftime("%Y-%m")
+    return f"rolling{period:g}s-{int(now // period)}"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    calendar=st.sampled_from(["rolling", "day", "week", "month"]),
+    day=st.integers(min_value=0, max_value=4 * 10**9 // 86400),
+    into=st.one_of(
+        st.floats(min_value=0, max_value=86399.999, allow_nan=False),
+        st.sampled_from([0.0, 1e-6, 86399.999999]),
+    ),
+    period=st.sampled_from([0.5, 60.0, 3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0]),
+)
+def test_a_period_is_named_as_its_date_says_at_any_time(
+    calendar: Calendar, day: int, into: float, period: float
+) -> None:
+    now = day * 86400.0 + into
+    assert period_id(calendar, now, period) == _period_by_date(calendar, now, period)
+    assert period_id(calendar, now, period) == _period_by_date(calendar, now, period)  # kept

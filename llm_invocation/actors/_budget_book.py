@@ -231,8 +231,9 @@ class BudgetBook:
             await self._send.send(item)
 
     def has_room(self) -> bool:
-        """Whether `settle_nowait` can take a settlement now."""
-        return self._send.statistics().current_buffer_used < STORE_QUEUE
+        """Whether `settle_nowait` can take a settlement now: an `idle` book applies it at
+        once (its queue is empty), another queues it if `STORE_QUEUE` leaves room."""
+        return self.idle or self._send.statistics().current_buffer_used < STORE_QUEUE
 
     @property
     def idle(self) -> bool:

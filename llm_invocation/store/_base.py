@@ -35,6 +35,7 @@ so sums are exact and Redis can add them atomically.
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -452,15 +453,32 @@ def period_bounds(calendar: Calendar, now: float, period: float) -> tuple[float,
 
 
 def period_id(calendar: Calendar, now: float, period: float) -> str:
-    """A stable name of the current period (for alerts and report counters)."""
-    when = datetime.fromtimestamp(now, UTC)
+    """A stable name of the current period (for alerts and report counters).
+
+    Worked out once per period and kept (a settlement asks for it several times): a
+    calendar period's name depends on the UTC day alone, a rolling window's on its index.
+    """
+    if calendar == "rolling":
+        return _rolling_id(period, int(now // period))
+    return _calendar_id(calendar, int(now // _DAY))
+
+
+_DAY: Final = 86400.0
+
+
+@functools.lru_cache(maxsize=64)
+def _calendar_id(calendar: Calendar, day: int) -> str:
+    when = datetime.fromtimestamp(day * _DAY, UTC)
     if calendar == "day":
         return when.strftime("%Y-%m-%d")
     if calendar == "week":
         year, week, _ = when.isocalendar()
         return f"{year}-W{week:02d}"
-    if calendar == "month":
-        return when.strftime("%Y-%m")
-    # Rolling windows: name the window by its length and its index since the epoch, so an
-    # alert re-arms once per window length.
-    return f"rolling{period:g}s-{int(now // period)}"
+    return when.strftime("%Y-%m")
+
+
+@functools.lru_cache(maxsize=64)
+def _rolling_id(period: float, index: int) -> str:
+    # Named by its length and its index since the epoch, so an alert re-arms once per
+    # window length.
+    return f"rolling{period:g}s-{index}"
