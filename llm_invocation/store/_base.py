@@ -458,9 +458,9 @@ def period_id(calendar: Calendar, now: float, period: float) -> str:
     Worked out once per period and kept (a settlement asks for it several times): a
     calendar period's name depends on the UTC day alone, a rolling window's on its index.
     """
-    if calendar == "rolling":
-        return _rolling_id(period, int(now // period))
-    return _calendar_id(calendar, int(now // _DAY))
+    if calendar == "day" or calendar == "week" or calendar == "month":
+        return _calendar_id(calendar, int(now // _DAY))
+    return _rolling_id(period, int(now // period))
 
 
 _DAY: Final = 86400.0
