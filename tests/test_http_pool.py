@@ -446,6 +446,34 @@ async def test_repeated_response_headers_are_joined() -> None:
     assert reply.headers["x-multi"] == "a, b"
 
 
+async def test_a_body_is_read_whole_or_up_to_a_limit_however_it_arrives() -> None:
+    body = b"0123456789" * 10
+
+    async def split(peer: Peer) -> None:
+        # Every other answer comes in two parts: the head with a part of the body, then
+        # the rest once the client has had time to read the first part.
+        first = True
+        while await peer.request() is not None:
+            if first:
+                await peer.send(ok(body))
+            else:
+                whole = ok(body)
+                await peer.send(whole[:-60])
+                await trio.sleep(0.05)
+                await peer.send(whole[-60:])
+            first = not first
+
+    async with serve(split) as server:
+        pool = HttpPool()
+        try:
+            for limit in (None, None, 5, 5, 100, 100, 1000, 1000):
+                async with pool.stream(post(server.url)) as response:
+                    read = await response.read(limit)
+                assert read == (body if limit is None else body[:limit])
+        finally:
+            await pool.aclose()
+
+
 async def test_many_distinct_header_names_are_read_right_and_few_are_remembered() -> None:
     names = [b"X-Name-%d" % n for n in range(400)]
     response = ok(b"", *[name + b": v" for name in names], b"x-name-7: again")

@@ -145,6 +145,15 @@ class ResponseBody(httpx.AsyncByteStream):
             return self._read(limit)
         return self._read(timeout, slow=True)
 
+    def whole_nowait(self) -> bytes | None:
+        """The rest of the body when all of it is here already (it came with the head and
+        nothing more is to come), handed over at once: the body is then done. None when more
+        is to be read (nothing is taken)."""
+        if self._conn is None and self._ready and not self._closed:
+            data, self._ready = self._ready, b""
+            return data
+        return None
+
     def close(self) -> None:
         """Close the body now, from any task: a read waiting on it, and every later one, fails
         with `httpx.ReadError`. The connection goes back to the pool only if the body was

@@ -121,6 +121,13 @@ class HttpResponse:
         Raises:
             LLMError: reading failed.
         """
+        raw = self._raw
+        if raw is not None and not self._aborted:
+            # Our transport's body that came whole with the head: no read at all.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            whole = raw.whole_nowait()
+            if whole is not None:
+                return whole if limit is None else whole[:limit]
         cap = _NO_LIMIT if limit is None else limit
         pieces: list[bytes] = []
         size = 0
