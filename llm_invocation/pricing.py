@@ -93,6 +93,10 @@ __all__ = [
 
 _log = logging.getLogger("llm_invocation.pricing")
 
+_MODELS_KEPT: Final = 4096
+"""Models whose lookups a price book keeps (model names may come from callers: the kept
+lookups are dropped together when there are more, and made again when asked)."""
+
 # Products and sums of integers are exact; this context only turns the final integer into a
 # Decimal with the right exponent, and traps rather than rounds if that were ever inexact.
 _EXACT: Final = Context(
@@ -573,6 +577,8 @@ class PriceBook:
         key = (provider, model)
         known = self._overridden.get(key)
         if known is None:
+            if len(self._overridden) >= _MODELS_KEPT:
+                self._overridden.clear()
             known = self._overridden[key] = self._overrides.find(provider, model) is not None
         return known
 
@@ -622,6 +628,8 @@ class PriceBook:
         key = (provider, model)
         entry = self._cache.get(key)
         if entry is None:
+            if len(self._cache) >= _MODELS_KEPT:
+                self._cache.clear()  # an unknown price may then warn once more
             entry = self._cache[key] = self._lookup(provider, model)
         return entry
 

@@ -487,3 +487,17 @@ def test_has_override_says_which_names_an_override_prices() -> None:
     assert book.has_override("local", "llama3")
     assert not book.has_override("ollama", "llama3")
     assert book.has_override("anyone", "my-tune")  # a bare model key prices it everywhere
+
+
+def test_a_flood_of_model_names_keeps_the_lookups_bounded_and_right() -> None:
+    # Model names may come from callers: the book's lookups stay bounded, and answers made
+    # again after they were dropped are the same.
+    book = PriceBook({"my-tune": override("1", "2")}, free_providers=["local"])
+    usage = Usage(prompt_tokens=1_000_000, completion_tokens=1_000_000)
+    for n in range(5000):
+        assert not book.has_override("local", f"model-{n}")
+        assert book.cost(usage, provider="local", model=f"model-{n}") == Decimal(0)
+        assert book.has_override("local", "my-tune")
+        assert book.cost(usage, provider="local", model="my-tune") == Decimal(3)
+    assert len(book._cache) <= 4096  # pyright: ignore[reportPrivateUsage]
+    assert len(book._overridden) <= 4096  # pyright: ignore[reportPrivateUsage]
