@@ -1342,6 +1342,36 @@ def test_retry_after_alone_is_rate_limit_information() -> None:
     assert info == RateLimitInfo(retry_after=3.0)
 
 
+_LIMIT_NAMES = [
+    f"x-ratelimit-{what}{of}"
+    for what in ("limit", "remaining", "reset")
+    for of in ("", "-requests", "-tokens")
+] + ["retry-after", "retry-after-ms", "x-request-id", "content-type", "x-ratelimit-other"]
+
+
+@settings(max_examples=300)
+@given(
+    headers=st.dictionaries(
+        st.sampled_from(_LIMIT_NAMES),
+        st.sampled_from(["", "0", "5000", "5000.0", "-1", "1m30s", "12ms", "lots", "3", "1e309"]),
+        max_size=6,
+    ),
+    on_success=st.booleans(),
+)
+def test_responses_without_rate_limit_headers_are_answered_at_once_and_the_same(
+    headers: dict[str, str], on_success: bool
+) -> None:
+    # An empty value reads as no header; with one, the quick answer for a response without
+    # any rate-limit header is never taken.
+    codec = OpenAICodec()
+    codec.retry_after_on_success = on_success
+    read_through = {
+        **headers,
+        "x-ratelimit-limit-requests": headers.get("x-ratelimit-limit-requests", ""),
+    }
+    assert codec.parse_rate_limits(headers) == codec.parse_rate_limits(read_through)
+
+
 def test_garbage_rate_limit_values_are_dropped() -> None:
     info = OpenAICodec().parse_rate_limits(
         {"x-ratelimit-limit-requests": "lots", "x-ratelimit-reset-tokens": "soon"}

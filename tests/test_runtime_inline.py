@@ -54,7 +54,11 @@ class Note(Msg, frozen=True, kw_only=True):
     seconds: float = 0
 
 
-WideMsg = Where | Nap | Fail | Refuse | Later | Note
+class Limits(Call[tuple[float, float]], frozen=True, kw_only=True):
+    """Answers (ctx.deadline, the deadline of the call's reply handle once deferred)."""
+
+
+WideMsg = Where | Nap | Fail | Refuse | Later | Note | Limits
 
 
 class Wide(Actor[WideMsg]):
@@ -98,6 +102,11 @@ class Wide(Actor[WideMsg]):
                 await trio.sleep(seconds)
                 self.journal.add(text)
                 return None
+            case Limits():
+                seen = ctx.deadline
+                handle = ctx.defer(msg)
+                handle.reply((seen, handle.deadline))
+                return None
 
     async def _answer(self, handle: ReplyHandle[str]) -> None:
         await trio.sleep(0.5)
@@ -117,6 +126,21 @@ def spec(journal: Journal, *, inline: bool, places: int = 8, shutdown: float = 5
     return SupervisorSpec(
         children=[ChildSpec.actor("wide", lambda: actor(journal), shutdown=shutdown)]
     )
+
+
+@pytest.mark.parametrize("inline", [True, False])
+@pytest.mark.parametrize("callers_first", [True, False])
+async def test_the_handler_sees_the_nearer_of_the_callers_deadline_and_the_calls(
+    inline: bool, callers_first: bool
+) -> None:
+    async with open_runtime(spec(Journal(), inline=inline)) as runtime:
+        ref = runtime.ref("wide", Wide)
+        now = trio.current_time()
+        caller, own = (now + 100, now + 200) if callers_first else (now + 200, now + 100)
+        with trio.fail_at(caller):
+            seen, deferred = await ref.call(Limits(), deadline=own)
+        assert seen == deferred == min(caller, own)
+        assert await ref.call(Limits()) == (math.inf, math.inf)
 
 
 async def test_an_idle_actor_handles_a_call_on_the_callers_task() -> None:

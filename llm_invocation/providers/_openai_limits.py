@@ -17,6 +17,12 @@ from ._base import RateLimitInfo, count_in_range, parse_duration_header, parse_r
 __all__ = ["parse_openai_rate_limits"]
 
 _NO_LIMITS: Final = RateLimitInfo()
+_NAMES: Final = frozenset(
+    f"x-ratelimit-{what}{of}"
+    for what in ("limit", "remaining", "reset")
+    for of in ("", "-requests", "-tokens")
+) | {"retry-after", "retry-after-ms"}
+"""Every header read here: a response with none of them (most are) is answered at once."""
 
 
 def _int_header(value: str | None) -> int | None:
@@ -48,6 +54,8 @@ def parse_openai_rate_limits(
         retry_after_on_success: the server sends ``retry-after`` on every 2xx (Together), so
             it is no back-off signal here.
     """
+    if _NAMES.isdisjoint(headers):
+        return None
     get = headers.get
     info = RateLimitInfo(
         requests_limit=_int_header(get("x-ratelimit-limit-requests") or get("x-ratelimit-limit")),

@@ -132,8 +132,14 @@ class Context:
 
     @property
     def deadline(self) -> float:
-        """The caller's deadline for the current message (``inf`` for casts and lifespan)."""
-        return self._envelope.deadline if self._envelope is not None else math.inf
+        """The caller's deadline for the current message (``inf`` for casts and lifespan).
+
+        A call handled on the caller's task (`Actor.inline_calls`) runs under the caller's
+        own cancel scopes: its deadline is the one in effect where it is read, which includes
+        any scope the handler opened around the read.
+        """
+        envelope = self._envelope
+        return envelope.caller_deadline() if envelope is not None else math.inf
 
     @property
     def abandoned(self) -> bool:

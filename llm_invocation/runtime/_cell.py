@@ -309,7 +309,9 @@ class Cell:
         inc = self._inc
         assert inc is not None
         assert envelope.reply is not None
-        handle: ReplyHandle[Any] = ReplyHandle(envelope.reply, envelope.deadline, _forget(inc))
+        handle: ReplyHandle[Any] = ReplyHandle(
+            envelope.reply, envelope.caller_deadline(), _forget(inc)
+        )
         inc.deferred.add(handle)
         return handle
 

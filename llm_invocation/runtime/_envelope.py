@@ -328,9 +328,15 @@ class StreamState:
 
 
 class Envelope:
-    """A message plus how to answer it and the caller's deadline."""
+    """A message plus how to answer it and the caller's deadline.
 
-    __slots__ = ("deadline", "msg", "reply", "stream")
+    A call handled on its caller's task (``inline``) carries only the call's own limit in
+    ``deadline``: the caller's cancel scopes are in effect around the handler, so the caller's
+    deadline is read there when it is asked for (`caller_deadline`), not worked out for every
+    call.
+    """
+
+    __slots__ = ("deadline", "inline", "msg", "reply", "stream")
 
     def __init__(
         self,
@@ -339,11 +345,22 @@ class Envelope:
         reply: ReplySlot | None = None,
         stream: StreamState | None = None,
         deadline: float = math.inf,
+        inline: bool = False,
     ) -> None:
         self.msg = msg
         self.reply = reply
         self.stream = stream
         self.deadline = deadline
+        self.inline = inline
+
+    def caller_deadline(self) -> float:
+        """The caller's deadline for this message (a `trio.current_time` value). For a call
+        handled on the caller's task, the deadline in effect where the handler asks: the
+        caller's scopes, the call's own limit, and any scope the handler opened around the
+        question."""
+        if self.inline:
+            return min(self.deadline, trio.current_effective_deadline())
+        return self.deadline
 
     @property
     def abandoned(self) -> bool:

@@ -146,8 +146,7 @@ class ActorRef(Generic[M]):
             await trio.lowlevel.checkpoint_if_cancelled()
             inc = cell.inline_slot()
             if inc is not None:  # handled on this task (`Actor.inline_calls`)
-                limit = trio.current_effective_deadline()
-                envelope = Envelope(msg, reply=ReplySlot(), deadline=min(limit, deadline))
+                envelope = Envelope(msg, reply=ReplySlot(), deadline=deadline, inline=True)
                 return await cell.call_inline(inc, envelope, deadline)
         if deadline != math.inf:
             with trio.fail_at(deadline):
