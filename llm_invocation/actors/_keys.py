@@ -286,6 +286,11 @@ class KeyRing:
         """Whether keys come from a file or a function (so none now is not 'no key')."""
         return self._source is not None or self._file is not None
 
+    @property
+    def ready(self) -> bool:
+        """Whether `pick_nowait` can answer: no key function waits to be asked first."""
+        return self._source is None or self._source_keys is not None
+
     def label(self, key: Secret | None) -> str:
         """``key``'s place in the list (``#0``), never its value."""
         if key is None:
@@ -482,10 +487,24 @@ class KeyRing:
             AuthenticationError: every key is set aside for ``family`` (``retry_after`` says
                 for how long), or the keys' file or function gave none.
         """
+        if self._source is not None and self._source_keys is None:
+            if self._file is not None:
+                self._check_file(force=False)
+            await self._fetch(seen=self._generation)
+        return self.pick_nowait(family)
+
+    def pick_nowait(self, family: str) -> Secret | None:
+        """`pick` without waiting: `trio.WouldBlock` (nothing changed) when the keys must
+        first be asked of their function.
+
+        Raises:
+            trio.WouldBlock: the key source has not given keys yet.
+            AuthenticationError: as `pick`.
+        """
+        if not self.ready:
+            raise trio.WouldBlock
         if self._file is not None:
             self._check_file(force=False)
-        if self._source is not None and self._source_keys is None:
-            await self._fetch(seen=self._generation)
         keys = self._keys
         if not keys:
             if self.has_source:

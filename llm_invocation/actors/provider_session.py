@@ -10,7 +10,11 @@ another one makes sense:
   network read, and then applies the session's verdict itself; the body stays a loan of
   the session's incarnation (see ``_stream_body``). `AttemptOnce` sends one non-streamed
   request and returns the whole response. Both run on the caller's task when the runtime
-  can (`Actor.inline_calls`), through the mailbox otherwise;
+  can (`Actor.inline_calls`), through the mailbox otherwise. `BeginOnce`, asked with
+  `ActorRef.call_nowait`, lends the caller a whole attempt instead (`OnceAttempt`): the
+  caller's task sends it and reads the answer without the inline call's cancel scope, the
+  HTTP pool keeping the deadline; a session that ends otherwise than gracefully closes its
+  pool, which stops it;
 * watchdogs: ``first_chunk`` runs until the first event that carries content (text,
   reasoning, a tool-call delta, a finish), ``idle_chunk`` between events after that; the
   `InvocationTimeout` names the limit that fired;
@@ -39,6 +43,7 @@ the session retries them itself, counted in its statistics.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, final
 
@@ -60,7 +65,7 @@ from ..providers._base import (
     RetryAdvice,
     checked_rate_limits,
 )
-from ..runtime import Actor, Call, Context, ReplyError
+from ..runtime import Actor, Call, Context, Loan, ReplyError
 from ..types import ModelInfo, Request, Response
 from ._keys import KeyRing, model_family
 from ._resilience import CircuitBreaker, backoff_delay, counts_against_breaker
@@ -146,6 +151,24 @@ class AttemptOnce(Call[Response], frozen=True, kw_only=True):
     trace: str | None = None
 
 
+class BeginOnce(Call["OnceAttempt"], frozen=True, kw_only=True):
+    """Begin one non-streamed HTTP attempt of ``request`` for the caller to run on its own
+    task (``number`` and ``trace`` as for `Attempt`).
+
+    The session counts the attempt, checks and encodes the request, picks its key and lends
+    the caller the attempt (`OnceAttempt`); `OnceAttempt.run` sends it and reads the whole
+    answer, keeping the caller's deadline without a cancel scope, then applies the session's
+    verdict. Asked with `ActorRef.call_nowait`, it is answered at once on the caller's task;
+    when it cannot be (`trio.WouldBlock`: the session is busy or restarting, its keys must
+    first be fetched, or the request goes through a proxy or an injected transport),
+    `AttemptOnce` does the whole attempt instead.
+    """
+
+    request: Request
+    number: int = 1
+    trace: str | None = None
+
+
 class ListModels(Call[list[ModelInfo]], frozen=True, kw_only=True):
     pass
 
@@ -183,7 +206,7 @@ class SessionStats(Call[SessionStatistics], frozen=True, kw_only=True):
     pass
 
 
-SessionMsg = Attempt | AttemptOnce | ListModels | CountTokens | SessionStats
+SessionMsg = Attempt | AttemptOnce | BeginOnce | ListModels | CountTokens | SessionStats
 
 
 class AttemptFailed(ReplyError):
@@ -233,6 +256,7 @@ class ProviderSession(Actor[SessionMsg]):
         # "circuit open" errors that follow it.
         self._tripped: dict[str, LLMError] = {}
         self._pool: HttpPool | None = None
+        self._lender: Context | None = None  # the lifespan's: lends `OnceAttempt`s
         self._watchdog = ChunkWatchdog()
         self.requests = 0
         self.attempts = 0
@@ -244,6 +268,7 @@ class ProviderSession(Actor[SessionMsg]):
 
     def lifespan(self, ctx: Context) -> Any:
         ctx.nursery.start_soon(self._watchdog.run)
+        self._lender = ctx
         return _SessionLifespan(self)
 
     def _open_pool(self) -> HttpPool:
@@ -261,12 +286,23 @@ class ProviderSession(Actor[SessionMsg]):
                 return body
             case AttemptOnce(request=request, number=number, trace=trace):
                 return await self._attempt(request, number, self._fetch_once, None, trace)
+            case BeginOnce():
+                return self._begin_once(msg, ctx)
             case ListModels():
                 return await self._list_models()
             case CountTokens(request=request):
                 return await self._count_tokens(request)
             case SessionStats():
                 return self.statistics()
+
+    def handle_nowait(self, msg: SessionMsg) -> Any:
+        """`BeginOnce`, answered at once when it can be (see there); nothing else."""
+        if isinstance(msg, BeginOnce):
+            lender = self._lender
+            if lender is None or self._pool is None or not self.keys.ready:
+                raise trio.WouldBlock
+            return self._begin_once(msg, lender)
+        raise trio.WouldBlock
 
     def statistics(self) -> SessionStatistics:
         assert self._pool is not None
@@ -315,40 +351,17 @@ class ProviderSession(Actor[SessionMsg]):
         Raises:
             AttemptFailed: the attempt failed (the typed error and whether to try again).
         """
-        if number <= 1:
-            self.requests += 1
-        else:
-            self.retries += 1
-        self.attempts += 1
-        verdict = _Verdict(self, request.model)
+        verdict = self._count(request, number)
         try:
             try:
-                self.codec.validate(request)
-                try:
-                    verdict.breaker.before_call(self.provider)
-                except LLMError as refused:
-                    refused.__cause__ = self._tripped.get(request.model)
-                    raise
-                key = verdict.key = await self.keys.pick(verdict.family)
-                http_request = self.codec.encode(request, key.reveal() if key else None)
-                if not isinstance(http_request, HttpRequest):  # pyright: ignore[reportUnnecessaryIsInstance]
-                    raise TypeError(f"encode() returned a {type(http_request).__name__}")
-                if trace is not None:  # the caller's trace, asked to reach the provider
-                    http_request = msgspec.structs.replace(
-                        http_request, headers={**http_request.headers, "traceparent": trace}
-                    )
+                self._admit(request, verdict)
+                verdict.key = await self.keys.pick(verdict.family)
+                http_request = self._encode(request, verdict.key, trace)
             except LLMError as error:
                 raise _Failed(error, {}, delivered=False) from None
             except Exception as exc:
-                # A request the codec cannot check or encode is ours, not the provider's.
-                error = ProviderError(
-                    f"the request could not be encoded: {type(exc).__name__}: {exc}",
-                    provider=self.provider,
-                    details={"reason": "encode failed", "exception": type(exc).__name__},
-                )
-                error.__cause__ = exc
                 log.exception("%s: encoding a request failed", self.provider)
-                raise _Failed(error, {}, delivered=False) from None
+                raise _Failed(self._encode_failed(exc), {}, delivered=False) from None
             # The encoded request is the callee's alone: it may drop it once it is sent.
             pending = once(request, http_request, verdict, forward)
             del http_request
@@ -363,6 +376,70 @@ class ProviderSession(Actor[SessionMsg]):
             return result  # the verdict comes from the body, once read
         verdict.succeed()
         return result
+
+    def _count(self, request: Request, number: int) -> _Verdict:
+        """Count an attempt (``number`` 1 is an invocation's first); its verdict to come."""
+        if number <= 1:
+            self.requests += 1
+        else:
+            self.retries += 1
+        self.attempts += 1
+        return _Verdict(self, request.model)
+
+    def _admit(self, request: Request, verdict: _Verdict) -> None:
+        """Check ``request`` with the codec, then ask the model's breaker.
+
+        Raises:
+            LLMError: the codec refuses the request, or the breaker is open.
+        """
+        self.codec.validate(request)
+        try:
+            verdict.breaker.before_call(self.provider)
+        except LLMError as refused:
+            refused.__cause__ = self._tripped.get(request.model)
+            raise
+
+    def _encode(self, request: Request, key: Secret | None, trace: str | None) -> HttpRequest:
+        """The HTTP request of ``request`` with ``key`` (and the caller's ``trace``)."""
+        http_request = self.codec.encode(request, key.reveal() if key else None)
+        if not isinstance(http_request, HttpRequest):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"encode() returned a {type(http_request).__name__}")
+        if trace is not None:  # the caller's trace, asked to reach the provider
+            http_request = msgspec.structs.replace(
+                http_request, headers={**http_request.headers, "traceparent": trace}
+            )
+        return http_request
+
+    def _encode_failed(self, exc: Exception) -> ProviderError:
+        """A request the codec cannot check or encode is ours, not the provider's: the
+        error of that attempt."""
+        error = ProviderError(
+            f"the request could not be encoded: {type(exc).__name__}: {exc}",
+            provider=self.provider,
+            details={"reason": "encode failed", "exception": type(exc).__name__},
+        )
+        error.__cause__ = exc
+        return error
+
+    def _begin_once(self, msg: BeginOnce, lender: Context) -> OnceAttempt:
+        """`BeginOnce`: the attempt counted, checked, keyed and encoded (a failure on the
+        way is the attempt's, given by `OnceAttempt.run`), lent by ``lender``."""
+        request = msg.request
+        verdict = self._count(request, msg.number)
+        http_request: HttpRequest | None = None
+        failure: _Failed | None = None
+        try:
+            self._admit(request, verdict)
+            verdict.key = self.keys.pick_nowait(verdict.family)
+            http_request = self._encode(request, verdict.key, msg.trace)
+        except LLMError as error:
+            failure = _Failed(error, {}, delivered=False)
+        except Exception as exc:  # the attempt's failure, given by run()
+            log.exception("%s: encoding a request failed", self.provider)
+            failure = _Failed(self._encode_failed(exc), {}, delivered=False)
+        once = OnceAttempt(self, request, http_request, verdict, failure)
+        once.lent(lender.lend(once.revoke))
+        return once
 
     async def _advice(
         self,
@@ -520,7 +597,18 @@ class ProviderSession(Actor[SessionMsg]):
     async def _fetch_once(
         self, request: Request, http_request: HttpRequest, _: _Verdict, __: Any
     ) -> Response:
-        body = await self._fetch(request, http_request)
+        return await self._fetch_whole(request, http_request)
+
+    async def _fetch_whole(
+        self, request: Request, http_request: HttpRequest, deadline: float = math.inf
+    ) -> Response:
+        """Send ``http_request`` and decode its whole answer, by ``deadline`` at the latest.
+
+        Raises:
+            _Failed: the attempt failed (its typed error).
+            trio.TooSlowError: ``deadline`` passed.
+        """
+        body = await self._fetch(request, http_request, deadline)
         try:
             response = self.codec.decode_response(request, body)
             if not isinstance(response, Response):  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -531,11 +619,13 @@ class ProviderSession(Actor[SessionMsg]):
         except Exception as exc:
             raise _Failed(self._malformed(exc, delivered=False), {}, delivered=False) from exc
 
-    async def _fetch(self, request: Request | None, http_request: HttpRequest) -> bytes:
+    async def _fetch(
+        self, request: Request | None, http_request: HttpRequest, deadline: float = math.inf
+    ) -> bytes:
         assert self._pool is not None
         headers: Mapping[str, str] = {}
         try:
-            async with self._pool.stream(http_request) as response:
+            async with self._pool.stream(http_request, deadline=deadline) as response:
                 headers = response.headers
                 if request is not None:
                     self._report(request, response.status, headers)
@@ -543,7 +633,7 @@ class ProviderSession(Actor[SessionMsg]):
                     error = await self._error_from(response, headers)
                     raise _Failed(error, headers, delivered=False)
                 return await response.read()
-        except _Failed:
+        except (_Failed, trio.TooSlowError):
             raise
         except LLMError as error:
             raise _Failed(error, headers, delivered=False) from error
@@ -620,6 +710,98 @@ class ProviderSession(Actor[SessionMsg]):
             self.codec.decode_count_tokens,
         )
         return result
+
+
+@final
+class OnceAttempt:
+    """One non-streamed attempt lent to its caller (`BeginOnce`): `run` sends it and reads
+    the whole answer on the caller's task, then applies the session's verdict.
+
+    It is a loan of the session's incarnation. A graceful stop lets it finish. Any other end
+    (a crash, a restart, a stop past its grace) closes the session's pool, which stops a
+    send or a read in progress at once; `run` then raises the runtime's error, as a call the
+    session handled would. A request already answered keeps its answer. A request that goes
+    through another transport (a proxy's, an injected one) runs in a cancel scope that
+    revoking cancels.
+    """
+
+    __slots__ = ("_failure", "_http", "_loan", "_request", "_scope", "_session", "_verdict")
+
+    def __init__(
+        self,
+        session: ProviderSession,
+        request: Request,
+        http_request: HttpRequest | None,
+        verdict: _Verdict,
+        failure: _Failed | None,
+    ) -> None:
+        self._session = session
+        self._request = request
+        self._http = http_request
+        self._verdict = verdict
+        self._failure = failure
+        self._loan: Loan | None = None
+        self._scope: trio.CancelScope | None = None
+
+    def lent(self, loan: Loan) -> None:
+        """The session's side: the loan that holds the attempt (ended by `run`)."""
+        self._loan = loan
+
+    def revoke(self) -> None:
+        """The session's incarnation ended: stop the attempt (its pool closes next)."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def run(self, deadline: float = math.inf) -> Response:
+        """Send the request and return the whole response, by ``deadline`` at the latest;
+        once only.
+
+        Raises:
+            AttemptFailed: the attempt failed (the session's advice).
+            ActorCrashed: the session crashed or restarted during the attempt.
+            ActorDead: the session stopped for good during the attempt.
+            trio.TooSlowError: ``deadline`` passed.
+        """
+        session = self._session
+        verdict = self._verdict
+        loan = self._loan
+        http_request, self._http = self._http, None
+        try:
+            try:
+                if self._failure is not None:
+                    raise self._failure
+                if http_request is None:
+                    raise RuntimeError("a lent attempt runs once")
+                pool = session._pool  # pyright: ignore[reportPrivateUsage]
+                if pool is not None and pool.direct(http_request.url):
+                    fetched = session._fetch_whole(self._request, http_request, deadline)  # pyright: ignore[reportPrivateUsage]
+                    del http_request  # the exchange drops it once it is sent
+                    response = await fetched
+                else:
+                    response = await self._run_scoped(http_request, deadline)
+            except _Failed as failed:
+                if loan is not None and loan.error is not None:
+                    verdict.release()
+                    raise loan.error from None  # the session ended under it
+                await verdict.judge(failed)
+                raise AssertionError("unreachable: a failure's verdict raises") from None
+            except BaseException:
+                verdict.release()
+                raise
+        finally:
+            if loan is not None:
+                loan.end()
+        verdict.succeed()
+        return response
+
+    async def _run_scoped(self, http_request: HttpRequest, deadline: float) -> Response:
+        """`run` through another transport: in a scope that `revoke` cancels."""
+        with trio.CancelScope() as self._scope:
+            return await self._session._fetch_whole(self._request, http_request, deadline)  # pyright: ignore[reportPrivateUsage]
+        loan = self._loan
+        if loan is not None and loan.error is not None:
+            raise loan.error
+        raise RuntimeError("a lent attempt was cancelled by its session")  # pragma: no cover
 
 
 @final

@@ -236,6 +236,7 @@ class Connection:
         "deadline",
         "eager",
         "idle_since",
+        "limit",
         "origin",
         "probe",
         "responded",
@@ -258,6 +259,9 @@ class Connection:
         self.watchdog = watchdog
         self.closed = False
         self.deadline = math.inf  # while waiting to read: when the wait times out
+        # The caller's deadline for the exchange in progress (`FastHTTPTransport.exchange`):
+        # a wait that reaches it raises `trio.TooSlowError`; inf when in the pool.
+        self.limit = math.inf
         self.eager = False  # the last read filled the buffer: more is likely waiting
         self.reused = False
         self.responded = False  # a byte of the current response arrived
@@ -277,6 +281,22 @@ class Connection:
                 except OSError:
                     pass  # the peer is gone, or the buffer is full: closing is enough
             close_socket(self.sock)
+
+    def _until(self, timeout: float | None) -> float:
+        """When a wait of ``timeout`` seconds (None: no limit of its own) ends: then, or at
+        the caller's `limit` when that comes first."""
+        if timeout is None:
+            return self.limit
+        return min(trio.current_time() + timeout, self.limit)
+
+    def _expired(
+        self, timeout_error: type[httpx.TimeoutException], what: str, timeout: float | None
+    ) -> Exception:
+        """The error of a wait that ran out: `trio.TooSlowError` when the caller's `limit`
+        passed, else ``timeout_error`` (the request's own timeout)."""
+        if self.limit <= trio.current_time():
+            return trio.TooSlowError("the caller's deadline passed during the exchange")
+        return timeout_error(what if timeout is None else f"{what} {timeout:g}s")
 
     def is_stale(self) -> bool:
         """Whether the idle socket is readable: the peer closed it, reset it or sent bytes."""
@@ -318,12 +338,13 @@ class Connection:
                 self.eager = len(data) == size
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
-        if timeout is None:
-            deadline = math.inf
-        else:
-            deadline = trio.current_time() + timeout
-            if deadline < self.watchdog.wake_at:
-                self.watchdog.wake(deadline)
+        deadline = self.limit
+        if timeout is not None:
+            until = trio.current_time() + timeout
+            if until < deadline:
+                deadline = until
+        if deadline < self.watchdog.wake_at:
+            self.watchdog.wake(deadline)
         while True:
             self.deadline = deadline
             try:
@@ -333,7 +354,7 @@ class Connection:
                 continue
             except trio.ClosedResourceError as exc:
                 if not self.closed and self.deadline <= trio.current_time():
-                    raise httpx.ReadTimeout(f"no data within {timeout:g}s") from None
+                    raise self._expired(httpx.ReadTimeout, "no data within", timeout) from None
                 raise io_error(httpx.ReadError, exc) from exc
             except (OSError, ValueError) as exc:  # ValueError: the socket is closed (fd -1)
                 if self.closed:
@@ -362,12 +383,13 @@ class Connection:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
         sock = self.sock
-        if timeout is None:
-            deadline = math.inf
-        else:
-            deadline = trio.current_time() + timeout
-            if deadline < self.watchdog.wake_at:
-                self.watchdog.wake(deadline)
+        deadline = self.limit
+        if timeout is not None:
+            until = trio.current_time() + timeout
+            if until < deadline:
+                deadline = until
+        if deadline < self.watchdog.wake_at:
+            self.watchdog.wake(deadline)
         waited = False
         while True:
             self.deadline = deadline
@@ -385,7 +407,7 @@ class Connection:
             except trio.ClosedResourceError as exc:
                 tls.usable = False
                 if not self.closed and self.deadline <= trio.current_time():
-                    raise httpx.ReadTimeout(f"no data within {timeout:g}s") from None
+                    raise self._expired(httpx.ReadTimeout, "no data within", timeout) from None
                 raise io_error(httpx.ReadError, exc) from exc
             except (OSError, ValueError) as exc:  # ValueError: the socket is closed (fd -1)
                 tls.usable = False
@@ -452,14 +474,14 @@ class Connection:
             raise io_error(httpx.WriteError, exc) from exc
         if sent == len(data):
             return
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        deadline = self._until(timeout)
         with memoryview(data) as view:
             while sent < len(data):
                 try:
                     with trio.CancelScope(deadline=deadline) as scope:
                         await trio.lowlevel.wait_writable(sock)
                     if scope.cancelled_caught:
-                        raise httpx.WriteTimeout(f"could not send within {timeout:g}s")
+                        raise self._expired(httpx.WriteTimeout, "could not send within", timeout)
                     sent += sock.send(view[sent:])
                 except BlockingIOError:
                     continue
@@ -504,7 +526,7 @@ class Connection:
         sock = self.sock
         while True:
             try:
-                with trio.move_on_after(math.inf if timeout is None else timeout):
+                with trio.move_on_at(self._until(timeout)):
                     await trio.lowlevel.wait_readable(sock)
                     received = sock.recv(TLS_READ)
                     break
@@ -512,7 +534,7 @@ class Connection:
                 continue
             except (OSError, ValueError, trio.ClosedResourceError) as exc:
                 raise io_error(httpx.WriteError, exc) from exc
-            raise httpx.WriteTimeout(f"could not send within {timeout:g}s")
+            raise self._expired(httpx.WriteTimeout, "could not send within", timeout)
         if not received:
             raise httpx.WriteError("the connection ended during a renegotiation")
         self.tls.feed(received)
@@ -557,11 +579,13 @@ class ConnectionPool:
         self.closed = False
         self.token: trio.lowlevel.TrioToken | None = None
 
-    async def admit(self, timeout: float | None) -> None:
-        """Wait for a slot, first come first served.
+    async def admit(self, timeout: float | None, deadline: float = math.inf) -> None:
+        """Wait for a slot, first come first served, until the caller's ``deadline`` at
+        the latest.
 
         Raises:
             httpx.PoolTimeout: none came within ``timeout`` seconds.
+            trio.TooSlowError: ``deadline`` passed first.
         """
         try:
             self.admission.acquire_nowait()
@@ -569,9 +593,12 @@ class ConnectionPool:
             pass
         else:
             return
-        with trio.move_on_after(math.inf if timeout is None else timeout):
+        until = math.inf if timeout is None else trio.current_time() + timeout
+        with trio.move_on_at(min(until, deadline)):
             await self.admission.acquire()
             return
+        if deadline <= until:
+            raise trio.TooSlowError("the caller's deadline passed waiting for a connection")
         raise httpx.PoolTimeout(f"no connection available within {timeout:g}s")
 
     def check_out(self, origin: Origin) -> Connection | None:
@@ -610,6 +637,7 @@ class ConnectionPool:
         ``release`` frees the request's admission slot too. Never blocks.
         """
         self.in_use -= 1
+        conn.limit = math.inf
         if reuse and not conn.closed and not self.closed and self.max_idle:
             idle = self.idle.get(conn.origin)
             if idle is None:

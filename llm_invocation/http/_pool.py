@@ -38,6 +38,7 @@ retry policy may send it again) and whether the connection was ``reused``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import ssl
@@ -651,12 +652,32 @@ class HttpPool:
         self._fields[key] = field
         return field
 
-    def stream(self, request: HttpRequest) -> AbstractAsyncContextManager[HttpResponse]:
+    def direct(self, url: str) -> bool:
+        """Whether requests to ``url`` go through our own transport: it keeps a `stream`'s
+        deadline without a cancel scope, and `aclose` stops its sends and reads at once.
+        False for a proxy's or an injected transport, and for a URL that cannot be sent
+        (`stream` raises its error)."""
+        target = self._urls.get(url)
+        if target is None:
+            try:
+                target = self._resolve(url)
+            except LLMError:
+                return False
+        return isinstance(target.route, FastHTTPTransport)
+
+    def stream(
+        self, request: HttpRequest, *, deadline: float = math.inf
+    ) -> AbstractAsyncContextManager[HttpResponse]:
         """Send ``request`` on entering the block, which gets the response with its body
         unread: ``async with pool.stream(request) as response:``.
 
         Leaving the block (or being cancelled) closes the response at once; an unread body
         means its connection is closed rather than reused, so the pool stays consistent.
+
+        ``deadline`` (a `trio.current_time` value) is the caller's for the whole exchange,
+        the body's reads included: past it, what waits raises `trio.TooSlowError` (the
+        response is closed). Our transport keeps it without a cancel scope (see
+        `FastHTTPTransport.exchange`).
 
         Raises:
             InvalidRequest: the URL or a header cannot be sent (nothing was sent).
@@ -664,11 +685,12 @@ class HttpPool:
             LLMError: the request could not be sent or answered (`ProviderError`,
                 `InvocationTimeout`...; see `translate_http_error`). Reading the response
                 raises only `LLMError`s too.
+            trio.TooSlowError: ``deadline`` passed.
         """
-        return _Exchange(self, request)
+        return _Exchange(self, request, deadline)
 
     async def _enter(
-        self, request: HttpRequest
+        self, request: HttpRequest, deadline: float = math.inf
     ) -> tuple[HttpResponse, ResponseBody | AbstractAsyncContextManager[HttpResponse]]:
         """Send ``request`` for `stream`: the response, and what closes it (our transport's
         body, for `_leave`, or the context of `_foreign`, for its ``__aexit__``)."""
@@ -678,7 +700,11 @@ class HttpPool:
         target = self._urls.get(request.url) or self._resolve(request.url)
         route = target.route
         if not isinstance(route, FastHTTPTransport):
-            foreign = self._foreign(request, target)
+            foreign = (
+                self._foreign(request, target)
+                if deadline == math.inf
+                else self._foreign_until(request, target, deadline)
+            )
             return await foreign.__aenter__(), foreign
         # Our transport takes the request's bytes: no httpx request or response, and nothing
         # of the request (nor the raw response head) is kept while the body is read.
@@ -692,7 +718,8 @@ class HttpPool:
         try:
             admission.acquire_nowait()  # a free place: no trip through the scheduler
         except trio.WouldBlock:
-            await admission.acquire()
+            with trio.fail_at(deadline):
+                await admission.acquire()
         try:
             if self._closed:
                 raise ProviderError("the session's connection pool is closed", provider=provider)
@@ -707,8 +734,9 @@ class HttpPool:
                         method=request.method,
                         timeouts=self._timeouts,
                         marks=marks,
+                        deadline=deadline,
                     )
-                except LLMError:
+                except (LLMError, trio.TooSlowError):
                     raise
                 except Exception as exc:
                     raise translate_http_error(
@@ -739,6 +767,16 @@ class HttpPool:
         finally:
             self._active -= 1
             self._admission.release()
+
+    @asynccontextmanager
+    async def _foreign_until(
+        self, request: HttpRequest, target: _Target, deadline: float
+    ) -> AsyncGenerator[HttpResponse]:
+        """`_foreign` until ``deadline`` (then `trio.TooSlowError`): another transport's
+        waits take a cancel scope."""
+        with trio.fail_at(deadline):
+            async with self._foreign(request, target) as response:
+                yield response
 
     @asynccontextmanager
     async def _foreign(self, request: HttpRequest, target: _Target) -> AsyncGenerator[HttpResponse]:
@@ -893,18 +931,19 @@ class _Exchange:
     Through our transport it holds the response's body alone, not a suspended generator
     with the request in it."""
 
-    __slots__ = ("_closer", "_pool", "_request")
+    __slots__ = ("_closer", "_deadline", "_pool", "_request")
 
-    def __init__(self, pool: HttpPool, request: HttpRequest) -> None:
+    def __init__(self, pool: HttpPool, request: HttpRequest, deadline: float) -> None:
         self._pool = pool
         self._request: HttpRequest | None = request
+        self._deadline = deadline
         self._closer: ResponseBody | AbstractAsyncContextManager[HttpResponse] | None = None
 
     async def __aenter__(self) -> HttpResponse:
         request, self._request = self._request, None
         if request is None:
             raise RuntimeError("a response can be opened only once")
-        response, self._closer = await self._pool._enter(request)  # pyright: ignore[reportPrivateUsage]
+        response, self._closer = await self._pool._enter(request, self._deadline)  # pyright: ignore[reportPrivateUsage]
         return response
 
     async def __aexit__(

@@ -65,8 +65,8 @@ class HttpResponse:
         """
         try:
             return await self._body.__anext__()
-        except (StopAsyncIteration, LLMError):
-            raise
+        except (StopAsyncIteration, LLMError, trio.TooSlowError):
+            raise  # (TooSlowError: the caller's deadline, given to `HttpPool.stream`)
         except Exception as exc:  # httpx's, OS, TLS, zlib errors: the one boundary
             raise self._translate(exc) from exc
 

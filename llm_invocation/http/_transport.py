@@ -232,23 +232,32 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         method: str,
         timeouts: Mapping[str, float | None],
         marks: MutableMapping[str, Any],
+        deadline: float = math.inf,
     ) -> tuple[Head, ResponseBody]:
         """Send an encoded request (`encode_request`) to ``origin`` and return the response
         head and its unread body: `handle_async_request` without httpx's request and response
         objects. On failure ``marks`` gets `SENT` and `REUSED` (as a request's extensions
         do), and ``marks["sni_hostname"]`` is read as that extension is.
 
+        ``deadline`` (a `trio.current_time` value) is the caller's, for the whole exchange
+        and the body's reads: a wait that reaches it raises `trio.TooSlowError` and closes
+        the connection. Reads and writes keep it as they keep their own timeouts, without a
+        cancel scope; only waiting for a slot and connecting take one.
+
         Raises:
             The errors of `handle_async_request`.
+            trio.TooSlowError: ``deadline`` passed.
         """
         pool = self._pool
         if pool.closed:
             raise RuntimeError("the transport is closed")
         pool.token = trio.lowlevel.current_trio_token()
         await trio.lowlevel.checkpoint_if_cancelled()
-        await pool.admit(timeouts.get("pool"))
+        if deadline != math.inf and deadline <= trio.current_time():
+            raise trio.TooSlowError("the caller's deadline passed before the request was sent")
+        await pool.admit(timeouts.get("pool"), deadline)
         try:
-            conn, head, initial = await self._exchange(marks, origin, timeouts, message)
+            conn, head, initial = await self._exchange(marks, origin, timeouts, message, deadline)
         except BaseException:
             pool.admission.release()
             raise
@@ -313,6 +322,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         origin: Origin,
         timeouts: Mapping[str, float | None],
         message: Message,
+        deadline: float = math.inf,
     ) -> tuple[Connection, Head, bytes]:
         """Send the request on a pooled or new connection and read the final response head.
 
@@ -330,13 +340,15 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         conn = pool.check_out(origin) if replayable else None
         while True:
             if conn is None:
-                conn = await self._connect(
-                    origin,
-                    timeouts.get("connect", self.connect_timeout),
-                    marks.get("sni_hostname"),
-                )
+                with trio.fail_at(deadline):
+                    conn = await self._connect(
+                        origin,
+                        timeouts.get("connect", self.connect_timeout),
+                        marks.get("sni_hostname"),
+                    )
                 pool.add(conn)
             conn.responded = False
+            conn.limit = deadline
             try:
                 await conn.send(message.first, write_timeout)
                 if message.rest:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Generic, Self, TypeVar, final
 import msgspec
 import trio
 
-from ..actors.provider_session import Attempt, AttemptOnce, StreamBody
+from ..actors.provider_session import Attempt, AttemptOnce, BeginOnce, StreamBody
 from ..errors import LLMError
 from ..runtime import ActorError
 from ..types import (
@@ -236,10 +236,17 @@ class InvocationStream:
                     body.limit(deadline)
                     self._body = body
                 else:
-                    once = AttemptOnce(
-                        request=run.attempt_request(), number=run.attempt, trace=parent
-                    )
-                    self._whole = await run.session().call(once, deadline=deadline)
+                    session = run.session()
+                    request = run.attempt_request()
+                    begin = BeginOnce(request=request, number=run.attempt, trace=parent)
+                    try:
+                        # Lent at once: run on this task, with no cancel scope of its own.
+                        lent = session.call_nowait(begin)
+                    except trio.WouldBlock:
+                        once = AttemptOnce(request=request, number=run.attempt, trace=parent)
+                        self._whole = await session.call(once, deadline=deadline)
+                    else:
+                        self._whole = await lent.run(deadline)
             except Exception as exc:  # noqa: BLE001 - re-raised typed unless another attempt follows
                 await self._fail_attempt(exc)
                 continue
