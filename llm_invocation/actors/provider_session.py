@@ -768,6 +768,8 @@ class OnceAttempt:
         http_request, self._http = self._http, None
         try:
             try:
+                if loan is not None and loan.error is not None:
+                    raise loan.error  # the session ended before the attempt began
                 if self._failure is not None:
                     raise self._failure
                 if http_request is None:
