@@ -27,15 +27,16 @@ from llm_invocation.actors.provider_session import (
     BeginOnce,
     OnceAttempt,
     ProviderSession,
-    SessionMsg,
     SessionSettings,
     SessionStats,
 )
 from llm_invocation.http import HttpPool, HttpSettings
 from llm_invocation.providers._base import HttpRequest
 from llm_invocation.providers.openai import OpenAICodec
-from llm_invocation.runtime import ActorCrashed, ChildSpec, Context, SupervisorSpec, open_runtime
+from llm_invocation.runtime import ActorCrashed, ChildSpec, SupervisorSpec, open_runtime
 from llm_invocation.testing import FakeServer, Scenario, Scenarios, open_fake_server
+
+from .crashing_session import CrashOnStats
 
 KEY = "sk-test-ONCE-0123456789abcdef"
 LATE = Scenario(text="late", ttft=30)  # the answer comes after 30 s
@@ -46,39 +47,42 @@ def resolved(model: str) -> llm.Request:
     return llm.Request(model=model, provider="openai", messages=[llm.user("hello")], stream=False)
 
 
-class Session(ProviderSession):
-    """A session that crashes when asked for its statistics (and remembers its pools)."""
-
-    pools: list[HttpPool] = []  # noqa: RUF012 - shared by the incarnations, on purpose
-
-    def _open_pool(self) -> HttpPool:
-        pool = super()._open_pool()
-        self.pools.append(pool)
-        return pool
-
-    async def handle(self, msg: SessionMsg, ctx: Context) -> Any:
-        if isinstance(msg, SessionStats):
-            raise RuntimeError("the session crashed on purpose")
-        return await super().handle(msg, ctx)
-
-
 @asynccontextmanager
 async def session_over(
     scenarios: Scenarios, *, keys: KeyRing | None = None, codec: OpenAICodec | None = None
 ) -> AsyncGenerator[tuple[Any, FakeServer]]:
-    """The ref of a `Session` for the fake server, in a runtime of its own."""
-    Session.pools = []
+    """The ref of a `CrashOnStats` session for the fake server, in a runtime of its own."""
+    CrashOnStats.pools = []
     async with open_fake_server(scenarios) as server:
         codec = codec or OpenAICodec(base_url=server.base_url("openai"))
         settings = SessionSettings(http=HttpSettings(trust_env=False))
         ring = keys if keys is not None else KeyRing([Secret(KEY)], provider="openai")
 
-        def session() -> Session:
-            return Session(codec, keys=ring, settings=settings)
+        def session() -> CrashOnStats:
+            return CrashOnStats(codec, keys=ring, settings=settings)
 
         spec = SupervisorSpec(children=[ChildSpec.actor("session", session)])
         async with open_runtime(spec) as runtime:
-            yield runtime.ref("session", Session), server
+            yield runtime.ref("session", CrashOnStats), server
+
+
+async def crash_during_a_lent_attempt(ref: Any) -> list[BaseException]:
+    """Crash the session while a lent attempt waits for its answer; what `run` raised."""
+    lent = ref.call_nowait(BeginOnce(request=resolved("m")))
+    failures: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await lent.run()
+        except ActorCrashed as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(ActorCrashed):
+            await ref.call(SessionStats())
+    return failures
 
 
 def open_connections(pool: HttpPool) -> int:
@@ -155,22 +159,9 @@ async def test_a_whole_call_past_its_timeout_is_an_invocation_timeout_and_closes
 
 async def test_a_lent_attempt_whose_session_restarts_raises_and_its_connection_is_closed() -> None:
     async with session_over(Scenarios(LATE)) as (ref, _):
-        lent = ref.call_nowait(BeginOnce(request=resolved("m")))
-        failures: list[BaseException] = []
-
-        async def run() -> None:
-            try:
-                await lent.run()
-            except ActorCrashed as exc:
-                failures.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run)
-            await trio.testing.wait_all_tasks_blocked()
-            with pytest.raises(ActorCrashed):
-                await ref.call(SessionStats())
-        assert len(failures) == 1
-        assert open_connections(Session.pools[0]) == 0
+        failures = await crash_during_a_lent_attempt(ref)
+        assert [type(failure) for failure in failures] == [ActorCrashed]
+        assert open_connections(CrashOnStats.pools[0]) == 0
 
 
 async def test_a_graceful_stop_lets_a_lent_attempt_finish() -> None:
@@ -202,12 +193,12 @@ async def test_a_lent_attempt_through_another_transport_stops_when_its_session_r
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
-    Session.pools = []
+    CrashOnStats.pools = []
     codec = OpenAICodec(base_url="http://api.provider.invalid/v1")
     settings = SessionSettings(http=HttpSettings(trust_env=False))
 
-    def session() -> Session:
-        return Session(
+    def session() -> CrashOnStats:
+        return CrashOnStats(
             codec,
             keys=[Secret(KEY)],
             settings=settings,
@@ -216,23 +207,10 @@ async def test_a_lent_attempt_through_another_transport_stops_when_its_session_r
 
     spec = SupervisorSpec(children=[ChildSpec.actor("session", session)])
     async with open_runtime(spec) as runtime:
-        ref = runtime.ref("session", Session)
-        lent = ref.call_nowait(BeginOnce(request=resolved("m")))
-        failures: list[BaseException] = []
-
-        async def run() -> None:
-            try:
-                await lent.run()
-            except ActorCrashed as exc:
-                failures.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run)
-            await trio.testing.wait_all_tasks_blocked()
-            with pytest.raises(ActorCrashed):
-                await ref.call(SessionStats())
-        assert len(failures) == 1
-        assert Session.pools[0].statistics().active == 0
+        ref = runtime.ref("session", CrashOnStats)
+        failures = await crash_during_a_lent_attempt(ref)
+        assert [type(failure) for failure in failures] == [ActorCrashed]
+        assert CrashOnStats.pools[0].statistics().active == 0
 
 
 class Unencodable(OpenAICodec):

@@ -24,16 +24,16 @@ from llm_invocation.actors._stream_body import StreamBody
 from llm_invocation.actors.provider_session import (
     Attempt,
     ProviderSession,
-    SessionMsg,
     SessionSettings,
     SessionStats,
 )
 from llm_invocation.http import HttpPool, HttpSettings
 from llm_invocation.providers._base import HttpRequest
 from llm_invocation.providers.openai import OpenAICodec
-from llm_invocation.runtime import ActorCrashed, ChildSpec, Context, SupervisorSpec, open_runtime
+from llm_invocation.runtime import ActorCrashed, ChildSpec, SupervisorSpec, open_runtime
 from llm_invocation.testing import MockTransport, Scenario, Scenarios, Stall, open_fake_server
 
+from .crashing_session import CrashOnStats
 from .mock_clients import client_for
 
 KEY = "sk-test-BODY-0123456789abcdef"
@@ -156,22 +156,6 @@ async def test_a_caller_slower_than_the_first_chunk_limit_is_not_a_slow_provider
 
 
 # -- the session's side ------------------------------------------------------------------------
-
-
-class CrashOnStats(ProviderSession):
-    """A session that crashes when asked for its statistics (and remembers its pools)."""
-
-    pools: list[HttpPool] = []  # noqa: RUF012 - shared by the incarnations, on purpose
-
-    def _open_pool(self) -> HttpPool:
-        pool = super()._open_pool()
-        self.pools.append(pool)
-        return pool
-
-    async def handle(self, msg: SessionMsg, ctx: Context) -> Any:
-        if isinstance(msg, SessionStats):
-            raise RuntimeError("the session crashed on purpose")
-        return await super().handle(msg, ctx)
 
 
 async def test_a_body_whose_session_restarts_stops_cleanly_and_its_connection_is_closed() -> None:

@@ -282,6 +282,18 @@ class Connection:
                     pass  # the peer is gone, or the buffer is full: closing is enough
             close_socket(self.sock)
 
+    def _watched(self, timeout: float | None) -> float:
+        """The deadline of a read that waits at most ``timeout`` seconds (None: no limit of
+        its own) and not past the caller's `limit`, the watchdog told of it."""
+        deadline = self.limit
+        if timeout is not None:
+            until = trio.current_time() + timeout
+            if until < deadline:
+                deadline = until
+        if deadline < self.watchdog.wake_at:
+            self.watchdog.wake(deadline)
+        return deadline
+
     def _until(self, timeout: float | None) -> float:
         """When a wait of ``timeout`` seconds (None: no limit of its own) ends: then, or at
         the caller's `limit` when that comes first."""
@@ -338,13 +350,7 @@ class Connection:
                 self.eager = len(data) == size
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
-        deadline = self.limit
-        if timeout is not None:
-            until = trio.current_time() + timeout
-            if until < deadline:
-                deadline = until
-        if deadline < self.watchdog.wake_at:
-            self.watchdog.wake(deadline)
+        deadline = self._watched(timeout)
         while True:
             self.deadline = deadline
             try:
@@ -383,13 +389,7 @@ class Connection:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
         sock = self.sock
-        deadline = self.limit
-        if timeout is not None:
-            until = trio.current_time() + timeout
-            if until < deadline:
-                deadline = until
-        if deadline < self.watchdog.wake_at:
-            self.watchdog.wake(deadline)
+        deadline = self._watched(timeout)
         waited = False
         while True:
             self.deadline = deadline
