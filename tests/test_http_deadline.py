@@ -5,18 +5,33 @@ as it keeps its own read and write timeouts; another transport's exchange runs i
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import httpx
 import pytest
 import trio
 import trio.testing
 
 from llm_invocation.http import HttpPool, HttpSettings
+from llm_invocation.http._transport import FastHTTPTransport, origin_of
+from llm_invocation.http._wire import encode_request
 from llm_invocation.providers._base import HttpRequest
 
-from .http_servers import Peer, ok, serve
+from .http_servers import Certificates, Peer, ok, serve, serve_tls
 
-# Long enough that only the caller's deadline can end a wait in these tests.
-SETTINGS = HttpSettings(trust_env=False, read_timeout=5, write_timeout=5)
+# Far longer than the deadlines: only the caller's deadline can end a wait in these tests.
+SETTINGS = HttpSettings(trust_env=False, read_timeout=60, write_timeout=60)
+
+
+@contextmanager
+def by_the_deadline() -> Iterator[None]:
+    """The block must end at the deadline (0.2 s), long before the request's own timeouts."""
+    with trio.move_on_after(5) as guard:
+        yield
+    assert not guard.cancelled_caught, "the deadline did not end the wait"
 
 
 def post(url: str, body: bytes = b'{"model": "m"}') -> HttpRequest:
@@ -45,11 +60,26 @@ async def test_a_head_not_in_by_the_deadline_is_too_slow_and_closes_its_connecti
     async with serve(silent) as server:
         pool = HttpPool(SETTINGS)
         try:
-            with pytest.raises(trio.TooSlowError):
+            with by_the_deadline(), pytest.raises(trio.TooSlowError):
                 async with pool.stream(post(server.url), deadline=soon()):
                     pass
             assert open_connections(pool) == 0
             assert pool.statistics().active == 0
+        finally:
+            await pool.aclose()
+
+
+async def test_over_tls_a_head_not_in_by_the_deadline_is_too_slow(tmp_path: Path) -> None:
+    certificates = Certificates(tmp_path)
+    async with serve_tls(silent, certificates.server_context()) as server:
+        pool = HttpPool(
+            HttpSettings(trust_env=False, read_timeout=60, verify=str(certificates.ca_file))
+        )
+        try:
+            with by_the_deadline(), pytest.raises(trio.TooSlowError):
+                async with pool.stream(post(server.url), deadline=soon()):
+                    pass
+            assert open_connections(pool) == 0
         finally:
             await pool.aclose()
 
@@ -65,7 +95,7 @@ async def test_a_body_that_stalls_past_the_deadline_is_too_slow_and_closes_its_c
         try:
             async with pool.stream(post(server.url), deadline=soon()) as response:
                 assert response.status == 200
-                with pytest.raises(trio.TooSlowError):
+                with by_the_deadline(), pytest.raises(trio.TooSlowError):
                     await response.read()
             assert open_connections(pool) == 0
         finally:
@@ -81,7 +111,7 @@ async def test_a_deadline_already_past_sends_nothing() -> None:
     async with serve(recording) as server:
         pool = HttpPool(SETTINGS)
         try:
-            with pytest.raises(trio.TooSlowError):
+            with by_the_deadline(), pytest.raises(trio.TooSlowError):
                 async with pool.stream(post(server.url), deadline=trio.current_time()):
                     pass
             await trio.testing.wait_all_tasks_blocked()
@@ -102,13 +132,40 @@ async def test_waiting_for_a_place_stops_at_the_deadline() -> None:
 
                 nursery.start_soon(hold)
                 await trio.testing.wait_all_tasks_blocked()
-                with pytest.raises(trio.TooSlowError):
+                with by_the_deadline(), pytest.raises(trio.TooSlowError):
                     async with pool.stream(post(server.url), deadline=soon()):
                         pass
                 assert pool.statistics().waiting == 0
                 nursery.cancel_scope.cancel()
         finally:
             await pool.aclose()
+
+
+async def test_our_transports_own_admission_waits_only_until_the_deadline() -> None:
+    async with serve(silent) as server:
+        transport = FastHTTPTransport(max_connections=1)
+        request = httpx.Request("POST", server.url + "/x", content=b"{}")
+
+        async def exchange(deadline: float = math.inf) -> None:
+            await transport.exchange(
+                origin_of(request.url),
+                encode_request(request),
+                method="POST",
+                timeouts={"read": 60},
+                marks={},
+                deadline=deadline,
+            )
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(exchange)  # holds the one place, waiting for its head
+                await trio.testing.wait_all_tasks_blocked()
+                with by_the_deadline(), pytest.raises(trio.TooSlowError):
+                    await exchange(soon())
+                assert transport.statistics().waiting == 0
+                nursery.cancel_scope.cancel()
+        finally:
+            await transport.aclose()
 
 
 async def test_a_send_that_stalls_past_the_deadline_is_too_slow() -> None:
@@ -120,7 +177,7 @@ async def test_a_send_that_stalls_past_the_deadline_is_too_slow() -> None:
         pool = HttpPool(SETTINGS)
         try:
             # More than the kernel buffers of both ends hold: the send has to wait.
-            with pytest.raises(trio.TooSlowError):
+            with by_the_deadline(), pytest.raises(trio.TooSlowError):
                 async with pool.stream(post(server.url, b"x" * (64 << 20)), deadline=soon()):
                     pass
             assert open_connections(pool) == 0
@@ -157,7 +214,7 @@ async def test_another_transports_exchange_stops_at_the_deadline_too() -> None:
 
     pool = HttpPool(SETTINGS, transport=lambda: httpx.MockTransport(never))
     try:
-        with pytest.raises(trio.TooSlowError):
+        with by_the_deadline(), pytest.raises(trio.TooSlowError):
             async with pool.stream(post("http://api.provider.invalid/v1/x"), deadline=soon()):
                 pass
         assert pool.statistics().active == 0
