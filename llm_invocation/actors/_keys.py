@@ -487,11 +487,11 @@ class KeyRing:
             AuthenticationError: every key is set aside for ``family`` (``retry_after`` says
                 for how long), or the keys' file or function gave none.
         """
+        if self._file is not None:
+            self._check_file(force=False)
         if self._source is not None and self._source_keys is None:
-            if self._file is not None:
-                self._check_file(force=False)
             await self._fetch(seen=self._generation)
-        return self.pick_nowait(family)
+        return self._pick(family)
 
     def pick_nowait(self, family: str) -> Secret | None:
         """`pick` without waiting: `trio.WouldBlock` (nothing changed) when the keys must
@@ -505,6 +505,14 @@ class KeyRing:
             raise trio.WouldBlock
         if self._file is not None:
             self._check_file(force=False)
+        return self._pick(family)
+
+    def _pick(self, family: str) -> Secret | None:
+        """The key for ``family`` among the keys known now (see `pick`).
+
+        Raises:
+            AuthenticationError: as `pick`.
+        """
         keys = self._keys
         if not keys:
             if self.has_source:

@@ -259,8 +259,8 @@ class Connection:
         self.watchdog = watchdog
         self.closed = False
         self.deadline = math.inf  # while waiting to read: when the wait times out
-        # The caller's deadline for the exchange in progress (`FastHTTPTransport.exchange`):
-        # a wait that reaches it raises `trio.TooSlowError`; inf when in the pool.
+        # The caller's deadline for the exchange in progress, set by every exchange
+        # (`FastHTTPTransport.exchange`): a wait that reaches it raises `trio.TooSlowError`.
         self.limit = math.inf
         self.eager = False  # the last read filled the buffer: more is likely waiting
         self.reused = False
@@ -285,11 +285,7 @@ class Connection:
     def _watched(self, timeout: float | None) -> float:
         """The deadline of a read that waits at most ``timeout`` seconds (None: no limit of
         its own) and not past the caller's `limit`, the watchdog told of it."""
-        deadline = self.limit
-        if timeout is not None:
-            until = trio.current_time() + timeout
-            if until < deadline:
-                deadline = until
+        deadline = self._until(timeout)
         if deadline < self.watchdog.wake_at:
             self.watchdog.wake(deadline)
         return deadline
@@ -637,7 +633,6 @@ class ConnectionPool:
         ``release`` frees the request's admission slot too. Never blocks.
         """
         self.in_use -= 1
-        conn.limit = math.inf
         if reuse and not conn.closed and not self.closed and self.max_idle:
             idle = self.idle.get(conn.origin)
             if idle is None:
