@@ -1,9 +1,10 @@
 """Connections of `FastHTTPTransport`: sockets, TLS, the read-deadline watchdog, the pool.
 
 * **Plain http** runs on a non-blocking stdlib socket: ``recv`` straight into the decoder and
-  ``trio.lowlevel.wait_readable`` only when the kernel has nothing; ``send`` and
-  ``wait_writable`` only when the kernel buffer is full. Every call that can block
-  checkpoints, and every wait is cancellable.
+  a wait only when the kernel has nothing (through the run's `Reactor`, ``_reactor.py``,
+  which wakes readers a few per scheduler batch); ``send`` and ``wait_writable`` only when
+  the kernel buffer is full. Every call that can block checkpoints, and every wait is
+  cancellable.
 * **https** runs on the same socket and the same loop: an `ssl.SSLObject` between two
   memory BIOs (`TLS`, ``_records.py``). The bytes the socket has are fed to the incoming
   BIO and every whole record they complete is decrypted in the same call, up to the size
@@ -42,6 +43,7 @@ from typing import Final, final
 import httpx
 import trio
 
+from ._reactor import Reactor, TrioWaiter, Waiter, reactor
 from ._records import TLS, TLS_READ
 from ._resolve import Resolver
 
@@ -177,8 +179,8 @@ class Watchdog:
 
     A trio cancel scope with a deadline costs about as much as the wait and the read it
     would guard, so a waiting connection only stores its deadline; this task sleeps until
-    the soonest one and wakes an expired waiter with `trio.lowlevel.notify_closing` (the
-    waiter raises `httpx.ReadTimeout`, and its connection is closed). Started at the first
+    the soonest one and wakes an expired waiter (`Connection.interrupt`: the waiter raises
+    `httpx.ReadTimeout`, and its connection is closed). Started at the first
     deadline of a trio run; it ends with the run or when the transport closes.
     """
 
@@ -214,7 +216,7 @@ class Watchdog:
                     deadline = conn.deadline
                     if deadline <= now:
                         if not conn.closed:
-                            trio.lowlevel.notify_closing(conn.sock)
+                            conn.interrupt()
                     elif deadline < soonest:
                         soonest = deadline
                 self.wake_at = soonest
@@ -239,10 +241,12 @@ class Connection:
         "limit",
         "origin",
         "probe",
+        "reactor",
         "responded",
         "reused",
         "sock",
         "tls",
+        "waiter",
         "watchdog",
     )
 
@@ -267,6 +271,11 @@ class Connection:
         self.responded = False  # a byte of the current response arrived
         self.idle_since = 0.0
         self.probe: select.poll | None = None  # see `is_stale`
+        # Waits to read go through the run's `Reactor` (trio's own wait without epoll).
+        self.reactor: Reactor | None = reactor()
+        self.waiter: Waiter | TrioWaiter = (
+            TrioWaiter(sock) if self.reactor is None else self.reactor.register(sock)
+        )
 
     def close(self) -> None:
         """Close the socket at once (idempotent); a task waiting on it gets a ReadError.
@@ -280,7 +289,15 @@ class Connection:
                     self.sock.send(alert)
                 except OSError:
                     pass  # the peer is gone, or the buffer is full: closing is enough
+            if self.reactor is not None:
+                self.reactor.forget(self.waiter)
             close_socket(self.sock)
+
+    def interrupt(self) -> None:
+        """Wake a task waiting on the socket with `trio.ClosedResourceError` (the watchdog's
+        way to end a wait past its deadline); the connection stays open."""
+        self.waiter.interrupt()
+        trio.lowlevel.notify_closing(self.sock)
 
     def _watched(self, timeout: float | None) -> float:
         """The deadline of a read that waits at most ``timeout`` seconds (None: no limit of
@@ -350,7 +367,7 @@ class Connection:
         while True:
             self.deadline = deadline
             try:
-                await trio.lowlevel.wait_readable(sock)
+                await self.waiter.wait()
                 data = sock.recv(size)
             except BlockingIOError:
                 continue
@@ -392,7 +409,7 @@ class Connection:
             try:
                 if not self.eager:
                     waited = True
-                    await trio.lowlevel.wait_readable(sock)
+                    await self.waiter.wait()
                 elif not checked:
                     checked = True
                     await trio.lowlevel.checkpoint_if_cancelled()

@@ -1,0 +1,381 @@
+"""The reactor of the pool's sockets (`llm_invocation.http._reactor`): a wait ends when bytes
+arrive, also when they arrived before the wait; a cancelled wait leaves the socket watched;
+closing wakes a waiter; a descriptor number given again is watched afresh; readers are woken
+a few per scheduler batch; and, for any interleaving of sends and reads, the bytes each
+reader gets are the ones it gets waiting through trio."""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import struct
+import time
+from collections.abc import Generator
+from contextlib import contextmanager
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_invocation.http._reactor import FEWEST, MOST, Reactor, TrioWaiter, Waiter, reactor
+
+pytestmark = pytest.mark.skipif(not hasattr(select, "epoll"), reason="epoll is Linux's")
+
+
+@contextmanager
+def pairs(count: int = 1) -> Generator[list[tuple[socket.socket, socket.socket]]]:
+    """``count`` connected non-blocking socket pairs, closed at the end."""
+    made = [socket.socketpair() for _ in range(count)]
+    for ours, theirs in made:
+        ours.settimeout(0.0)  # non-blocking
+        theirs.settimeout(0.0)  # non-blocking
+    try:
+        yield made
+    finally:
+        for ours, theirs in made:
+            ours.close()
+            theirs.close()
+
+
+@contextmanager
+def tcp_pair() -> Generator[tuple[socket.socket, socket.socket]]:
+    """A connected TCP pair over loopback (ours non-blocking), closed at the end."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        theirs = socket.create_connection(listener.getsockname())
+        ours, _ = listener.accept()
+    ours.settimeout(0.0)  # non-blocking
+    try:
+        yield ours, theirs
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def the_reactor() -> Reactor:
+    made = reactor()
+    assert made is not None
+    return made
+
+
+def watched(sock: socket.socket) -> Waiter:
+    waiter = the_reactor().register(sock)
+    assert isinstance(waiter, Waiter)
+    return waiter
+
+
+async def test_a_wait_ends_when_bytes_arrive() -> None:
+    with pairs() as [(ours, theirs)]:
+        waiter = watched(ours)
+        got: list[bytes] = []
+
+        async def read() -> None:
+            await waiter.wait()
+            got.append(ours.recv(100))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []
+            theirs.send(b"hello")
+        assert got == [b"hello"]
+
+
+async def test_bytes_that_came_while_no_task_waited_end_the_next_wait_at_once() -> None:
+    with pairs() as [(ours, theirs)]:
+        waiter = watched(ours)
+        theirs.send(b"early")
+        # The reactor takes the socket's one edge now, while nobody waits on it.
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(5):
+            await waiter.wait()
+        assert ours.recv(100) == b"early"
+
+
+async def test_a_socket_readable_when_registered_wakes_its_first_wait() -> None:
+    with pairs() as [(ours, theirs)]:
+        theirs.send(b"before")
+        waiter = watched(ours)
+        with trio.fail_after(5):
+            await waiter.wait()
+        assert ours.recv(100) == b"before"
+
+
+async def test_a_cancelled_wait_leaves_the_socket_watched() -> None:
+    with pairs() as [(ours, theirs)]:
+        waiter = watched(ours)
+        with trio.move_on_after(0.05) as scope:
+            await waiter.wait()
+        assert scope.cancelled_caught
+        theirs.send(b"later")
+        with trio.fail_after(5):
+            await waiter.wait()
+        assert ours.recv(100) == b"later"
+
+
+async def test_a_cancelled_wait_keeps_what_arrived_for_the_next() -> None:
+    with pairs() as [(ours, theirs)]:
+        waiter = watched(ours)
+        theirs.send(b"kept")
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await waiter.wait()  # cancelled before it looks: nothing is used up
+        with trio.fail_after(5):
+            await waiter.wait()
+        assert ours.recv(100) == b"kept"
+
+
+async def test_interrupt_and_forget_wake_the_waiter() -> None:
+    with pairs() as [(ours, _)]:
+        the = the_reactor()
+        waiter = watched(ours)
+        for end in (waiter.interrupt, lambda: the.forget(waiter)):
+            async with trio.open_nursery() as nursery:
+
+                async def wait() -> None:
+                    with pytest.raises(trio.ClosedResourceError):
+                        await waiter.wait()
+
+                nursery.start_soon(wait)
+                await trio.testing.wait_all_tasks_blocked()
+                end()
+
+
+async def test_a_forgotten_socket_waits_through_trio() -> None:
+    with pairs() as [(ours, theirs)]:
+        the = the_reactor()
+        waiter = watched(ours)
+        the.forget(waiter)
+        theirs.send(b"x")
+        with trio.fail_after(5):
+            await waiter.wait()  # trio's own wait: the socket is still open here
+        assert ours.recv(10) == b"x"
+
+
+async def test_a_second_task_waiting_on_a_socket_is_refused() -> None:
+    with pairs() as [(ours, _)]:
+        waiter = watched(ours)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter.wait)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await waiter.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_number_closed_without_forget_and_given_again_is_watched_afresh() -> None:
+    first, peer = socket.socketpair()
+    number = first.fileno()
+    stale = watched(first)
+    first.close()  # no `forget`: the reactor still holds the number
+    peer.close()
+    with pairs() as [(ours, theirs)]:
+        assert ours.fileno() == number  # POSIX: the lowest free number
+        waiter = watched(ours)
+        assert stale.state is not None  # the stale one is done with
+        theirs.send(b"fresh")
+        with trio.fail_after(5):
+            await waiter.wait()
+        assert ours.recv(100) == b"fresh"
+
+
+async def test_a_socket_epoll_refuses_waits_through_trio(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Full:
+        def register(self, fd: int, events: int) -> None:
+            raise OSError(errno.ENOSPC, "no room")
+
+        def close(self) -> None:
+            pass
+
+    made = Reactor()
+    made._epoll.close()  # pyright: ignore[reportPrivateUsage]
+    monkeypatch.setattr(made, "_epoll", Full())
+    with pairs() as [(ours, theirs)]:
+        waiter = made.register(ours)
+        assert isinstance(waiter, TrioWaiter)
+        theirs.send(b"y")
+        with trio.fail_after(5):
+            await waiter.wait()
+        made.forget(waiter)
+        assert ours.recv(10) == b"y"
+
+
+def test_a_waiter_of_an_ended_run_waits_through_trio() -> None:
+    with pairs() as [(ours, theirs)]:
+        waiters: list[Waiter] = []
+
+        async def first() -> None:
+            waiters.append(watched(ours))
+            await trio.sleep(0)
+
+        async def second() -> None:
+            theirs.send(b"z")
+            with trio.fail_after(5):
+                await waiters[0].wait()
+            assert ours.recv(10) == b"z"
+            assert reactor() is not None and waiters[0] not in the_reactor()._waiters.values()  # pyright: ignore[reportPrivateUsage]
+
+        trio.run(first)
+        trio.run(second)
+
+
+async def test_readers_are_woken_a_few_per_batch_when_each_takes_long() -> None:
+    """200 sockets become readable at once; each reader then takes 2 ms (longer than `TURN`).
+    trio alone would run all 200 in one batch (0.4 s with no timer or other task served);
+    the reactor wakes a few per batch."""
+
+    class Batches(trio.abc.Instrument):
+        def __init__(self) -> None:
+            self.sizes: list[int] = [0]
+
+        def after_io_wait(self, timeout: float) -> None:
+            if self.sizes[-1]:
+                self.sizes.append(0)
+
+        def note(self) -> None:
+            self.sizes[-1] += 1
+
+    batches = Batches()
+    count = 200
+    with pairs(count) as made:
+        waiters = [watched(ours) for ours, _ in made]
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.add_instrument(batches)
+        try:
+
+            async def read(index: int) -> None:
+                await waiters[index].wait()
+                batches.note()
+                assert made[index][0].recv(10) == b"!"
+                _busy(0.002)
+
+            async with trio.open_nursery() as nursery:
+                for index in range(count):
+                    nursery.start_soon(read, index)
+                await trio.testing.wait_all_tasks_blocked()
+                for _, theirs in made:
+                    theirs.send(b"!")
+        finally:
+            trio.lowlevel.remove_instrument(batches)
+    sizes = [size for size in batches.sizes if size]
+    assert sum(sizes) == count
+    # The measure of a batch is rough (the reactor's own step may run before or after the
+    # readers it woke), so a few batches may be larger than `FEWEST`, none above `MOST`.
+    assert max(sizes) <= MOST
+    assert sorted(sizes)[len(sizes) // 2] <= FEWEST
+
+
+def _busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    plan=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 70_000), st.booleans()), max_size=25),
+    sizes=st.lists(st.sampled_from([1, 7, 4096, 65_536]), min_size=3, max_size=3),
+)
+def test_the_bytes_read_are_trios(plan: list[tuple[int, int, bool]], sizes: list[int]) -> None:
+    """Three sockets get sends of any size in any order, then their peer's end; between the
+    sends a reader may have its wait cancelled. Each reader reads as `Connection.recv` does
+    (one ``recv`` of its size per wake, again at once when it filled the size) until the
+    end. What it gets through the reactor is what it gets through trio's own wait: every
+    byte in order, then the end, no wait left hanging."""
+
+    def run(through_reactor: bool) -> list[bytes]:
+        async def main() -> list[bytes]:
+            with pairs(3) as made:
+                got = [bytearray() for _ in range(3)]
+                waiters = [
+                    watched(ours) if through_reactor else TrioWaiter(ours) for ours, _ in made
+                ]
+                cancel_next = [trio.Event() for _ in range(3)]
+
+                async def wait(index: int) -> None:
+                    with trio.CancelScope() as scope:
+                        waiting = cancel_next[index] = trio.Event()
+
+                        async def cancel_when_told() -> None:
+                            await waiting.wait()
+                            scope.cancel()
+
+                        async with trio.open_nursery() as inner:
+                            inner.start_soon(cancel_when_told)
+                            await waiters[index].wait()
+                            inner.cancel_scope.cancel()
+
+                async def read(index: int) -> None:
+                    ours, size, eager = made[index][0], sizes[index], False
+                    while True:
+                        if not eager:
+                            await wait(index)
+                        try:
+                            data = ours.recv(size)
+                        except BlockingIOError:
+                            eager = False
+                            continue
+                        if not data:
+                            return
+                        got[index] += data
+                        eager = len(data) == size
+
+                async def send(index: int, size: int) -> None:
+                    theirs = made[index][1]
+                    view = memoryview(bytes([65 + index]) * size)
+                    while view:
+                        try:
+                            view = view[theirs.send(view) :]
+                        except BlockingIOError:
+                            await trio.lowlevel.wait_writable(theirs)
+
+                with trio.fail_after(20):
+                    async with trio.open_nursery() as nursery:
+                        for index in range(3):
+                            nursery.start_soon(read, index)
+                        for which, size, cancel in plan:
+                            if cancel:
+                                cancel_next[which].set()
+                            await trio.sleep(0)
+                            await send(which, size)
+                        for _, theirs in made:
+                            theirs.shutdown(socket.SHUT_WR)
+                return [bytes(data) for data in got]
+
+        return trio.run(main)
+
+    through_trio = run(through_reactor=False)
+    assert [len(data) for data in through_trio] == [
+        sum(size for which, size, _ in plan if which == index) for index in range(3)
+    ]
+    assert run(through_reactor=True) == through_trio
+
+
+@pytest.mark.parametrize("end", ["close", "reset"])
+async def test_the_peers_end_after_bytes_read_ends_the_next_wait(end: str) -> None:
+    """Bytes and the peer's end (or a reset) come before the reactor looks: one event for
+    both. Reading the bytes leaves the end, and no event is to come for it; the next wait
+    must still end, as trio's does."""
+    with tcp_pair() as (ours, theirs):
+        waiter = watched(ours)
+        theirs.send(b"last words")
+        if end == "reset":
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        theirs.close()
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(5):
+            await waiter.wait()
+            assert ours.recv(100) == b"last words"
+            await waiter.wait()
+            try:
+                assert ours.recv(100) == b""
+            except ConnectionResetError:
+                assert end == "reset"
+            await waiter.wait()  # and every wait after it
+
+
+def test_without_a_run_there_is_no_reactor() -> None:
+    assert reactor() is None
