@@ -193,6 +193,7 @@ async def test_a_socket_epoll_refuses_waits_through_trio(monkeypatch: pytest.Mon
     made = Reactor()
     made._epoll.close()  # pyright: ignore[reportPrivateUsage]
     monkeypatch.setattr(made, "_epoll", Full())
+    made.spawned = True  # (no task to wait on the stand-in)
     with pairs() as [(ours, theirs)]:
         waiter = made.register(ours)
         assert isinstance(waiter, TrioWaiter)
@@ -379,3 +380,21 @@ async def test_the_peers_end_after_bytes_read_ends_the_next_wait(end: str) -> No
 
 def test_without_a_run_there_is_no_reactor() -> None:
     assert reactor() is None
+
+
+async def test_a_run_that_takes_no_new_task_leaves_reads_to_trio(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def ending(*_: object, **__: object) -> None:
+        raise RuntimeError("the system nursery is closed")
+
+    made = Reactor()
+    monkeypatch.setattr(trio.lowlevel, "spawn_system_task", ending)
+    with pairs() as [(ours, theirs)]:
+        waiter = made.register(ours)
+        assert isinstance(waiter, TrioWaiter)
+        assert made.closed
+        theirs.send(b"w")
+        with trio.fail_after(5):
+            await waiter.wait()
+        assert ours.recv(10) == b"w"

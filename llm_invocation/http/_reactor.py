@@ -140,9 +140,16 @@ class Reactor:
         socket epoll refuses (its limit of watches reached) waits through trio."""
         if self.closed:  # the run is ending
             return TrioWaiter(sock)
-        waiter = Waiter(sock)
+        if not self.spawned:
+            try:
+                trio.lowlevel.spawn_system_task(self._run, name="FastHTTPTransport reads")
+            except RuntimeError:  # the run is ending: it takes no new task
+                self.closed = True
+                self._epoll.close()
+                return TrioWaiter(sock)
+            self.spawned = True
         fd = sock.fileno()
-        old = self._waiters.get(fd)
+        old = self._waiters.pop(fd, None)
         if old is not None:  # a number closed without `forget`, given to a new socket
             old.interrupt()
             old.state = _GONE
@@ -153,10 +160,7 @@ class Reactor:
                 self._epoll.modify(fd, _EVENTS | _EDGE)
         except OSError:
             return TrioWaiter(sock)
-        self._waiters[fd] = waiter
-        if not self.spawned:
-            self.spawned = True
-            trio.lowlevel.spawn_system_task(self._run, name="FastHTTPTransport reads")
+        waiter = self._waiters[fd] = Waiter(sock)
         return waiter
 
     def forget(self, waiter: Waiter | TrioWaiter) -> None:
