@@ -72,8 +72,8 @@ class Waiter:
         """Return when the socket may have bytes (or an end, or an error) to read.
 
         Raises:
-            trio.ClosedResourceError: the socket was closed or `Reactor.interrupt`ed while
-                waiting.
+            trio.ClosedResourceError: the socket was closed (`Reactor.forget`) or the wait
+                `interrupt`ed.
             trio.BusyResourceError: another task waits on it.
         """
         state = self.state
@@ -217,7 +217,7 @@ class Reactor:
                     if len(events) < room:
                         break
                     # More are ready: let the loop turn before the next readers are woken.
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    await trio.lowlevel.checkpoint()
         finally:
             self.closed = True
             for waiter in waiters.values():
