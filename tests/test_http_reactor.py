@@ -54,6 +54,13 @@ def tcp_pair() -> Generator[tuple[socket.socket, socket.socket]]:
         theirs.close()
 
 
+async def waited_read(waiter: Waiter | TrioWaiter, sock: socket.socket) -> bytes:
+    """What ``sock`` has once ``waiter`` says so (within 5 s: no wait may hang here)."""
+    with trio.fail_after(5):
+        await waiter.wait()
+    return sock.recv(100)
+
+
 def the_reactor() -> Reactor:
     made = reactor()
     assert made is not None
@@ -89,18 +96,14 @@ async def test_bytes_that_came_while_no_task_waited_end_the_next_wait_at_once() 
         theirs.send(b"early")
         # The reactor takes the socket's one edge now, while nobody waits on it.
         await trio.testing.wait_all_tasks_blocked()
-        with trio.fail_after(5):
-            await waiter.wait()
-        assert ours.recv(100) == b"early"
+        assert await waited_read(waiter, ours) == b"early"
 
 
 async def test_a_socket_readable_when_registered_wakes_its_first_wait() -> None:
     with pairs() as [(ours, theirs)]:
         theirs.send(b"before")
         waiter = watched(ours)
-        with trio.fail_after(5):
-            await waiter.wait()
-        assert ours.recv(100) == b"before"
+        assert await waited_read(waiter, ours) == b"before"
 
 
 async def test_a_cancelled_wait_leaves_the_socket_watched() -> None:
@@ -110,9 +113,7 @@ async def test_a_cancelled_wait_leaves_the_socket_watched() -> None:
             await waiter.wait()
         assert scope.cancelled_caught
         theirs.send(b"later")
-        with trio.fail_after(5):
-            await waiter.wait()
-        assert ours.recv(100) == b"later"
+        assert await waited_read(waiter, ours) == b"later"
 
 
 async def test_a_cancelled_wait_keeps_what_arrived_for_the_next() -> None:
@@ -123,9 +124,7 @@ async def test_a_cancelled_wait_keeps_what_arrived_for_the_next() -> None:
         with trio.CancelScope() as scope:
             scope.cancel()
             await waiter.wait()  # cancelled before it looks: nothing is used up
-        with trio.fail_after(5):
-            await waiter.wait()
-        assert ours.recv(100) == b"kept"
+        assert await waited_read(waiter, ours) == b"kept"
 
 
 async def test_interrupt_and_forget_wake_the_waiter() -> None:
@@ -150,9 +149,8 @@ async def test_a_forgotten_socket_waits_through_trio() -> None:
         waiter = watched(ours)
         the.forget(waiter)
         theirs.send(b"x")
-        with trio.fail_after(5):
-            await waiter.wait()  # trio's own wait: the socket is still open here
-        assert ours.recv(10) == b"x"
+        # trio's own wait now: the socket is still open
+        assert await waited_read(waiter, ours) == b"x"
 
 
 async def test_a_second_task_waiting_on_a_socket_is_refused() -> None:
@@ -177,9 +175,7 @@ async def test_a_number_closed_without_forget_and_given_again_is_watched_afresh(
         waiter = watched(ours)
         assert stale.state is not None  # the stale one is done with
         theirs.send(b"fresh")
-        with trio.fail_after(5):
-            await waiter.wait()
-        assert ours.recv(100) == b"fresh"
+        assert await waited_read(waiter, ours) == b"fresh"
 
 
 async def test_a_socket_epoll_refuses_waits_through_trio(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -395,6 +391,13 @@ async def test_a_run_that_takes_no_new_task_leaves_reads_to_trio(
         assert isinstance(waiter, TrioWaiter)
         assert made.closed
         theirs.send(b"w")
-        with trio.fail_after(5):
-            await waiter.wait()
-        assert ours.recv(10) == b"w"
+        assert await waited_read(waiter, ours) == b"w"
+
+
+async def test_a_socket_registered_again_has_one_waiter() -> None:
+    with pairs() as [(ours, theirs)]:
+        first = watched(ours)
+        second = watched(ours)  # (epoll has it already: its events are changed, not added)
+        assert first.state is not None  # retired: it waits through trio now
+        theirs.send(b"again")
+        assert await waited_read(second, ours) == b"again"
