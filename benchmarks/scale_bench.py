@@ -30,8 +30,9 @@ Sections of the report:
   pause (``--gc-tuned`` runs both after ``gc.freeze()`` and
   ``gc.set_threshold(100_000, 50, 1000)``, what an application holding that many streams
   may choose). The same number of streams then runs once more at 1 chunk a second (10
-  chunks; 1 with ``--quick``), a rate the process keeps up with, reported without a target:
-  at 20 chunks a second the loop is saturated and its lag measures the backlog.
+  chunks; 1 with ``--quick``), a rate the process keeps up with, reported without a target.
+  At 20 chunks a second the process has more to do than one core does: a client that runs
+  every ready read in one pass of its loop keeps the sleeper waiting for the backlog.
 
 The wall of the largest runs depends on the fake server keeping up (a Python server in one
 process): both clients face the same server, so the ratio still compares the clients.
