@@ -20,7 +20,11 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llm_invocation.http import HttpPool, HttpSettings
 from llm_invocation.http._reactor import FEWEST, MOST, Reactor, TrioWaiter, Waiter, reactor
+from llm_invocation.providers._base import HttpRequest
+
+from .http_servers import Peer, serve
 
 pytestmark = pytest.mark.skipif(not hasattr(select, "epoll"), reason="epoll is Linux's")
 
@@ -59,6 +63,10 @@ async def waited_read(waiter: Waiter | TrioWaiter, sock: socket.socket) -> bytes
     with trio.fail_after(5):
         await waiter.wait()
     return sock.recv(100)
+
+
+def post(url: str) -> HttpRequest:
+    return HttpRequest(method="POST", url=url, headers={}, body=b"{}")
 
 
 def the_reactor() -> Reactor:
@@ -401,3 +409,63 @@ async def test_a_socket_registered_again_has_one_waiter() -> None:
         assert first.state is not None  # retired: it waits through trio now
         theirs.send(b"again")
         assert await waited_read(second, ours) == b"again"
+
+
+async def test_the_transports_readers_are_woken_a_few_per_batch() -> None:
+    """200 responses through the pool get their last bytes at the same moment. Waiting
+    through trio, their 200 readers would all run in the batch after it; through the
+    reactor each batch holds at most two of its passes' worth (a pass's readers, and the
+    last steps of the pass before)."""
+    count = 200
+    go = trio.Event()
+    heads_read = 0
+    all_heads = trio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        await go.wait()
+        await peer.send(b"5\r\nhello\r\n0\r\n\r\n")
+        await peer.wait_closed()
+
+    class Readers(trio.abc.Instrument):
+        def __init__(self) -> None:
+            self.tasks: set[trio.lowlevel.Task] = set()
+            self.batches: list[set[trio.lowlevel.Task]] = [set()]
+
+        def after_io_wait(self, timeout: float) -> None:
+            if self.batches[-1]:
+                self.batches.append(set())
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task in self.tasks:
+                self.batches[-1].add(task)
+
+    readers = Readers()
+    async with serve(handler) as server:
+        pool = HttpPool(HttpSettings(trust_env=False))
+        try:
+
+            async def read() -> None:
+                nonlocal heads_read
+                readers.tasks.add(trio.lowlevel.current_task())
+                async with pool.stream(post(server.url)) as response:
+                    heads_read += 1
+                    if heads_read == count:
+                        all_heads.set()
+                    assert await response.read() == b"hello"
+
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(count):
+                        nursery.start_soon(read)
+                    await all_heads.wait()
+                    await trio.testing.wait_all_tasks_blocked()
+                    trio.lowlevel.add_instrument(readers)
+                    go.set()
+        finally:
+            trio.lowlevel.remove_instrument(readers)
+            await pool.aclose()
+    sizes = [len(batch) for batch in readers.batches if batch]
+    assert sum(sizes) >= count
+    assert max(sizes) <= 2 * MOST < count
