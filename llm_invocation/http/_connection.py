@@ -180,8 +180,8 @@ class Watchdog:
     A trio cancel scope with a deadline costs about as much as the wait and the read it
     would guard, so a waiting connection only stores its deadline; this task sleeps until
     the soonest one and wakes an expired waiter (`Connection.interrupt`: the waiter raises
-    `httpx.ReadTimeout`, and its connection is closed). Started at the first
-    deadline of a trio run; it ends with the run or when the transport closes.
+    `httpx.ReadTimeout`, and its connection is closed). Started at the first deadline of a
+    trio run; it ends with the run or when the transport closes.
     """
 
     __slots__ = ("closed", "connections", "scope", "spawned", "wake_at")
