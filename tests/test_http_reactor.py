@@ -9,10 +9,13 @@ from __future__ import annotations
 import errno
 import select
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Generator
 from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -20,11 +23,13 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llm_invocation.errors import ProviderError
 from llm_invocation.http import HttpPool, HttpSettings
+from llm_invocation.http._connection import open_socket, open_tls
 from llm_invocation.http._reactor import FEWEST, MOST, Reactor, TrioWaiter, Waiter, reactor
 from llm_invocation.providers._base import HttpRequest
 
-from .http_servers import Peer, serve
+from .http_servers import Certificates, Peer, serve, serve_tls
 
 pytestmark = pytest.mark.skipif(not hasattr(select, "epoll"), reason="epoll is Linux's")
 
@@ -469,3 +474,95 @@ async def test_the_transports_readers_are_woken_a_few_per_batch() -> None:
     sizes = [len(batch) for batch in readers.batches if batch]
     assert sum(sizes) >= count
     assert max(sizes) <= 2 * MOST < count
+
+
+async def test_a_connect_in_progress_waits_through_the_reactor_and_leaves_nothing() -> None:
+    """A listener whose queue of unaccepted connections is full drops the next SYN, so that
+    connect stays in progress: it waits as a reader does, and cancelling it forgets it."""
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
+        address = listener.getsockname()
+        filler = socket.socket()
+        try:
+            filler.settimeout(0.0)
+            filler.connect_ex(address)
+            assert select.select([], [filler], [], 5)[1], "the queue's one place was not taken"
+            the = the_reactor()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(open_socket, "127.0.0.1", address[1], nodelay=True))
+                await trio.testing.wait_all_tasks_blocked()
+                waiting = [
+                    waiter
+                    for waiter in the._waiters.values()  # pyright: ignore[reportPrivateUsage]
+                    if isinstance(waiter.state, trio.lowlevel.Task)
+                ]
+                assert len(waiting) == 1
+                nursery.cancel_scope.cancel()
+            assert waiting[0].sock.fileno() == -1  # closed
+            assert not the._waiters  # pyright: ignore[reportPrivateUsage]
+        finally:
+            filler.close()
+
+
+async def test_the_tls_handshake_waits_through_the_connections_waiter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handshake's reads wait through the waiter the connection then reads with, so a
+    crowd of handshakes is handed out a few per batch too."""
+    given_waiters: list[object] = []
+    waits = 0
+
+    async def recording_open_tls(
+        sock: socket.socket, context: ssl.SSLContext, hostname: str, waiter: Waiter
+    ) -> object:
+        nonlocal waits
+        given_waiters.append(waiter)
+        real_wait = waiter.wait
+
+        class Counting:
+            sock = waiter.sock
+
+            async def wait(self) -> None:
+                nonlocal waits
+                waits += 1
+                await real_wait()
+
+        return await open_tls(sock, context, hostname, Counting())  # type: ignore[arg-type]
+
+    monkeypatch.setattr("llm_invocation.http._transport.open_tls", recording_open_tls)
+    certificates = Certificates(tmp_path)
+
+    async def answer(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await peer.wait_closed()
+
+    async with serve_tls(answer, certificates.server_context()) as server:
+        pool = HttpPool(HttpSettings(trust_env=False, verify=str(certificates.ca_file)))
+        try:
+            async with pool.stream(post(server.url)) as response:
+                assert await response.read() == b"ok"
+            transport = pool._fast  # pyright: ignore[reportPrivateUsage]
+            assert transport is not None
+            [connection] = transport._pool.connections  # pyright: ignore[reportPrivateUsage]
+            assert given_waiters == [connection.waiter]
+            assert isinstance(connection.waiter, Waiter)
+            assert waits >= 1
+        finally:
+            await pool.aclose()
+
+
+async def test_a_failed_handshake_leaves_nothing_watched(tmp_path: Path) -> None:
+    certificates = Certificates(tmp_path)
+
+    async def never(peer: Peer) -> None:
+        await peer.wait_closed()
+
+    async with serve_tls(never, certificates.server_context()) as server:
+        pool = HttpPool(HttpSettings(trust_env=False))  # certifi's roots: not this CA
+        try:
+            with pytest.raises(ProviderError, match="TLS failed"):
+                async with pool.stream(post(server.url)):
+                    pass
+            assert not the_reactor()._waiters  # pyright: ignore[reportPrivateUsage]
+        finally:
+            await pool.aclose()

@@ -56,6 +56,7 @@ __all__ = [
     "io_error",
     "open_socket",
     "open_tls",
+    "watch",
 ]
 
 _IN_PROGRESS: Final = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK})
@@ -81,6 +82,12 @@ def close_socket(sock: socket.socket) -> None:
         sock.close()
 
 
+def watch(sock: socket.socket, watching: Reactor | None) -> Waiter | TrioWaiter:
+    """The waiter of ``sock``'s reads: registered with ``watching`` (the run's reactor), or
+    trio's own wait without one."""
+    return TrioWaiter(sock) if watching is None else watching.register(sock)
+
+
 async def open_socket(
     host: str, port: int, *, nodelay: bool, resolver: Resolver | None = None
 ) -> socket.socket:
@@ -97,13 +104,26 @@ async def open_socket(
     last: OSError | None = None
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
+        watching: Reactor | None = None
         try:
             sock.settimeout(0.0)  # non-blocking
             if nodelay and family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             code = sock.connect_ex(address)
             if code in _IN_PROGRESS:
-                await trio.lowlevel.wait_writable(sock)
+                # Through the reactor: thousands of connections that complete at once are
+                # handed out a few per scheduler batch, like reads.
+                watching = reactor()
+                waiter = (
+                    TrioWaiter(sock, writable=True)
+                    if watching is None
+                    else watching.register(sock, writable=True)
+                )
+                try:
+                    await waiter.wait()
+                finally:
+                    if watching is not None:
+                        watching.forget(waiter)
                 code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
                 raise OSError(code, f"{os.strerror(code)} (connecting to {address[0]}:{port})")
@@ -118,8 +138,14 @@ async def open_socket(
     raise last if last is not None else OSError(f"no address found for {host}")
 
 
-async def open_tls(sock: socket.socket, context: ssl.SSLContext, server_hostname: str) -> TLS:
-    """Shake hands over the connected non-blocking ``sock`` (SNI ``server_hostname``).
+async def open_tls(
+    sock: socket.socket,
+    context: ssl.SSLContext,
+    server_hostname: str,
+    waiter: Waiter | TrioWaiter | None = None,
+) -> TLS:
+    """Shake hands over the connected non-blocking ``sock`` (SNI ``server_hostname``),
+    waiting for its answers through ``waiter`` (the connection's: trio's own wait without).
 
     The host name and certificate checks are the context's (``check_hostname``,
     ``verify_mode``); the server must choose ALPN ``http/1.1`` or nothing. No timeout of
@@ -144,7 +170,10 @@ async def open_tls(sock: socket.socket, context: ssl.SSLContext, server_hostname
                 await _send_all(sock, outgoing.read())
             if done:
                 break
-            await trio.lowlevel.wait_readable(sock)
+            if waiter is None:
+                await trio.lowlevel.wait_readable(sock)
+            else:
+                await waiter.wait()
             try:
                 tls.feed(sock.recv(TLS_READ))
             except BlockingIOError:
@@ -256,6 +285,7 @@ class Connection:
         sock: socket.socket,
         tls: TLS | None,
         watchdog: Watchdog,
+        waiter: Waiter | TrioWaiter | None = None,
     ) -> None:
         self.origin = origin
         self.sock = sock
@@ -271,11 +301,10 @@ class Connection:
         self.responded = False  # a byte of the current response arrived
         self.idle_since = 0.0
         self.probe: select.poll | None = None  # see `is_stale`
-        # Waits to read go through the run's `Reactor` (trio's own wait without epoll).
+        # Waits to read go through the run's `Reactor` (trio's own wait without epoll), with
+        # the ``waiter`` the handshake used, if it was given one (`watch`).
         self.reactor: Reactor | None = reactor()
-        self.waiter: Waiter | TrioWaiter = (
-            TrioWaiter(sock) if self.reactor is None else self.reactor.register(sock)
-        )
+        self.waiter: Waiter | TrioWaiter = watch(sock, self.reactor) if waiter is None else waiter
 
     def close(self) -> None:
         """Close the socket at once (idempotent); a task waiting on it gets a ReadError.

@@ -9,7 +9,8 @@ runs it wakes only as many readers as take about `TURN` seconds, as measured on 
 before (`FEWEST` to `MOST`), and lets the loop turn before waking the next: timers, other
 I/O and other tasks get their turn every millisecond or so however many streams are open.
 A socket stays registered for its life, where trio's own wait registers and unregisters it
-around every read (two system calls).
+around every read (two system calls). Connecting (until the socket is writable) and the TLS
+handshake's reads wait the same way.
 
 Without epoll (not Linux) reads wait through ``trio.lowlevel.wait_readable``, as they do
 on a connection made in an earlier trio run.
@@ -40,6 +41,7 @@ _GONE: Final = object()
 """A waiter's state: forgotten (its socket is closing) or its reactor's run has ended."""
 
 _EVENTS: Final = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLRDHUP", 0)
+_OUT: Final = getattr(select, "EPOLLOUT", 0)
 _EDGE: Final = getattr(select, "EPOLLET", 0)
 _ENDED: Final = (
     getattr(select, "EPOLLRDHUP", 0)
@@ -108,15 +110,20 @@ class Waiter:
 
 @final
 class TrioWaiter:
-    """`Waiter`'s interface over ``trio.lowlevel.wait_readable``, where there is no reactor."""
+    """`Waiter`'s interface over ``trio.lowlevel.wait_readable`` (``wait_writable`` for a
+    connecting socket), where there is no reactor."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("sock", "writable")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, writable: bool = False) -> None:
         self.sock = sock
+        self.writable = writable
 
     async def wait(self) -> None:
-        await trio.lowlevel.wait_readable(self.sock)
+        if self.writable:
+            await trio.lowlevel.wait_writable(self.sock)
+        else:
+            await trio.lowlevel.wait_readable(self.sock)
 
     def interrupt(self) -> None:
         pass  # `trio.lowlevel.notify_closing` wakes this wait
@@ -135,31 +142,33 @@ class Reactor:
         self.closed = False
         self.cost = TURN / 16  # seconds per woken reader, as measured (a first guess)
 
-    def register(self, sock: socket.socket) -> Waiter | TrioWaiter:
-        """Watch ``sock`` until `forget`: once per connection, before its first read. A
-        socket epoll refuses (its limit of watches reached) waits through trio."""
+    def register(self, sock: socket.socket, *, writable: bool = False) -> Waiter | TrioWaiter:
+        """Watch ``sock`` until `forget`: once per connection, before its first read (with
+        ``writable``, while it connects: a connection's end is writable). A socket epoll
+        refuses (its limit of watches reached) waits through trio."""
         if self.closed:  # the run is ending
-            return TrioWaiter(sock)
+            return TrioWaiter(sock, writable=writable)
         if not self.spawned:
             try:
                 trio.lowlevel.spawn_system_task(self._run, name="FastHTTPTransport reads")
             except RuntimeError:  # the run is ending: it takes no new task
                 self.closed = True
                 self._epoll.close()
-                return TrioWaiter(sock)
+                return TrioWaiter(sock, writable=writable)
             self.spawned = True
         fd = sock.fileno()
         old = self._waiters.pop(fd, None)
         if old is not None:  # a number closed without `forget`, given to a new socket
             old.interrupt()
             old.state = _GONE
+        events = _EVENTS | _EDGE | (_OUT if writable else 0)
         try:
             try:
-                self._epoll.register(fd, _EVENTS | _EDGE)
+                self._epoll.register(fd, events)
             except FileExistsError:  # the same
-                self._epoll.modify(fd, _EVENTS | _EDGE)
+                self._epoll.modify(fd, events)
         except OSError:
-            return TrioWaiter(sock)
+            return TrioWaiter(sock, writable=writable)
         waiter = self._waiters[fd] = Waiter(sock)
         return waiter
 
