@@ -142,9 +142,8 @@ async def test_a_cancelled_wait_keeps_what_arrived_for_the_next() -> None:
 
 async def test_interrupt_and_forget_wake_the_waiter() -> None:
     with pairs() as [(ours, _)]:
-        the = the_reactor()
         waiter = watched(ours)
-        for end in (waiter.interrupt, lambda: the.forget(waiter)):
+        for end in (waiter.interrupt, waiter.forget):
             async with trio.open_nursery() as nursery:
 
                 async def wait() -> None:
@@ -158,9 +157,8 @@ async def test_interrupt_and_forget_wake_the_waiter() -> None:
 
 async def test_a_forgotten_socket_waits_through_trio() -> None:
     with pairs() as [(ours, theirs)]:
-        the = the_reactor()
         waiter = watched(ours)
-        the.forget(waiter)
+        waiter.forget()
         theirs.send(b"x")
         # trio's own wait now: the socket is still open
         assert await waited_read(waiter, ours) == b"x"
@@ -209,7 +207,7 @@ async def test_a_socket_epoll_refuses_waits_through_trio(monkeypatch: pytest.Mon
         theirs.send(b"y")
         with trio.fail_after(5):
             await waiter.wait()
-        made.forget(waiter)
+        waiter.forget()
         assert ours.recv(10) == b"y"
 
 

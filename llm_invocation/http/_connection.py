@@ -43,7 +43,7 @@ from typing import Final, final
 import httpx
 import trio
 
-from ._reactor import Reactor, TrioWaiter, Waiter, reactor
+from ._reactor import TrioWaiter, Waiter, watch
 from ._records import TLS, TLS_READ
 from ._resolve import Resolver
 
@@ -56,7 +56,6 @@ __all__ = [
     "io_error",
     "open_socket",
     "open_tls",
-    "watch",
 ]
 
 _IN_PROGRESS: Final = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK})
@@ -82,12 +81,6 @@ def close_socket(sock: socket.socket) -> None:
         sock.close()
 
 
-def watch(sock: socket.socket, watching: Reactor | None) -> Waiter | TrioWaiter:
-    """The waiter of ``sock``'s reads: registered with ``watching`` (the run's reactor), or
-    trio's own wait without one."""
-    return TrioWaiter(sock) if watching is None else watching.register(sock)
-
-
 async def open_socket(
     host: str, port: int, *, nodelay: bool, resolver: Resolver | None = None
 ) -> socket.socket:
@@ -104,7 +97,6 @@ async def open_socket(
     last: OSError | None = None
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
-        watching: Reactor | None = None
         try:
             sock.settimeout(0.0)  # non-blocking
             if nodelay and family in (socket.AF_INET, socket.AF_INET6):
@@ -113,17 +105,11 @@ async def open_socket(
             if code in _IN_PROGRESS:
                 # Through the reactor: thousands of connections that complete at once are
                 # handed out a few per scheduler batch, like reads.
-                watching = reactor()
-                waiter = (
-                    TrioWaiter(sock, writable=True)
-                    if watching is None
-                    else watching.register(sock, writable=True)
-                )
+                waiter = watch(sock, writable=True)
                 try:
                     await waiter.wait()
                 finally:
-                    if watching is not None:
-                        watching.forget(waiter)
+                    waiter.forget()
                 code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
                 raise OSError(code, f"{os.strerror(code)} (connecting to {address[0]}:{port})")
@@ -270,7 +256,6 @@ class Connection:
         "limit",
         "origin",
         "probe",
-        "reactor",
         "responded",
         "reused",
         "sock",
@@ -303,8 +288,7 @@ class Connection:
         self.probe: select.poll | None = None  # see `is_stale`
         # Waits to read go through the run's `Reactor` (trio's own wait without epoll), with
         # the ``waiter`` the handshake used, if it was given one (`watch`).
-        self.reactor: Reactor | None = reactor()
-        self.waiter: Waiter | TrioWaiter = watch(sock, self.reactor) if waiter is None else waiter
+        self.waiter: Waiter | TrioWaiter = watch(sock) if waiter is None else waiter
 
     def close(self) -> None:
         """Close the socket at once (idempotent); a task waiting on it gets a ReadError.
@@ -318,8 +302,7 @@ class Connection:
                     self.sock.send(alert)
                 except OSError:
                     pass  # the peer is gone, or the buffer is full: closing is enough
-            if self.reactor is not None:
-                self.reactor.forget(self.waiter)
+            self.waiter.forget()
             close_socket(self.sock)
 
     def interrupt(self) -> None:

@@ -26,7 +26,7 @@ from typing import Final, final
 import outcome
 import trio
 
-__all__ = ["FEWEST", "MOST", "TURN", "Reactor", "TrioWaiter", "Waiter", "reactor"]
+__all__ = ["FEWEST", "MOST", "TURN", "Reactor", "TrioWaiter", "Waiter", "reactor", "watch"]
 
 TURN: Final = 0.00025
 """How long the readers woken at once should take to run, in seconds."""
@@ -63,10 +63,11 @@ class Waiter:
     (`ended`), every wait returns at once, as trio's level-triggered wait would.
     """
 
-    __slots__ = ("ended", "sock", "state")
+    __slots__ = ("_reactor", "ended", "sock", "state")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, reactor: Reactor) -> None:
         self.sock = sock
+        self._reactor = reactor
         self.state: object = None
         self.ended = False
 
@@ -74,7 +75,7 @@ class Waiter:
         """Return when the socket may have bytes (or an end, or an error) to read.
 
         Raises:
-            trio.ClosedResourceError: the socket was closed (`Reactor.forget`) or the wait
+            trio.ClosedResourceError: the socket was closed (`forget`) or the wait
                 `interrupt`ed.
             trio.BusyResourceError: another task waits on it.
         """
@@ -107,6 +108,13 @@ class Waiter:
                 task, outcome.Error(trio.ClosedResourceError("the socket was closed"))
             )
 
+    def forget(self) -> None:
+        """Before the socket is closed (or once it has connected): wake the task waiting, if
+        any, with `trio.ClosedResourceError`, and stop watching the socket."""
+        self.interrupt()
+        self.state = _GONE
+        self._reactor.unwatch(self)
+
 
 @final
 class TrioWaiter:
@@ -127,6 +135,9 @@ class TrioWaiter:
 
     def interrupt(self) -> None:
         pass  # `trio.lowlevel.notify_closing` wakes this wait
+
+    def forget(self) -> None:
+        pass  # (nothing registered)
 
 
 @final
@@ -169,16 +180,11 @@ class Reactor:
                 self._epoll.modify(fd, events)
         except OSError:
             return TrioWaiter(sock, writable=writable)
-        waiter = self._waiters[fd] = Waiter(sock)
+        waiter = self._waiters[fd] = Waiter(sock, self)
         return waiter
 
-    def forget(self, waiter: Waiter | TrioWaiter) -> None:
-        """Before its socket is closed: wake the task waiting, if any, with
-        `trio.ClosedResourceError`, and stop watching the socket."""
-        if isinstance(waiter, TrioWaiter):
-            return  # `trio.lowlevel.notify_closing` wakes its wait
-        waiter.interrupt()
-        waiter.state = _GONE
+    def unwatch(self, waiter: Waiter) -> None:
+        """Stop watching ``waiter``'s socket (its part of `Waiter.forget`)."""
         fd = waiter.sock.fileno()
         if self._waiters.get(fd) is waiter:
             del self._waiters[fd]
@@ -252,3 +258,12 @@ def reactor() -> Reactor | None:
         made = Reactor()
         _CURRENT.set(made)
         return made
+
+
+def watch(sock: socket.socket, *, writable: bool = False) -> Waiter | TrioWaiter:
+    """The waiter of ``sock`` (see `Reactor.register`): registered with the run's reactor,
+    or trio's own wait without one. `Waiter.forget` it before the socket is closed."""
+    the = reactor()
+    if the is None:
+        return TrioWaiter(sock, writable=writable)
+    return the.register(sock, writable=writable)

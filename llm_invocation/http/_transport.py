@@ -65,9 +65,8 @@ from ._connection import (
     io_error,
     open_socket,
     open_tls,
-    watch,
 )
-from ._reactor import reactor
+from ._reactor import watch
 from ._records import TLS
 from ._resolve import DEFAULT_DNS_TTL, Resolver
 from ._wire import HEAD_END, MAX_HEAD, Head, Message, encode_request, parse_head
@@ -445,14 +444,12 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
                 )
             except OSError as exc:
                 raise io_error(httpx.ConnectError, exc) from exc
-            watching = reactor()
-            waiter = watch(sock, watching)
+            waiter = watch(sock)
             if context is not None:
                 try:
                     tls = await open_tls(sock, context, sni_hostname or host, waiter)
                 except BaseException:
-                    if watching is not None:
-                        watching.forget(waiter)
+                    waiter.forget()
                     close_socket(sock)
                     raise
             return Connection(origin, sock, tls, self._pool.watchdog, waiter)
